@@ -1,0 +1,68 @@
+"""The store interface shared by the SQLite and PostgreSQL engines.
+
+Keeper, gateway (through the write queue) and `llmgateway status` talk to a
+`Store`; `open_store(url)` picks the engine from `database.url`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from llmgateway.core.constants import ProviderType
+from llmgateway.core.models import KeyRecord
+
+
+@dataclass(frozen=True, slots=True)
+class KeySyncReport:
+    """What one key sync changed for an instance."""
+
+    added: int
+    removed: int
+    total: int
+
+
+class Store(Protocol):
+    """Persistent key statuses, per (key, model), for every provider instance.
+
+    Every method is async and never blocks the event loop. Times are
+    timezone-aware UTC. A failing operation raises `StoreError`.
+    """
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations (raises SchemaTooNew if the db is newer)."""
+
+    async def close(self) -> None:
+        """Release every connection."""
+
+    async def ping(self) -> None:
+        """Raise StoreError unless the database answers."""
+
+    async def sync_providers(self, providers: Sequence[tuple[str, ProviderType]]) -> None:
+        """Insert or update one row per configured instance (name, type)."""
+
+    async def sync_keys(
+        self, instance: str, keys: Sequence[str], models: Sequence[str], now: datetime
+    ) -> KeySyncReport:
+        """Make the instance's stored keys and (key, model) rows match `keys` × `models`.
+
+        New keys get `untested` rows due at `now`; keys not in `keys` are
+        deleted with their statuses; rows of models not in `models` are
+        deleted and missing ones created `untested`.
+        """
+
+    async def load_records(self, instance: str | None = None) -> list[KeyRecord]:
+        """Every (key, model) record, of one instance or all."""
+
+    async def fetch_due(
+        self, instances: Sequence[str], now: datetime, limit: int
+    ) -> list[KeyRecord]:
+        """Up to `limit` records with `next_check_at <= now`, untested first.
+
+        Records whose `next_check_at` is NULL (checking stopped) are skipped.
+        """
+
+    async def record(self, records: Sequence[KeyRecord]) -> None:
+        """Write the status fields of each (key_id, model) in one round trip."""
