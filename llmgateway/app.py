@@ -1,0 +1,150 @@
+"""The aiohttp application factory: wires config, store, pool, keeper and routes.
+
+Each resource has one cleanup-context generator, appended in start-up order
+(store → write queue → HTTP session → pool and gateway → keeper); shutdown
+runs them in reverse, so the keeper stops before the session closes and the
+write queue is flushed before the store closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from llmgateway.core.accessor import ConfigAccessor
+from llmgateway.core.errors import StoreError
+from llmgateway.db import open_store
+from llmgateway.db.store import Store
+from llmgateway.db.write_queue import WriteQueue
+from llmgateway.providers import build_adapter
+from llmgateway.providers.base import ProviderAdapter
+from llmgateway.services.gateway import Gateway
+from llmgateway.services.keeper import Keeper
+from llmgateway.services.keyfiles import sync_instance_keys
+from llmgateway.services.pool import Clock, KeyPool
+
+log = structlog.get_logger("llmgateway.app")
+
+ACCESSOR = web.AppKey("accessor", ConfigAccessor)
+CLOCK = web.AppKey("clock", Callable[[], float])
+STORE = web.AppKey("store", Store)
+WRITE_QUEUE = web.AppKey("write_queue", WriteQueue)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+ADAPTERS = web.AppKey("adapters", dict[str, ProviderAdapter])
+POOL = web.AppKey("pool", KeyPool)
+GATEWAY = web.AppKey("gateway", Gateway)
+KEEPER = web.AppKey("keeper", Keeper)
+
+CONNECTION_LIMIT = 1000
+"""Upstream connections kept open at most (keep-alive pool across every provider)."""
+
+WRITE_QUEUE_CLOSE_TIMEOUT = 10.0
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = open_store(app[ACCESSOR].database)
+    await store.open()
+    app[STORE] = store
+    yield
+    await store.close()
+
+
+async def _write_queue_ctx(app: web.Application) -> AsyncIterator[None]:
+    queue = WriteQueue(app[STORE])
+    task = asyncio.create_task(queue.run(), name="write-queue")
+    app[WRITE_QUEUE] = queue
+    yield
+    await queue.close(WRITE_QUEUE_CLOSE_TIMEOUT)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
+    connector = aiohttp.TCPConnector(
+        limit=CONNECTION_LIMIT, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60
+    )
+    session = aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        raise_for_status=False,
+        trust_env=False,
+    )
+    app[SESSION] = session
+    yield
+    await session.close()
+
+
+async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    accessor = app[ACCESSOR]
+    store = app[STORE]
+    clock = app[CLOCK]
+    providers = accessor.enabled_providers()
+    adapters = {p.name: build_adapter(p) for p in providers}
+    await store.sync_providers([(p.name, p.provider_type) for p in accessor.providers()])
+    now = datetime.fromtimestamp(clock(), UTC)
+    for provider in providers:
+        await sync_instance_keys(store, provider, now)
+    pool = KeyPool(providers, sink=app[WRITE_QUEUE].put, clock=clock)
+    pool.load(await store.load_records())
+    app[ADAPTERS] = adapters
+    app[POOL] = pool
+    app[GATEWAY] = Gateway(accessor, pool, app[SESSION], adapters)
+    log.info(
+        "key pool loaded",
+        instances=len(providers),
+        records=sum(1 for _ in pool.records()),
+    )
+    yield
+
+
+async def _keeper_ctx(app: web.Application) -> AsyncIterator[None]:
+    accessor = app[ACCESSOR]
+    if not accessor.worker.enabled:
+        yield
+        return
+    keeper = Keeper(
+        accessor, app[STORE], app[POOL], app[SESSION], app[ADAPTERS], clock=app[CLOCK]
+    )
+    app[KEEPER] = keeper
+    await keeper.start()
+    yield
+    await keeper.stop(accessor.worker.shutdown_timeout)
+
+
+async def _healthy(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _ready(request: web.Request) -> web.Response:
+    app = request.app
+    if STORE not in app or GATEWAY not in app:
+        return web.json_response({"status": "starting"}, status=503)
+    try:
+        await asyncio.wait_for(app[STORE].ping(), timeout=2.0)
+    except (StoreError, TimeoutError) as exc:
+        return web.json_response({"status": "store unavailable", "detail": str(exc)}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def _proxy(request: web.Request) -> web.StreamResponse:
+    return await request.app[GATEWAY].handle(request)
+
+
+def create_app(accessor: ConfigAccessor, *, clock: Clock = time.time) -> web.Application:
+    """Build the application: lifecycles in order, reserved routes, then the catch-all proxy."""
+    app = web.Application(client_max_size=int(accessor.server.max_body_mb * 1024 * 1024) + 1)
+    app[ACCESSOR] = accessor
+    app[CLOCK] = clock
+    app.cleanup_ctx.extend([_store_ctx, _write_queue_ctx, _session_ctx, _pool_ctx, _keeper_ctx])
+    app.router.add_get("/-/healthy", _healthy)
+    app.router.add_get("/-/ready", _ready)
+    app.router.add_route("*", "/{tail:.*}", _proxy)
+    return app

@@ -1,0 +1,132 @@
+"""What crosses the gateway in each direction: credentials, hop-by-hop headers, paths.
+
+Pure functions and start-up constants used by the request path: which client
+header or query parameter carried the gateway token, which headers are dropped
+both ways, and whether a client path stays under `api_base_url`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+from urllib.parse import unquote
+
+from multidict import CIMultiDict, CIMultiDictProxy, istr
+
+from llmgateway.core.errors import GatewayAuthError
+
+AUTHORIZATION: Final = istr("Authorization")
+X_API_KEY: Final = istr("x-api-key")
+X_GOOG_API_KEY: Final = istr("x-goog-api-key")
+KEY_PARAM: Final = "key"
+
+HOP_BY_HOP: Final = frozenset(
+    istr(h)
+    for h in (
+        # RFC 9110 §7.6.1 (connection-specific fields) plus legacy ones still seen in the wild.
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Connection",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+    )
+)
+"""Headers that describe one connection and are never forwarded (either way)."""
+
+DROPPED_UPSTREAM: Final = HOP_BY_HOP | frozenset(
+    istr(h)
+    for h in ("Host", "Content-Length", "Accept-Encoding", AUTHORIZATION, X_API_KEY, X_GOOG_API_KEY)
+)
+"""Client headers never sent upstream: hop-by-hop, framing, and every credential carrier."""
+
+DROPPED_DOWNSTREAM: Final = HOP_BY_HOP | frozenset(istr(h) for h in ("Content-Length", "Date", "Server"))
+"""Upstream headers not copied to the client (aiohttp sets framing, date and server)."""
+
+_BEARER = re.compile(r"\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)
+_DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
+
+
+def client_token(headers: CIMultiDictProxy[str], query_key: str | None) -> str:
+    """The gateway token the client sent, from whichever carrier held it.
+
+    Raises GatewayAuthError when no token is present or when two carriers
+    hold different tokens (refused, not guessed between).
+    """
+    found: str | None = None
+    auth = headers.get(AUTHORIZATION)
+    if auth is not None:
+        match = _BEARER.match(auth)
+        if match is None:
+            raise GatewayAuthError("the Authorization header must be 'Bearer <token>'")
+        found = match.group(1)
+    for value in (headers.get(X_API_KEY), headers.get(X_GOOG_API_KEY), query_key):
+        if value is None:
+            continue
+        value = value.strip()
+        if found is not None and value != found:
+            raise GatewayAuthError("two different credentials were sent in one request")
+        found = value
+    if not found:
+        raise GatewayAuthError(
+            "no gateway token: send it as 'Authorization: Bearer <token>', x-api-key, "
+            "x-goog-api-key or the key query parameter"
+        )
+    return found
+
+
+def upstream_headers(client: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """The client's headers minus credentials, hop-by-hop fields and those `Connection` names."""
+    out: CIMultiDict[str] = CIMultiDict()
+    dropped = DROPPED_UPSTREAM
+    connection = client.get("Connection")
+    if connection:
+        dropped = dropped | {istr(t.strip()) for t in connection.split(",") if t.strip()}
+    for name, value in client.items():
+        if name not in dropped:
+            out.add(name, value)
+    out[istr("Accept-Encoding")] = "identity"
+    return out
+
+
+def downstream_headers(upstream: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
+    """The upstream's response headers for the client, plus `x-request-id`."""
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.items():
+        if name not in DROPPED_DOWNSTREAM:
+            out.add(name, value)
+    out[X_REQUEST_ID] = request_id
+    return out
+
+
+X_REQUEST_ID: Final = istr("x-request-id")
+
+
+def safe_path(raw_path: str) -> bool:
+    """True when the client path cannot climb out of `api_base_url`.
+
+    Dot segments are refused raw and percent-encoded (`%2e%2e`), as are
+    encoded slashes that would hide them.
+    """
+    path = raw_path.split("?", 1)[0]
+    if not path.startswith("/"):
+        return False
+    if _DOT_SEGMENT.search(path):
+        return False
+    if "%" in path:
+        decoded = unquote(unquote(path))
+        if _DOT_SEGMENT.search(decoded) or "\\" in decoded:
+            return False
+    return True
+
+
+def strip_key_param(raw_path: str) -> str:
+    """The path and query with the `key` query parameter removed, verbatim otherwise."""
+    path, sep, query = raw_path.partition("?")
+    if not sep:
+        return raw_path
+    kept = [p for p in query.split("&") if p and p.split("=", 1)[0] != KEY_PARAM]
+    return f"{path}?{'&'.join(kept)}" if kept else path

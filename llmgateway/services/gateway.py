@@ -1,0 +1,474 @@
+"""The gateway's request path: authenticate, pick a key, proxy, classify, retry, relay.
+
+`Gateway.handle` reads top to bottom: nothing reaches the client before
+`_relay` calls `prepare()`; until then a key failure only steers the retry
+loop (issue 6). Nothing here touches the database or compiles anything: the
+per-instance `Route` tables are built once at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final, Protocol, final
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from llmgateway.config.schemas import ProviderConfig, RetryBudget
+from llmgateway.core.accessor import ConfigAccessor
+from llmgateway.core.constants import ErrorReason, ProviderType, Status, StreamingMode
+from llmgateway.core.errors import (
+    BodyTooLarge,
+    ClientRequestError,
+    GatewayAuthError,
+    GatewayError,
+    KeysCoolingDown,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from llmgateway.core.logs import mask_key
+from llmgateway.core.models import CheckResult, KeyRecord
+from llmgateway.providers import build_adapter, classify_exception, family_for_path
+from llmgateway.providers.base import MAX_ERROR_BODY, ProviderAdapter
+from llmgateway.services.forwarding import (
+    KEY_PARAM,
+    X_REQUEST_ID,
+    client_token,
+    downstream_headers,
+    safe_path,
+    strip_key_param,
+    upstream_headers,
+)
+from llmgateway.services.pool import KeyPool
+
+log = structlog.get_logger("llmgateway.gateway")
+
+MAX_RELAYED_ERROR_BODY: Final = 1024 * 1024
+"""An upstream error body returned as is is read up to this size."""
+
+_SSE: Final = "text/event-stream"
+_UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError)
+
+
+class BadPath(ClientRequestError):
+    """The client path would climb out of `api_base_url`."""
+
+    status = 400
+
+
+class RequestTimeout(ClientRequestError):
+    """The client did not send its body within `timeouts.total`."""
+
+    status = 408
+
+
+class RequestObserver(Protocol):
+    """Receives what the request path measures (implemented by the metrics)."""
+
+    def request_done(
+        self, instance: str, status: int, seconds: float, upstream_seconds: float
+    ) -> None:
+        """One client request ended with `status`; total and upstream wall time."""
+
+    def attempt_failed(self, instance: str, reason: ErrorReason) -> None:
+        """One upstream attempt failed with `reason` (a retry may follow)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Everything the request path needs of one instance, built at start-up."""
+
+    config: ProviderConfig
+    adapter: ProviderAdapter
+    base_url: str
+    streaming: bool
+    configured_models: frozenset[str]
+    key_retry: RetryBudget
+    server_retry: RetryBudget
+    retry_enabled: bool
+    client_timeout: aiohttp.ClientTimeout
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """The mutable state of one client request, for logs and metrics."""
+
+    request_id: str
+    started: float
+    instance: str = "-"
+    model: str = ""
+    attempts: int = 0
+    keys: list[str] = field(default_factory=list)
+    upstream_seconds: float = 0.0
+    status: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _UpstreamAnswer:
+    """A non-success upstream response kept to be returned as is."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+def _build_route(config: ProviderConfig, adapter: ProviderAdapter) -> Route:
+    policy = config.gateway_policy
+    return Route(
+        config=config,
+        adapter=adapter,
+        base_url=config.api_base_url.rstrip("/"),
+        streaming=policy.streaming_mode is StreamingMode.AUTO,
+        configured_models=frozenset(config.models),
+        key_retry=policy.retry.on_key_error,
+        server_retry=policy.retry.on_server_error,
+        retry_enabled=policy.retry.enabled,
+        client_timeout=aiohttp.ClientTimeout(
+            total=None, connect=config.timeouts.connect, sock_connect=config.timeouts.connect
+        ),
+    )
+
+
+def _shape_adapter(provider_type: ProviderType) -> ProviderAdapter:
+    """An adapter used only for error shapes when no instance is known."""
+    return build_adapter(
+        ProviderConfig(
+            name="_", provider_type=provider_type, api_base_url="http://invalid", default_model=""
+        )
+    )
+
+
+@final
+class Gateway:
+    """The catch-all proxy handler over the live key pool."""
+
+    def __init__(
+        self,
+        accessor: ConfigAccessor,
+        pool: KeyPool,
+        session: aiohttp.ClientSession,
+        adapters: Mapping[str, ProviderAdapter],
+        observer: RequestObserver | None = None,
+    ) -> None:
+        self._pool = pool
+        self._session = session
+        self._observer = observer
+        self._access_log = accessor.logging.access_log
+        self._max_body = int(accessor.server.max_body_mb * 1024 * 1024)
+        self._routes: dict[str, Route] = {}
+        for provider in accessor.enabled_providers():
+            token = provider.access_control.gateway_access_token
+            if token:
+                self._routes[token] = _build_route(provider, adapters[provider.name])
+        self._shapes = {t: _shape_adapter(t) for t in ProviderType}
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Proxy one client request; every exit answers in the provider's error shape."""
+        exchange = _Exchange(
+            request_id=request.headers.get(X_REQUEST_ID) or uuid.uuid4().hex,
+            started=time.perf_counter(),
+        )
+        route: Route | None = None
+        response: web.StreamResponse
+        try:
+            route = self._authenticate(request)
+            exchange.instance = route.config.name
+            async with asyncio.timeout(route.config.timeouts.total):
+                response = await self._proxy(request, route, exchange)
+        except GatewayError as exc:
+            response = self._error(request, route, exc, exchange)
+        except TimeoutError:
+            response = self._error(
+                request, route, UpstreamTimeout("the request exceeded timeouts.total"), exchange
+            )
+        except asyncio.CancelledError:
+            exchange.status = 499  # the client went away; nobody's fault
+            self._finish(exchange)
+            raise
+        exchange.status = response.status
+        self._finish(exchange)
+        return response
+
+    def _authenticate(self, request: web.Request) -> Route:
+        token = client_token(request.headers, request.query.get(KEY_PARAM))
+        route = self._routes.get(token)
+        if route is None:
+            raise GatewayAuthError("the gateway token is not valid for any provider instance")
+        return route
+
+    async def _proxy(
+        self, request: web.Request, route: Route, exchange: _Exchange
+    ) -> web.StreamResponse:
+        body = await self._read_body(request)
+        raw_path = request.raw_path
+        if not safe_path(raw_path):
+            raise BadPath("the request path may not contain '.' or '..' segments")
+        if KEY_PARAM in request.query:
+            raw_path = strip_key_param(raw_path)
+        adapter = route.adapter
+        instance = route.config.name
+        model = adapter.extract_model(request.path, body)
+        exchange.model = model
+        slot_model = self._pool.slot_model(instance, model)
+        url = URL(route.base_url + raw_path, encoded=True)
+        headers = upstream_headers(request.headers)
+        key_budget = _Budget(route.key_retry, route.retry_enabled)
+        server_budget = _Budget(route.server_retry, route.retry_enabled)
+        tried: list[int] = []
+        while True:
+            record = self._pool.pick(instance, slot_model, tried)
+            adapter.apply_key(headers, record.key)
+            exchange.attempts += 1
+            exchange.keys.append(record.key)
+            sent = time.perf_counter()
+            result, answer, upstream = await self._attempt(request.method, url, headers, body, route)
+            exchange.upstream_seconds += time.perf_counter() - sent
+            if upstream is not None:
+                return await self._relay(request, route, record, upstream, exchange)
+            reason = result.reason
+            assert reason is not None
+            if self._observer is not None:
+                self._observer.attempt_failed(instance, reason)
+            if reason is ErrorReason.RATE_LIMITED or (
+                reason.is_fatal
+                and (reason is not ErrorReason.NO_MODEL or model in route.configured_models)
+            ):
+                self._pool.report(record, result)
+                tried.append(record.key_id)
+                budget = key_budget
+            elif reason.is_server_error:
+                budget = server_budget
+            else:
+                budget = None
+            log.debug(
+                "upstream attempt failed",
+                instance=instance,
+                key=mask_key(record.key),
+                reason=reason.value,
+                status_code=result.status_code,
+            )
+            if budget is None or not budget.take():
+                if answer is not None:
+                    return self._as_is(answer, exchange)
+                if reason is ErrorReason.TIMEOUT:
+                    raise UpstreamTimeout(f"the upstream did not answer in time: {result.message}")
+                raise UpstreamUnavailable(f"the upstream is unreachable: {result.message}")
+            await budget.wait()
+
+    async def _attempt(
+        self,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str],
+        body: bytes,
+        route: Route,
+    ) -> tuple[CheckResult, _UpstreamAnswer | None, aiohttp.ClientResponse | None]:
+        """Send once; a success is returned unread, a failure classified and released."""
+        adapter = route.adapter
+        result: CheckResult | None = None
+        try:
+            async with asyncio.timeout(route.config.timeouts.first_byte):
+                upstream = await self._session.request(
+                    method,
+                    url,
+                    headers=headers,
+                    data=body or None,
+                    allow_redirects=False,
+                    timeout=route.client_timeout,
+                )
+        except _UPSTREAM_ERRORS as exc:
+            return classify_exception(exc), None, None
+        try:
+            result = adapter.classify_status(upstream.status, upstream.headers)
+            if result is not None and result.ok:
+                return result, None, upstream
+            async with asyncio.timeout(route.config.timeouts.idle):
+                data = await upstream.content.read(MAX_RELAYED_ERROR_BODY)
+            if result is None:
+                result = adapter.classify_body(
+                    upstream.status, upstream.headers, data[:MAX_ERROR_BODY]
+                )
+            return result, _UpstreamAnswer(upstream.status, upstream.headers, data), None
+        except _UPSTREAM_ERRORS as exc:
+            return classify_exception(exc), None, None
+        finally:
+            if result is None or not result.ok:
+                upstream.close()
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The whole client body, refused with 413 as soon as it passes the limit."""
+        length = request.content_length
+        if length is not None and length > self._max_body:
+            raise BodyTooLarge(f"the request body is larger than {self._max_body} bytes")
+        if not request.body_exists:
+            return b""
+        try:
+            if length is not None:
+                return await request.content.readexactly(length)
+            chunks: list[bytes] = []
+            size = 0
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > self._max_body:
+                    raise BodyTooLarge(f"the request body is larger than {self._max_body} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except TimeoutError:
+            raise RequestTimeout("the request body did not arrive within timeouts.total") from None
+        except asyncio.IncompleteReadError:
+            raise ClientRequestError("the request body ended early") from None
+
+    async def _relay(
+        self,
+        request: web.Request,
+        route: Route,
+        record: KeyRecord,
+        upstream: aiohttp.ClientResponse,
+        exchange: _Exchange,
+    ) -> web.StreamResponse:
+        """Send the upstream's success to the client; past `prepare()` no retry is possible."""
+        pool = self._pool
+        if record.status is not Status.VALID:
+            pool.report(record, CheckResult(reason=None, status_code=upstream.status))
+        headers = downstream_headers(upstream.headers, exchange.request_id)
+        idle = route.config.timeouts.idle
+        if not route.streaming:
+            try:
+                async with asyncio.timeout(idle):
+                    data = await upstream.read()
+            except _UPSTREAM_ERRORS as exc:
+                raise UpstreamUnavailable(
+                    f"the upstream response broke off: {classify_exception(exc).message}"
+                ) from exc
+            finally:
+                upstream.release()
+            return web.Response(status=upstream.status, headers=headers, body=data)
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        sse = upstream.content_type == _SSE
+        if not sse and upstream.content_length is not None:
+            response.content_length = upstream.content_length
+        content = upstream.content
+        clean = False
+        try:
+            await response.prepare(request)
+            while True:
+                async with asyncio.timeout(idle):
+                    chunk = await content.readany()
+                if not chunk:
+                    break
+                if sse and b"error" in chunk:
+                    self._inband_error(route, record, chunk)
+                await response.write(chunk)
+            clean = True
+        except _UPSTREAM_ERRORS as exc:
+            if isinstance(exc, ConnectionResetError) and request.transport is None:
+                log.info("client went away mid-stream", instance=exchange.instance)
+            else:
+                result = classify_exception(exc)
+                log.warning(
+                    "upstream stream broke off",
+                    instance=exchange.instance,
+                    key=mask_key(record.key),
+                    reason=ErrorReason.STREAM_DISCONNECT.value,
+                    detail=result.message,
+                )
+                if self._observer is not None:
+                    self._observer.attempt_failed(exchange.instance, ErrorReason.STREAM_DISCONNECT)
+            exchange.status = 499 if request.transport is None else upstream.status
+        finally:
+            if clean:
+                upstream.release()
+            else:
+                upstream.close()
+        if clean:
+            await response.write_eof()
+        else:
+            _abort(request)
+        return response
+
+    def _inband_error(self, route: Route, record: KeyRecord, chunk: bytes) -> None:
+        result = route.adapter.classify_stream_event(chunk)
+        if result is None or result.reason is None:
+            return
+        log.warning(
+            "error event inside a stream",
+            instance=route.config.name,
+            key=mask_key(record.key),
+            reason=result.reason.value,
+        )
+        self._pool.report(record, result)
+
+    def _as_is(self, answer: _UpstreamAnswer, exchange: _Exchange) -> web.Response:
+        headers = downstream_headers(answer.headers, exchange.request_id)
+        return web.Response(status=answer.status, headers=headers, body=answer.body)
+
+    def _error(
+        self,
+        request: web.Request,
+        route: Route | None,
+        exc: GatewayError,
+        exchange: _Exchange,
+    ) -> web.Response:
+        adapter = route.adapter if route else self._shapes[family_for_path(request.path)]
+        status = int(getattr(exc, "status", 500))
+        retry_after = exc.retry_after if isinstance(exc, KeysCoolingDown) else None
+        shaped = adapter.error_body(status, str(exc), retry_after)
+        response = web.Response(status=shaped.status, body=shaped.body, headers=shaped.headers)
+        response.headers[X_REQUEST_ID] = exchange.request_id
+        return response
+
+    def _finish(self, exchange: _Exchange) -> None:
+        seconds = time.perf_counter() - exchange.started
+        if self._observer is not None:
+            self._observer.request_done(
+                exchange.instance, exchange.status, seconds, exchange.upstream_seconds
+            )
+        if self._access_log:
+            log.info(
+                "request",
+                request_id=exchange.request_id,
+                instance=exchange.instance,
+                model=exchange.model,
+                status=exchange.status,
+                attempts=exchange.attempts,
+                keys=[mask_key(k) for k in exchange.keys],
+                duration_ms=round(seconds * 1000, 2),
+            )
+
+
+class _Budget:
+    """Attempts left for one failure class, and the growing backoff between them."""
+
+    __slots__ = ("left", "delay", "factor")
+
+    def __init__(self, budget: RetryBudget, enabled: bool) -> None:
+        self.left = budget.attempts if enabled else 0
+        self.delay = budget.backoff
+        self.factor = budget.backoff_factor
+
+    def take(self) -> bool:
+        """Use one retry; False when none is left."""
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        return True
+
+    async def wait(self) -> None:
+        """Sleep the current backoff, then grow it."""
+        if self.delay > 0:
+            await asyncio.sleep(self.delay)
+        self.delay *= self.factor
+
+
+def _abort(request: web.Request) -> None:
+    """End a prepared response as an error: drop the connection before the final chunk."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
