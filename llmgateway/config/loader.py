@@ -1,0 +1,300 @@
+"""Loading `config/providers.yaml`: read, resolve `${VAR}`, merge over defaults, validate, build.
+
+    YAML (ruamel round trip, so line numbers are known)
+      → `${VAR}` / `${VAR:-default}` in every string value
+      → deep merge over `defaults.app_template()` (each provider over its type's template)
+      → `validator.validate` (every problem, one report)
+      → frozen dataclasses of `schemas`
+
+Any failure raises one `ConfigError` whose `problems` lists every mistake found.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from llmgateway.config import defaults
+from llmgateway.config.fields import parse_duration
+from llmgateway.config.schemas import (
+    AccessControl,
+    AppConfig,
+    DatabaseConfig,
+    ErrorParsing,
+    ErrorRule,
+    GatewayPolicy,
+    HealthPolicy,
+    LoggingConfig,
+    ModelConfig,
+    ProviderConfig,
+    RetryBudget,
+    RetryPolicy,
+    ServerConfig,
+    Timeouts,
+    WorkerConfig,
+)
+from llmgateway.config.validator import Path as TreePath
+from llmgateway.config.validator import Problem, validate
+from llmgateway.core.constants import ErrorReason, ProviderType, StreamingMode
+from llmgateway.core.errors import ConfigError
+
+__all__ = [
+    "CONFIG_ENV",
+    "DEFAULT_CONFIG_PATH",
+    "load_config",
+    "parse_duration",
+    "resolve_config_path",
+]
+
+DEFAULT_CONFIG_PATH: Final = Path("config/providers.yaml")
+"""Where the configuration is read from when neither `--config` nor `LLMGW_CONFIG` says."""
+
+CONFIG_ENV: Final = "LLMGW_CONFIG"
+"""The environment variable naming the configuration file."""
+
+_REFERENCE: Final = re.compile(
+    r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<has_default>:-(?P<default>[^}]*))?\}|\$\{"
+)
+
+
+def resolve_config_path(cli_value: str | None, env: Mapping[str, str] | None = None) -> Path:
+    """The configuration file to use: `--config`, else `$LLMGW_CONFIG`, else `config/providers.yaml`."""
+    if cli_value:
+        return Path(cli_value)
+    environ = os.environ if env is None else env
+    from_env = environ.get(CONFIG_ENV, "")
+    return Path(from_env) if from_env else DEFAULT_CONFIG_PATH
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> AppConfig:
+    """Load, resolve, merge, validate and build the configuration at `path`.
+
+    `path` None means `resolve_config_path(None, env)`; `env` None means
+    `os.environ`. Raises `ConfigError` listing every problem.
+    """
+    environ = os.environ if env is None else env
+    file = Path(path) if path is not None else resolve_config_path(None, environ)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"configuration file {file} does not exist; create one with "
+            f"`llmgateway config create <type>:<name> --config {file}`"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {file}: {exc}") from None
+    return load_config_text(text, environ, source=str(file))
+
+
+def load_config_text(text: str, env: Mapping[str, str], source: str = "<config>") -> AppConfig:
+    """`load_config` for YAML text already read (`source` names it in messages)."""
+    raw = parse_yaml(text, source)
+    problems: list[Problem] = []
+    lines: dict[TreePath, int] = {}
+    resolved = _resolve(raw, (), env, lines, problems)
+    if resolved is None:
+        resolved = {}
+    if not isinstance(resolved, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    merged = merge_over_defaults(resolved)
+    typed, invalid = validate(merged, lines)
+    # A value left empty by an unset variable is already reported once; don't cascade.
+    unresolved = {p.path for p in problems}
+    problems.extend(p for p in invalid if p.path not in unresolved)
+    if problems:
+        problems.sort(key=lambda p: (p.line if p.line is not None else 1 << 30))
+        count = len(problems)
+        raise ConfigError(
+            f"{source}: {count} problem{'s' if count != 1 else ''} found",
+            [str(p) for p in problems],
+        )
+    return _build(typed)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """The round-trip YAML tree of `text`; a syntax error becomes a ConfigError with its position."""
+    yaml = YAML(typ="rt")
+    try:
+        return yaml.load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        message = f"{source}: invalid YAML{where}: {exc.problem or exc}"
+        raise ConfigError(message) from None
+    except YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML: {exc}") from None
+
+
+def substitute(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
+    """`text` with `${VAR}` / `${VAR:-default}` resolved from `env`; `$$` is a literal `$`.
+
+    Returns the result and the problems (unset variables, malformed references).
+    `${VAR:-default}` uses the default when VAR is unset or empty.
+    """
+    problems: list[str] = []
+
+    def replace(m: re.Match[str]) -> str:
+        if m.group() == "$$":
+            return "$"
+        name = m.group("name")
+        if name is None:
+            problems.append("has a malformed '${' reference (write ${NAME} or ${NAME:-default})")
+            return m.group()
+        value = env.get(name)
+        if m.group("has_default") is not None:
+            return value if value else (m.group("default") or "")
+        if value is None:
+            problems.append(f"uses ${{{name}}} but environment variable {name} is not set")
+            return ""
+        return value
+
+    return _REFERENCE.sub(replace, text), problems
+
+
+def _resolve(
+    node: Any,
+    path: TreePath,
+    env: Mapping[str, str],
+    lines: dict[TreePath, int],
+    problems: list[Problem],
+) -> Any:
+    """Plain dicts/lists of `node` with every string substituted, recording line numbers."""
+    if isinstance(node, CommentedMap):
+        out: dict[Any, Any] = {}
+        for key, value in node.items():
+            sub = (*path, str(key))
+            position = node.lc.key(key)
+            if position is not None:
+                lines[sub] = position[0] + 1
+            out[key] = _resolve(value, sub, env, lines, problems)
+        return out
+    if isinstance(node, CommentedSeq):
+        items: list[Any] = []
+        for index, value in enumerate(node):
+            sub = (*path, index)
+            position = node.lc.item(index)
+            if position is not None:
+                lines[sub] = position[0] + 1
+            items.append(_resolve(value, sub, env, lines, problems))
+        return items
+    if isinstance(node, str):
+        text, found = substitute(str(node), env)
+        problems.extend(Problem(path, msg, "", _nearest(lines, path)) for msg in found)
+        return text
+    return node
+
+
+def _nearest(lines: Mapping[TreePath, int], path: TreePath) -> int | None:
+    for end in range(len(path), 0, -1):
+        if (line := lines.get(path[:end])) is not None:
+            return line
+    return None
+
+
+def merge(base: Any, override: Any) -> Any:
+    """`override` deep-merged over `base`: mappings merge key by key, anything else replaces."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = merge(base[key], value) if key in base else value
+        return out
+    return override
+
+
+def merge_over_defaults(user: Mapping[str, Any]) -> dict[str, Any]:
+    """The user's tree merged over every default (sections, providers, models, rules)."""
+    merged: dict[str, Any] = merge(defaults.app_template(), dict(user))
+    providers = merged.get("providers")
+    if isinstance(providers, dict):
+        merged["providers"] = {
+            name: _merge_provider(str(name), value) for name, value in providers.items()
+        }
+    return merged
+
+
+def _merge_provider(name: str, user: Any) -> Any:
+    if user is None:
+        user = {}
+    if not isinstance(user, dict):
+        return user
+    raw_type = user.get("provider_type")
+    known = isinstance(raw_type, str) and raw_type in set(ProviderType)
+    kind = (
+        ProviderType(raw_type) if known and isinstance(raw_type, str) else ProviderType.OPENAI_LIKE
+    )
+    out: dict[str, Any] = merge(defaults.provider_template(kind, name), user)
+    models = out.get("models")
+    if isinstance(models, list) and all(isinstance(m, str) for m in models):
+        models = {m: {} for m in models}
+    if isinstance(models, dict):
+        out["models"] = {
+            m: merge(defaults.model_template(), {} if v is None else v) for m, v in models.items()
+        }
+    parsing = (out.get("gateway_policy") or {}).get("error_parsing")
+    if isinstance(parsing, dict) and isinstance(parsing.get("rules"), list):
+        parsing["rules"] = [merge(defaults.rule_template(), r) for r in parsing["rules"]]
+    return out
+
+
+def _build(tree: Mapping[str, Any]) -> AppConfig:
+    providers = {name: _build_provider(name, p) for name, p in tree["providers"].items()}
+    return AppConfig(
+        server=ServerConfig(**tree["server"]),
+        database=DatabaseConfig(**tree["database"]),
+        worker=WorkerConfig(**tree["worker"]),
+        logging=LoggingConfig(**tree["logging"]),
+        providers=providers,
+    )
+
+
+def _build_provider(name: str, p: Mapping[str, Any]) -> ProviderConfig:
+    models = {m: ModelConfig(**v) for m, v in p["models"].items()}
+    if not models:
+        models = {p["default_model"]: ModelConfig()}
+    policy = p["gateway_policy"]
+    parsing, retry = policy["error_parsing"], policy["retry"]
+    rules = tuple(
+        ErrorRule(**{**rule, "map_to": ErrorReason(rule["map_to"])}) for rule in parsing["rules"]
+    )
+    return ProviderConfig(
+        name=name,
+        provider_type=ProviderType(p["provider_type"]),
+        api_base_url=p["api_base_url"],
+        default_model=p["default_model"],
+        enabled=p["enabled"],
+        keys_path=p["keys_path"],
+        keys=tuple(p["keys"]),
+        shared_key_status=p["shared_key_status"],
+        models=models,
+        access_control=AccessControl(**p["access_control"]),
+        timeouts=Timeouts(**p["timeouts"]),
+        health_policy=HealthPolicy(**p["health_policy"]),
+        gateway_policy=GatewayPolicy(
+            streaming_mode=StreamingMode(policy["streaming_mode"]),
+            fast_status_mapping={
+                code: ErrorReason(reason) for code, reason in policy["fast_status_mapping"].items()
+            },
+            error_parsing=ErrorParsing(enabled=parsing["enabled"], rules=rules),
+            retry=RetryPolicy(
+                enabled=retry["enabled"],
+                on_key_error=RetryBudget(**retry["on_key_error"]),
+                on_server_error=RetryBudget(**retry["on_server_error"]),
+            ),
+            rate_limit_cooldown=policy["rate_limit_cooldown"],
+        ),
+    )
+
+
+def describe_problems(error: ConfigError) -> str:
+    """The whole report of `error`: its message, then one indented line per problem."""
+    lines = [str(error)]
+    if error.problems != [str(error)]:
+        lines.extend(f"  - {p}" for p in error.problems)
+    return "\n".join(lines)
