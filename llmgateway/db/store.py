@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from llmgateway.core.constants import ProviderType
+from llmgateway.core.constants import ProviderType, Status
 from llmgateway.core.models import KeyRecord
 
 
@@ -22,6 +22,16 @@ class KeySyncReport:
     added: int
     removed: int
     total: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatusCount:
+    """How many (key, model) rows of one instance and model are in one status."""
+
+    instance: str
+    model: str
+    status: Status
+    count: int
 
 
 class Store(Protocol):
@@ -66,3 +76,17 @@ class Store(Protocol):
 
     async def record(self, records: Sequence[KeyRecord]) -> None:
         """Write the status fields of each (key_id, model) in one round trip."""
+
+    async def delete_instance(self, instance: str) -> int:
+        """Delete an instance's provider row, keys and statuses; return the keys deleted.
+
+        `sync_providers` never deletes: an instance removed from the config keeps
+        its rows (another process sharing the database may still serve it) until
+        this is called.
+        """
+
+    async def key_counts(self) -> dict[str, int]:
+        """The number of stored keys of each instance (instances with keys only)."""
+
+    async def status_counts(self) -> list[StatusCount]:
+        """(key, model) rows counted per instance, model and status, for `/-/status`."""

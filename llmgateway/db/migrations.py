@@ -1,0 +1,124 @@
+"""Schema migrations: finding the numbered `sql/<engine>/NNNN_name.sql` files and planning them.
+
+The engines (`sqlite.py`, `postgres.py`) apply the plan, one transaction per
+file, and record each in `schema_migrations`; this module holds the parts both
+share: where the files are, what they contain, and which ones are pending.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Collection
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Final
+
+import llmgateway
+from llmgateway.core.errors import SchemaTooNew, StoreError
+
+SQL_DIR_ENV: Final = "LLMGATEWAY_SQL_DIR"
+"""Environment variable that, when set, names the `sql/` folder explicitly."""
+
+_FILE_NAME: Final = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
+
+
+class Engine(StrEnum):
+    """A database engine; its value is the folder name under `sql/`."""
+
+    SQLITE = "sqlite"
+    POSTGRES = "postgres"
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One numbered schema migration file."""
+
+    version: int
+    name: str
+    sql: str
+
+
+def sql_dir_candidates() -> tuple[Path, ...]:
+    """The folders searched for `sql/`, in order.
+
+    `$LLMGATEWAY_SQL_DIR` when set; then the sibling of the package (the repo
+    root in a checkout, `site-packages/` when installed from the wheel, which
+    ships `sql/` at its root); then the `sys.prefix`-relative data locations.
+    """
+    found: list[Path] = []
+    explicit = os.environ.get(SQL_DIR_ENV)
+    if explicit:
+        found.append(Path(explicit))
+    found.append(Path(llmgateway.__file__).resolve().parent.parent / "sql")
+    prefix = Path(sys.prefix)
+    found.append(prefix / "sql")
+    found.append(prefix / "share" / "llmgateway" / "sql")
+    return tuple(found)
+
+
+def find_sql_dir(engine: Engine) -> Path:
+    """The folder holding `engine`'s migration files.
+
+    Raises StoreError naming every place searched when none holds them.
+    """
+    candidates = sql_dir_candidates()
+    for root in candidates:
+        folder = root / engine.value
+        if folder.is_dir() and any(folder.glob("*.sql")):
+            return folder
+    searched = ", ".join(str(c / engine.value) for c in candidates)
+    raise StoreError(f"no {engine.value} migrations found; searched: {searched}")
+
+
+def load_migrations(folder: Path) -> tuple[Migration, ...]:
+    """Every `NNNN_name.sql` file of `folder`, ordered by version.
+
+    Raises StoreError for a badly named file, a duplicated version or an
+    unreadable file, so a packaging mistake is loud at start-up.
+    """
+    migrations: dict[int, Migration] = {}
+    try:
+        paths = sorted(folder.glob("*.sql"))
+        for path in paths:
+            match = _FILE_NAME.match(path.name)
+            if match is None:
+                raise StoreError(f"migration file {path} is not named NNNN_name.sql")
+            version = int(match["version"])
+            if version in migrations:
+                raise StoreError(f"two migration files have version {version} in {folder}")
+            migrations[version] = Migration(version, match["name"], path.read_text("utf-8"))
+    except OSError as exc:
+        raise StoreError(f"cannot read migrations in {folder}: {exc}") from exc
+    if not migrations:
+        raise StoreError(f"no migration files in {folder}")
+    return tuple(migrations[v] for v in sorted(migrations))
+
+
+def engine_migrations(engine: Engine) -> tuple[Migration, ...]:
+    """The migrations shipped for `engine` (found with `find_sql_dir`)."""
+    return load_migrations(find_sql_dir(engine))
+
+
+def plan(migrations: Collection[Migration], applied: Collection[int]) -> tuple[Migration, ...]:
+    """The migrations still to apply, in order.
+
+    Raises SchemaTooNew when the database records a version above the newest
+    file known to this llmgateway: it was migrated by a newer release, and
+    running an older one against it could corrupt data.
+    """
+    newest = max((m.version for m in migrations), default=0)
+    beyond = sorted(v for v in applied if v > newest)
+    if beyond:
+        raise SchemaTooNew(
+            f"the database schema is at version {beyond[-1]} but this llmgateway knows "
+            f"migrations up to {newest} only; upgrade llmgateway (or use another database)"
+        )
+    done = set(applied)
+    return tuple(sorted((m for m in migrations if m.version not in done), key=_version))
+
+
+def _version(migration: Migration) -> int:
+    return migration.version

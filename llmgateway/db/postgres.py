@@ -1,0 +1,361 @@
+"""The PostgreSQL engine of the store, through an asyncpg pool.
+
+Batches travel as arrays expanded with `unnest` on the server: a sync of
+100,000 keys or a batch of status updates is one statement, one round trip.
+Every asyncpg and OS error becomes a StoreError in `_translated`, the one
+place that knows asyncpg's exception tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Final, final
+from urllib.parse import urlsplit
+
+import asyncpg
+from asyncpg.exceptions import DeadlockDetectedError, SerializationError
+from asyncpg.pool import PoolConnectionProxy
+
+from llmgateway.core.constants import ProviderType, Status
+from llmgateway.core.errors import StoreError
+from llmgateway.core.models import KeyRecord
+from llmgateway.db.migrations import Engine, Migration, engine_migrations, plan
+from llmgateway.db.rows import RECORD_COLUMNS, as_utc, latest_per_row, parse_status, unique_keys
+from llmgateway.db.store import KeySyncReport, StatusCount
+
+type _Conn = PoolConnectionProxy[asyncpg.Record]
+
+MIGRATION_LOCK: Final = 0x6C6C6D6777  # "llmgw": serialises migrations of concurrent processes
+"""The advisory lock id held while migrating."""
+
+WRITE_ATTEMPTS: Final = 3
+"""Attempts of a write that lost a deadlock or serialisation race to another writer."""
+
+_SELECT_RECORDS: Final = (
+    f"SELECT {RECORD_COLUMNS} FROM key_model_status AS s JOIN api_keys AS k ON k.id = s.key_id"
+)
+_UPDATE_STATUS: Final = """
+UPDATE key_model_status AS s SET
+    status = u.status, last_checked_at = u.last_checked_at, next_check_at = u.next_check_at,
+    failing_since = u.failing_since, consecutive_failures = u.consecutive_failures,
+    status_code = u.status_code, message = u.message, response_ms = u.response_ms,
+    cooldown_until = u.cooldown_until
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+            $6::timestamptz[], $7::int[], $8::int[], $9::text[], $10::int[], $11::timestamptz[])
+    AS u(key_id, model, status, last_checked_at, next_check_at, failing_since,
+         consecutive_failures, status_code, message, response_ms, cooldown_until)
+WHERE s.key_id = u.key_id AND s.model = u.model
+"""
+
+
+def describe_dsn(dsn: str) -> str:
+    """`dsn` without its password, for messages."""
+    parts = urlsplit(dsn)
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    user = f"{parts.username}@" if parts.username else ""
+    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+
+
+@contextmanager
+def _translated(action: str) -> Iterator[None]:
+    """Turn asyncpg and OS errors (timeouts included) raised while doing `action` into StoreError."""
+    try:
+        yield
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+        raise StoreError(f"postgres: {action} failed: {type(exc).__name__}: {exc}") from exc
+    except OSError as exc:  # refused, reset, DNS, TimeoutError
+        raise StoreError(f"postgres: {action} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _count(status: str) -> int:
+    """The row count of a command status such as `DELETE 3` or `INSERT 0 5`."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+@final
+class PostgresStore:
+    """The Store on PostgreSQL; see `llmgateway.db.store.Store`.
+
+    Several gateway processes may share one database: migrations take an
+    advisory lock, key syncs tolerate concurrent inserts, and a write that
+    loses a deadlock is retried. Rows of `record()` whose (key_id, model) no
+    longer exists are skipped.
+    """
+
+    def __init__(self, dsn: str, min_size: int = 1, max_size: int = 10) -> None:
+        self.dsn = dsn
+        self.min_size = min_size
+        self.max_size = max_size
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+
+    async def open(self) -> None:
+        """Create the connection pool and apply pending migrations under an advisory lock."""
+        if self._pool is not None:
+            return
+        migrations = await asyncio.to_thread(engine_migrations, Engine.POSTGRES)
+        with _translated(f"connecting to {describe_dsn(self.dsn)}"):
+            pool = await asyncpg.create_pool(
+                self.dsn, min_size=self.min_size, max_size=self.max_size
+            )
+        self._pool = pool
+        try:
+            await self._migrate(migrations)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Close the pool, terminating it if a graceful close fails (idempotent)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            with _translated("closing the pool"):
+                await pool.close()
+        except StoreError:
+            pool.terminate()
+            raise
+
+    async def ping(self) -> None:
+        """Raise StoreError unless the database answers."""
+        with _translated("ping"):
+            await self._require("ping").fetchval("SELECT 1")
+
+    async def applied_versions(self) -> list[int]:
+        """The migration versions recorded in `schema_migrations`, ascending."""
+        with _translated("reading schema_migrations"):
+            rows = await self._require("reading schema_migrations").fetch(
+                "SELECT version FROM schema_migrations ORDER BY version"
+            )
+        return [int(row[0]) for row in rows]
+
+    async def _migrate(self, migrations: Sequence[Migration]) -> None:
+        with _translated("migrating"):
+            async with self._require("migrating").acquire() as conn:
+                await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+                try:
+                    await conn.execute(
+                        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY "
+                        "KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
+                    )
+                    rows = await conn.fetch("SELECT version FROM schema_migrations")
+                    for migration in plan(migrations, [int(r[0]) for r in rows]):
+                        async with conn.transaction():
+                            await conn.execute(migration.sql)
+                            await conn.execute(
+                                "INSERT INTO schema_migrations (version, name, applied_at) "
+                                "VALUES ($1, $2, $3)",
+                                migration.version,
+                                migration.name,
+                                datetime.now(UTC),
+                            )
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+
+    async def sync_providers(self, providers: Sequence[tuple[str, ProviderType]]) -> None:
+        """Insert or update one row per configured instance (name, type); never deletes."""
+        names = [name for name, _ in providers]
+        types = [ptype.value for _, ptype in providers]
+
+        async def run(conn: _Conn) -> None:
+            await conn.execute(
+                "INSERT INTO providers (name, provider_type) "
+                "SELECT * FROM unnest($1::text[], $2::text[]) "
+                "ON CONFLICT (name) DO UPDATE SET provider_type = excluded.provider_type",
+                names,
+                types,
+            )
+
+        await self._write("syncing providers", run)
+
+    async def sync_keys(
+        self, instance: str, keys: Sequence[str], models: Sequence[str], now: datetime
+    ) -> KeySyncReport:
+        """Make the instance's keys and (key, model) rows match `keys` × `models`, in one transaction.
+
+        Raises StoreError when `instance` has no provider row.
+        """
+        wanted = unique_keys(keys)
+        model_list = list(dict.fromkeys(models))
+        at = as_utc(now)
+
+        async def run(conn: _Conn) -> KeySyncReport:
+            if await conn.fetchval("SELECT 1 FROM providers WHERE name = $1", instance) is None:
+                raise StoreError(f"unknown instance {instance!r}: sync_providers first")
+            removed = _count(
+                await conn.execute(
+                    "DELETE FROM api_keys AS a WHERE a.instance = $1 AND NOT EXISTS "
+                    "(SELECT 1 FROM unnest($2::text[]) AS w(v) WHERE w.v = a.key_value)",
+                    instance,
+                    wanted,
+                )
+            )
+            added = _count(
+                await conn.execute(
+                    "INSERT INTO api_keys (instance, key_value, added_at) "
+                    "SELECT $1, w.v, $3 FROM unnest($2::text[]) WITH ORDINALITY AS w(v, n) "
+                    "WHERE NOT EXISTS (SELECT 1 FROM api_keys AS a "
+                    "WHERE a.instance = $1 AND a.key_value = w.v) "
+                    "ORDER BY w.n ON CONFLICT (instance, key_value) DO NOTHING",
+                    instance,
+                    wanted,
+                    at,
+                )
+            )
+            await conn.execute(
+                "DELETE FROM key_model_status AS s USING api_keys AS k "
+                "WHERE s.key_id = k.id AND k.instance = $1 AND NOT (s.model = ANY($2::text[]))",
+                instance,
+                model_list,
+            )
+            await conn.execute(
+                "INSERT INTO key_model_status (key_id, model, status, next_check_at) "
+                "SELECT k.id, m.model, $3, $4 FROM api_keys AS k "
+                "CROSS JOIN unnest($2::text[]) AS m(model) WHERE k.instance = $1 "
+                "AND NOT EXISTS (SELECT 1 FROM key_model_status AS s "
+                "WHERE s.key_id = k.id AND s.model = m.model) "
+                "ON CONFLICT (key_id, model) DO NOTHING",
+                instance,
+                model_list,
+                Status.UNTESTED.value,
+                at,
+            )
+            return KeySyncReport(added=added, removed=removed, total=len(wanted))
+
+        return await self._write(f"syncing keys of {instance}", run)
+
+    async def load_records(self, instance: str | None = None) -> list[KeyRecord]:
+        """Every (key, model) record, of one instance or all, by instance, key_id, model."""
+        order = " ORDER BY k.instance, s.key_id, s.model"
+        pool = self._require("loading records")
+        with _translated("loading records"):
+            if instance is None:
+                rows = await pool.fetch(_SELECT_RECORDS + order)
+            else:
+                rows = await pool.fetch(
+                    _SELECT_RECORDS + " WHERE k.instance = $1" + order, instance
+                )
+        return await asyncio.to_thread(_to_records, rows)
+
+    async def fetch_due(
+        self, instances: Sequence[str], now: datetime, limit: int
+    ) -> list[KeyRecord]:
+        """Up to `limit` records due at `now` (NULL `next_check_at` skipped), untested first."""
+        if not instances or limit <= 0:
+            return []
+        pool = self._require("fetching due keys")
+        with _translated("fetching due keys"):
+            rows = await pool.fetch(
+                _SELECT_RECORDS + " WHERE s.next_check_at IS NOT NULL AND s.next_check_at <= $1 "
+                "AND k.instance = ANY($2::text[]) "
+                "ORDER BY s.status <> $3, s.next_check_at, s.key_id, s.model LIMIT $4",
+                as_utc(now),
+                list(instances),
+                Status.UNTESTED.value,
+                limit,
+            )
+        return _to_records(rows)
+
+    async def record(self, records: Sequence[KeyRecord]) -> None:
+        """Write the status fields of each (key_id, model), last one per row winning, in one statement."""
+        if not records:
+            return
+        batch = latest_per_row(records)
+
+        def times(values: Iterator[datetime | None]) -> list[datetime | None]:
+            return [None if v is None else as_utc(v) for v in values]
+
+        args = (
+            [r.key_id for r in batch],
+            [r.model for r in batch],
+            [r.status.value for r in batch],
+            times(r.last_checked_at for r in batch),
+            times(r.next_check_at for r in batch),
+            times(r.failing_since for r in batch),
+            [r.consecutive_failures for r in batch],
+            [r.status_code for r in batch],
+            [r.message for r in batch],
+            [r.response_ms for r in batch],
+            times(r.cooldown_until for r in batch),
+        )
+
+        async def run(conn: _Conn) -> None:
+            await conn.execute(_UPDATE_STATUS, *args)
+
+        await self._write("recording statuses", run)
+
+    async def delete_instance(self, instance: str) -> int:
+        """Delete the instance's provider row, keys and statuses; return the keys deleted."""
+
+        async def run(conn: _Conn) -> int:
+            deleted = _count(
+                await conn.execute("DELETE FROM api_keys WHERE instance = $1", instance)
+            )
+            await conn.execute("DELETE FROM providers WHERE name = $1", instance)
+            return deleted
+
+        return await self._write(f"deleting {instance}", run)
+
+    async def key_counts(self) -> dict[str, int]:
+        """The number of stored keys of each instance."""
+        pool = self._require("counting keys")
+        with _translated("counting keys"):
+            rows = await pool.fetch(
+                "SELECT instance, COUNT(*) FROM api_keys GROUP BY instance ORDER BY instance"
+            )
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    async def status_counts(self) -> list[StatusCount]:
+        """(key, model) rows counted per instance, model and status."""
+        pool = self._require("counting statuses")
+        with _translated("counting statuses"):
+            rows = await pool.fetch(
+                "SELECT k.instance, s.model, s.status, COUNT(*) FROM key_model_status AS s "
+                "JOIN api_keys AS k ON k.id = s.key_id GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+            )
+        return [StatusCount(str(r[0]), str(r[1]), parse_status(str(r[2])), int(r[3])) for r in rows]
+
+    def _require(self, action: str) -> asyncpg.Pool[asyncpg.Record]:
+        if self._pool is None:
+            raise StoreError(f"postgres: {action} failed: the store is not open")
+        return self._pool
+
+    async def _write[T](self, action: str, run: Callable[[_Conn], Awaitable[T]]) -> T:
+        """`run` in a transaction, retried when it lost a deadlock to another writer."""
+        pool = self._require(action)
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                with _translated(action):
+                    async with pool.acquire() as conn, conn.transaction():
+                        return await run(conn)
+            except StoreError as exc:
+                lost_race = isinstance(exc.__cause__, DeadlockDetectedError | SerializationError)
+                if not lost_race or attempt == WRITE_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def _to_records(rows: Sequence[asyncpg.Record]) -> list[KeyRecord]:
+    """KeyRecords from rows selected with RECORD_COLUMNS (timestamptz arrive as UTC datetimes)."""
+    return [
+        KeyRecord(
+            key_id=row[0],
+            instance=row[1],
+            key=row[2],
+            model=row[3],
+            status=parse_status(row[4]),
+            last_checked_at=row[5],
+            next_check_at=row[6],
+            failing_since=row[7],
+            consecutive_failures=row[8],
+            status_code=row[9],
+            message=row[10],
+            response_ms=row[11],
+            cooldown_until=row[12],
+        )
+        for row in rows
+    ]

@@ -1,0 +1,308 @@
+"""The embedded SQLite engine of the store (aiosqlite: every statement runs on its own thread).
+
+One connection in WAL mode, opened in autocommit mode so that transactions
+are explicit: each operation takes the connection's lock, runs
+`BEGIN IMMEDIATE` ... `COMMIT`, and never interleaves with another.
+Times are stored as REAL seconds since the Unix epoch, UTC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final, final
+
+import aiosqlite
+import orjson
+
+from llmgateway.core.constants import ProviderType, Status
+from llmgateway.core.errors import StoreError
+from llmgateway.core.models import KeyRecord
+from llmgateway.db.migrations import Engine, Migration, engine_migrations, plan
+from llmgateway.db.rows import (
+    RECORD_COLUMNS,
+    from_epoch,
+    latest_per_row,
+    parse_status,
+    to_epoch,
+    unique_keys,
+)
+from llmgateway.db.store import KeySyncReport, StatusCount
+
+MEMORY: Final = ":memory:"
+"""The path of a private in-memory database (tests)."""
+
+BUSY_TIMEOUT_MS: Final = 5000
+"""How long a write waits for another process's lock on the file before failing."""
+
+_SELECT_RECORDS: Final = (
+    f"SELECT {RECORD_COLUMNS} FROM key_model_status AS s JOIN api_keys AS k ON k.id = s.key_id"
+)
+_UPDATE_STATUS: Final = (
+    "UPDATE key_model_status SET status = ?, last_checked_at = ?, next_check_at = ?, "
+    "failing_since = ?, consecutive_failures = ?, status_code = ?, message = ?, "
+    "response_ms = ?, cooldown_until = ? WHERE key_id = ? AND model = ?"
+)
+
+
+@contextmanager
+def _translated(action: str) -> Iterator[None]:
+    """Turn sqlite3 and OS errors raised while doing `action` into StoreError."""
+    try:
+        yield
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreError(f"sqlite: {action} failed: {type(exc).__name__}: {exc}") from exc
+
+
+@final
+class SqliteStore:
+    """The Store on an SQLite file (or `:memory:`); see `llmgateway.db.store.Store`.
+
+    Rows of `record()` whose (key_id, model) no longer exists (the key was
+    removed by a sync meanwhile) are skipped.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = path if path == MEMORY else Path(path)
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        """Create the folder, connect, set WAL and busy_timeout, and apply pending migrations."""
+        if self._conn is not None:
+            return
+        migrations = await asyncio.to_thread(engine_migrations, Engine.SQLITE)
+        with _translated(f"opening {self.path}"):
+            if isinstance(self.path, Path):
+                await asyncio.to_thread(self.path.parent.mkdir, parents=True, exist_ok=True)
+            conn = await aiosqlite.connect(str(self.path), autocommit=True)
+            try:
+                await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                await conn.execute("PRAGMA journal_mode = WAL")
+                await conn.execute("PRAGMA synchronous = NORMAL")
+                await conn.execute("PRAGMA foreign_keys = ON")
+            except BaseException:
+                await conn.close()
+                raise
+        self._conn = conn
+        try:
+            await self._migrate(migrations)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            async with self._lock:
+                with _translated("closing"):
+                    await conn.close()
+
+    async def ping(self) -> None:
+        """Raise StoreError unless the database answers."""
+        async with self._locked("ping") as conn:
+            await conn.execute("SELECT 1")
+
+    async def applied_versions(self) -> list[int]:
+        """The migration versions recorded in `schema_migrations`, ascending."""
+        async with self._locked("reading schema_migrations") as conn:
+            cursor = await conn.execute("SELECT version FROM schema_migrations ORDER BY version")
+            return [int(row[0]) for row in await cursor.fetchall()]
+
+    async def _migrate(self, migrations: Sequence[Migration]) -> None:
+        # BEGIN IMMEDIATE takes the write lock first, so two processes starting
+        # together apply each migration once.
+        async with self._transaction("migrating") as conn:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            cursor = await conn.execute("SELECT version FROM schema_migrations")
+            applied = [int(row[0]) for row in await cursor.fetchall()]
+            for migration in plan(migrations, applied):
+                # autocommit=True: executescript adds no COMMIT of its own.
+                await conn.executescript(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, time.time()),
+                )
+
+    async def sync_providers(self, providers: Sequence[tuple[str, ProviderType]]) -> None:
+        """Insert or update one row per configured instance (name, type); never deletes."""
+        async with self._transaction("syncing providers") as conn:
+            await conn.executemany(
+                "INSERT INTO providers (name, provider_type) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET provider_type = excluded.provider_type",
+                [(name, ptype.value) for name, ptype in providers],
+            )
+
+    async def sync_keys(
+        self, instance: str, keys: Sequence[str], models: Sequence[str], now: datetime
+    ) -> KeySyncReport:
+        """Make the instance's keys and (key, model) rows match `keys` × `models`, in one transaction.
+
+        The key and model lists travel as JSON arrays read with `json_each`,
+        so the whole diff is four set-based statements whatever the count.
+        Raises StoreError when `instance` has no provider row.
+        """
+        wanted = unique_keys(keys)
+        keys_json = orjson.dumps(wanted).decode()
+        models_json = orjson.dumps(list(dict.fromkeys(models))).decode()
+        at = to_epoch(now)
+        async with self._transaction(f"syncing keys of {instance}") as conn:
+            cursor = await conn.execute("SELECT 1 FROM providers WHERE name = ?", (instance,))
+            if await cursor.fetchone() is None:
+                raise StoreError(f"unknown instance {instance!r}: sync_providers first")
+            cursor = await conn.execute(
+                "DELETE FROM api_keys WHERE instance = ? "
+                "AND key_value NOT IN (SELECT value FROM json_each(?))",
+                (instance, keys_json),
+            )
+            removed = cursor.rowcount
+            cursor = await conn.execute(
+                "INSERT OR IGNORE INTO api_keys (instance, key_value, added_at) "
+                "SELECT ?, value, ? FROM json_each(?) ORDER BY key",
+                (instance, at, keys_json),
+            )
+            added = cursor.rowcount
+            await conn.execute(
+                "DELETE FROM key_model_status "
+                "WHERE key_id IN (SELECT id FROM api_keys WHERE instance = ?) "
+                "AND model NOT IN (SELECT value FROM json_each(?))",
+                (instance, models_json),
+            )
+            await conn.execute(
+                "INSERT OR IGNORE INTO key_model_status (key_id, model, status, next_check_at) "
+                "SELECT k.id, m.value, ?, ? FROM api_keys AS k, json_each(?) AS m "
+                "WHERE k.instance = ?",
+                (Status.UNTESTED.value, at, models_json, instance),
+            )
+        return KeySyncReport(added=added, removed=removed, total=len(wanted))
+
+    async def load_records(self, instance: str | None = None) -> list[KeyRecord]:
+        """Every (key, model) record, of one instance or all, by instance, key_id, model."""
+        order = " ORDER BY k.instance, s.key_id, s.model"
+        async with self._locked("loading records") as conn:
+            if instance is None:
+                cursor = await conn.execute(_SELECT_RECORDS + order)
+            else:
+                cursor = await conn.execute(
+                    _SELECT_RECORDS + " WHERE k.instance = ?" + order, (instance,)
+                )
+            rows = await cursor.fetchall()
+        return await asyncio.to_thread(_to_records, rows)
+
+    async def fetch_due(
+        self, instances: Sequence[str], now: datetime, limit: int
+    ) -> list[KeyRecord]:
+        """Up to `limit` records due at `now` (NULL `next_check_at` skipped), untested first."""
+        if not instances or limit <= 0:
+            return []
+        async with self._locked("fetching due keys") as conn:
+            cursor = await conn.execute(
+                _SELECT_RECORDS + " WHERE s.next_check_at IS NOT NULL AND s.next_check_at <= ? "
+                "AND k.instance IN (SELECT value FROM json_each(?)) "
+                "ORDER BY s.status <> ?, s.next_check_at, s.key_id, s.model LIMIT ?",
+                (to_epoch(now), orjson.dumps(list(instances)).decode(), Status.UNTESTED, limit),
+            )
+            rows = await cursor.fetchall()
+        return _to_records(rows)
+
+    async def record(self, records: Sequence[KeyRecord]) -> None:
+        """Write the status fields of each (key_id, model), last one per row winning, in one transaction."""
+        if not records:
+            return
+        params = [
+            (
+                r.status.value,
+                to_epoch(r.last_checked_at),
+                to_epoch(r.next_check_at),
+                to_epoch(r.failing_since),
+                r.consecutive_failures,
+                r.status_code,
+                r.message,
+                r.response_ms,
+                to_epoch(r.cooldown_until),
+                r.key_id,
+                r.model,
+            )
+            for r in latest_per_row(records)
+        ]
+        async with self._transaction("recording statuses") as conn:
+            await conn.executemany(_UPDATE_STATUS, params)
+
+    async def delete_instance(self, instance: str) -> int:
+        """Delete the instance's provider row, keys and statuses; return the keys deleted."""
+        async with self._transaction(f"deleting {instance}") as conn:
+            cursor = await conn.execute("DELETE FROM api_keys WHERE instance = ?", (instance,))
+            deleted = cursor.rowcount
+            await conn.execute("DELETE FROM providers WHERE name = ?", (instance,))
+        return deleted
+
+    async def key_counts(self) -> dict[str, int]:
+        """The number of stored keys of each instance."""
+        async with self._locked("counting keys") as conn:
+            cursor = await conn.execute(
+                "SELECT instance, COUNT(*) FROM api_keys GROUP BY instance ORDER BY instance"
+            )
+            return {str(name): int(n) for name, n in await cursor.fetchall()}
+
+    async def status_counts(self) -> list[StatusCount]:
+        """(key, model) rows counted per instance, model and status."""
+        async with self._locked("counting statuses") as conn:
+            cursor = await conn.execute(
+                "SELECT k.instance, s.model, s.status, COUNT(*) FROM key_model_status AS s "
+                "JOIN api_keys AS k ON k.id = s.key_id GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+            )
+            rows = await cursor.fetchall()
+        return [StatusCount(str(i), str(m), parse_status(str(s)), int(n)) for i, m, s, n in rows]
+
+    @asynccontextmanager
+    async def _locked(self, action: str) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection, held exclusively, with errors translated (reads)."""
+        async with self._lock:
+            if self._conn is None:
+                raise StoreError(f"sqlite: {action} failed: the store is not open")
+            with _translated(action):
+                yield self._conn
+
+    @asynccontextmanager
+    async def _transaction(self, action: str) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection inside `BEGIN IMMEDIATE` ... `COMMIT` (rolled back on any error)."""
+        async with self._locked(action) as conn:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
+
+
+def _to_records(rows: Iterable[Any]) -> list[KeyRecord]:
+    """KeyRecords from rows selected with RECORD_COLUMNS."""
+    return [
+        KeyRecord(
+            key_id=row[0],
+            instance=row[1],
+            key=row[2],
+            model=row[3],
+            status=parse_status(row[4]),
+            last_checked_at=from_epoch(row[5]),
+            next_check_at=from_epoch(row[6]),
+            failing_since=from_epoch(row[7]),
+            consecutive_failures=row[8],
+            status_code=row[9],
+            message=row[10],
+            response_ms=row[11],
+            cooldown_until=from_epoch(row[12]),
+        )
+        for row in rows
+    ]
