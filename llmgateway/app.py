@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import aiohttp
@@ -31,15 +31,15 @@ from llmgateway.services.pool import Clock, KeyPool
 
 log = structlog.get_logger("llmgateway.app")
 
-ACCESSOR = web.AppKey("accessor", ConfigAccessor)
-CLOCK = web.AppKey("clock", Callable[[], float])
-STORE = web.AppKey("store", Store)
-WRITE_QUEUE = web.AppKey("write_queue", WriteQueue)
-SESSION = web.AppKey("session", aiohttp.ClientSession)
-ADAPTERS = web.AppKey("adapters", dict[str, ProviderAdapter])
-POOL = web.AppKey("pool", KeyPool)
-GATEWAY = web.AppKey("gateway", Gateway)
-KEEPER = web.AppKey("keeper", Keeper)
+ACCESSOR: web.AppKey[ConfigAccessor] = web.AppKey("accessor")
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+STORE: web.AppKey[Store] = web.AppKey("store")
+WRITE_QUEUE: web.AppKey[WriteQueue] = web.AppKey("write_queue")
+SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session")
+ADAPTERS: web.AppKey[dict[str, ProviderAdapter]] = web.AppKey("adapters")
+POOL: web.AppKey[KeyPool] = web.AppKey("pool")
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
+KEEPER: web.AppKey[Keeper] = web.AppKey("keeper")
 
 CONNECTION_LIMIT = 1000
 """Upstream connections kept open at most (keep-alive pool across every provider)."""
@@ -110,9 +110,8 @@ async def _keeper_ctx(app: web.Application) -> AsyncIterator[None]:
     if not accessor.worker.enabled:
         yield
         return
-    keeper = Keeper(
-        accessor, app[STORE], app[POOL], app[SESSION], app[ADAPTERS], clock=app[CLOCK]
-    )
+    adapters: dict[str, ProviderAdapter] = app[ADAPTERS]
+    keeper = Keeper(accessor, app[STORE], app[POOL], app[SESSION], adapters, clock=app[CLOCK])
     app[KEEPER] = keeper
     await keeper.start()
     yield

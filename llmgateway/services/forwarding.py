@@ -43,7 +43,9 @@ DROPPED_UPSTREAM: Final = HOP_BY_HOP | frozenset(
 )
 """Client headers never sent upstream: hop-by-hop, framing, and every credential carrier."""
 
-DROPPED_DOWNSTREAM: Final = HOP_BY_HOP | frozenset(istr(h) for h in ("Content-Length", "Date", "Server"))
+DROPPED_DOWNSTREAM: Final = HOP_BY_HOP | frozenset(
+    istr(h) for h in ("Content-Length", "Date", "Server")
+)
 """Upstream headers not copied to the client (aiohttp sets framing, date and server)."""
 
 _BEARER = re.compile(r"\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)

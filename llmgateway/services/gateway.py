@@ -228,7 +228,9 @@ class Gateway:
             exchange.attempts += 1
             exchange.keys.append(record.key)
             sent = time.perf_counter()
-            result, answer, upstream = await self._attempt(request.method, url, headers, body, route)
+            result, answer, upstream = await self._attempt(
+                request.method, url, headers, body, route
+            )
             exchange.upstream_seconds += time.perf_counter() - sent
             if upstream is not None:
                 return await self._relay(request, route, record, upstream, exchange)

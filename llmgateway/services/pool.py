@@ -172,8 +172,8 @@ class KeyPool:
             if not slot.entries:
                 del self._slots[(name, model)]
         for (model, key_id), record in fresh.items():
-            slot = self._slots.get((instance, model))
-            if slot is None or key_id not in slot.entries:
+            existing = self._slots.get((instance, model))
+            if existing is None or key_id not in existing.entries:
                 self._add(record)
 
     def _add(self, record: KeyRecord) -> None:
@@ -220,9 +220,7 @@ class KeyPool:
             )
         raise NoUsableKey(f"no usable key left for {instance}/{model}")
 
-    def report(
-        self, record: KeyRecord, result: CheckResult, *, probe: bool = False
-    ) -> None:
+    def report(self, record: KeyRecord, result: CheckResult, *, probe: bool = False) -> None:
         """Apply the outcome of a call made with `record`'s key for its model.
 
         Fatal reasons take the key out for their scope (every model of the
@@ -245,10 +243,10 @@ class KeyPool:
                 if entry is not None:
                     self._apply(slot, entry, result)
             return
-        slot = self._slots.get((record.instance, record.model))
-        entry = slot.entries.get(record.key_id) if slot else None
-        if slot is not None and entry is not None:
-            self._apply(slot, entry, result)
+        target = self._slots.get((record.instance, record.model))
+        found = target.entries.get(record.key_id) if target else None
+        if target is not None and found is not None:
+            self._apply(target, found, result)
 
     def _apply(self, slot: _Slot, entry: _Entry, result: CheckResult) -> None:
         old = entry.record
