@@ -1,0 +1,76 @@
+"""Integration fixtures: one store suite, run against SQLite and a real PostgreSQL.
+
+Each PostgreSQL test creates its own uniquely named database on
+127.0.0.1:5432 (user postgres) and drops it afterwards.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from llmgateway.db.postgres import PostgresStore
+from llmgateway.db.sqlite import SqliteStore
+
+PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "postgres"}
+
+ENGINES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    """A fresh, empty database of one engine, and how to reach it."""
+
+    engine: str
+    location: str  # the SQLite file, or the PostgreSQL DSN
+
+    def new_store(self) -> SqliteStore | PostgresStore:
+        """A new, unopened store on this database."""
+        if self.engine == "sqlite":
+            return SqliteStore(Path(self.location))
+        return PostgresStore(self.location, min_size=1, max_size=4)
+
+    async def execute(self, sql: str) -> None:
+        """Run `sql` on a connection of its own, outside any store (test set-up)."""
+        if self.engine == "sqlite":
+            with sqlite3.connect(self.location) as conn:
+                conn.execute(sql)
+            return
+        conn = await asyncpg.connect(self.location)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(params=ENGINES)
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """An empty database of each engine."""
+    if request.param == "sqlite":
+        yield Database("sqlite", str(tmp_path / "data" / "llmgateway.db"))
+        return
+    name = f"llmgw_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(**PG_ADMIN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield Database("postgres", f"postgresql://postgres@127.0.0.1:5432/{name}")
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def store(database: Database) -> AsyncIterator[SqliteStore | PostgresStore]:
+    """An opened (migrated) store on an empty database of each engine."""
+    opened = database.new_store()
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
