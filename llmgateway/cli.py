@@ -1,0 +1,189 @@
+"""The `llmgateway` command line: serve, status, config create, config check.
+
+Exit codes: 0 success; 1 a refused or failed command (bad arguments, invalid
+configuration in `config check`, a part not available); 2 an invalid
+configuration when starting `serve` or `status`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import click
+
+from llmgateway.config.fields import INSTANCE_NAME, INSTANCE_NAME_FORM
+from llmgateway.config.loader import load_config, resolve_config_path
+from llmgateway.config.scaffold import (
+    add_provider,
+    render_base_file,
+    render_provider,
+    token_variable,
+)
+from llmgateway.config.schemas import AppConfig
+from llmgateway.core.constants import ProviderType
+from llmgateway.core.errors import ConfigError
+
+EXIT_INVALID_CONFIG = 2
+"""Exit code of `serve` and `status` when the configuration does not load."""
+
+_CONFIG_HELP = "Configuration file (default: $LLMGW_CONFIG, else config/providers.yaml)."
+
+
+def _report(error: ConfigError) -> str:
+    """The full text of a configuration error: the summary, then one line per problem."""
+    lines = [f"Error: {error}"]
+    if error.problems != [str(error)]:
+        lines.extend(f"  - {problem}" for problem in error.problems)
+    return "\n".join(lines)
+
+
+def _load_or_exit(config_path: Path, code: int) -> AppConfig:
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        click.echo(_report(exc), err=True)
+        raise SystemExit(code) from None
+
+
+def _lazy(modules: tuple[str, ...], name: str, what: str) -> Callable[..., Any]:
+    """`name` from the first of `modules` that has it (those parts are built separately)."""
+    problems: list[str] = []
+    for module_name in modules:
+        try:
+            found = getattr(importlib.import_module(module_name), name, None)
+        except ImportError as exc:
+            problems.append(str(exc))
+            continue
+        if callable(found):
+            return cast(Callable[..., Any], found)
+        problems.append(f"{module_name} has no {name}")
+    detail = "; ".join(problems)
+    raise click.ClickException(f"{what} is not available yet in this build ({detail})")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="llmgateway", prog_name="llmgateway")
+def main() -> None:
+    """llmgateway: one endpoint in front of many LLM API keys, each checked and pooled."""
+
+
+@main.command()
+@click.option("--config", "config_option", metavar="PATH", help=_CONFIG_HELP)
+@click.option("--host", default=None, help="Listen address (overrides server.host).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Listen port.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes.")
+def serve(
+    config_option: str | None, host: str | None, port: int | None, workers: int | None
+) -> None:
+    """Run the gateway and the key keeper."""
+    config_path = resolve_config_path(config_option, os.environ)
+    _load_or_exit(config_path, EXIT_INVALID_CONFIG)
+    run_server = _lazy(("llmgateway.server", "llmgateway.app"), "run_server", "the server")
+    extra: dict[str, Any] = {}
+    if workers is not None:
+        if "workers" in inspect.signature(run_server).parameters:
+            extra["workers"] = workers
+        else:
+            click.echo(
+                "Warning: --workers is not supported by this build; serving in one process",
+                err=True,
+            )
+    run_server(config_path, host, port, **extra)
+
+
+@main.command()
+@click.option("--config", "config_option", metavar="PATH", help=_CONFIG_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON.")
+@click.option("--keys", "show_keys", is_flag=True, help="List every (masked) key.")
+def status(config_option: str | None, as_json: bool, show_keys: bool) -> None:
+    """Show the stored status of every key (what /-/status shows)."""
+    config_path = resolve_config_path(config_option, os.environ)
+    _load_or_exit(config_path, EXIT_INVALID_CONFIG)
+    print_status = _lazy(("llmgateway.services.stats",), "print_status", "the status command")
+    raise SystemExit(print_status(config_path, as_json, show_keys))
+
+
+@main.group()
+def config() -> None:
+    """Create and check the configuration file."""
+
+
+def _parse_spec(spec: str) -> tuple[ProviderType, str]:
+    valid = ", ".join(t.value for t in ProviderType)
+    kind, sep, name = spec.partition(":")
+    if not sep:
+        raise click.ClickException(
+            f"expected <type>:<name>, e.g. openai_like:openai-main; valid types: {valid}"
+        )
+    if kind not in {t.value for t in ProviderType}:
+        raise click.ClickException(f"unknown provider type {kind!r}; valid types: {valid}")
+    if not INSTANCE_NAME.fullmatch(name):
+        raise click.ClickException(f"invalid instance name {name!r}: use {INSTANCE_NAME_FORM}")
+    return ProviderType(kind), name
+
+
+@config.command("create")
+@click.argument("spec", metavar="TYPE:NAME")
+@click.option("--config", "config_option", metavar="PATH", help=_CONFIG_HELP)
+def config_create(spec: str, config_option: str | None) -> None:
+    """Add a commented provider section of TYPE called NAME to the configuration.
+
+    TYPE is openai_like, anthropic or gemini. The file is created with its base
+    sections when missing; everything already in it is kept exactly.
+    """
+    provider_type, name = _parse_spec(spec)
+    config_path = resolve_config_path(config_option, os.environ)
+    try:
+        if config_path.exists():
+            text = config_path.read_text(encoding="utf-8")
+            updated = add_provider(text, provider_type, name, str(config_path))
+            created = False
+        else:
+            updated = render_base_file(render_provider(provider_type, name))
+            created = True
+        _write_atomically(config_path, updated)
+    except ConfigError as exc:
+        raise click.ClickException(_report(exc).removeprefix("Error: ")) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {config_path}: {exc}") from None
+    keys_dir = Path("keys") / name
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    variable = token_variable(name)
+    action = "Created" if created else "Updated"
+    click.echo(f"{action} {config_path}: added {provider_type.value} instance {name!r}.")
+    click.echo("Next steps:")
+    click.echo(f"  1. Put the API keys in {keys_dir}/*.txt (one key per line, '#' comments).")
+    click.echo(f"  2. Choose the token clients will send: export {variable}=<a long random secret>")
+    click.echo(f"  3. Check the file:  llmgateway config check --config {config_path}")
+    click.echo(f"  4. Start:           llmgateway serve --config {config_path}")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8", newline="")
+    temporary.replace(path)
+
+
+@config.command("check")
+@click.option("--config", "config_option", metavar="PATH", help=_CONFIG_HELP)
+def config_check(config_option: str | None) -> None:
+    """Load and validate the configuration and print every problem found."""
+    config_path = resolve_config_path(config_option, os.environ)
+    loaded = _load_or_exit(config_path, 1)
+    providers = loaded.providers.values()
+    enabled = sum(1 for p in providers if p.enabled)
+    count = len(loaded.providers)
+    click.echo(
+        f"OK {config_path}: {count} provider instance{'s' if count != 1 else ''} "
+        f"({enabled} enabled), database {loaded.database.url.partition(':')[0]}"
+    )
+    for provider in providers:
+        models = ", ".join(provider.models)
+        state = "" if provider.enabled else " (disabled)"
+        click.echo(f"  {provider.name}: {provider.provider_type.value}{state}, models: {models}")
