@@ -166,9 +166,12 @@ class SqliteStore:
             )
             removed = cursor.rowcount
             cursor = await conn.execute(
+                # Filtering first keeps ignored rows from consuming AUTOINCREMENT ids.
                 "INSERT OR IGNORE INTO api_keys (instance, key_value, added_at) "
-                "SELECT ?, value, ? FROM json_each(?) ORDER BY key",
-                (instance, at, keys_json),
+                "SELECT ?, w.value, ? FROM json_each(?) AS w WHERE NOT EXISTS "
+                "(SELECT 1 FROM api_keys AS a WHERE a.instance = ? AND a.key_value = w.value) "
+                "ORDER BY w.key",
+                (instance, at, keys_json, instance),
             )
             added = cursor.rowcount
             await conn.execute(
