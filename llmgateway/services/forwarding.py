@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Final
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_plus
 
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
@@ -126,9 +126,13 @@ def safe_path(raw_path: str) -> bool:
 
 
 def strip_key_param(raw_path: str) -> str:
-    """The path and query with the `key` query parameter removed, verbatim otherwise."""
+    """The path and query with the `key` query parameter removed, verbatim otherwise.
+
+    Names are compared decoded, as aiohttp's `request.query` reads them: a
+    token sent as `k%65y=...` authenticates, so it must not reach the upstream.
+    """
     path, sep, query = raw_path.partition("?")
     if not sep:
         return raw_path
-    kept = [p for p in query.split("&") if p and p.split("=", 1)[0] != KEY_PARAM]
+    kept = [p for p in query.split("&") if p and unquote_plus(p.split("=", 1)[0]) != KEY_PARAM]
     return f"{path}?{'&'.join(kept)}" if kept else path
