@@ -27,6 +27,7 @@ from llmgateway.providers.base import ProviderAdapter
 from llmgateway.services.gateway import Gateway
 from llmgateway.services.keeper import Keeper
 from llmgateway.services.keyfiles import sync_instance_keys
+from llmgateway.services.metrics import METRICS
 from llmgateway.services.pool import Clock, KeyPool
 
 log = structlog.get_logger("llmgateway.app")
@@ -96,7 +97,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     pool.load(await store.load_records())
     app[ADAPTERS] = adapters
     app[POOL] = pool
-    app[GATEWAY] = Gateway(accessor, pool, app[SESSION], adapters)
+    app[GATEWAY] = Gateway(accessor, pool, app[SESSION], adapters, observer=app.get(METRICS))
     log.info(
         "key pool loaded",
         instances=len(providers),
@@ -142,8 +143,22 @@ def create_app(accessor: ConfigAccessor, *, clock: Clock = time.time) -> web.App
     app = web.Application(client_max_size=int(accessor.server.max_body_mb * 1024 * 1024) + 1)
     app[ACCESSOR] = accessor
     app[CLOCK] = clock
-    app.cleanup_ctx.extend([_store_ctx, _write_queue_ctx, _session_ctx, _pool_ctx, _keeper_ctx])
+    # admin reads this module's AppKeys, so it is imported here, not at the top (issue 7).
+    from llmgateway.services.admin import install_admin, metrics_ctx, summary_ctx
+
+    app.cleanup_ctx.extend(
+        [
+            _store_ctx,
+            _write_queue_ctx,
+            _session_ctx,
+            metrics_ctx,
+            _pool_ctx,
+            _keeper_ctx,
+            summary_ctx,
+        ]
+    )
     app.router.add_get("/-/healthy", _healthy)
     app.router.add_get("/-/ready", _ready)
+    install_admin(app)
     app.router.add_route("*", "/{tail:.*}", _proxy)
     return app

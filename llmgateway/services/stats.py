@@ -1,0 +1,203 @@
+"""The pool summary: the `/-/status` JSON document and the `llmgateway status` table.
+
+One builder serves both: `/-/status` feeds it the live pool's records, the CLI
+the store's, so `llmgateway status --json` prints exactly what `/-/status`
+answers (issue 7). Keys are masked here and nowhere else in this output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import click
+import orjson
+
+from llmgateway.config.loader import describe_problems, load_config
+from llmgateway.config.schemas import ProviderConfig
+from llmgateway.core.accessor import ConfigAccessor
+from llmgateway.core.constants import Status
+from llmgateway.core.errors import ConfigError, StoreError
+from llmgateway.core.logs import mask_key
+from llmgateway.core.models import KeyRecord
+from llmgateway.db import open_store
+
+EXIT_OK: Final = 0
+EXIT_STORE_ERROR: Final = 1
+EXIT_CONFIG_ERROR: Final = 2
+
+_STATUS_ORDER: Final = {status: index for index, status in enumerate(Status)}
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """Which serving process answered `/-/status` (several may share one database)."""
+
+    pid: int
+    started_at: datetime
+
+    @classmethod
+    def current(cls, started_at: datetime) -> ProcessInfo:
+        """This process, started at `started_at`."""
+        return cls(pid=os.getpid(), started_at=started_at)
+
+
+def iso_utc(moment: datetime | None) -> str | None:
+    """`moment` as ISO-8601 UTC to the second with a `Z` suffix (None stays None)."""
+    if moment is None:
+        return None
+    text = moment.astimezone(UTC).replace(microsecond=0).isoformat()
+    return text.replace("+00:00", "Z")
+
+
+def build_status_document(
+    providers: Sequence[ProviderConfig],
+    records: Iterable[KeyRecord],
+    process: ProcessInfo | None = None,
+) -> dict[str, Any]:
+    """The DESIGN.md status document of `providers` from `records`.
+
+    Every instance of `providers` appears (in their order) with its
+    `provider_type`, `keys_total` (distinct keys), `models` (per status model,
+    the count of each status present, in `Status` order) and `keys` (one
+    entry per (key, model), key masked, sorted by model then key id).
+    Records of instances not in `providers` are ignored. With `process`, a
+    top-level `"process": {"pid", "started_at"}` says which process answered.
+    """
+    by_instance: dict[str, list[KeyRecord]] = {p.name: [] for p in providers}
+    for record in records:
+        bucket = by_instance.get(record.instance)
+        if bucket is not None:
+            bucket.append(record)
+    document: dict[str, Any] = {
+        "providers": {p.name: _instance_document(p, by_instance[p.name]) for p in providers}
+    }
+    if process is not None:
+        document["process"] = {"pid": process.pid, "started_at": iso_utc(process.started_at)}
+    return document
+
+
+def _instance_document(provider: ProviderConfig, records: list[KeyRecord]) -> dict[str, Any]:
+    records.sort(key=lambda r: (r.model, r.key_id))
+    counts: dict[str, Counter[Status]] = {
+        model: Counter() for model in ConfigAccessor.status_models(provider)
+    }
+    for record in records:
+        counts.setdefault(record.model, Counter())[record.status] += 1
+    return {
+        "provider_type": provider.provider_type.value,
+        "keys_total": len({r.key_id for r in records}),
+        "models": {
+            model: {
+                status.value: count
+                for status, count in sorted(tally.items(), key=lambda i: _STATUS_ORDER[i[0]])
+            }
+            for model, tally in counts.items()
+        },
+        "keys": [_key_document(r) for r in records],
+    }
+
+
+def _key_document(record: KeyRecord) -> dict[str, Any]:
+    return {
+        "key": mask_key(record.key),
+        "model": record.model,
+        "status": record.status.value,
+        "last_checked_at": iso_utc(record.last_checked_at),
+        "next_check_at": iso_utc(record.next_check_at),
+        "failing_since": iso_utc(record.failing_since),
+        "status_code": record.status_code,
+        "message": record.message,
+    }
+
+
+# -- `llmgateway status` ----------------------------------------------------------------------
+
+
+def render_table(document: dict[str, Any], show_keys: bool = False) -> str:
+    """The status document as a readable text table: one row per instance and model.
+
+    Columns are the statuses present anywhere (in `Status` order); with
+    `show_keys` each instance is followed by its masked per-key list.
+    """
+    providers: dict[str, Any] = document["providers"]
+    seen = {status for p in providers.values() for m in p["models"].values() for status in m}
+    statuses = [s.value for s in Status if s.value in seen]
+    header = ["INSTANCE", "MODEL", "TOTAL", *(s.upper() for s in statuses)]
+    rows: list[list[str]] = []
+    for name, instance in providers.items():
+        models: dict[str, dict[str, int]] = instance["models"] or {"-": {}}
+        for model, tally in models.items():
+            rows.append(
+                [name, model, str(sum(tally.values())), *(str(tally.get(s, 0)) for s in statuses)]
+            )
+    lines = _columns([header, *rows])
+    lines.append("")
+    lines.extend(
+        f"{name} ({p['provider_type']}): {p['keys_total']} keys" for name, p in providers.items()
+    )
+    if show_keys:
+        for name, instance in providers.items():
+            lines.extend(["", f"{name} keys:"])
+            key_rows = [["KEY", "MODEL", "STATUS", "CODE", "LAST CHECKED", "NEXT CHECK", "MESSAGE"]]
+            key_rows.extend(
+                [
+                    k["key"],
+                    k["model"],
+                    k["status"],
+                    "-" if k["status_code"] is None else str(k["status_code"]),
+                    k["last_checked_at"] or "-",
+                    k["next_check_at"] or "-",
+                    (k["message"] or "")[:60],
+                ]
+                for k in instance["keys"]
+            )
+            lines.extend("  " + line for line in _columns(key_rows))
+    return "\n".join(lines)
+
+
+def _columns(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+async def _load_document(accessor: ConfigAccessor) -> dict[str, Any]:
+    store = open_store(accessor.database)
+    await store.open()
+    try:
+        records = await store.load_records()
+    finally:
+        await store.close()
+    return build_status_document(accessor.enabled_providers(), records)
+
+
+def print_status(config_path: Path, as_json: bool, show_keys: bool) -> int:
+    """`llmgateway status`: read the store directly (no server needed) and print the pool.
+
+    Prints the table (with the masked key list when `show_keys`) or, with
+    `as_json`, the `/-/status` document. Returns the exit code: 0, 2 for a
+    configuration error (whole report on stderr), 1 when the store fails.
+    """
+    try:
+        accessor = ConfigAccessor(load_config(config_path))
+        document = asyncio.run(_load_document(accessor))
+    except ConfigError as exc:
+        click.echo(describe_problems(exc), err=True)
+        return EXIT_CONFIG_ERROR
+    except StoreError as exc:
+        click.echo(f"cannot read the key store: {exc}", err=True)
+        return EXIT_STORE_ERROR
+    if as_json:
+        click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(render_table(document, show_keys))
+    return EXIT_OK
