@@ -1,0 +1,342 @@
+"""The keeper: background health checks of every key, applied to the live pool at once.
+
+One `Keeper` per application, started and stopped by `app.py` around the
+gateway. Each round fetches the (key, model) rows due for a check, probes
+them over the shared ClientSession with bounded concurrency, and hands each
+classified result to `KeyPool.report(..., probe=True)`, which derives the next
+record from the health policy and queues it for the store (issue 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Final, final
+
+import aiohttp
+import structlog
+
+from llmgateway.config.schemas import ProviderConfig
+from llmgateway.core.accessor import ConfigAccessor
+from llmgateway.core.constants import ALL_MODELS_MARKER, ErrorReason
+from llmgateway.core.errors import StoreError
+from llmgateway.core.logs import mask_key, update_secrets
+from llmgateway.core.models import CheckResult, KeyRecord
+from llmgateway.db.store import Store
+from llmgateway.providers import classify_exception
+from llmgateway.providers.base import MAX_ERROR_BODY, ProviderAdapter
+from llmgateway.services.keyfiles import sync_instance_keys
+from llmgateway.services.pool import Clock, KeyPool
+
+log = structlog.get_logger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
+"""Waits the given number of seconds (asyncio.sleep); injectable for tests."""
+
+DUE_BATCH: Final = 5000
+"""At most this many due (key, model) rows are fetched and probed per round."""
+
+PROBE_FAILURES: Final = (aiohttp.ClientError, TimeoutError, OSError, ValueError)
+"""What a probe may raise on the wire (refused, reset, garbage, timeout, undecodable)."""
+
+
+@final
+class Keeper:
+    """Probes due keys on a schedule and keeps the live pool and the store up to date.
+
+    `run()` is the background loop (key sync at start and every
+    `worker.keys_sync_interval`, then rounds of probes, sleeping
+    `worker.check_interval` when nothing is due); `run_once()` is one round.
+    The clock and the sleep are injectable so tests drive time themselves.
+    """
+
+    def __init__(
+        self,
+        accessor: ConfigAccessor,
+        store: Store,
+        pool: KeyPool,
+        session: aiohttp.ClientSession,
+        adapters: Mapping[str, ProviderAdapter],
+        clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._accessor = accessor
+        self._store = store
+        self._pool = pool
+        self._session = session
+        self._adapters = adapters
+        self._clock = clock
+        self._sleep = sleep
+        worker = accessor.worker
+        self._probe_slots = asyncio.Semaphore(max(worker.max_concurrent_probes, 1))
+        self._instance_slots: dict[str, asyncio.Semaphore] = {
+            p.name: asyncio.Semaphore(max(worker.max_concurrent_probes_per_instance, 1))
+            for p in accessor.enabled_providers()
+        }
+        self._loaded: set[str] = set()
+        self._next_sync = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._idle = False
+
+    # -- lifecycle --------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the background loop as a task (once; later calls do nothing)."""
+        if self._task is None:
+            self._stopping = False
+            self._task = asyncio.create_task(self.run(), name="llmgateway-keeper")
+
+    async def stop(self, timeout: float) -> None:  # noqa: ASYNC109 (app.py's deadline)
+        """Stop the loop: no new probe starts; in-flight ones get `timeout` seconds.
+
+        An idle loop is cancelled at once. Probes still running at the
+        deadline are cancelled; what they had not reported is simply not
+        recorded (those keys stay due). Flushing the write queue is the
+        caller's next step.
+        """
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        if self._idle:
+            task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            log.warning("keeper_stop_deadline", timeout=timeout)
+            task.cancel()
+            await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:
+            log.error("keeper_stopped_with_error", error=repr(task.exception()))
+
+    async def run(self) -> None:
+        """The background loop: sync keys when due, probe due keys, sleep when idle.
+
+        A failed round is logged and the loop goes on; cancellation propagates.
+        """
+        worker = self._accessor.worker
+        while not self._stopping:
+            probed = 0
+            try:
+                if self._clock() >= self._next_sync:
+                    await self.sync_keys()
+                    self._next_sync = self._clock() + worker.keys_sync_interval
+                probed = await self.run_once()
+            except Exception:  # the loop's outermost guard: log, then the next round
+                log.exception("keeper_round_failed")
+            if probed or self._stopping:
+                continue
+            self._idle = True
+            try:
+                await self._sleep(worker.check_interval)
+            finally:
+                self._idle = False
+
+    # -- key sync ---------------------------------------------------------
+
+    async def sync_keys(self) -> None:
+        """Sync every enabled instance's keys from its files and reload it into the pool.
+
+        An instance is reloaded from the store on its first sync and whenever
+        keys were added or removed; the new keys are added to the log masker.
+        A store failure for one instance is logged and the others go on.
+        """
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        for provider in self._accessor.enabled_providers():
+            name = provider.name
+            try:
+                report = await sync_instance_keys(self._store, provider, now)
+                changed = report is not None and (report.added > 0 or report.removed > 0)
+                if name in self._loaded and not changed:
+                    continue
+                records = await self._store.load_records(name)
+            except StoreError as exc:
+                log.error("keeper_key_sync_failed", instance=name, error=str(exc))
+                continue
+            self._pool.sync_instance(name, records)
+            self._loaded.add(name)
+            update_secrets({r.key for r in records})
+
+    # -- probing ----------------------------------------------------------
+
+    async def run_once(self) -> int:
+        """One round: probe every (key, model) due now; return how many were probed.
+
+        Rows whose in-pool record is no longer due (probed moments ago, the
+        write queue not flushed yet) or no longer checked are skipped.
+        """
+        names = [p.name for p in self._accessor.enabled_providers() if p.name in self._adapters]
+        if not names:
+            return 0
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        due = await self._store.fetch_due(names, now, DUE_BATCH)
+        todo = [record for record in due if self._is_due(record, now)]
+        if not todo:
+            return 0
+        async with asyncio.TaskGroup() as group:
+            for record in todo:
+                group.create_task(self._check(record))
+        return len(todo)
+
+    def _is_due(self, record: KeyRecord, now: datetime) -> bool:
+        current = self._pool.get(record.instance, record.model, record.key_id)
+        return (
+            current is not None
+            and current.next_check_at is not None
+            and current.next_check_at <= now
+        )
+
+    async def _check(self, record: KeyRecord) -> None:
+        """Probe one (key, model) and report the verified outcome to the pool."""
+        provider = self._accessor.get_provider(record.instance)
+        adapter = self._adapters.get(record.instance)
+        if provider is None or adapter is None:
+            return
+        result = await self._verified_probe(provider, adapter, record)
+        if result is None:
+            return
+        self._pool.report(record, result, probe=True)
+        log.debug(
+            "probe_recorded",
+            instance=record.instance,
+            model=record.model,
+            key=mask_key(record.key),
+            status=result.status.value,
+            status_code=result.status_code,
+            response_ms=result.response_ms,
+        )
+
+    async def _verified_probe(
+        self, provider: ProviderConfig, adapter: ProviderAdapter, record: KeyRecord
+    ) -> CheckResult | None:
+        """The outcome to record for `record`, or None when the keeper stopped meanwhile.
+
+        Shared instances are probed on `default_model`. A retryable failure is
+        probed again, `verification_delay` apart, until `verification_attempts`
+        probes (the first included) were made or one gives another answer; a
+        success or a fatal reason is final at once.
+        """
+        model = provider.default_model if record.model == ALL_MODELS_MARKER else record.model
+        policy = provider.health_policy
+        attempts = max(policy.verification_attempts, 1)
+        attempt = 1
+        while True:
+            result = await self._guarded_probe(provider, adapter, model, record)
+            if result is None:
+                return None
+            reason = result.reason
+            if reason is None or not reason.is_retryable or attempt >= attempts:
+                return result
+            if self._stopping:
+                return None
+            log.debug(
+                "probe_reverify",
+                instance=record.instance,
+                model=record.model,
+                key=mask_key(record.key),
+                reason=reason.value,
+                attempt=attempt,
+            )
+            attempt += 1
+            await self._sleep(policy.verification_delay)
+
+    async def _guarded_probe(
+        self, provider: ProviderConfig, adapter: ProviderAdapter, model: str, record: KeyRecord
+    ) -> CheckResult | None:
+        """One probe under the concurrency limits (None: the keeper is stopping).
+
+        Wire failures are classified by `classify_exception`; anything else
+        escaping the adapter is logged (key masked) and recorded as unknown,
+        so one bad response never takes the round's other probes down.
+        """
+        async with self._instance_slots[provider.name], self._probe_slots:
+            if self._stopping:
+                return None
+            started = time.perf_counter()
+            try:
+                result = await probe_once(self._session, provider, adapter, model, record.key)
+            except PROBE_FAILURES as exc:
+                result = classify_exception(exc)
+                log.info(
+                    "probe_failed",
+                    instance=provider.name,
+                    model=model,
+                    key=mask_key(record.key),
+                    reason=result.reason.value if result.reason else None,
+                    error=type(exc).__name__,
+                )
+            except Exception as exc:  # a probe task's outermost guard: log, record unknown
+                log.exception(
+                    "probe_crashed", instance=provider.name, model=model, key=mask_key(record.key)
+                )
+                result = CheckResult(
+                    reason=ErrorReason.UNKNOWN, message=f"probe crashed: {type(exc).__name__}"
+                )
+            elapsed = int((time.perf_counter() - started) * 1000)
+        return replace(result, response_ms=elapsed)
+
+
+async def probe_once(
+    session: aiohttp.ClientSession,
+    provider: ProviderConfig,
+    adapter: ProviderAdapter,
+    model: str,
+    key: str,
+) -> CheckResult:
+    """Send the adapter's probe for `model` with `key` and classify the answer.
+
+    The connection must open within `timeouts.connect` and the headers
+    arrive `timeouts.first_byte` after the request went out (never later
+    than their sum in all); at most MAX_ERROR_BODY bytes of the body are
+    read, within `timeouts.idle`. Redirects are not followed. Wire failures
+    raise (aiohttp.ClientError, TimeoutError, ...): the caller classifies them.
+    """
+    probe = adapter.probe_request(model, key)
+    timeouts = provider.timeouts
+    url = provider.api_base_url.rstrip("/") + probe.path
+    # aiohttp bounds the connection and each socket read (the header wait among
+    # them); the asyncio deadline is the hard cap on the whole wait for headers.
+    client_timeout = aiohttp.ClientTimeout(
+        total=None,
+        connect=timeouts.connect,
+        sock_connect=timeouts.connect,
+        sock_read=timeouts.first_byte,
+    )
+    async with asyncio.timeout(timeouts.connect + timeouts.first_byte):
+        response = await session.request(
+            probe.method,
+            url,
+            headers=dict(probe.headers),
+            data=probe.body,
+            allow_redirects=False,
+            timeout=client_timeout,
+        )
+    async with response:
+        result = adapter.classify_status(response.status, response.headers)
+        if result is not None:
+            # Decided by the status line; the body is read only so the connection
+            # can be reused, and a failure reading it changes nothing.
+            with suppress(*PROBE_FAILURES):
+                async with asyncio.timeout(timeouts.idle):
+                    await read_bounded(response.content, MAX_ERROR_BODY)
+            return result
+        async with asyncio.timeout(timeouts.idle):
+            body = await read_bounded(response.content, MAX_ERROR_BODY)
+        return adapter.classify_body(response.status, response.headers, body)
+
+
+async def read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """Read `stream` until its end or `limit` bytes, whichever comes first."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
