@@ -30,8 +30,16 @@ def classify_exception(exc: BaseException) -> CheckResult:
     None of these is the key's fault. `asyncio.CancelledError` must be
     re-raised by the caller, never classified.
     """
-    message = f"{type(exc).__name__}: {exc}"[:_MAX_MESSAGE]
-    return CheckResult(reason=_reason(exc), status_code=None, message=message)
+    return CheckResult(reason=_reason(exc), status_code=None, message=_describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    """`Type: text` of an exception; some aiohttp errors fail in __str__ when half-built."""
+    try:
+        text = str(exc)
+    except (AttributeError, TypeError, ValueError):
+        text = ""
+    return f"{type(exc).__name__}: {text}"[:_MAX_MESSAGE] if text else type(exc).__name__
 
 
 def _reason(exc: BaseException) -> ErrorReason:
