@@ -8,6 +8,7 @@ configuration when starting `serve` or `status`.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import inspect
 import os
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import Any, cast
 import click
 
 from llmgateway.config.fields import INSTANCE_NAME, INSTANCE_NAME_FORM
-from llmgateway.config.loader import load_config, resolve_config_path
+from llmgateway.config.loader import describe_problems, load_config, resolve_config_path
 from llmgateway.config.scaffold import (
     add_provider,
     render_base_file,
@@ -34,12 +35,16 @@ EXIT_INVALID_CONFIG = 2
 _CONFIG_HELP = "Configuration file (default: $LLMGW_CONFIG, else config/providers.yaml)."
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("llmgateway")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
+
+
 def _report(error: ConfigError) -> str:
     """The full text of a configuration error: the summary, then one line per problem."""
-    lines = [f"Error: {error}"]
-    if error.problems != [str(error)]:
-        lines.extend(f"  - {problem}" for problem in error.problems)
-    return "\n".join(lines)
+    return f"Error: {describe_problems(error)}"
 
 
 def _load_or_exit(config_path: Path, code: int) -> AppConfig:
@@ -67,7 +72,7 @@ def _lazy(modules: tuple[str, ...], name: str, what: str) -> Callable[..., Any]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="llmgateway", prog_name="llmgateway")
+@click.version_option(_version(), prog_name="llmgateway")
 def main() -> None:
     """llmgateway: one endpoint in front of many LLM API keys, each checked and pooled."""
 
@@ -140,7 +145,7 @@ def config_create(spec: str, config_option: str | None) -> None:
     config_path = resolve_config_path(config_option, os.environ)
     try:
         if config_path.exists():
-            text = config_path.read_text(encoding="utf-8")
+            text = config_path.read_text(encoding="utf-8", newline="")
             updated = add_provider(text, provider_type, name, str(config_path))
             created = False
         else:

@@ -82,27 +82,31 @@ def _line(indent: int, text: str, comment: str = "", *, hash_at: int | None = No
     return body.rstrip() + "\n"
 
 
-def _block(indent: int, values: dict[str, Any], *, hash_at: int | None = None) -> str:
+def _block(
+    indent: int, values: dict[str, Any], *, step: int = 2, hash_at: int | None = None
+) -> str:
     """Nested mappings as block YAML; flat sub-mappings of scalars as flow mappings."""
     out = ""
     for key, value in values.items():
         nested = isinstance(value, dict) and any(isinstance(v, dict | list) for v in value.values())
         if nested:
             out += _line(indent, f"{key}:", hash_at=hash_at)
-            out += _block(indent + 2, value, hash_at=hash_at)
+            out += _block(indent + step, value, step=step, hash_at=hash_at)
         else:
             out += _line(indent, f"{key}: {scalar(value)}", hash_at=hash_at)
     return out
 
 
-def render_provider(provider_type: ProviderType, name: str, indent: int = 2) -> str:
-    """A commented provider section for `name` of `provider_type`, indented by `indent`.
+def render_provider(provider_type: ProviderType, name: str, indent: int = 2, step: int = 2) -> str:
+    """A commented provider section for `name` of `provider_type` at column `indent`.
+
+    Nested levels are `step` further in (the file's own indentation).
 
     The settings a user must look at are written out; the policies are shown
     commented out with their defaults (from `defaults.py`), ready to uncomment.
     """
     t = defaults.provider_template(provider_type, name)
-    i, j = indent, indent + 2
+    i, j, k = indent, indent + step, indent + 2 * step
     types = " | ".join(p.value for p in ProviderType)
     out = _line(i, f"{name}:", "instance name: [a-z0-9][a-z0-9_-]*")
     out += _line(j, f"provider_type: {scalar(provider_type.value)}", types)
@@ -123,10 +127,10 @@ def render_provider(provider_type: ProviderType, name: str, indent: int = 2) -> 
         "true: one status per key for all models",
     )
     out += _line(j, "models:", "probed and served; each may set probe_path, test_payload")
-    out += _line(j + 2, f"{scalar(t['default_model'])}: {{}}")
+    out += _line(k, f"{scalar(t['default_model'])}: {{}}")
     out += _line(j, "access_control:")
     out += _line(
-        j + 2,
+        k,
         f'gateway_access_token: "${{{token_variable(name)}}}"',
         "clients send this, not a real key",
     )
@@ -139,26 +143,24 @@ def render_provider(provider_type: ProviderType, name: str, indent: int = 2) -> 
         "first_byte: until response headers; idle: gap between chunks",
         hash_at=j,
     )
-    out += _block(j + 2, t["timeouts"], hash_at=j)
+    out += _block(k, t["timeouts"], step=step, hash_at=j)
     out += _line(j, "health_policy:", "when a key is checked again after each outcome", hash_at=j)
-    out += _block(j + 2, t["health_policy"], hash_at=j)
+    out += _block(k, t["health_policy"], step=step, hash_at=j)
     policy = t["gateway_policy"]
     out += _line(j, "gateway_policy:", hash_at=j)
     out += _line(
-        j + 2,
+        k,
         f"streaming_mode: {scalar(policy['streaming_mode'])}",
         "auto | disabled",
         hash_at=j,
     )
+    out += _line(k, "fast_status_mapping: {}", 'e.g. {418: "no_quota"}, no body read', hash_at=j)
+    out += _line(k, "error_parsing:", hash_at=j)
+    out += _block(k + step, policy["error_parsing"], step=step, hash_at=j)
+    out += _line(k + step, "# e.g. - {" + _RULE_EXAMPLE + "}", hash_at=j)
+    out += _block(k, {"retry": policy["retry"]}, step=step, hash_at=j)
     out += _line(
-        j + 2, "fast_status_mapping: {}", 'e.g. {418: "no_quota"}, no body read', hash_at=j
-    )
-    out += _line(j + 2, "error_parsing:", hash_at=j)
-    out += _block(j + 4, policy["error_parsing"], hash_at=j)
-    out += _line(j + 4, "# e.g. - {" + _RULE_EXAMPLE + "}", hash_at=j)
-    out += _block(j + 2, {"retry": policy["retry"]}, hash_at=j)
-    out += _line(
-        j + 2,
+        k,
         f"rate_limit_cooldown: {scalar(policy['rate_limit_cooldown'])}",
         "when no Retry-After is sent",
         hash_at=j,
@@ -192,8 +194,6 @@ def add_provider(text: str, provider_type: ProviderType, name: str, source: str)
         raise ConfigError(f"{source}: the top level is not a mapping; cannot add a provider")
     newline = "\r\n" if "\r\n" in text else "\n"
     lines = text.splitlines(keepends=True)
-    if lines and not lines[-1].endswith(("\n", "\r")):
-        lines[-1] += newline
     providers = data.get("providers")
     if providers is not None and not isinstance(providers, CommentedMap):
         raise ConfigError(f"{source}: `providers` is not a mapping; cannot add a provider")
@@ -223,17 +223,30 @@ def add_provider(text: str, provider_type: ProviderType, name: str, source: str)
             f"{source}: `providers` is written in flow style {{...}}; add the section by hand"
         )
     else:
-        first = next(iter(providers))
-        indent = providers.lc.key(first)[1]
+        indent, step = _indentation(providers)
         at = _end_of_providers(data, lines)
         gap = [newline] if lines[at - 1].strip() else []
-        section = [*gap, render_provider(provider_type, name, indent)]
+        section = [*gap, render_provider(provider_type, name, indent, step)]
+    if at == len(lines) and lines and not lines[-1].endswith(("\n", "\r")):
+        lines[-1] += newline  # the file had no final newline: the new text goes after it
     rendered = "".join(section)
     if newline != "\n":
         rendered = rendered.replace("\n", newline).replace("\r\r\n", "\r\n")
     result = "".join(lines[:at]) + rendered + "".join(lines[at:])
     _verify(result, data, provider_type, name, source)
     return result
+
+
+def _indentation(providers: CommentedMap) -> tuple[int, int]:
+    """The column of the instance names and the file's nesting step below them."""
+    first = next(iter(providers))
+    indent: int = providers.lc.key(first)[1]
+    body = providers[first]
+    if isinstance(body, CommentedMap) and body and not body.fa.flow_style():
+        step = body.lc.key(next(iter(body)))[1] - indent
+        if step > 0:
+            return indent, step
+    return indent, 2
 
 
 def _end_of_providers(data: CommentedMap, lines: list[str]) -> int:

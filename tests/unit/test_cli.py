@@ -1,0 +1,260 @@
+"""The click CLI through CliRunner: config create, config check, serve and status refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+
+from llmgateway.cli import _lazy, main
+from llmgateway.config.loader import load_config
+
+ENV = {"OPENAI_MAIN_TOKEN": "tok-openai-0123456789", "CLAUDE_TOKEN": "tok-claude-0123456789"}
+
+# A hand-written file in an unusual style: 4-space indents, flow maps, odd quoting,
+# comments everywhere, a section after `providers` and no final newline.
+HANDWRITTEN = """\
+# My gateway -- keep this header!
+logging:   {level: 'debug',  format: json}   # odd spacing kept
+
+providers:
+    # the production instance
+    openai-main:
+        provider_type: 'openai_like'
+        api_base_url: https://api.openai.com   # no quotes
+        access_control:
+            gateway_access_token: "${OPENAI_MAIN_TOKEN}"
+        # trailing comment inside the last provider
+        models:
+          gpt-4o-mini: {}
+
+# --- database below ---
+database:
+  url: "sqlite:///data/x.db"      # comment
+server: {port: 8080}"""
+
+
+@pytest.fixture
+def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    """A CliRunner working in an empty temporary directory with a clean environment."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LLMGW_CONFIG", raising=False)
+    return CliRunner()
+
+
+def run(runner: CliRunner, *args: str, env: dict[str, str] | None = None) -> Result:
+    """Invoke the CLI and return its result (stdout and stderr kept apart)."""
+    return runner.invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def inserted_block(before: str, after: str) -> str:
+    """The text `after` adds to `before`, asserting nothing else changed byte for byte."""
+    prefix = 0
+    while prefix < min(len(before), len(after)) and before[prefix] == after[prefix]:
+        prefix += 1
+    suffix = 0
+    while (
+        suffix < len(before) - prefix
+        and suffix < len(after) - prefix
+        and before[-1 - suffix] == after[-1 - suffix]
+    ):
+        suffix += 1
+    assert prefix + suffix == len(before), "existing text changed outside the new section"
+    return after[prefix : len(after) - suffix]
+
+
+class TestConfigCreate:
+    def test_creates_missing_file(self, runner: CliRunner, tmp_path: Path) -> None:
+        """A missing file is created with the base sections, the provider and its keys folder."""
+        result = run(
+            runner, "config", "create", "openai_like:openai-main", "--config", "conf/p.yaml"
+        )
+        assert result.exit_code == 0, result.output
+        text = (tmp_path / "conf" / "p.yaml").read_text()
+        for section in ("server:", "database:", "worker:", "logging:", "providers:"):
+            assert f"\n{section}\n" in text
+        assert (tmp_path / "keys" / "openai-main").is_dir()
+        assert "keys/openai-main/*.txt" in result.output
+        assert "OPENAI_MAIN_TOKEN" in result.output and "config check" in result.output
+        config = load_config(tmp_path / "conf" / "p.yaml", env=ENV)
+        assert (
+            config.providers["openai-main"].access_control.gateway_access_token
+            == ENV["OPENAI_MAIN_TOKEN"]
+        )
+
+    def test_keeps_existing_text_byte_for_byte(self, runner: CliRunner, tmp_path: Path) -> None:
+        """Adding a provider changes nothing outside the new section: comments, order, style."""
+        path = tmp_path / "p.yaml"
+        path.write_text(HANDWRITTEN)
+        result = run(runner, "config", "create", "anthropic:claude", "--config", str(path))
+        assert result.exit_code == 0, result.output
+        block = inserted_block(HANDWRITTEN, path.read_text())
+        assert "    claude:  " in block and 'provider_type: "anthropic"' in block
+        assert "database" not in block and "openai-main" not in block
+        config = load_config(path, env=ENV)
+        assert list(config.providers) == ["openai-main", "claude"]
+        assert config.logging.format == "json" and config.server.port == 8080
+
+    def test_matches_existing_indentation(self, runner: CliRunner, tmp_path: Path) -> None:
+        """The new section uses the indentation of the existing providers."""
+        path = tmp_path / "p.yaml"
+        path.write_text(HANDWRITTEN)
+        run(runner, "config", "create", "gemini:gem", "--config", str(path))
+        assert "\n    gem:" in path.read_text()
+        assert '\n        provider_type: "gemini"' in path.read_text()
+
+    def test_keeps_crlf_files(self, runner: CliRunner, tmp_path: Path) -> None:
+        """A file with Windows line endings keeps them, in the new section too."""
+        path = tmp_path / "p.yaml"
+        original = "# crlf\r\nproviders:\r\n  a:\r\n    provider_type: gemini\r\n"
+        path.write_bytes(original.encode())
+        assert run(runner, "config", "create", "gemini:b", "--config", str(path)).exit_code == 0
+        data = path.read_bytes().decode()
+        assert data.startswith(original)
+        assert "\n" not in data.replace("\r\n", "")
+
+    @pytest.mark.parametrize(
+        "original",
+        [
+            "# only a comment\nserver:\n  port: 8080\n",
+            "server: {port: 8080}\nproviders: {}   # none yet\nworker: {enabled: false}\n",
+            "server: {port: 8080}\nproviders:\n# nothing here yet\nworker: {enabled: false}\n",
+            "",
+        ],
+        ids=["no-providers-key", "empty-flow", "null", "empty-file"],
+    )
+    def test_other_shapes(self, runner: CliRunner, tmp_path: Path, original: str) -> None:
+        """Files without providers, with `providers: {}` or `providers:` or empty get the section."""
+        path = tmp_path / "p.yaml"
+        path.write_text(original)
+        result = run(runner, "config", "create", "openai_like:openai-main", "--config", str(path))
+        assert result.exit_code == 0, result.output
+        text = path.read_text()
+        config = load_config(path, env=ENV)
+        assert list(config.providers) == ["openai-main"]
+        for line in original.splitlines():
+            if "providers" not in line:
+                assert line in text
+        if "8080" in original:
+            assert config.server.port == 8080
+
+    def test_refuses_existing_name(self, runner: CliRunner, tmp_path: Path) -> None:
+        """An existing instance name is refused with exit 1 and the file is untouched."""
+        path = tmp_path / "p.yaml"
+        path.write_text(HANDWRITTEN)
+        result = run(runner, "config", "create", "gemini:openai-main", "--config", str(path))
+        assert result.exit_code == 1
+        assert "'openai-main' already exists" in result.output
+        assert path.read_text() == HANDWRITTEN
+
+    def test_refuses_unknown_type(self, runner: CliRunner, tmp_path: Path) -> None:
+        """An unknown type is refused with exit 1 and a message naming the valid types."""
+        path = tmp_path / "p.yaml"
+        path.write_text(HANDWRITTEN)
+        result = run(runner, "config", "create", "mistral:m", "--config", str(path))
+        assert result.exit_code == 1
+        assert "unknown provider type 'mistral'" in result.output
+        assert "openai_like, anthropic, gemini" in result.output
+        assert path.read_text() == HANDWRITTEN
+        assert not (tmp_path / "keys").exists()
+
+    @pytest.mark.parametrize("spec", ["gemini:Big", "gemini:-x", "gemini:", "gemini:a b"])
+    def test_refuses_bad_name(self, runner: CliRunner, spec: str) -> None:
+        """An invalid instance name is refused with exit 1 and the naming rule."""
+        result = run(runner, "config", "create", spec)
+        assert result.exit_code == 1
+        assert "invalid instance name" in result.output
+        assert not Path("config/providers.yaml").exists()
+
+    def test_refuses_missing_colon(self, runner: CliRunner) -> None:
+        """A spec without `:` is refused with exit 1 and an example."""
+        result = run(runner, "config", "create", "gemini")
+        assert result.exit_code == 1
+        assert (
+            "<type>:<name>" in result.output and "openai_like, anthropic, gemini" in result.output
+        )
+
+    def test_refuses_broken_yaml(self, runner: CliRunner, tmp_path: Path) -> None:
+        """A file that is not valid YAML is left alone, exit 1."""
+        path = tmp_path / "p.yaml"
+        path.write_text("providers: [\n")
+        result = run(runner, "config", "create", "gemini:g", "--config", str(path))
+        assert result.exit_code == 1 and "invalid YAML" in result.output
+        assert path.read_text() == "providers: [\n"
+
+    def test_default_path_and_environment(self, runner: CliRunner, tmp_path: Path) -> None:
+        """Without --config the file is config/providers.yaml, or $LLMGW_CONFIG when set."""
+        assert run(runner, "config", "create", "gemini:a").exit_code == 0
+        assert (tmp_path / "config" / "providers.yaml").is_file()
+        env = {"LLMGW_CONFIG": str(tmp_path / "other.yaml")}
+        assert run(runner, "config", "create", "gemini:b", env=env).exit_code == 0
+        assert "b:" in (tmp_path / "other.yaml").read_text()
+        assert "\n  b:" not in (tmp_path / "config" / "providers.yaml").read_text()
+
+
+class TestConfigCheck:
+    def test_ok_summary(self, runner: CliRunner, tmp_path: Path) -> None:
+        """A valid file prints OK with the instance count and exits 0."""
+        path = tmp_path / "p.yaml"
+        path.write_text(HANDWRITTEN)
+        result = run(runner, "config", "check", "--config", str(path), env=ENV)
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith(f"OK {path}: 1 provider instance (1 enabled)")
+        assert "openai-main: openai_like, models: gpt-4o-mini" in result.output
+
+    def test_every_problem_printed(self, runner: CliRunner, tmp_path: Path) -> None:
+        """An invalid file prints every problem with its path and exits 1."""
+        path = tmp_path / "p.yaml"
+        path.write_text("server: {port: 0, hots: x}\nlogging: {level: loud}\n")
+        result = run(runner, "config", "check", "--config", str(path))
+        assert result.exit_code == 1
+        assert "3 problems found" in result.output
+        for fragment in ("server.port (line 1)", "server.hots (line 1)", "logging.level (line 2)"):
+            assert fragment in result.output
+
+    def test_unset_variable(self, runner: CliRunner, tmp_path: Path) -> None:
+        """An unset token variable fails the check, naming the variable."""
+        path = tmp_path / "p.yaml"
+        path.write_text(HANDWRITTEN)
+        result = run(runner, "config", "check", "--config", str(path))
+        assert result.exit_code == 1 and "OPENAI_MAIN_TOKEN is not set" in result.output
+
+    def test_missing_file(self, runner: CliRunner) -> None:
+        """A missing file exits 1 and suggests `config create`."""
+        result = run(runner, "config", "check")
+        assert result.exit_code == 1
+        assert (
+            "config/providers.yaml" in result.output and "llmgateway config create" in result.output
+        )
+
+    def test_created_file_checks_clean(self, runner: CliRunner) -> None:
+        """A file made by `config create` passes `config check` once the token is set."""
+        for spec in ("openai_like:openai-main", "anthropic:claude"):
+            assert run(runner, "config", "create", spec).exit_code == 0
+        result = run(runner, "config", "check", env=ENV)
+        assert result.exit_code == 0 and "2 provider instances" in result.output
+
+
+class TestServeAndStatus:
+    @pytest.mark.parametrize("command", [["serve"], ["status", "--json"]])
+    def test_invalid_config_exits_2(
+        self, runner: CliRunner, tmp_path: Path, command: list[str]
+    ) -> None:
+        """serve and status print the whole report and exit 2 on an invalid configuration."""
+        path = tmp_path / "p.yaml"
+        path.write_text("server: {port: 0}\nlogging: {level: loud}\n")
+        result = run(runner, *command, "--config", str(path))
+        assert result.exit_code == 2
+        assert "server.port (line 1)" in result.output and "logging.level (line 2)" in result.output
+
+    def test_missing_part_is_reported(self) -> None:
+        """A part not built yet gives a clear "not available yet" error instead of a traceback."""
+        with pytest.raises(click.ClickException, match="not available yet"):
+            _lazy(("llmgateway.no_such_module",), "run_server", "the server")
+
+    def test_help_lists_commands(self, runner: CliRunner) -> None:
+        """The top-level help lists serve, status and config."""
+        output = run(runner, "--help").output
+        assert all(name in output for name in ("serve", "status", "config"))
