@@ -310,7 +310,7 @@ async def probe_once(
         response = await session.request(
             probe.method,
             url,
-            headers=dict(probe.headers),
+            headers={"Accept-Encoding": "identity", **probe.headers},
             data=probe.body,
             allow_redirects=False,
             timeout=client_timeout,

@@ -528,3 +528,40 @@ async def test_background_loop_syncs_files_and_stops(rig: Rig) -> None:
     assert rig.status("p", "two", "model-a") is Status.VALID
     assert rig.status("p", "stuck", "model-a") is Status.UNTESTED
     assert rig.fake.calls_by_key[stuck] == 1
+
+
+async def test_stop_lets_an_in_flight_probe_finish(rig: Rig) -> None:
+    """A probe already running when stop() is called is finished and recorded."""
+    slow = key_for("p", "slow")
+    rig.fake.set_key(slow, Behaviour.SLOW_FIRST_BYTE, delay=0.3)
+    rig.write_keys("p", [slow])
+    keeper = await rig.build({"p": rig.section("p", models=["model-a"])})
+    await keeper.start()
+    await rig.fake.wait_for_requests(1)
+    await keeper.stop(10.0)
+    assert rig.status("p", "slow", "model-a") is Status.VALID
+    assert rig.fake.calls_by_key[slow] == 1
+
+
+async def test_stop_cancels_an_idle_loop_at_once(rig: Rig) -> None:
+    """An idle keeper sleeping check_interval is cancelled, not waited for."""
+    keeper = await rig.build({"p": rig.section("p", models=["model-a"])})
+    idle = asyncio.Event()
+
+    async def forever(seconds: float) -> None:
+        idle.set()
+        await asyncio.Event().wait()
+
+    rig.keeper = keeper = Keeper(
+        rig.accessor,  # type: ignore[arg-type]
+        rig.store,
+        rig.pool,  # type: ignore[arg-type]
+        rig.session,
+        {},
+        rig.clock,
+        forever,
+    )
+    await keeper.start()
+    await asyncio.wait_for(idle.wait(), 5.0)
+    async with asyncio.timeout(5.0):
+        await keeper.stop(60.0)
