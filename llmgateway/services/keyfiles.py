@@ -75,7 +75,7 @@ def read_key_files(path: Path) -> KeyFileRead:
     if not path.is_dir():
         return KeyFileRead((), (f"keys path {path} is not a folder",))
     try:
-        files = sorted(p for p in path.glob(KEY_FILE_PATTERN) if p.is_file())
+        files = sorted(p for p in path.glob(KEY_FILE_PATTERN) if not p.is_dir())
     except OSError as exc:
         return KeyFileRead((), (f"cannot list keys folder {path}: {exc.strerror or exc}",))
     keys: list[str] = []

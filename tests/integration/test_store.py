@@ -192,9 +192,13 @@ class TestFetchDue:
         await store.record(
             [
                 replace(rows["old"], status=Status.VALID, next_check_at=NOW - timedelta(hours=2)),
-                replace(rows["new"], status=Status.NO_QUOTA, next_check_at=NOW - timedelta(hours=1)),
+                replace(
+                    rows["new"], status=Status.NO_QUOTA, next_check_at=NOW - timedelta(hours=1)
+                ),
                 replace(rows["stopped"], status=Status.INVALID_KEY, next_check_at=None),
-                replace(rows["future"], status=Status.VALID, next_check_at=NOW + timedelta(hours=1)),
+                replace(
+                    rows["future"], status=Status.VALID, next_check_at=NOW + timedelta(hours=1)
+                ),
             ]
         )
         due = await store.fetch_due([name], NOW, limit=10)

@@ -1,0 +1,84 @@
+"""Finding, reading and planning migration files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmgateway.core.errors import SchemaTooNew, StoreError
+from llmgateway.db.migrations import (
+    SQL_DIR_ENV,
+    Engine,
+    Migration,
+    engine_migrations,
+    find_sql_dir,
+    load_migrations,
+    plan,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_shipped_migrations_are_found_for_both_engines() -> None:
+    """Both engines' folders are found in the repo-root sql/ and start at version 1."""
+    for engine in Engine:
+        assert find_sql_dir(engine) == REPO_ROOT / "sql" / engine.value
+        migrations = engine_migrations(engine)
+        assert migrations[0].version == 1
+        assert "key_model_status" in migrations[0].sql
+
+
+def test_both_engines_ship_the_same_versions() -> None:
+    """Every version exists for SQLite and PostgreSQL alike, under the same name."""
+    sqlite = [(m.version, m.name) for m in engine_migrations(Engine.SQLITE)]
+    postgres = [(m.version, m.name) for m in engine_migrations(Engine.POSTGRES)]
+    assert sqlite == postgres
+
+
+def test_environment_variable_names_the_folder_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$LLMGATEWAY_SQL_DIR wins over the package-relative folder."""
+    (tmp_path / "sqlite").mkdir()
+    (tmp_path / "sqlite" / "0001_initial.sql").write_text("SELECT 1;")
+    monkeypatch.setenv(SQL_DIR_ENV, str(tmp_path))
+    assert find_sql_dir(Engine.SQLITE) == tmp_path / "sqlite"
+
+
+def test_files_are_ordered_by_version(tmp_path: Path) -> None:
+    """Files load in version order whatever the directory order."""
+    (tmp_path / "0010_later.sql").write_text("B;")
+    (tmp_path / "0002_second.sql").write_text("A;")
+    assert [(m.version, m.name) for m in load_migrations(tmp_path)] == [
+        (2, "second"),
+        (10, "later"),
+    ]
+
+
+def test_badly_named_file_is_refused(tmp_path: Path) -> None:
+    """A .sql file not named NNNN_name.sql is a StoreError naming it."""
+    (tmp_path / "initial.sql").write_text("A;")
+    with pytest.raises(StoreError, match=r"initial\.sql"):
+        load_migrations(tmp_path)
+
+
+def test_empty_folder_is_refused(tmp_path: Path) -> None:
+    """A folder without migrations is a StoreError."""
+    with pytest.raises(StoreError):
+        load_migrations(tmp_path)
+
+
+MIGRATIONS = (Migration(1, "a", ""), Migration(2, "b", ""), Migration(3, "c", ""))
+
+
+def test_plan_lists_unapplied_versions_in_order() -> None:
+    """Only versions not recorded are planned, ascending."""
+    assert [m.version for m in plan(MIGRATIONS, [1])] == [2, 3]
+    assert plan(MIGRATIONS, [1, 2, 3]) == ()
+
+
+def test_plan_refuses_a_newer_database() -> None:
+    """A recorded version above the newest file raises SchemaTooNew with both numbers."""
+    with pytest.raises(SchemaTooNew, match=r"version 7.*up to 3"):
+        plan(MIGRATIONS, [1, 2, 3, 7])
