@@ -21,6 +21,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from llmgateway.config.schemas import ProviderConfig
 from llmgateway.core.constants import ErrorReason
+from llmgateway.core.errors import ConfigError
 from llmgateway.core.models import CHECK_OK, CheckResult
 from llmgateway.providers.base import MAX_ERROR_BODY, ErrorBody, ProbeRequest, ProviderAdapter
 from llmgateway.providers.error_defaults import builtin_defaults
@@ -100,12 +101,7 @@ class HttpAdapter(ProviderAdapter):
         super().__init__(config)
         self._clock = clock
         policy = config.gateway_policy
-        self._fast_status: Mapping[int, ErrorReason] = MappingProxyType(
-            {
-                int(status): ErrorReason(reason)
-                for status, reason in policy.fast_status_mapping.items()
-            }
-        )
+        self._fast_status = _fast_mapping(config)
         parsing = policy.error_parsing
         self._user_rules = CompiledRules(
             parsing.rules if parsing.enabled else (),
@@ -233,6 +229,21 @@ class HttpAdapter(ProviderAdapter):
             headers["Retry-After"] = str(max(0, math.ceil(retry_after)))
         body = orjson.dumps(self.error_json(status, message, retry_after))
         return ErrorBody(status=status, body=body, headers=headers)
+
+
+def _fast_mapping(config: ProviderConfig) -> Mapping[int, ErrorReason]:
+    """`fast_status_mapping` as an immutable table; a bad entry is a ConfigError."""
+    table: dict[int, ErrorReason] = {}
+    problems: list[str] = []
+    for status, reason in config.gateway_policy.fast_status_mapping.items():
+        try:
+            table[int(status)] = ErrorReason(reason)
+        except ValueError:
+            where = f"providers.{config.name}.gateway_policy.fast_status_mapping.{status}"
+            problems.append(f"{where}: {reason!r} is not an error reason")
+    if problems:
+        raise ConfigError("invalid fast_status_mapping", problems)
+    return MappingProxyType(table)
 
 
 def _message(status: int, parsed: Any | None, data: bytes) -> str:
