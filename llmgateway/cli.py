@@ -192,3 +192,7 @@ def config_check(config_option: str | None) -> None:
         models = ", ".join(provider.models)
         state = "" if provider.enabled else " (disabled)"
         click.echo(f"  {provider.name}: {provider.provider_type.value}{state}, models: {models}")
+        keys_dir = Path(provider.keys_path) if provider.keys_path else None
+        if provider.enabled and not provider.keys and (keys_dir is None or not keys_dir.is_dir()):
+            where = f"{keys_dir} does not exist" if keys_dir else "no keys_path"
+            click.echo(f"  warning: {provider.name} has no keys yet ({where}, no inline keys)")

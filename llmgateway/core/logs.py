@@ -118,7 +118,7 @@ def _renderer(fmt: str) -> Processor:
     if fmt == "json":
         return structlog.processors.JSONRenderer(serializer=_dumps)
     return structlog.dev.ConsoleRenderer(
-        colors=False, exception_formatter=structlog.dev.plain_traceback
+        colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
     )
 
 

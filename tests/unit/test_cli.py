@@ -235,6 +235,17 @@ class TestConfigCheck:
             assert run(runner, "config", "create", spec).exit_code == 0
         result = run(runner, "config", "check", env=ENV)
         assert result.exit_code == 0 and "2 provider instances" in result.output
+        assert "warning" not in result.output
+
+    def test_warns_about_missing_keys(self, runner: CliRunner, tmp_path: Path) -> None:
+        """An instance without keys folder or inline keys passes with a warning naming the folder."""
+        path = tmp_path / "p.yaml"
+        path.write_text(HANDWRITTEN)
+        result = run(runner, "config", "check", "--config", str(path), env=ENV)
+        assert result.exit_code == 0
+        assert (
+            "warning: openai-main has no keys yet (keys/openai-main does not exist" in result.output
+        )
 
 
 class TestServeAndStatus:
