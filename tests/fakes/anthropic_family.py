@@ -203,4 +203,6 @@ def is_anthropic(method: str, path: str, headers: CIMultiDictProxy[str]) -> bool
     """
     if path.endswith(("/messages", "/messages/count_tokens")):
         return True
+    if path.endswith(("/chat/completions", "/embeddings")):
+        return False
     return "anthropic-version" in headers or "x-api-key" in headers

@@ -131,6 +131,29 @@ class TestAnswers:
         assert marker in body
         assert fake_upstream.requests[0].key is None
 
+    @pytest.mark.parametrize(
+        ("path", "body"),
+        [
+            (CHAT, {"model": GPT, "stream": True}),
+            ("/v1/messages", {"model": "claude", "stream": True}),
+            ("/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse", {"contents": []}),
+        ],
+    )
+    async def test_sent_holds_the_exact_bytes(
+        self, fake_upstream: FakeUpstream, path: str, body: dict[str, object]
+    ) -> None:
+        """A recorded request's `sent` equals the body bytes the client received."""
+        fake_upstream.set_key("key-1")
+        headers = {**bearer("key-1"), "x-api-key": "key-1", "x-goog-api-key": "key-1"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(fake_upstream.url + path, json=body, headers=headers) as r,
+        ):
+            received = await r.read()
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        assert received == bytes(fake_upstream.requests[0].sent)
+        assert received.count(b"data: ") >= fake_upstream.chunk_count
+
     async def test_invalid_json_is_a_bad_request(self, fake_upstream: FakeUpstream) -> None:
         """A body that is not a JSON object gets the provider's 400."""
         fake_upstream.set_key("sk-good")

@@ -291,6 +291,14 @@ class TestAnthropic:
                 async for _ in stream:
                     pass
 
+    async def test_models_list_is_anthropic_shaped(self, fake_upstream: FakeUpstream) -> None:
+        """GET /v1/models from the Anthropic SDK gets Anthropic's page, not OpenAI's list."""
+        fake_upstream.set_key("sk-ant-good")
+        async with anthropic_with(fake_upstream, "sk-ant-good") as client:
+            ids = [model.id async for model in client.models.list()]
+        assert CLAUDE in ids
+        assert fake_upstream.requests[0].family == "anthropic"
+
     async def test_cut_stream_raises(self, fake_upstream: FakeUpstream) -> None:
         """A stream cut midway makes the SDK's iteration raise."""
         fake_upstream.set_key("sk-ant-cut", Behaviour.CUT_STREAM)
@@ -384,6 +392,19 @@ class TestGemini:
             async for _ in stream:
                 pass
         await client.aio.aclose()
+
+    async def test_stream_error_event_raises(self, fake_upstream: FakeUpstream) -> None:
+        """An in-band `{"error": ...}` chunk inside a 200 stream makes the SDK raise ServerError."""
+        fake_upstream.set_key("AIza-e", Behaviour.STREAM_ERROR_EVENT, after_chunks=3)
+        client = gemini_with(fake_upstream, "AIza-e")
+        pieces: list[str] = []
+        stream = await client.aio.models.generate_content_stream(model=GEMINI, contents="hi")
+        with pytest.raises(genai_errors.ServerError) as raised:
+            async for chunk in stream:
+                pieces.append(chunk.text or "")
+        await client.aio.aclose()
+        assert raised.value.code == 503
+        assert len(pieces) == 3
 
     async def test_key_query_parameter(self, fake_upstream: FakeUpstream) -> None:
         """The `key` query parameter authenticates like x-goog-api-key."""

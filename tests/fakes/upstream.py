@@ -11,7 +11,7 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Self, final
 
@@ -70,6 +70,8 @@ class RecordedRequest:
     model: str
     family: ProviderType
     stream: bool
+    sent: bytearray = field(default_factory=bytearray, compare=False)
+    """Every body byte the fake wrote in answer (SSE frames included), for byte-exact checks."""
 
     def json(self) -> Any:
         """The body parsed as JSON."""
@@ -283,39 +285,41 @@ class FakeUpstream:
         family = self._family_of(request)
         key = family.key_of(request.headers, request.query)
         call = family.parse(request.method, request.path, request.query, body, self.chunk_count)
-        self._record(request, body, key, call)
+        sent = self._record(request, body, key, call).sent
         if key is None:
-            return self._reply(family, family.missing_key())
+            return self._reply(family, family.missing_key(), sent)
         rule = self.rule_for(key, call.model) or KeyRule(Behaviour.INVALID_KEY)
         if rule.behaviour in ERROR_BEHAVIOURS:
-            return self._reply(family, family.error(rule.behaviour, call, rule.retry_after))
+            return self._reply(family, family.error(rule.behaviour, call, rule.retry_after), sent)
         if call.operation is Operation.UNKNOWN:
-            return self._reply(family, family.not_found(request.method, request.path))
+            return self._reply(family, family.not_found(request.method, request.path), sent)
         if call.operation in _BODY_OPERATIONS and call.payload is None:
-            return self._reply(family, family.error(Behaviour.BAD_REQUEST, call, 0.0))
-        return await self._behave(request, family, call, rule)
+            return self._reply(family, family.error(Behaviour.BAD_REQUEST, call, 0.0), sent)
+        return await self._behave(request, family, call, rule, sent)
 
-    def _record(self, request: web.BaseRequest, body: bytes, key: str | None, call: Call) -> None:
-        self.requests.append(
-            RecordedRequest(
-                method=request.method,
-                path=request.path,
-                raw_path=request.raw_path,
-                query=MultiDictProxy(MultiDict(request.query)),
-                headers=CIMultiDictProxy(CIMultiDict(request.headers)),
-                body=body,
-                key=key,
-                model=call.model,
-                family=call.family,
-                stream=call.stream,
-            )
+    def _record(
+        self, request: web.BaseRequest, body: bytes, key: str | None, call: Call
+    ) -> RecordedRequest:
+        record = RecordedRequest(
+            method=request.method,
+            path=request.path,
+            raw_path=request.raw_path,
+            query=MultiDictProxy(MultiDict(request.query)),
+            headers=CIMultiDictProxy(CIMultiDict(request.headers)),
+            body=body,
+            key=key,
+            model=call.model,
+            family=call.family,
+            stream=call.stream,
         )
+        self.requests.append(record)
         if key is not None:
             self.calls_by_key[key] += 1
         self._waiters.notify()
+        return record
 
     async def _behave(
-        self, request: web.BaseRequest, family: Family, call: Call, rule: KeyRule
+        self, request: web.BaseRequest, family: Family, call: Call, rule: KeyRule, sent: bytearray
     ) -> web.StreamResponse:
         match rule.behaviour:
             case Behaviour.HANG:
@@ -323,20 +327,21 @@ class FakeUpstream:
                 return await self._abandon(request)
             case Behaviour.GARBAGE:
                 self._transport(request).write(GARBAGE_BYTES)
+                sent += GARBAGE_BYTES
                 return await self._abandon(request, abort=False)
             case Behaviour.SLOW_FIRST_BYTE:
                 if not await self._pause(rule.delay):
                     return await self._abandon(request)
             case Behaviour.CUT_STREAM if not call.stream:
-                return await self._cut_body(request, family, family.success(call))
+                return await self._cut_body(request, family.success(call), sent)
             case _:
                 pass
         if not call.stream:
-            return self._reply(family, family.success(call))
-        return await self._stream(request, family, call, rule)
+            return self._reply(family, family.success(call), sent)
+        return await self._stream(request, family, call, rule, sent)
 
     async def _stream(
-        self, request: web.BaseRequest, family: Family, call: Call, rule: KeyRule
+        self, request: web.BaseRequest, family: Family, call: Call, rule: KeyRule, sent: bytearray
     ) -> web.StreamResponse:
         events = family.stream(call)
         cut_at = len(events) // 2 if rule.after_chunks is None else rule.after_chunks
@@ -347,8 +352,10 @@ class FakeUpstream:
             if index == cut_at and rule.behaviour is Behaviour.CUT_STREAM:
                 return await self._abandon(request)
             if index == cut_at and rule.behaviour is Behaviour.STREAM_ERROR_EVENT:
+                sent += family.stream_error()
                 await response.write(family.stream_error())
                 break
+            sent += event
             await response.write(event)
             if self.chunk_delay and not await self._pause(self.chunk_delay):
                 return await self._abandon(request)
@@ -356,16 +363,18 @@ class FakeUpstream:
         return response
 
     async def _cut_body(
-        self, request: web.BaseRequest, family: Family, reply: Reply
+        self, request: web.BaseRequest, reply: Reply, sent: bytearray
     ) -> web.StreamResponse:
         """Promise the whole body in Content-Length, send half of it, abort."""
         response = web.StreamResponse(status=reply.status, headers=reply.headers)
         response.content_length = len(reply.body)
         await response.prepare(request)
+        sent += reply.body[: len(reply.body) // 2]
         await response.write(reply.body[: len(reply.body) // 2])
         return await self._abandon(request)
 
-    def _reply(self, family: Family, reply: Reply) -> web.Response:
+    def _reply(self, family: Family, reply: Reply, sent: bytearray) -> web.Response:
+        sent += reply.body
         headers = {**family.extra_headers(), **reply.headers}
         return web.Response(status=reply.status, headers=headers, body=reply.body)
 
