@@ -76,7 +76,9 @@ class ProviderAdapter(ABC):
         """
 
     @abstractmethod
-    def classify_body(self, status: int, headers: CIMultiDictProxy[str], body: bytes) -> CheckResult:
+    def classify_body(
+        self, status: int, headers: CIMultiDictProxy[str], body: bytes
+    ) -> CheckResult:
         """Classify an error response from its (first 64 KiB of) body.
 
         The instance's `error_parsing` rules first, then the built-in defaults
