@@ -26,8 +26,13 @@ $(CONFIG):
 	cp config/example_minimal.yaml $(CONFIG)
 	@echo "created $(CONFIG) from config/example_minimal.yaml"
 
+# The minimal example reads its client token from OPENAI_MAIN_TOKEN; without one, `make run`
+# makes a random token once (data/gateway-token, not in git) and prints it.
 run: install $(CONFIG)
-	$(BIN)/llmgateway serve --config $(CONFIG)
+	@mkdir -p data keys/openai-main
+	@[ -s data/gateway-token ] || $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(24))' > data/gateway-token
+	@echo "client token (OPENAI_MAIN_TOKEN): $${OPENAI_MAIN_TOKEN:-$$(cat data/gateway-token)}"
+	OPENAI_MAIN_TOKEN="$${OPENAI_MAIN_TOKEN:-$$(cat data/gateway-token)}" $(BIN)/llmgateway serve --config $(CONFIG)
 
 lint: install
 	$(BIN)/ruff check llmgateway tests bench
