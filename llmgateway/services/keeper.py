@@ -164,7 +164,7 @@ class Keeper:
     # -- probing ----------------------------------------------------------
 
     async def run_once(self) -> int:
-        """One round: probe every (key, model) due now; return how many were probed.
+        """One round: probe every (key, model) due now; return how many were recorded.
 
         Rows whose in-pool record is no longer due (probed moments ago, the
         write queue not flushed yet) or no longer checked are skipped.
@@ -178,9 +178,8 @@ class Keeper:
         if not todo:
             return 0
         async with asyncio.TaskGroup() as group:
-            for record in todo:
-                group.create_task(self._check(record))
-        return len(todo)
+            checks = [group.create_task(self._check(record)) for record in todo]
+        return sum(1 for check in checks if check.result())
 
     def _is_due(self, record: KeyRecord, now: datetime) -> bool:
         current = self._pool.get(record.instance, record.model, record.key_id)
@@ -190,15 +189,15 @@ class Keeper:
             and current.next_check_at <= now
         )
 
-    async def _check(self, record: KeyRecord) -> None:
-        """Probe one (key, model) and report the verified outcome to the pool."""
+    async def _check(self, record: KeyRecord) -> bool:
+        """Probe one (key, model) and report the verified outcome; False when skipped."""
         provider = self._accessor.get_provider(record.instance)
         adapter = self._adapters.get(record.instance)
         if provider is None or adapter is None:
-            return
+            return False
         result = await self._verified_probe(provider, adapter, record)
         if result is None:
-            return
+            return False
         self._pool.report(record, result, probe=True)
         log.debug(
             "probe_recorded",
@@ -209,11 +208,12 @@ class Keeper:
             status_code=result.status_code,
             response_ms=result.response_ms,
         )
+        return True
 
     async def _verified_probe(
         self, provider: ProviderConfig, adapter: ProviderAdapter, record: KeyRecord
     ) -> CheckResult | None:
-        """The outcome to record for `record`, or None when the keeper stopped meanwhile.
+        """The outcome to record for `record`; None when stopping or no longer due.
 
         Shared instances are probed on `default_model`. A retryable failure is
         probed again, `verification_delay` apart, until `verification_attempts`
@@ -247,7 +247,7 @@ class Keeper:
     async def _guarded_probe(
         self, provider: ProviderConfig, adapter: ProviderAdapter, model: str, record: KeyRecord
     ) -> CheckResult | None:
-        """One probe under the concurrency limits (None: the keeper is stopping).
+        """One probe under the concurrency limits (None: stopping, or no longer due).
 
         Wire failures are classified by `classify_exception`; anything else
         escaping the adapter is logged (key masked) and recorded as unknown,
@@ -255,6 +255,10 @@ class Keeper:
         """
         async with self._instance_slots[provider.name], self._probe_slots:
             if self._stopping:
+                return None
+            if not self._is_due(record, datetime.fromtimestamp(self._clock(), UTC)):
+                # Settled while this probe waited for a slot: by a key-wide result of
+                # another model's probe, or by the gateway. Nothing to record.
                 return None
             started = time.perf_counter()
             try:
