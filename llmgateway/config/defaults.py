@@ -13,6 +13,7 @@ import copy
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final, assert_never
+from urllib.parse import quote
 
 from llmgateway.core.constants import ProviderType
 
@@ -163,9 +164,14 @@ def rule_template() -> dict[str, Any]:
     return dict(_RULE)
 
 
+def render_probe_path(template: str, model: str) -> str:
+    """Fill `{model}` in a probe path template with the quoted model name (no other brace)."""
+    return template.replace("{model}", quote(model, safe="-._~/"))
+
+
 def default_probe_path(provider_type: ProviderType, model: str) -> str:
     """The path of the default probe request for `model` (POST)."""
-    return TYPE_DEFAULTS[provider_type].probe_path.format(model=model)
+    return render_probe_path(TYPE_DEFAULTS[provider_type].probe_path, model)
 
 
 def default_probe_payload(provider_type: ProviderType, model: str) -> dict[str, Any]:

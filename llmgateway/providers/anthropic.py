@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar, Final, final
 
+from llmgateway.config.defaults import ANTHROPIC_VERSION
 from llmgateway.core.constants import ProviderType
 from llmgateway.providers.http_adapter import HttpAdapter
 from llmgateway.providers.openai_like import json_body_model
-from llmgateway.providers.probes import ANTHROPIC_VERSION
 from llmgateway.providers.retry_after import header_retry_after, latest_reset, parse_rfc3339_wait
 
 _RATE_LIMITS: Final = ("requests", "tokens", "input-tokens", "output-tokens")

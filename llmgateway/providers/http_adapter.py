@@ -19,6 +19,7 @@ from urllib.parse import unquote_plus
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from llmgateway.config.defaults import TYPE_DEFAULTS, default_probe_payload, render_probe_path
 from llmgateway.config.schemas import ProviderConfig
 from llmgateway.core.constants import ErrorReason
 from llmgateway.core.errors import ConfigError
@@ -26,11 +27,6 @@ from llmgateway.core.models import CHECK_OK, CheckResult
 from llmgateway.providers.base import MAX_ERROR_BODY, ErrorBody, ProbeRequest, ProviderAdapter
 from llmgateway.providers.error_defaults import builtin_defaults
 from llmgateway.providers.error_rules import CompiledRules, first_text
-from llmgateway.providers.probes import (
-    DEFAULT_PROBE_PATHS,
-    default_probe_payload,
-    render_probe_path,
-)
 from llmgateway.providers.retry_after import Clock, header_retry_after
 
 CREDENTIAL_HEADERS: Final = ("Authorization", "x-api-key", "x-goog-api-key", "Proxy-Authorization")
@@ -129,7 +125,7 @@ class HttpAdapter(ProviderAdapter):
 
     def _build_probe(self, model: str) -> tuple[str, bytes]:
         override = self.config.models.get(model)
-        template = DEFAULT_PROBE_PATHS[self.provider_type]
+        template = TYPE_DEFAULTS[self.provider_type].probe_path
         payload: dict[str, Any] = default_probe_payload(self.provider_type, model)
         if override is not None:
             if override.probe_path:

@@ -6,13 +6,13 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
+from llmgateway.config.defaults import default_probe_path, default_probe_payload
 from llmgateway.config.schemas import ModelConfig
 from llmgateway.core.constants import ProviderType
 from llmgateway.providers import (
     CREDENTIAL_HEADERS,
     strip_credential_params,
 )
-from llmgateway.providers.probes import default_probe_path, default_probe_payload
 from tests.fixtures.provider_errors import ERRORS
 from tests.unit.providers.factory import headers_of, make_adapter
 
@@ -74,16 +74,16 @@ def test_gateway_errors_never_carry_keys(provider: ProviderType) -> None:
 DEFAULT_PROBES = {
     ProviderType.OPENAI_LIKE: (
         "/v1/chat/completions",
-        {"model": "m-1", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
+        {"model": "m-1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
     ),
     ProviderType.ANTHROPIC: (
         "/v1/messages",
-        {"model": "m-1", "max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}]},
+        {"model": "m-1", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]},
     ),
     ProviderType.GEMINI: (
         "/v1beta/models/m-1:generateContent",
         {
-            "contents": [{"role": "user", "parts": [{"text": "Hi"}]}],
+            "contents": [{"role": "user", "parts": [{"text": "hi"}]}],
             "generationConfig": {"maxOutputTokens": 1},
         },
     ),
