@@ -250,6 +250,7 @@ async def test_gateway_pool_sees_invalidated_key_gone_without_a_db_read(rig: Rig
     # Nothing was flushed: the store still says untested, the live pool already knows.
     stored = {r.key: r.status for r in await rig.store.load_records("p")}
     assert stored[key_for("p", "revoked")] is Status.UNTESTED
+    assert await keeper.run_once() == 0  # the store says due; the pool knows better
     assert {pool.pick("p", "model-a").key for _ in range(10)} == {key_for("p", "good")}
     with pytest.raises(NoUsableKey):
         pool.pick("p", "model-a", exclude=[rig.record("p", "good", "model-a").key_id])
