@@ -34,6 +34,9 @@ MIGRATION_LOCK: Final = 0x6C6C6D6777  # "llmgw": serialises migrations of concur
 WRITE_ATTEMPTS: Final = 3
 """Attempts of a write that lost a deadlock or serialisation race to another writer."""
 
+ANALYZE_AFTER: Final = 1000
+"""Keys added plus removed by one sync from which the tables' statistics are refreshed."""
+
 _SELECT_RECORDS: Final = (
     f"SELECT {RECORD_COLUMNS} FROM key_model_status AS s JOIN api_keys AS k ON k.id = s.key_id"
 )
@@ -226,7 +229,13 @@ class PostgresStore:
             )
             return KeySyncReport(added=added, removed=removed, total=len(wanted))
 
-        return await self._write(f"syncing keys of {instance}", run)
+        report = await self._write(f"syncing keys of {instance}", run)
+        if report.added + report.removed >= ANALYZE_AFTER:
+            # Fresh statistics at once, so fetch_due keeps its index plan after a bulk load
+            # (autovacuum's ANALYZE would come later).
+            with _translated("analyzing"):
+                await self._require("analyzing").execute("ANALYZE api_keys, key_model_status")
+        return report
 
     async def load_records(self, instance: str | None = None) -> list[KeyRecord]:
         """Every (key, model) record, of one instance or all, by instance, key_id, model."""
@@ -247,16 +256,24 @@ class PostgresStore:
         """Up to `limit` records due at `now` (NULL `next_check_at` skipped), untested first."""
         if not instances or limit <= 0:
             return []
+        # Two index-ordered scans that stop at `limit` (untested, then the rest)
+        # instead of sorting every due row (issue 3: 100,000-key pools).
+        due = (
+            f"(SELECT {RECORD_COLUMNS}, {{rank}} AS rank FROM key_model_status AS s "
+            "JOIN api_keys AS k ON k.id = s.key_id "
+            "WHERE s.next_check_at IS NOT NULL AND s.next_check_at <= $1 "
+            "AND s.status {op} $3 AND k.instance = ANY($2::text[]) "
+            "ORDER BY s.next_check_at, s.key_id, s.model LIMIT $4)"
+        )
+        query = (
+            f"SELECT * FROM ({due.format(rank=0, op='=')} UNION ALL "
+            f"{due.format(rank=1, op='<>')}) AS d "
+            "ORDER BY d.rank, d.next_check_at, d.key_id, d.model LIMIT $4"
+        )
         pool = self._require("fetching due keys")
         with _translated("fetching due keys"):
             rows = await pool.fetch(
-                _SELECT_RECORDS + " WHERE s.next_check_at IS NOT NULL AND s.next_check_at <= $1 "
-                "AND k.instance = ANY($2::text[]) "
-                "ORDER BY s.status <> $3, s.next_check_at, s.key_id, s.model LIMIT $4",
-                as_utc(now),
-                list(instances),
-                Status.UNTESTED.value,
-                limit,
+                query, as_utc(now), list(instances), Status.UNTESTED.value, limit
             )
         return _to_records(rows)
 

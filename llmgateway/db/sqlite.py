@@ -207,14 +207,25 @@ class SqliteStore:
         """Up to `limit` records due at `now` (NULL `next_check_at` skipped), untested first."""
         if not instances or limit <= 0:
             return []
+        # Two index-ordered scans that stop at `limit` (untested, then the rest)
+        # instead of sorting every due row (issue 3: 100,000-key pools).
+        # CROSS JOIN makes SQLite walk key_model_status_due first (its join-order hint).
+        due = (
+            f"SELECT {RECORD_COLUMNS} FROM key_model_status AS s CROSS JOIN api_keys AS k "
+            "ON k.id = s.key_id WHERE s.next_check_at IS NOT NULL AND s.next_check_at <= ? "
+            "AND s.status {} ? AND k.instance IN (SELECT value FROM json_each(?)) "
+            "ORDER BY s.next_check_at, s.key_id, s.model LIMIT ?"
+        )
+        names = orjson.dumps(list(instances)).decode()
+        at = to_epoch(now)
         async with self._locked("fetching due keys") as conn:
-            cursor = await conn.execute(
-                _SELECT_RECORDS + " WHERE s.next_check_at IS NOT NULL AND s.next_check_at <= ? "
-                "AND k.instance IN (SELECT value FROM json_each(?)) "
-                "ORDER BY s.status <> ?, s.next_check_at, s.key_id, s.model LIMIT ?",
-                (to_epoch(now), orjson.dumps(list(instances)).decode(), Status.UNTESTED, limit),
-            )
-            rows = await cursor.fetchall()
+            cursor = await conn.execute(due.format("="), (at, Status.UNTESTED, names, limit))
+            rows = list(await cursor.fetchall())
+            if len(rows) < limit:
+                cursor = await conn.execute(
+                    due.format("<>"), (at, Status.UNTESTED, names, limit - len(rows))
+                )
+                rows.extend(await cursor.fetchall())
         return _to_records(rows)
 
     async def record(self, records: Sequence[KeyRecord]) -> None:

@@ -36,8 +36,9 @@ CREATE TABLE key_model_status (
 );
 
 -- "Due for a check": rows whose next_check_at has passed; NULL means checking stopped.
+-- Its columns match fetch_due's ORDER BY, so a LIMIT stops the scan early.
 CREATE INDEX key_model_status_due
-    ON key_model_status (next_check_at)
+    ON key_model_status (next_check_at, key_id, model)
     WHERE next_check_at IS NOT NULL;
 
 -- "Usable keys of an instance/model": api_keys (instance, ...) comes from the UNIQUE
