@@ -30,13 +30,15 @@ def _config(tmp_path: Path, fake: FakeUpstream, keys: list[str]) -> GatewayConfi
     return build_config(tmp_path, fake.url, {OPENAI: keys})
 
 
-async def _client(aiohttp_client: ClientFactory, config: GatewayConfig) -> TestClient:
+async def _client(
+    aiohttp_client: ClientFactory, config: GatewayConfig
+) -> TestClient[web.Request, web.Application]:
     app = create_app(config.accessor())
-    client: TestClient = await aiohttp_client(app)
+    client: TestClient[web.Request, web.Application] = await aiohttp_client(app)
     return client
 
 
-async def _chat(client: TestClient) -> int:
+async def _chat(client: TestClient[web.Request, web.Application]) -> int:
     response = await client.post(
         "/v1/chat/completions",
         json={"model": MODELS[OPENAI], "messages": [{"role": "user", "content": "hi"}]},
@@ -170,7 +172,8 @@ async def test_events_announce_an_invalidated_key(
     fake_upstream.set_key(GOOD_KEY)
     fake_upstream.set_key(BAD_KEY, Behaviour.INVALID_KEY)
     client = await _client(aiohttp_client, _config(tmp_path, fake_upstream, [BAD_KEY, GOOD_KEY]))
-    app: web.Application = client.server.app  # type: ignore[assignment]
+    app = client.app
+    assert app is not None
     events = await client.get("/-/events")
     assert events.status == 200
     assert events.headers["Content-Type"].startswith("text/event-stream")
@@ -200,7 +203,7 @@ async def test_events_send_heartbeats(
     """An idle /-/events stream carries `: ping` comments at the heartbeat interval."""
     app = create_app(_config(tmp_path, fake_upstream, [GOOD_KEY]).accessor())
     app[HEARTBEAT] = 0.01
-    client: TestClient = await aiohttp_client(app)
+    client: TestClient[web.Request, web.Application] = await aiohttp_client(app)
     events = await client.get("/-/events")
     line = await asyncio.wait_for(events.content.readline(), timeout=5)
     assert line == b": ping\r\n"
@@ -212,7 +215,8 @@ async def test_shutdown_ends_event_streams(
 ) -> None:
     """On shutdown every /-/events stream is ended so it cannot hold the graceful shutdown."""
     client = await _client(aiohttp_client, _config(tmp_path, fake_upstream, [GOOD_KEY]))
-    app: web.Application = client.server.app  # type: ignore[assignment]
+    app = client.app
+    assert app is not None
     events = await client.get("/-/events")
     await app.shutdown()
     rest = await asyncio.wait_for(events.content.read(), timeout=5)
