@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Final, final
+from typing import Final, Protocol, final
 
 import aiohttp
 import structlog
@@ -40,6 +40,14 @@ Sleep = Callable[[float], Awaitable[None]]
 DUE_BATCH: Final = 5000
 """At most this many due (key, model) rows are fetched and probed per round."""
 
+
+class ProbeObserver(Protocol):
+    """Told about every recorded probe (the metrics' `probes_total`)."""
+
+    def probe_done(self, instance: str, status: str) -> None:
+        """One probe of `instance` was recorded with `status` (a Status value)."""
+
+
 PROBE_FAILURES: Final = (aiohttp.ClientError, TimeoutError, OSError, ValueError)
 """What a probe may raise on the wire (refused, reset, garbage, timeout, undecodable)."""
 
@@ -51,7 +59,8 @@ class Keeper:
     `run()` is the background loop (key sync at start and every
     `worker.keys_sync_interval`, then rounds of probes, sleeping
     `worker.check_interval` when nothing is due); `run_once()` is one round.
-    The clock and the sleep are injectable so tests drive time themselves.
+    The clock and the sleep are injectable so tests drive time themselves;
+    `observer` (the app's Metrics) counts recorded probes.
     """
 
     def __init__(
@@ -63,8 +72,11 @@ class Keeper:
         adapters: Mapping[str, ProviderAdapter],
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
+        *,
+        observer: ProbeObserver | None = None,
     ) -> None:
         self._accessor = accessor
+        self._observer = observer
         self._store = store
         self._pool = pool
         self._session = session
@@ -199,6 +211,8 @@ class Keeper:
         if result is None:
             return False
         self._pool.report(record, result, probe=True)
+        if self._observer is not None:
+            self._observer.probe_done(record.instance, result.status.value)
         log.debug(
             "probe_recorded",
             instance=record.instance,

@@ -24,7 +24,7 @@ from llmgateway.core.models import KeyRecord
 from llmgateway.db.store import Store
 from llmgateway.db.write_queue import WriteQueue
 from llmgateway.providers import build_adapter
-from llmgateway.services.keeper import Keeper, Sleep
+from llmgateway.services.keeper import Keeper, ProbeObserver, Sleep
 from llmgateway.services.pool import KeyPool
 from tests.fakes.upstream import FakeUpstream
 
@@ -165,6 +165,7 @@ class Rig:
         store: Store | None = None,
         sleep: Sleep | None = None,
         with_adapters: bool = True,
+        observer: ProbeObserver | None = None,
     ) -> Keeper:
         """A keeper on this rig's parts; each can be swapped for the test's own."""
         adapters = (
@@ -180,6 +181,7 @@ class Rig:
             adapters,
             self.clock,
             sleep or self.sleep,
+            observer=observer,
         )
 
     async def round(self) -> int:

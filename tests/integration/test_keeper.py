@@ -287,3 +287,31 @@ async def test_statuses_survive_a_flush_and_reload(rig: Rig) -> None:
     calls = sum(rig.fake.calls_by_key.values())
     assert await rig.new_keeper(reloaded).run_once() == 0
     assert sum(rig.fake.calls_by_key.values()) == calls
+
+
+class ProbeCounter:
+    """A probe observer counting recorded probes by (instance, status)."""
+
+    def __init__(self) -> None:
+        self.probes: Counter[tuple[str, str]] = Counter()
+
+    def probe_done(self, instance: str, status: str) -> None:
+        self.probes[(instance, status)] += 1
+
+
+async def test_recorded_probes_are_reported_to_the_observer(rig: Rig) -> None:
+    """Every recorded probe is counted once by the observer, with its resulting status."""
+    setup_mixed(rig, "p")
+    await rig.build({"p": rig.section("p", models=["model-a"])})
+    observer = ProbeCounter()
+    rig.keeper = keeper = rig.new_keeper(observer=observer)
+    await keeper.sync_keys()
+    assert await keeper.run_once() == len(MIXED_KEYS)
+    assert observer.probes == Counter(
+        {
+            ("p", "valid"): 2,
+            ("p", "invalid_key"): 1,
+            ("p", "no_quota"): 1,
+            ("p", "rate_limited"): 1,
+        }
+    )
