@@ -108,6 +108,8 @@ class _Exchange:
     keys: list[str] = field(default_factory=list)
     upstream_seconds: float = 0.0
     status: int = 0
+    prepared: web.StreamResponse | None = None
+    """The client's response once its headers went out (the point of no return)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,16 +185,17 @@ class Gateway:
             async with asyncio.timeout(route.config.timeouts.total):
                 response = await self._proxy(request, route, exchange)
         except GatewayError as exc:
-            response = self._error(request, route, exc, exchange)
+            response = self._fail(request, route, exc, exchange)
         except TimeoutError:
-            response = self._error(
+            response = self._fail(
                 request, route, UpstreamTimeout("the request exceeded timeouts.total"), exchange
             )
         except asyncio.CancelledError:
             exchange.status = 499  # the client went away; nobody's fault
             self._finish(exchange)
             raise
-        exchange.status = response.status
+        if not exchange.status:
+            exchange.status = response.status
         self._finish(exchange)
         return response
 
@@ -360,6 +363,7 @@ class Gateway:
         clean = False
         try:
             await response.prepare(request)
+            exchange.prepared = response
             while True:
                 async with asyncio.timeout(idle):
                     chunk = await content.readany()
@@ -410,6 +414,26 @@ class Gateway:
     def _as_is(self, answer: _UpstreamAnswer, exchange: _Exchange) -> web.Response:
         headers = downstream_headers(answer.headers, exchange.request_id)
         return web.Response(status=answer.status, headers=headers, body=answer.body)
+
+    def _fail(
+        self,
+        request: web.Request,
+        route: Route | None,
+        exc: GatewayError,
+        exchange: _Exchange,
+    ) -> web.StreamResponse:
+        """The answer to a failure: an error response, or a broken stream once past `prepare()`.
+
+        A second response written after the first one's headers would be sent
+        inside the chunked body and end it cleanly, so a started stream is only
+        aborted (issue 6: the client's response ends as an error).
+        """
+        if exchange.prepared is None:
+            return self._error(request, route, exc, exchange)
+        log.warning("stream ended by the gateway", instance=exchange.instance, reason=str(exc))
+        exchange.status = int(getattr(exc, "status", 500))
+        _abort(request)
+        return exchange.prepared
 
     def _error(
         self,
