@@ -80,13 +80,20 @@ def client_token(headers: CIMultiDictProxy[str], query_key: str | None) -> str:
     return found
 
 
+def _with_connection_names(
+    dropped: frozenset[istr], headers: CIMultiDictProxy[str]
+) -> frozenset[istr]:
+    """`dropped` plus the fields the `Connection` header names (RFC 9110 §7.6.1)."""
+    named = {
+        istr(t.strip()) for v in headers.getall("Connection", ()) for t in v.split(",") if t.strip()
+    }
+    return dropped | named if named else dropped
+
+
 def upstream_headers(client: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """The client's headers minus credentials, hop-by-hop fields and those `Connection` names."""
     out: CIMultiDict[str] = CIMultiDict()
-    dropped = DROPPED_UPSTREAM
-    connection = client.get("Connection")
-    if connection:
-        dropped = dropped | {istr(t.strip()) for t in connection.split(",") if t.strip()}
+    dropped = _with_connection_names(DROPPED_UPSTREAM, client)
     for name, value in client.items():
         if name not in dropped:
             out.add(name, value)
@@ -95,10 +102,15 @@ def upstream_headers(client: CIMultiDictProxy[str]) -> CIMultiDict[str]:
 
 
 def downstream_headers(upstream: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
-    """The upstream's response headers for the client, plus `x-request-id`."""
+    """The upstream's response headers for the client, plus `x-request-id`.
+
+    Hop-by-hop fields are dropped, including those the upstream's own
+    `Connection` header names.
+    """
     out: CIMultiDict[str] = CIMultiDict()
+    dropped = _with_connection_names(DROPPED_DOWNSTREAM, upstream)
     for name, value in upstream.items():
-        if name not in DROPPED_DOWNSTREAM:
+        if name not in dropped:
             out.add(name, value)
     out[X_REQUEST_ID] = request_id
     return out

@@ -138,6 +138,20 @@ class TestDownstreamHeaders:
             "x-request-id": "rid-1",
         }
 
+    def test_fields_named_by_the_upstream_connection_header_are_dropped(self) -> None:
+        """A response field listed in the upstream's Connection header is hop-by-hop too."""
+        upstream = headers(
+            ("Connection", "keep-alive, X-Upstream-Hop"),
+            ("Connection", "X-Other-Hop"),
+            ("X-Upstream-Hop", "internal"),
+            ("X-Other-Hop", "internal"),
+            ("X-Visible", "yes"),
+        )
+        assert dict(downstream_headers(upstream, "rid")) == {
+            "X-Visible": "yes",
+            "x-request-id": "rid",
+        }
+
 
 class TestSafePath:
     """Client paths that could climb out of `api_base_url` are refused."""
