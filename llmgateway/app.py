@@ -112,7 +112,15 @@ async def _keeper_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     adapters: dict[str, ProviderAdapter] = app[ADAPTERS]
-    keeper = Keeper(accessor, app[STORE], app[POOL], app[SESSION], adapters, clock=app[CLOCK])
+    keeper = Keeper(
+        accessor,
+        app[STORE],
+        app[POOL],
+        app[SESSION],
+        adapters,
+        clock=app[CLOCK],
+        observer=app.get(METRICS),
+    )
     app[KEEPER] = keeper
     await keeper.start()
     yield

@@ -222,3 +222,28 @@ async def test_shutdown_ends_event_streams(
     rest = await asyncio.wait_for(events.content.read(), timeout=5)
     assert b"data:" not in rest
     assert events.content.at_eof()
+
+
+async def test_keeper_probes_are_counted_by_result(
+    tmp_path: Path, fake_upstream: FakeUpstream, aiohttp_client: ClientFactory
+) -> None:
+    """With the keeper on, each recorded probe moves llmgateway_probes_total for its result."""
+    fake_upstream.set_key(GOOD_KEY)
+    fake_upstream.set_key(BAD_KEY, Behaviour.INVALID_KEY)
+    config = _config(tmp_path, fake_upstream, [BAD_KEY, GOOD_KEY])
+    config.set("worker.enabled", True)
+    client = await _client(aiohttp_client, config)
+    wanted = {
+        ("llmgateway_probes_total", frozenset({("instance", OPENAI), ("result", "valid")})): 1,
+        (
+            "llmgateway_probes_total",
+            frozenset({("instance", OPENAI), ("result", "invalid_key")}),
+        ): 1,
+    }
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for _ in range(500):  # the keeper probes both keys at start-up
+        samples = _samples(await (await client.get("/metrics")).text())
+        if all(samples.get(name) == value for name, value in wanted.items()):
+            break
+        await asyncio.sleep(0.01)
+    assert {name: samples.get(name) for name in wanted} == wanted
