@@ -294,8 +294,9 @@ class Gateway:
             result = adapter.classify_status(upstream.status, upstream.headers)
             if result is not None and result.ok:
                 return result, None, upstream
-            async with asyncio.timeout(route.config.timeouts.idle):
-                data = await upstream.content.read(MAX_RELAYED_ERROR_BODY)
+            data = await _read_bounded(
+                upstream.content, MAX_RELAYED_ERROR_BODY, route.config.timeouts.idle
+            )
             if result is None:
                 result = adapter.classify_body(
                     upstream.status, upstream.headers, data[:MAX_ERROR_BODY]
@@ -491,6 +492,20 @@ class _Budget:
         if self.delay > 0:
             await asyncio.sleep(self.delay)
         self.delay *= self.factor
+
+
+async def _read_bounded(content: aiohttp.StreamReader, limit: int, idle: float) -> bytes:
+    """The body up to `limit` bytes; `read(n)` alone returns only what has arrived so far."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        async with asyncio.timeout(idle):
+            chunk = await content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _abort(request: web.Request) -> None:
