@@ -108,6 +108,8 @@ class _Exchange:
     keys: list[str] = field(default_factory=list)
     upstream_seconds: float = 0.0
     status: int = 0
+    body_read: bool = False
+    """The client's body has arrived whole (a timeout before that is the client's: 408)."""
     prepared: web.StreamResponse | None = None
     """The client's response once its headers went out (the point of no return)."""
 
@@ -187,9 +189,12 @@ class Gateway:
         except GatewayError as exc:
             response = self._fail(request, route, exc, exchange)
         except TimeoutError:
-            response = self._fail(
-                request, route, UpstreamTimeout("the request exceeded timeouts.total"), exchange
+            timeout: GatewayError = (
+                UpstreamTimeout("the request exceeded timeouts.total")
+                if exchange.body_read
+                else RequestTimeout("the request body did not arrive within timeouts.total")
             )
+            response = self._fail(request, route, timeout, exchange)
         except asyncio.CancelledError:
             exchange.status = 499  # the client went away; nobody's fault
             self._finish(exchange)
@@ -210,6 +215,7 @@ class Gateway:
         self, request: web.Request, route: Route, exchange: _Exchange
     ) -> web.StreamResponse:
         body = await self._read_body(request)
+        exchange.body_read = True
         raw_path = request.raw_path
         if not safe_path(raw_path):
             raise BadPath("the request path may not contain '.' or '..' segments")
@@ -326,8 +332,6 @@ class Gateway:
                     raise BodyTooLarge(f"the request body is larger than {self._max_body} bytes")
                 chunks.append(chunk)
             return b"".join(chunks)
-        except TimeoutError:
-            raise RequestTimeout("the request body did not arrive within timeouts.total") from None
         except asyncio.IncompleteReadError:
             raise ClientRequestError("the request body ended early") from None
 
