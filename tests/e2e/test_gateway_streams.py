@@ -201,3 +201,18 @@ async def test_total_timeout_mid_stream_breaks_the_stream_cleanly(
     assert all(e.startswith(b"data: {") for e in events[:-1])
     await fake_upstream.wait_for_connections(0)
     assert key_status(gateway).is_usable
+
+
+@pytest.mark.parametrize("instance", INSTANCES)
+async def test_an_in_band_error_event_reaches_the_sdk_and_spares_the_key(
+    one_key: GatewayConfig, start_gateway: StartGateway, fake_upstream: FakeUpstream, instance: str
+) -> None:
+    """A provider-side error event inside a 200 stream makes the SDK raise; the key stays usable."""
+    fake_upstream.set_key(KEY, Behaviour.STREAM_ERROR_EVENT, after_chunks=2)
+    gateway = await start_gateway(one_key)
+
+    with pytest.raises(ANY_SDK_STREAM_ERROR):
+        await ASK[instance](gateway.url, TOKENS[instance], stream=True)
+
+    assert fake_upstream.calls_by_key[KEY] == 1
+    assert key_status(gateway, instance).is_usable
