@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from google.genai import errors as genai_errors
+from yarl import URL
 
 from llmgateway.core.constants import Status
 from tests.e2e.conftest import (
@@ -140,7 +141,7 @@ async def test_gemini_key_query_parameter_authenticates_and_is_removed(
 ) -> None:
     """A Gemini client may send the token as `?key=`; the upstream sees only the real key header."""
     gateway = await start_gateway(config)
-    url = aiohttp.client.URL(gateway.url + GEMINI_PATH + query, encoded=True)
+    url = URL(gateway.url + GEMINI_PATH + query, encoded=True)
     payload = {"contents": [{"parts": [{"text": "hi"}]}]}
 
     async with http.post(url, json=payload) as response:
