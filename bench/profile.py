@@ -10,6 +10,7 @@ stacks are kept in bench/results/profile-<mode>.txt (flamegraph.pl input).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -87,6 +88,7 @@ def main(py_spy: str, mode: str, seconds: float) -> int:
     finally:
         server.stop()
         nginx.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
