@@ -21,31 +21,31 @@ X_GOOG_API_KEY: Final = istr("x-goog-api-key")
 KEY_PARAM: Final = "key"
 
 HOP_BY_HOP: Final = frozenset(
-    istr(h)
-    for h in (
+    (
         # RFC 9110 §7.6.1 (connection-specific fields) plus legacy ones still seen in the wild.
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-        "Proxy-Connection",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
     )
 )
-"""Headers that describe one connection and are never forwarded (either way)."""
+"""Headers that describe one connection and are never forwarded (either way), lower-cased.
+
+Header names are compared lower-cased: `istr` compares and hashes like a plain
+`str`, so a set of `istr` would let `transfer-encoding` through.
+"""
 
 DROPPED_UPSTREAM: Final = HOP_BY_HOP | frozenset(
-    istr(h)
-    for h in ("Host", "Content-Length", "Accept-Encoding", AUTHORIZATION, X_API_KEY, X_GOOG_API_KEY)
+    ("host", "content-length", "accept-encoding", "authorization", "x-api-key", "x-goog-api-key")
 )
 """Client headers never sent upstream: hop-by-hop, framing, and every credential carrier."""
 
-DROPPED_DOWNSTREAM: Final = HOP_BY_HOP | frozenset(
-    istr(h) for h in ("Content-Length", "Date", "Server")
-)
+DROPPED_DOWNSTREAM: Final = HOP_BY_HOP | frozenset(("content-length", "date", "server"))
 """Upstream headers not copied to the client (aiohttp sets framing, date and server)."""
 
 _BEARER = re.compile(r"\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)
@@ -59,15 +59,17 @@ def client_token(headers: CIMultiDictProxy[str], query_key: str | None) -> str:
     hold different tokens (refused, not guessed between).
     """
     found: str | None = None
-    auth = headers.get(AUTHORIZATION)
-    if auth is not None:
+    for auth in headers.getall(AUTHORIZATION, ()):
         match = _BEARER.match(auth)
         if match is None:
             raise GatewayAuthError("the Authorization header must be 'Bearer <token>'")
+        if found is not None and match.group(1) != found:
+            raise GatewayAuthError("two different credentials were sent in one request")
         found = match.group(1)
-    for value in (headers.get(X_API_KEY), headers.get(X_GOOG_API_KEY), query_key):
-        if value is None:
-            continue
+    carried = [*headers.getall(X_API_KEY, ()), *headers.getall(X_GOOG_API_KEY, ())]
+    if query_key is not None:
+        carried.append(query_key)
+    for value in carried:
         value = value.strip()
         if found is not None and value != found:
             raise GatewayAuthError("two different credentials were sent in one request")
@@ -81,11 +83,14 @@ def client_token(headers: CIMultiDictProxy[str], query_key: str | None) -> str:
 
 
 def _with_connection_names(
-    dropped: frozenset[istr], headers: CIMultiDictProxy[str]
-) -> frozenset[istr]:
+    dropped: frozenset[str], headers: CIMultiDictProxy[str]
+) -> frozenset[str]:
     """`dropped` plus the fields the `Connection` header names (RFC 9110 §7.6.1)."""
     named = {
-        istr(t.strip()) for v in headers.getall("Connection", ()) for t in v.split(",") if t.strip()
+        t.strip().lower()
+        for v in headers.getall("Connection", ())
+        for t in v.split(",")
+        if t.strip()
     }
     return dropped | named if named else dropped
 
@@ -95,7 +100,7 @@ def upstream_headers(client: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     out: CIMultiDict[str] = CIMultiDict()
     dropped = _with_connection_names(DROPPED_UPSTREAM, client)
     for name, value in client.items():
-        if name not in dropped:
+        if name.lower() not in dropped:
             out.add(name, value)
     out[istr("Accept-Encoding")] = "identity"
     return out
@@ -105,18 +110,21 @@ def downstream_headers(upstream: CIMultiDictProxy[str], request_id: str) -> CIMu
     """The upstream's response headers for the client, plus `x-request-id`.
 
     Hop-by-hop fields are dropped, including those the upstream's own
-    `Connection` header names.
+    `Connection` header names. A provider's own `x-request-id` (OpenAI's
+    `req_…`, needed for its support) moves to `x-upstream-request-id`.
     """
     out: CIMultiDict[str] = CIMultiDict()
     dropped = _with_connection_names(DROPPED_DOWNSTREAM, upstream)
     for name, value in upstream.items():
-        if name not in dropped:
-            out.add(name, value)
+        lowered = name.lower()
+        if lowered not in dropped:
+            out.add(X_UPSTREAM_REQUEST_ID if lowered == "x-request-id" else name, value)
     out[X_REQUEST_ID] = request_id
     return out
 
 
 X_REQUEST_ID: Final = istr("x-request-id")
+X_UPSTREAM_REQUEST_ID: Final = istr("x-upstream-request-id")
 
 
 def safe_path(raw_path: str) -> bool:

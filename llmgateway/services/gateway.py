@@ -36,7 +36,7 @@ from llmgateway.core.errors import (
 from llmgateway.core.logs import mask_key
 from llmgateway.core.models import CheckResult, KeyRecord
 from llmgateway.providers import build_adapter, classify_exception, family_for_path
-from llmgateway.providers.base import MAX_ERROR_BODY, ProviderAdapter
+from llmgateway.providers.base import MAX_ERROR_BODY, ProviderAdapter, read_bounded
 from llmgateway.services.forwarding import (
     KEY_PARAM,
     X_REQUEST_ID,
@@ -267,7 +267,7 @@ class Gateway:
             )
             if budget is None or not budget.take():
                 if answer is not None:
-                    return self._as_is(answer, exchange)
+                    return self._as_is(answer, exchange, record.key)
                 if reason is ErrorReason.TIMEOUT:
                     raise UpstreamTimeout(f"the upstream did not answer in time: {result.message}")
                 raise UpstreamUnavailable(f"the upstream is unreachable: {result.message}")
@@ -300,7 +300,7 @@ class Gateway:
             result = adapter.classify_status(upstream.status, upstream.headers)
             if result is not None and result.ok:
                 return result, None, upstream
-            data = await _read_bounded(
+            data = await read_bounded(
                 upstream.content, MAX_RELAYED_ERROR_BODY, route.config.timeouts.idle
             )
             if result is None:
@@ -416,9 +416,18 @@ class Gateway:
         )
         self._pool.report(record, result)
 
-    def _as_is(self, answer: _UpstreamAnswer, exchange: _Exchange) -> web.Response:
+    def _as_is(self, answer: _UpstreamAnswer, exchange: _Exchange, key: str) -> web.Response:
+        """The upstream's error answer, unchanged but for the real key.
+
+        Some providers quote the key back in their error (Gemini: "Consumer
+        'api_key:AIza…' has been suspended"); the client never sees it unmasked.
+        """
+        body = answer.body
+        raw_key = key.encode()
+        if raw_key in body:
+            body = body.replace(raw_key, mask_key(key).encode())
         headers = downstream_headers(answer.headers, exchange.request_id)
-        return web.Response(status=answer.status, headers=headers, body=answer.body)
+        return web.Response(status=answer.status, headers=headers, body=body)
 
     def _fail(
         self,
@@ -496,20 +505,6 @@ class _Budget:
         if self.delay > 0:
             await asyncio.sleep(self.delay)
         self.delay *= self.factor
-
-
-async def _read_bounded(content: aiohttp.StreamReader, limit: int, idle: float) -> bytes:
-    """The body up to `limit` bytes; `read(n)` alone returns only what has arrived so far."""
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit:
-        async with asyncio.timeout(idle):
-            chunk = await content.read(limit - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 def _abort(request: web.Request) -> None:

@@ -135,7 +135,27 @@ class TestDownstreamHeaders:
         assert dict(out) == {
             "Content-Type": "text/event-stream",
             "openai-processing-ms": "42",
+            "x-upstream-request-id": "req_upstream",
             "x-request-id": "rid-1",
+        }
+
+    def test_lower_case_hop_by_hop_fields_are_dropped_too(self) -> None:
+        """Header names are matched whatever their case, both ways (no TE+CL smuggling)."""
+        client = headers(
+            ("transfer-encoding", "chunked"),
+            ("CONNECTION", "keep-alive"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("AUTHORIZATION", "Bearer gw-token"),
+            ("content-type", "application/json"),
+        )
+        assert dict(upstream_headers(client)) == {
+            "content-type": "application/json",
+            "Accept-Encoding": "identity",
+        }
+        upstream = headers(("transfer-encoding", "chunked"), ("X-Request-ID", "req_9"))
+        assert dict(downstream_headers(upstream, "rid-2")) == {
+            "x-upstream-request-id": "req_9",
+            "x-request-id": "rid-2",
         }
 
     def test_fields_named_by_the_upstream_connection_header_are_dropped(self) -> None:
