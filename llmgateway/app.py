@@ -1,9 +1,14 @@
 """The aiohttp application factory: wires config, store, pool, keeper and routes.
 
 Each resource has one cleanup-context generator, appended in start-up order
-(store → write queue → HTTP session → pool and gateway → keeper); shutdown
-runs them in reverse, so the keeper stops before the session closes and the
-write queue is flushed before the store closes.
+(store → write queue → HTTP session → pool and gateway → follower → keeper);
+shutdown runs them in reverse, so the keeper stops before the session closes
+and the write queue is flushed before the store closes.
+
+Several processes may share the database (`--workers N`, or several hosts):
+the start-up key sync runs under the store's `keysync` lock, the follower
+applies what the other processes record to this process's pool, and the
+keeper leases its due checks (issue 9).
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ from aiohttp import web
 
 from llmgateway.core.accessor import ConfigAccessor
 from llmgateway.core.errors import StoreError
-from llmgateway.db import open_store
+from llmgateway.db import SqliteStore, open_store
 from llmgateway.db.store import Store
 from llmgateway.db.write_queue import WriteQueue
 from llmgateway.providers import build_adapter
 from llmgateway.providers.base import ProviderAdapter
+from llmgateway.services.follower import PoolFollower
 from llmgateway.services.gateway import Gateway
 from llmgateway.services.keeper import Keeper
 from llmgateway.services.keyfiles import sync_instance_keys
@@ -41,6 +47,8 @@ ADAPTERS: web.AppKey[dict[str, ProviderAdapter]] = web.AppKey("adapters")
 POOL: web.AppKey[KeyPool] = web.AppKey("pool")
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
 KEEPER: web.AppKey[Keeper] = web.AppKey("keeper")
+FOLLOWER: web.AppKey[PoolFollower] = web.AppKey("follower")
+WORKER_INDEX: web.AppKey[int | None] = web.AppKey("worker_index")
 
 CONNECTION_LIMIT = 1000
 """Upstream connections kept open at most (keep-alive pool across every provider)."""
@@ -91,8 +99,10 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     adapters = {p.name: build_adapter(p) for p in providers}
     await store.sync_providers([(p.name, p.provider_type) for p in accessor.providers()])
     now = datetime.fromtimestamp(clock(), UTC)
-    for provider in providers:
-        await sync_instance_keys(store, provider, now)
+    # One process at a time (workers starting together): the later ones find nothing to change.
+    async with store.exclusive("keysync", wait=True):
+        for provider in providers:
+            await sync_instance_keys(store, provider, now)
     pool = KeyPool(providers, sink=app[WRITE_QUEUE].put, clock=clock)
     pool.load(await store.load_records())
     app[ADAPTERS] = adapters
@@ -104,6 +114,15 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         records=sum(1 for _ in pool.records()),
     )
     yield
+
+
+async def _follower_ctx(app: web.Application) -> AsyncIterator[None]:
+    names = [p.name for p in app[ACCESSOR].enabled_providers()]
+    follower = PoolFollower(app[STORE], app[POOL], names, clock=app[CLOCK])
+    app[FOLLOWER] = follower
+    await follower.start()
+    yield
+    await follower.stop()
 
 
 async def _keeper_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -120,6 +139,8 @@ async def _keeper_ctx(app: web.Application) -> AsyncIterator[None]:
         adapters,
         clock=app[CLOCK],
         observer=app.get(METRICS),
+        # An SQLite file is shared by the workers of one host only: one of them probes.
+        solo=isinstance(app[STORE], SqliteStore),
     )
     app[KEEPER] = keeper
     await keeper.start()
@@ -146,11 +167,17 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
     return await request.app[GATEWAY].handle(request)
 
 
-def create_app(accessor: ConfigAccessor, *, clock: Clock = time.time) -> web.Application:
-    """Build the application: lifecycles in order, reserved routes, then the catch-all proxy."""
+def create_app(
+    accessor: ConfigAccessor, *, clock: Clock = time.time, worker_index: int | None = None
+) -> web.Application:
+    """Build the application: lifecycles in order, reserved routes, then the catch-all proxy.
+
+    `worker_index` is this process's number among `--workers N` (shown by `/-/status`).
+    """
     app = web.Application(client_max_size=int(accessor.server.max_body_mb * 1024 * 1024) + 1)
     app[ACCESSOR] = accessor
     app[CLOCK] = clock
+    app[WORKER_INDEX] = worker_index
     # admin reads this module's AppKeys, so it is imported here, not at the top (issue 7).
     from llmgateway.services.admin import install_admin, metrics_ctx, summary_ctx
 
@@ -161,6 +188,7 @@ def create_app(accessor: ConfigAccessor, *, clock: Clock = time.time) -> web.App
             _session_ctx,
             metrics_ctx,
             _pool_ctx,
+            _follower_ctx,
             _keeper_ctx,
             summary_ctx,
         ]

@@ -9,9 +9,13 @@ place that knows asyncpg's exception tree.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
-from datetime import UTC, datetime
+import hashlib
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
+from datetime import UTC, datetime, timedelta
 from typing import Final, final
 from urllib.parse import urlsplit
 
@@ -22,7 +26,9 @@ from asyncpg.pool import PoolConnectionProxy
 from llmgateway.core.constants import ProviderType, Status
 from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
+from llmgateway.db.changes import CHANNEL, encode_notifications
 from llmgateway.db.migrations import Engine, Migration, engine_migrations, plan
+from llmgateway.db.pg_listener import PgListener
 from llmgateway.db.rows import RECORD_COLUMNS, as_utc, latest_per_row, parse_status, unique_keys
 from llmgateway.db.store import KeySyncReport, StatusCount
 
@@ -45,13 +51,43 @@ UPDATE key_model_status AS s SET
     status = u.status, last_checked_at = u.last_checked_at, next_check_at = u.next_check_at,
     failing_since = u.failing_since, consecutive_failures = u.consecutive_failures,
     status_code = u.status_code, message = u.message, response_ms = u.response_ms,
-    cooldown_until = u.cooldown_until
+    cooldown_until = u.cooldown_until, lease_owner = NULL, lease_until = NULL,
+    version = s.version + 1
 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
             $6::timestamptz[], $7::int[], $8::int[], $9::text[], $10::int[], $11::timestamptz[])
     AS u(key_id, model, status, last_checked_at, next_check_at, failing_since,
          consecutive_failures, status_code, message, response_ms, cooldown_until)
 WHERE s.key_id = u.key_id AND s.model = u.model
 """
+
+
+_LEASE: Final = f"""
+WITH picked AS (
+    SELECT s.key_id, s.model FROM key_model_status AS s JOIN api_keys AS k ON k.id = s.key_id
+    WHERE s.next_check_at IS NOT NULL AND s.next_check_at <= $1
+      AND (s.lease_until IS NULL OR s.lease_until < $1)
+      AND s.status {{op}} $3 AND k.instance = ANY($2::text[])
+    ORDER BY s.next_check_at, s.key_id, s.model LIMIT $4
+    FOR UPDATE OF s SKIP LOCKED
+), leased AS (
+    UPDATE key_model_status AS s SET lease_owner = $5, lease_until = $6
+    FROM picked AS p WHERE s.key_id = p.key_id AND s.model = p.model
+    RETURNING s.*
+)
+SELECT {RECORD_COLUMNS} FROM leased AS s JOIN api_keys AS k ON k.id = s.key_id
+ORDER BY s.next_check_at, s.key_id, s.model
+"""
+
+
+def new_origin() -> str:
+    """A name for this store's writes that no other process shares (host, pid, random)."""
+    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+
+
+def lock_id(name: str) -> int:
+    """The advisory lock id of the named lock (a stable signed 64-bit hash)."""
+    digest = hashlib.blake2b(f"llmgateway:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def describe_dsn(dsn: str) -> str:
@@ -61,6 +97,9 @@ def describe_dsn(dsn: str) -> str:
     port = f":{parts.port}" if parts.port else ""
     user = f"{parts.username}@" if parts.username else ""
     return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+
+
+_LOCK_RELEASE_FAILURES: Final = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 @contextmanager
@@ -89,10 +128,14 @@ class PostgresStore:
     longer exists are skipped.
     """
 
-    def __init__(self, dsn: str, min_size: int = 1, max_size: int = 10) -> None:
+    def __init__(
+        self, dsn: str, min_size: int = 1, max_size: int = 10, *, origin: str | None = None
+    ) -> None:
         self.dsn = dsn
         self.min_size = min_size
         self.max_size = max_size
+        self.origin = origin or new_origin()
+        """Tags this store's notifications, so its own listener ignores them."""
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
 
     async def open(self) -> None:
@@ -300,10 +343,91 @@ class PostgresStore:
             times(r.cooldown_until for r in batch),
         )
 
+        payloads = encode_notifications(self.origin, batch)
+
         async def run(conn: _Conn) -> None:
             await conn.execute(_UPDATE_STATUS, *args)
+            # Delivered to listeners when (and only if) this transaction commits.
+            await conn.execute(
+                "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", CHANNEL, payloads
+            )
 
         await self._write("recording statuses", run)
+
+    async def lease_due(
+        self,
+        instances: Sequence[str],
+        now: datetime,
+        limit: int,
+        owner: str,
+        lease_seconds: float,
+    ) -> list[KeyRecord]:
+        """Lease up to `limit` due, unleased (or expired) records to `owner`, untested first.
+
+        Rows another process is leasing at this very moment are skipped
+        (`FOR UPDATE SKIP LOCKED`), so concurrent keepers never get the same
+        row. The lease ends when a status is recorded or at `now + lease_seconds`.
+        """
+        if not instances or limit <= 0:
+            return []
+        at = as_utc(now)
+        until = at + timedelta(seconds=lease_seconds)
+
+        async def run(conn: _Conn) -> list[asyncpg.Record]:
+            rows = list(
+                await conn.fetch(
+                    _LEASE.format(op="="),
+                    at,
+                    list(instances),
+                    Status.UNTESTED.value,
+                    limit,
+                    owner,
+                    until,
+                )
+            )
+            if len(rows) < limit:
+                rows.extend(
+                    await conn.fetch(
+                        _LEASE.format(op="<>"),
+                        at,
+                        list(instances),
+                        Status.UNTESTED.value,
+                        limit - len(rows),
+                        owner,
+                        until,
+                    )
+                )
+            return rows
+
+        return _to_records(await self._write("leasing due keys", run))
+
+    @asynccontextmanager
+    async def exclusive(self, name: str, *, wait: bool = False) -> AsyncIterator[bool]:
+        """Hold the advisory lock `name` for the body, across every process on this database.
+
+        Yields True when this process got it, False when another holds it
+        (with `wait`, waits for it and always yields True). The lock lives on
+        a connection of its own, closed on exit: a dead holder frees it.
+        """
+        with _translated(f"taking lock {name}"):
+            conn = await asyncpg.connect(self.dsn)
+        try:
+            with _translated(f"taking lock {name}"):
+                if wait:
+                    await conn.execute("SELECT pg_advisory_lock($1)", lock_id(name))
+                    got = True
+                else:
+                    got = bool(
+                        await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_id(name))
+                    )
+            yield got
+        finally:
+            with suppress(*_LOCK_RELEASE_FAILURES):
+                await conn.close(timeout=5.0)
+
+    def change_feed(self) -> PgListener:
+        """A listener delivering the statuses other processes record (see `PgListener`)."""
+        return PgListener(self.dsn, self.origin)
 
     async def delete_instance(self, instance: str) -> int:
         """Delete the instance's provider row, keys and statuses; return the keys deleted."""

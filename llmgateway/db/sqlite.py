@@ -9,13 +9,14 @@ Times are stored as REAL seconds since the Unix epoch, UTC.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, final
+from typing import IO, Any, Final, final
 
 import aiosqlite
 import orjson
@@ -23,9 +24,11 @@ import orjson
 from llmgateway.core.constants import ProviderType, Status
 from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
+from llmgateway.db.changes import SqlitePoller
 from llmgateway.db.migrations import Engine, Migration, engine_migrations, plan
 from llmgateway.db.rows import (
     RECORD_COLUMNS,
+    as_utc,
     from_epoch,
     latest_per_row,
     parse_status,
@@ -46,8 +49,16 @@ _SELECT_RECORDS: Final = (
 _UPDATE_STATUS: Final = (
     "UPDATE key_model_status SET status = ?, last_checked_at = ?, next_check_at = ?, "
     "failing_since = ?, consecutive_failures = ?, status_code = ?, message = ?, "
-    "response_ms = ?, cooldown_until = ? WHERE key_id = ? AND model = ?"
+    "response_ms = ?, cooldown_until = ?, lease_owner = NULL, lease_until = NULL, version = ? "
+    "WHERE key_id = ? AND model = ?"
 )
+_DUE: Final = (
+    f"SELECT {RECORD_COLUMNS} FROM key_model_status AS s CROSS JOIN api_keys AS k "
+    "ON k.id = s.key_id WHERE s.next_check_at IS NOT NULL AND s.next_check_at <= ? "
+    "AND s.status {op} ? AND k.instance IN (SELECT value FROM json_each(?)) {lease}"
+    "ORDER BY s.next_check_at, s.key_id, s.model LIMIT ?"
+)
+_UNLEASED: Final = "AND (s.lease_until IS NULL OR s.lease_until < ?) "
 
 
 @contextmanager
@@ -232,24 +243,95 @@ class SqliteStore:
         """Write the status fields of each (key_id, model), last one per row winning, in one transaction."""
         if not records:
             return
-        params = [
-            (
-                r.status.value,
-                to_epoch(r.last_checked_at),
-                to_epoch(r.next_check_at),
-                to_epoch(r.failing_since),
-                r.consecutive_failures,
-                r.status_code,
-                r.message,
-                r.response_ms,
-                to_epoch(r.cooldown_until),
-                r.key_id,
-                r.model,
-            )
-            for r in latest_per_row(records)
-        ]
+        rows = latest_per_row(records)
         async with self._transaction("recording statuses") as conn:
-            await conn.executemany(_UPDATE_STATUS, params)
+            version = await _bump(conn)
+            await conn.executemany(
+                _UPDATE_STATUS, [(*_status_values(r), version, r.key_id, r.model) for r in rows]
+            )
+
+    async def lease_due(
+        self,
+        instances: Sequence[str],
+        now: datetime,
+        limit: int,
+        owner: str,
+        lease_seconds: float,
+    ) -> list[KeyRecord]:
+        """Lease up to `limit` due, unleased (or expired) records to `owner`, untested first.
+
+        One BEGIN IMMEDIATE transaction reads and leases them, so two
+        processes on the same file never lease the same row. The lease ends
+        when a status is recorded or at `now + lease_seconds`.
+        """
+        if not instances or limit <= 0:
+            return []
+        names = orjson.dumps(list(instances)).decode()
+        at = as_utc(now).timestamp()
+        async with self._transaction("leasing due keys") as conn:
+            rows: list[Any] = []
+            for op in ("=", "<>"):
+                if len(rows) >= limit:
+                    break
+                cursor = await conn.execute(
+                    _DUE.format(op=op, lease=_UNLEASED),
+                    (at, Status.UNTESTED, names, at, limit - len(rows)),
+                )
+                rows.extend(await cursor.fetchall())
+            await conn.executemany(
+                "UPDATE key_model_status SET lease_owner = ?, lease_until = ? "
+                "WHERE key_id = ? AND model = ?",
+                [(owner, at + lease_seconds, row[0], row[3]) for row in rows],
+            )
+        return _to_records(rows)
+
+    @asynccontextmanager
+    async def exclusive(self, name: str, *, wait: bool = False) -> AsyncIterator[bool]:
+        """Hold the lock `name` for the body, across every process using this file.
+
+        The lock is an `flock` on `<database>.<name>.lock` beside the database
+        (the kernel frees it when its holder dies). Yields True when this
+        store got it, False when another holds it; with `wait`, waits for it.
+        A private `:memory:` database has no other user: always True.
+        """
+        if not isinstance(self.path, Path):
+            yield True
+            return
+        lock_path = self.path.with_name(f"{self.path.name}.{name}.lock")
+        with _translated(f"taking lock {name}"):
+            handle = await asyncio.to_thread(_open_lock_file, lock_path)
+        try:
+            with _translated(f"taking lock {name}"):
+                got = await asyncio.to_thread(_try_flock, handle, wait)
+            yield got
+        finally:
+            handle.close()  # closing the file releases the lock
+
+    async def data_version(self) -> int:
+        """`PRAGMA data_version`: changes whenever another connection commits to the file."""
+        async with self._locked("reading data_version") as conn:
+            cursor = await conn.execute("PRAGMA data_version")
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def change_version(self) -> int:
+        """The change counter: bumped by every `record()` batch."""
+        async with self._locked("reading the change counter") as conn:
+            return await _counter(conn)
+
+    async def changes_since(self, version: int) -> tuple[int, list[KeyRecord]]:
+        """The change counter now, and every record written after counter value `version`."""
+        async with self._locked("reading changes") as conn:
+            current = await _counter(conn)
+            cursor = await conn.execute(
+                _SELECT_RECORDS + " WHERE s.version > ? ORDER BY s.version", (version,)
+            )
+            rows = await cursor.fetchall()
+        return current, _to_records(rows)
+
+    def change_feed(self, interval: float = 0.5) -> SqlitePoller:
+        """A feed delivering what other processes record, polled every `interval` seconds."""
+        return SqlitePoller(self, interval)
 
     async def delete_instance(self, instance: str) -> int:
         """Delete the instance's provider row, keys and statuses; return the keys deleted."""
@@ -298,6 +380,52 @@ class SqliteStore:
                     await conn.execute("ROLLBACK")
                 raise
             await conn.execute("COMMIT")
+
+
+def _status_values(r: KeyRecord) -> tuple[Any, ...]:
+    """The status columns of `_UPDATE_STATUS` for `r`, in order."""
+    return (
+        r.status.value,
+        to_epoch(r.last_checked_at),
+        to_epoch(r.next_check_at),
+        to_epoch(r.failing_since),
+        r.consecutive_failures,
+        r.status_code,
+        r.message,
+        r.response_ms,
+        to_epoch(r.cooldown_until),
+    )
+
+
+async def _bump(conn: aiosqlite.Connection) -> int:
+    """Increment the change counter (inside the caller's write transaction); its new value."""
+    cursor = await conn.execute(
+        "UPDATE change_counter SET value = value + 1 WHERE id = 1 RETURNING value"
+    )
+    row = await cursor.fetchone()
+    if row is None:
+        raise StoreError("sqlite: the change_counter row is missing")
+    return int(row[0])
+
+
+async def _counter(conn: aiosqlite.Connection) -> int:
+    cursor = await conn.execute("SELECT value FROM change_counter WHERE id = 1")
+    row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+def _open_lock_file(path: Path) -> IO[bytes]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("a+b")
+
+
+def _try_flock(handle: IO[bytes], wait: bool) -> bool:
+    """Lock `handle` exclusively; without `wait`, False at once when another holds it."""
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _to_records(rows: Iterable[Any]) -> list[KeyRecord]:

@@ -7,12 +7,14 @@ Keeper, gateway (through the write queue) and `llmgateway status` talk to a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from llmgateway.core.constants import ProviderType, Status
 from llmgateway.core.models import KeyRecord
+from llmgateway.db.changes import ChangeFeed
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +76,40 @@ class Store(Protocol):
         Records whose `next_check_at` is NULL (checking stopped) are skipped.
         """
 
+    async def lease_due(
+        self,
+        instances: Sequence[str],
+        now: datetime,
+        limit: int,
+        owner: str,
+        lease_seconds: float,
+    ) -> list[KeyRecord]:
+        """Lease up to `limit` due records to `owner` until `now + lease_seconds`, untested first.
+
+        Like `fetch_due`, but rows leased to anyone until after `now` are
+        skipped, and the returned rows are leased atomically: concurrent
+        callers (other processes, other hosts) never get the same row.
+        Recording a status for a row ends its lease; an expired lease (its
+        holder died) is taken over.
+        """
+
     async def record(self, records: Sequence[KeyRecord]) -> None:
-        """Write the status fields of each (key_id, model) in one round trip."""
+        """Write the status fields of each (key_id, model) in one round trip.
+
+        Ends the rows' leases and announces the records to the other
+        processes' change feeds.
+        """
+
+    def exclusive(self, name: str, *, wait: bool = False) -> AbstractAsyncContextManager[bool]:
+        """`async with store.exclusive("keysync") as got:` one process at a time.
+
+        `got` is True when this process holds the named lock for the body,
+        False when another process holds it (never False with `wait`). A
+        holder that dies releases it.
+        """
+
+    def change_feed(self) -> ChangeFeed:
+        """A new feed of the records other processes write (see `llmgateway.db.changes`)."""
 
     async def delete_instance(self, instance: str) -> int:
         """Delete an instance's provider row, keys and statuses; return the keys deleted.

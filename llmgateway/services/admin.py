@@ -13,7 +13,7 @@ import asyncio
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 import orjson
 import structlog
@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from llmgateway.app import ACCESSOR, CLOCK, POOL, WRITE_QUEUE
+from llmgateway.app import ACCESSOR, CLOCK, FOLLOWER, KEEPER, POOL, WORKER_INDEX, WRITE_QUEUE
 from llmgateway.services.metrics import METRICS, Metrics
 from llmgateway.services.pool import KeyPool, StatusEvent
 from llmgateway.services.stats import ProcessInfo, build_status_document
@@ -79,9 +79,19 @@ async def status_handler(request: web.Request) -> web.Response:
     if pool is None:
         return web.json_response({"status": "starting"}, status=503)
     document = build_status_document(
-        app[ACCESSOR].enabled_providers(), pool.records(), app.get(PROCESS)
+        app[ACCESSOR].enabled_providers(), pool.records(), app.get(PROCESS), _store_view(app)
     )
     return web.json_response(document, dumps=_dumps)
+
+
+def _store_view(app: web.Application) -> dict[str, Any] | None:
+    """What this process knows of the shared store: its change feed and its keeper's role."""
+    follower = app.get(FOLLOWER)
+    if follower is None:
+        return None
+    keeper = app.get(KEEPER)
+    role = "off" if keeper is None else ("probing" if keeper.active else "standby")
+    return {**follower.view(), "keeper": role}
 
 
 async def events_handler(request: web.Request) -> web.StreamResponse:
@@ -150,7 +160,9 @@ def install_admin(app: web.Application) -> None:
 
 async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     """Cleanup context creating `app[METRICS]` (must run before the gateway is built)."""
-    app[PROCESS] = ProcessInfo.current(datetime.fromtimestamp(app[CLOCK](), UTC))
+    app[PROCESS] = ProcessInfo.current(
+        datetime.fromtimestamp(app[CLOCK](), UTC), app.get(WORKER_INDEX)
+    )
     app[METRICS] = Metrics(pool=lambda: app.get(POOL), queue=lambda: app.get(WRITE_QUEUE))
     yield
 

@@ -10,6 +10,9 @@ record from the health policy and queues it for the store (issue 5).
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
@@ -40,6 +43,17 @@ Sleep = Callable[[float], Awaitable[None]]
 DUE_BATCH: Final = 5000
 """At most this many due (key, model) rows are fetched and probed per round."""
 
+LEASE_SECONDS: Final = 300.0
+"""How long a leased due check stays reserved for the keeper that leased it.
+
+Recording the result ends the lease at once; the lease only runs out when its
+holder died (or spent longer than this on one wave of probes), and then another
+process takes the check over.
+"""
+
+LEASE_WAVES: Final = 4
+"""Rows leased at a time, in multiples of `worker.max_concurrent_probes`."""
+
 
 class ProbeObserver(Protocol):
     """Told about every recorded probe (the metrics' `probes_total`)."""
@@ -61,6 +75,14 @@ class Keeper:
     `worker.check_interval` when nothing is due); `run_once()` is one round.
     The clock and the sleep are injectable so tests drive time themselves;
     `observer` (the app's Metrics) counts recorded probes.
+
+    Several processes may run keepers on one database: due checks are leased
+    (`Store.lease_due`, as `owner`, for `lease_seconds`), so each runs once
+    across them; the key sync runs in one process at a time (the store's
+    `keysync` lock). A `solo` keeper (SQLite workers of one host) probes only
+    while it holds the store's `keeper` lock, for its whole life; the others
+    wait, retrying every `worker.check_interval`, and follow the statuses
+    through their change feed.
     """
 
     def __init__(
@@ -74,8 +96,20 @@ class Keeper:
         sleep: Sleep = asyncio.sleep,
         *,
         observer: ProbeObserver | None = None,
+        owner: str | None = None,
+        lease_seconds: float = LEASE_SECONDS,
+        solo: bool = False,
     ) -> None:
         self._accessor = accessor
+        self.owner = owner or f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+        """The name this keeper leases due checks under."""
+        self._lease_seconds = lease_seconds
+        self._solo = solo
+        self._lease_batch = min(
+            DUE_BATCH, LEASE_WAVES * max(accessor.worker.max_concurrent_probes, 1)
+        )
+        self.active = not solo
+        """False while a solo keeper waits for another process to give up probing."""
         self._observer = observer
         self._store = store
         self._pool = pool
@@ -128,25 +162,54 @@ class Keeper:
     async def run(self) -> None:
         """The background loop: sync keys when due, probe due keys, sleep when idle.
 
-        A failed round is logged and the loop goes on; cancellation propagates.
+        A solo keeper first waits for the store's `keeper` lock. A failed
+        round is logged and the loop goes on; cancellation propagates.
         """
+        if not self._solo:
+            await self._rounds()
+            return
+        while not self._stopping:
+            try:
+                async with self._store.exclusive("keeper") as got:
+                    if got:
+                        log.info("keeper_lock_taken", owner=self.owner)
+                        self.active = True
+                        try:
+                            await self._rounds()
+                        finally:
+                            self.active = False
+                        return
+            except StoreError as exc:
+                log.error("keeper_lock_failed", error=str(exc))
+            await self._idle_sleep(self._accessor.worker.check_interval)
+
+    async def _idle_sleep(self, seconds: float) -> None:
+        self._idle = True
+        try:
+            await self._sleep(seconds)
+        finally:
+            self._idle = False
+
+    async def _sync_exclusively(self) -> None:
+        """Sync the key files into the store unless another process is syncing right now."""
+        async with self._store.exclusive("keysync") as got:
+            if got:
+                await self.sync_keys()
+
+    async def _rounds(self) -> None:
         worker = self._accessor.worker
         while not self._stopping:
             probed = 0
             try:
                 if self._clock() >= self._next_sync:
-                    await self.sync_keys()
                     self._next_sync = self._clock() + worker.keys_sync_interval
+                    await self._sync_exclusively()
                 probed = await self.run_once()
             except Exception:  # the loop's outermost guard: log, then the next round
                 log.exception("keeper_round_failed")
             if probed or self._stopping:
                 continue
-            self._idle = True
-            try:
-                await self._sleep(worker.check_interval)
-            finally:
-                self._idle = False
+            await self._idle_sleep(worker.check_interval)
 
     # -- key sync ---------------------------------------------------------
 
@@ -178,20 +241,34 @@ class Keeper:
     async def run_once(self) -> int:
         """One round: probe every (key, model) due now; return how many were recorded.
 
-        Rows whose in-pool record is no longer due (probed moments ago, the
-        write queue not flushed yet) or no longer checked are skipped.
+        Due rows are leased a few probe waves at a time, so that other
+        processes' keepers share the round and a lease never waits long for
+        a probe slot. Rows whose in-pool record is no longer due (probed
+        moments ago, the write queue not flushed yet) or no longer checked
+        are skipped; a leased row the pool does not know yet (another
+        process's key sync added it) joins the pool first.
         """
         names = [p.name for p in self._accessor.enabled_providers() if p.name in self._adapters]
         if not names:
             return 0
-        now = datetime.fromtimestamp(self._clock(), UTC)
-        due = await self._store.fetch_due(names, now, DUE_BATCH)
-        todo = [record for record in due if self._is_due(record, now)]
-        if not todo:
-            return 0
-        async with asyncio.TaskGroup() as group:
-            checks = [group.create_task(self._check(record)) for record in todo]
-        return sum(1 for check in checks if check.result())
+        recorded = 0
+        leased = 0
+        while leased < DUE_BATCH and not self._stopping:
+            now = datetime.fromtimestamp(self._clock(), UTC)
+            limit = min(self._lease_batch, DUE_BATCH - leased)
+            due = await self._store.lease_due(names, now, limit, self.owner, self._lease_seconds)
+            if not due:
+                break
+            leased += len(due)
+            for record in due:
+                if self._pool.get(record.instance, record.model, record.key_id) is None:
+                    self._pool.apply_remote(record)
+            todo = [record for record in due if self._is_due(record, now)]
+            if todo:
+                async with asyncio.TaskGroup() as group:
+                    checks = [group.create_task(self._check(record)) for record in todo]
+                recorded += sum(1 for check in checks if check.result())
+        return recorded
 
     def _is_due(self, record: KeyRecord, now: datetime) -> bool:
         current = self._pool.get(record.instance, record.model, record.key_id)

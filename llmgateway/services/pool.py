@@ -15,7 +15,7 @@ import heapq
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import final
 
@@ -267,7 +267,49 @@ class KeyPool:
         if old.status is not new.status:
             self._announce(old, new, result, now)
 
+    # -- other processes ---------------------------------------------------
+
+    def apply_remote(self, record: KeyRecord) -> bool:
+        """Take a record another process wrote, when it is newer than the pool's; True if taken.
+
+        Newer means a later `last_checked_at` (every recorded outcome sets
+        it), so a process's own records coming back, or an older state read
+        from the store while a newer one waits in the write queue, change
+        nothing. The record is applied as is (status, schedule, cool-down)
+        without deriving anything and without going to the sink: its writer
+        already stored it. A status change is announced to subscribers.
+        `record.key` may be blank (notifications carry no key): the pool's
+        copy is kept. A (key, model) not in the pool is added when the record
+        carries its key and the instance is served here, else ignored.
+        """
+        if record.instance not in self._instances:
+            return False
+        slot = self._slots.get((record.instance, record.model))
+        entry = slot.entries.get(record.key_id) if slot else None
+        if slot is None or entry is None:
+            if not record.key:
+                return False
+            self._add(record)
+            return True
+        old = entry.record
+        if record.last_checked_at is None or (
+            old.last_checked_at is not None and record.last_checked_at <= old.last_checked_at
+        ):
+            return False
+        new = replace(record, key=old.key)
+        entry.record = new
+        cool = new.cooldown_until.timestamp() if new.cooldown_until else 0.0
+        entry.cool_until = cool if cool > self._clock() else 0.0
+        slot.admit(entry)
+        if old.status is not new.status:
+            reason = new.message or new.status.value
+            self._emit(old, new, reason, new.last_checked_at or datetime.now(UTC))
+        return True
+
     def _announce(self, old: KeyRecord, new: KeyRecord, result: CheckResult, at: datetime) -> None:
+        self._emit(old, new, result.message or new.status.value, at)
+
+    def _emit(self, old: KeyRecord, new: KeyRecord, reason: str, at: datetime) -> None:
         if not self._subscribers and not self._listeners:
             return
         event = StatusEvent(
@@ -276,7 +318,7 @@ class KeyPool:
             key=mask_key(new.key),
             old=old.status,
             new=new.status,
-            reason=result.message[:200] if result.message else new.status.value,
+            reason=reason[:200],
             at=at,
         )
         for listener in self._listeners:

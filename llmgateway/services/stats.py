@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,11 +41,13 @@ class ProcessInfo:
 
     pid: int
     started_at: datetime
+    worker_index: int | None = None
+    """Its number among the workers of `serve --workers N` (None: not given)."""
 
     @classmethod
-    def current(cls, started_at: datetime) -> ProcessInfo:
+    def current(cls, started_at: datetime, worker_index: int | None = None) -> ProcessInfo:
         """This process, started at `started_at`."""
-        return cls(pid=os.getpid(), started_at=started_at)
+        return cls(pid=os.getpid(), started_at=started_at, worker_index=worker_index)
 
 
 def iso_utc(moment: datetime | None) -> str | None:
@@ -60,6 +62,7 @@ def build_status_document(
     providers: Sequence[ProviderConfig],
     records: Iterable[KeyRecord],
     process: ProcessInfo | None = None,
+    store_view: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The DESIGN.md status document of `providers` from `records`.
 
@@ -68,7 +71,9 @@ def build_status_document(
     the count of each status present, in `Status` order) and `keys` (one
     entry per (key, model), key masked, sorted by model then key id).
     Records of instances not in `providers` are ignored. With `process`, a
-    top-level `"process": {"pid", "started_at"}` says which process answered.
+    top-level `"process": {"pid", "started_at"}` says which process answered,
+    plus its `worker_index` when known and, with `store_view`, the pool's view
+    of the shared store (`store_view`: feed, notifications, reconciliations).
     """
     by_instance: dict[str, list[KeyRecord]] = {p.name: [] for p in providers}
     for record in records:
@@ -79,7 +84,12 @@ def build_status_document(
         "providers": {p.name: _instance_document(p, by_instance[p.name]) for p in providers}
     }
     if process is not None:
-        document["process"] = {"pid": process.pid, "started_at": iso_utc(process.started_at)}
+        about: dict[str, Any] = {"pid": process.pid, "started_at": iso_utc(process.started_at)}
+        if process.worker_index is not None:
+            about["worker_index"] = process.worker_index
+        if store_view is not None:
+            about["store_view"] = dict(store_view)
+        document["process"] = about
     return document
 
 

@@ -152,7 +152,7 @@ async def test_stop_cancels_an_idle_loop_at_once(rig: Rig) -> None:
 
 
 class FailingOnceStore:
-    """The real store, except that its first `fetch_due` fails like a dropped connection."""
+    """The real store, except that its first due-check read fails like a dropped connection."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -166,6 +166,14 @@ class FailingOnceStore:
             self.failures += 1
             raise StoreError("connection lost (test)")
         return await self._store.fetch_due(instances, now, limit)
+
+    async def lease_due(
+        self, instances: Any, now: datetime, limit: int, owner: str, lease_seconds: float
+    ) -> list[KeyRecord]:
+        if not self.failures:
+            self.failures += 1
+            raise StoreError("connection lost (test)")
+        return await self._store.lease_due(instances, now, limit, owner, lease_seconds)
 
 
 async def test_a_failed_round_is_logged_and_the_loop_goes_on(rig: Rig) -> None:
