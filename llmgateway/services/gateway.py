@@ -247,17 +247,6 @@ class Gateway:
             assert reason is not None
             if self._observer is not None:
                 self._observer.attempt_failed(instance, reason)
-            if reason is ErrorReason.RATE_LIMITED or (
-                reason.is_fatal
-                and (reason is not ErrorReason.NO_MODEL or model in route.configured_models)
-            ):
-                self._pool.report(record, result)
-                tried.append(record.key_id)
-                budget = key_budget
-            elif reason.is_server_error:
-                budget = server_budget
-            else:
-                budget = None
             log.debug(
                 "upstream attempt failed",
                 instance=instance,
@@ -265,6 +254,25 @@ class Gateway:
                 reason=reason.value,
                 status_code=result.status_code,
             )
+            if reason.is_fatal and (
+                reason is not ErrorReason.NO_MODEL or model in route.configured_models
+            ):
+                # The key is condemned for good: the next one is tried at once, without
+                # backoff and outside the retry budget; the pool's size and timeouts.total
+                # bound this (a client never gets an error while a working key exists).
+                self._pool.report(record, result)
+                tried.append(record.key_id)
+                if route.retry_enabled:
+                    continue
+                budget = None
+            elif reason is ErrorReason.RATE_LIMITED:
+                self._pool.report(record, result)
+                tried.append(record.key_id)
+                budget = key_budget
+            elif reason.is_server_error:
+                budget = server_budget
+            else:
+                budget = None
             if budget is None or not budget.take():
                 if answer is not None:
                     return self._as_is(answer, exchange, record.key)

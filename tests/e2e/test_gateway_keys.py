@@ -197,3 +197,41 @@ async def test_requests_succeed_with_the_store_closed(
     stored = {r.key: r.status for r in await gateway.store.load_records() if r.instance == OPENAI}
     assert stored[bad] is Status.INVALID_KEY
     assert stored[good] is Status.VALID
+
+
+async def test_more_dead_keys_than_the_retry_budget_still_reach_the_good_one(
+    gateway_config: GatewayConfig, start_gateway: StartGateway, fake_upstream: FakeUpstream
+) -> None:
+    """Condemned keys do not use up on_key_error.attempts: ten dead keys, one retry allowed, success."""
+    dead = keys_for(OPENAI, *(f"dead{i}" for i in range(10)))
+    (good,) = keys_for(OPENAI, "good")
+    for key in dead:
+        fake_upstream.set_key(key, Behaviour.INVALID_KEY)
+    fake_upstream.set_key(good)
+    gateway_config.keys[OPENAI] = [*dead, good]
+    gateway_config.set("providers.oai.gateway_policy.retry.on_key_error.attempts", 1)
+    gateway_config.set("providers.oai.gateway_policy.retry.on_key_error.backoff", "1h")
+    gateway = await start_gateway(gateway_config)
+
+    assert await ASK[OPENAI](gateway.url) == fake_upstream.text_for(MODELS[OPENAI])
+    assert {key: fake_upstream.calls_by_key[key] for key in dead} == dict.fromkeys(dead, 1)
+    assert gateway.pool.usable_count(OPENAI, MODELS[OPENAI]) == 1
+
+
+async def test_rate_limited_keys_use_the_retry_budget(
+    gateway_config: GatewayConfig, start_gateway: StartGateway, fake_upstream: FakeUpstream
+) -> None:
+    """Rate limits count against on_key_error.attempts: past it, the upstream's 429 is returned."""
+    limited = keys_for(OPENAI, "rl1", "rl2", "rl3")
+    (good,) = keys_for(OPENAI, "good")
+    for key in limited:
+        fake_upstream.set_key(key, Behaviour.RATE_LIMITED)
+    fake_upstream.set_key(good)
+    gateway_config.keys[OPENAI] = [*limited, good]
+    gateway_config.set("providers.oai.gateway_policy.retry.on_key_error.attempts", 1)
+    gateway = await start_gateway(gateway_config, clock=FakeClock())
+
+    with pytest.raises(openai.RateLimitError):
+        await ASK[OPENAI](gateway.url)
+    assert sum(fake_upstream.calls_by_key[key] for key in limited) == 2
+    assert fake_upstream.calls_by_key[good] == 0
