@@ -82,10 +82,15 @@ def main() -> None:
 @click.option("--host", default=None, help="Listen address (overrides server.host).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Listen port.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes.")
+@click.option("--worker-index", type=click.IntRange(min=0), default=None, hidden=True)
 def serve(
-    config_option: str | None, host: str | None, port: int | None, workers: int | None
+    config_option: str | None,
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    worker_index: int | None = None,
 ) -> None:
-    """Run the gateway and the key keeper."""
+    """Run the gateway and the key keeper (in N processes sharing the port with --workers N)."""
     config_path = resolve_config_path(config_option, os.environ)
     _load_or_exit(config_path, EXIT_INVALID_CONFIG)
     run_server = _lazy(("llmgateway.server", "llmgateway.app"), "run_server", "the server")
@@ -98,6 +103,8 @@ def serve(
                 "Warning: --workers is not supported by this build; serving in one process",
                 err=True,
             )
+    if worker_index is not None and "worker_index" in inspect.signature(run_server).parameters:
+        extra["worker_index"] = worker_index
     run_server(config_path, host, port, **extra)
 
 

@@ -11,6 +11,12 @@ this module relies on (issue 7):
    stop, the HTTP session closes, the write queue is flushed into the store,
    the store closes;
 5. `run_server` returns, so `llmgateway serve` exits 0.
+
+With `workers` > 1 (`serve --workers N` or `server.workers`) this process
+becomes a supervisor (see `llmgateway.supervisor`): it starts N worker
+processes, each `serve --worker-index i`, which bind the same port with
+SO_REUSEPORT (the kernel spreads connections across them) and each run the
+whole application above with its own live pool.
 """
 
 from __future__ import annotations
@@ -37,9 +43,9 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def build_server_app(accessor: ConfigAccessor) -> web.Application:
+def build_server_app(accessor: ConfigAccessor, worker_index: int | None = None) -> web.Application:
     """The application `run_server` serves: `create_app` plus shutdown logging."""
-    app = create_app(accessor)
+    app = create_app(accessor, worker_index=worker_index)
     timeout = accessor.server.shutdown_timeout
 
     async def announce(_: web.Application) -> None:
@@ -49,23 +55,47 @@ def build_server_app(accessor: ConfigAccessor) -> web.Application:
     return app
 
 
-def run_server(config_path: Path, host: str | None = None, port: int | None = None) -> None:
+def run_server(
+    config_path: Path,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int | None = None,
+    worker_index: int | None = None,
+) -> None:
     """Load the configuration and serve until SIGINT/SIGTERM, then shut down gracefully.
 
-    Raises ConfigError (with every problem) before anything starts when the
-    configuration does not load; returns normally after a graceful shutdown.
+    `workers` (default `server.workers`) above 1 starts that many worker
+    processes under a supervisor; `worker_index` makes this process one of
+    them (it binds with SO_REUSEPORT). Raises ConfigError (with every
+    problem) before anything starts when the configuration does not load;
+    returns normally after a graceful shutdown, raises SystemExit(1) when a
+    worker died unexpectedly.
     """
     config = load_config(config_path)
     accessor = ConfigAccessor(config)
     configure_logging(accessor.logging, accessor.secrets())
+    count = workers if workers is not None else accessor.server.workers
+    if worker_index is None and count > 1:
+        from llmgateway.supervisor import supervise
+
+        code = supervise(config_path, count, host, port)
+        if code:
+            raise SystemExit(code)
+        return
     _install_uvloop()
+    app = build_server_app(accessor, worker_index)
+    if worker_index is not None:
+        from llmgateway.supervisor import watch_parent
+
+        app.cleanup_ctx.append(watch_parent)
     web.run_app(
-        build_server_app(accessor),
+        app,
         host=host or accessor.server.host,
         port=port or accessor.server.port,
         access_log=None,
         handler_cancellation=True,
         shutdown_timeout=accessor.server.shutdown_timeout,
-        print=lambda msg: log.info("listening", detail=msg),
+        reuse_port=True if worker_index is not None else None,
+        print=lambda msg: log.info("listening", detail=msg, worker_index=worker_index),
     )
-    log.info("stopped")
+    log.info("stopped", worker_index=worker_index)
