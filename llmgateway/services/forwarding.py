@@ -86,13 +86,16 @@ def _with_connection_names(
     dropped: frozenset[str], headers: CIMultiDictProxy[str]
 ) -> frozenset[str]:
     """`dropped` plus the fields the `Connection` header names (RFC 9110 §7.6.1)."""
-    named = {
-        t.strip().lower()
-        for v in headers.getall("Connection", ())
-        for t in v.split(",")
-        if t.strip()
-    }
+    if "Connection" not in headers:
+        return dropped
+    named = {t.strip().lower() for v in headers.getall("Connection") for t in v.split(",")}
+    named -= dropped  # usually just "keep-alive": no new set is built for it
+    named -= _CONNECTION_OPTIONS
     return dropped | named if named else dropped
+
+
+_CONNECTION_OPTIONS: Final = frozenset(("", "close"))
+"""`Connection` tokens that are options, not field names."""
 
 
 def upstream_headers(client: CIMultiDictProxy[str]) -> CIMultiDict[str]:
@@ -136,6 +139,8 @@ def safe_path(raw_path: str) -> bool:
     path = raw_path.split("?", 1)[0]
     if not path.startswith("/"):
         return False
+    if "." not in path and "%" not in path:
+        return True
     if _DOT_SEGMENT.search(path):
         return False
     if "%" in path:

@@ -9,8 +9,9 @@ per-instance `Route` tables are built once at start-up.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import secrets
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol, final
@@ -52,6 +53,9 @@ log = structlog.get_logger("llmgateway.gateway")
 
 MAX_RELAYED_ERROR_BODY: Final = 1024 * 1024
 """An upstream error body returned as is is read up to this size."""
+
+BUFFERED_BODY: Final = 256 * 1024
+"""A non-SSE success body of known length up to this size is relayed in one write."""
 
 _SSE: Final = "text/event-stream"
 _UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError)
@@ -172,11 +176,15 @@ class Gateway:
             if token:
                 self._routes[token] = _build_route(provider, adapters[provider.name])
         self._shapes = {t: _shape_adapter(t) for t in ProviderType}
+        # Request ids: a random per-process prefix and a counter (unique, and far cheaper
+        # than a uuid4 per request).
+        self._id_prefix = f"{secrets.token_hex(8)}-"
+        self._ids = itertools.count(1)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Proxy one client request; every exit answers in the provider's error shape."""
         exchange = _Exchange(
-            request_id=request.headers.get(X_REQUEST_ID) or uuid.uuid4().hex,
+            request_id=request.headers.get(X_REQUEST_ID) or f"{self._id_prefix}{next(self._ids):x}",
             started=time.perf_counter(),
         )
         route: Route | None = None
@@ -357,7 +365,11 @@ class Gateway:
             pool.report(record, CheckResult(reason=None, status_code=upstream.status))
         headers = downstream_headers(upstream.headers, exchange.request_id)
         idle = route.config.timeouts.idle
-        if not route.streaming:
+        sse = upstream.content_type == _SSE
+        length = upstream.content_length
+        # A small body of known length is read whole and sent in one write: nothing is
+        # gained by streaming it, and a body cut short can still become a clean 502.
+        if not route.streaming or (not sse and length is not None and length <= BUFFERED_BODY):
             try:
                 async with asyncio.timeout(idle):
                     data = await upstream.read()
@@ -369,9 +381,8 @@ class Gateway:
                 upstream.release()
             return web.Response(status=upstream.status, headers=headers, body=data)
         response = web.StreamResponse(status=upstream.status, headers=headers)
-        sse = upstream.content_type == _SSE
-        if not sse and upstream.content_length is not None:
-            response.content_length = upstream.content_length
+        if not sse and length is not None:
+            response.content_length = length
         content = upstream.content
         clean = False
         try:
