@@ -392,11 +392,14 @@ class Gateway:
                 async with asyncio.timeout(idle):
                     chunk = await content.readany()
                 if not chunk:
+                    clean = True
                     break
-                if sse and b"error" in chunk:
-                    self._inband_error(route, record, chunk)
                 await response.write(chunk)
-            clean = True
+                if sse and b"error" in chunk and self._inband_error(route, record, chunk):
+                    # The client has the error event; the response still ends as an
+                    # error, not as a clean end of stream (issue 6).
+                    exchange.status = 502
+                    break
         except _UPSTREAM_ERRORS as exc:
             if isinstance(exc, ConnectionResetError) and request.transport is None:
                 log.info("client went away mid-stream", instance=exchange.instance)
@@ -411,7 +414,7 @@ class Gateway:
                 )
                 if self._observer is not None:
                     self._observer.attempt_failed(exchange.instance, ErrorReason.STREAM_DISCONNECT)
-            exchange.status = 499 if request.transport is None else upstream.status
+            exchange.status = 499 if request.transport is None else 502
         finally:
             if clean:
                 upstream.release()
@@ -423,10 +426,13 @@ class Gateway:
             _abort(request)
         return response
 
-    def _inband_error(self, route: Route, record: KeyRecord, chunk: bytes) -> None:
+    def _inband_error(self, route: Route, record: KeyRecord, chunk: bytes) -> bool:
+        """Classify and record an error event inside a 200 stream; True if there was one."""
         result = route.adapter.classify_stream_event(chunk)
         if result is None or result.reason is None:
-            return
+            return False
+        if self._observer is not None:
+            self._observer.attempt_failed(route.config.name, result.reason)
         log.warning(
             "error event inside a stream",
             instance=route.config.name,
@@ -434,6 +440,7 @@ class Gateway:
             reason=result.reason.value,
         )
         self._pool.report(record, result)
+        return True
 
     def _as_is(self, answer: _UpstreamAnswer, exchange: _Exchange, key: str) -> web.Response:
         """The upstream's error answer, unchanged but for the real key.

@@ -216,3 +216,25 @@ async def test_an_in_band_error_event_reaches_the_sdk_and_spares_the_key(
 
     assert fake_upstream.calls_by_key[KEY] == 1
     assert key_status(gateway, instance).is_usable
+
+
+async def test_an_in_band_error_event_ends_the_response_as_an_error(
+    one_key: GatewayConfig,
+    start_gateway: StartGateway,
+    fake_upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
+) -> None:
+    """The error event is relayed, then the client's stream breaks instead of ending cleanly."""
+    fake_upstream.set_key(KEY, Behaviour.STREAM_ERROR_EVENT, after_chunks=2)
+    gateway = await start_gateway(one_key)
+
+    received = bytearray()
+    async with http.post(gateway.url + "/v1/chat/completions", json=CHAT, headers=AUTH) as resp:
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async for data in resp.content.iter_any():
+                received += data
+
+    assert b'"error"' in received
+    assert b"[DONE]" not in received
+    assert key_status(gateway).is_usable
