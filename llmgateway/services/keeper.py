@@ -31,7 +31,7 @@ from llmgateway.core.logs import mask_key, update_secrets
 from llmgateway.core.models import CheckResult, KeyRecord
 from llmgateway.db.store import Store
 from llmgateway.providers import classify_exception
-from llmgateway.providers.base import MAX_ERROR_BODY, ProviderAdapter
+from llmgateway.providers.base import MAX_ERROR_BODY, ProviderAdapter, read_bounded
 from llmgateway.services.keyfiles import sync_instance_keys
 from llmgateway.services.pool import Clock, KeyPool
 
@@ -422,16 +422,3 @@ async def probe_once(
         async with asyncio.timeout(timeouts.idle):
             body = await read_bounded(response.content, MAX_ERROR_BODY)
         return adapter.classify_body(response.status, response.headers, body)
-
-
-async def read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes:
-    """Read `stream` until its end or `limit` bytes, whichever comes first."""
-    parts: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = await stream.read(limit - size)
-        if not chunk:
-            break
-        parts.append(chunk)
-        size += len(chunk)
-    return b"".join(parts)
