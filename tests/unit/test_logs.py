@@ -88,6 +88,27 @@ class TestSecretMasker:
         out = SecretMasker([secret])(None, "info", {"event": "a.b*c+d?e(f)g[h]i and axbxc"})
         assert out["event"] == f"{mask_key(secret)} and axbxc"
 
+    def test_secrets_inside_longer_words_are_masked(self) -> None:
+        """A key glued to other token characters (`xsk-…`, `sk-….`) is still found and masked."""
+        out = SecretMasker([KEY])(None, "info", {"event": f"key=x{KEY}. and api_key:{KEY}_"})
+        assert out["event"] == "key=xsk-a...9f3k. and api_key:sk-a...9f3k_"
+
+    def test_many_keys_are_all_masked(self) -> None:
+        """With thousands of keys of several lengths, any of them is masked wherever it stands."""
+        keys = [f"sk-proj-{i:06d}-{'x' * (i % 7)}abcdefgh" for i in range(5000)]
+        masker = SecretMasker(keys)
+        text = f"tried {keys[17]}, {keys[4999]} and sk-proj-not-a-known-key-at-all"
+        assert masker.mask_text(text) == (
+            f"tried {mask_key(keys[17])}, {mask_key(keys[4999])} "
+            "and sk-proj-not-a-known-key-at-all"
+        )
+
+    def test_plain_and_other_secrets_together(self) -> None:
+        """Token-character keys and a hand-written token with other characters are both masked."""
+        odd = "my gateway token!"
+        masker = SecretMasker([KEY, odd])
+        assert masker.mask_text(f"{odd} / {KEY}") == f"{mask_key(odd)} / sk-a...9f3k"
+
     def test_update_adds_secrets(self) -> None:
         """update_secrets adds to the masked set and ignores empty strings."""
         masker = SecretMasker([KEY])
