@@ -117,6 +117,11 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _follower_ctx(app: web.Application) -> AsyncIterator[None]:
+    if isinstance(app[STORE], SqliteStore) and app[WORKER_INDEX] is None:
+        # One process alone on its SQLite file: nobody else writes there, so there is
+        # nothing to follow (and no periodic full reload to pay for).
+        yield
+        return
     names = [p.name for p in app[ACCESSOR].enabled_providers()]
     follower = PoolFollower(app[STORE], app[POOL], names, clock=app[CLOCK])
     app[FOLLOWER] = follower

@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmgateway.app import POOL, create_app
+from llmgateway.app import FOLLOWER, POOL, create_app
 from llmgateway.services.admin import HEARTBEAT
 from tests.e2e.conftest import MODELS, OPENAI, TOKENS, GatewayConfig, build_config
 from tests.fakes.family import Behaviour
@@ -247,3 +247,22 @@ async def test_keeper_probes_are_counted_by_result(
             break
         await asyncio.sleep(0.01)
     assert {name: samples.get(name) for name in wanted} == wanted
+
+
+@pytest.mark.parametrize(("worker_index", "follows"), [(None, False), (0, True)])
+async def test_a_lone_sqlite_process_follows_nobody(
+    tmp_path: Path,
+    fake_upstream: FakeUpstream,
+    aiohttp_client: ClientFactory,
+    worker_index: int | None,
+    follows: bool,
+) -> None:
+    """Alone on its SQLite file a process runs no change feed; a worker of --workers N does."""
+    config = _config(tmp_path, fake_upstream, [GOOD_KEY])
+    app = create_app(config.accessor(), worker_index=worker_index)
+    client: TestClient[web.Request, web.Application] = await aiohttp_client(app)
+
+    assert (FOLLOWER in app) is follows
+    response = await client.get("/-/status")
+    document = await response.json()
+    assert ("store_view" in document["process"]) is follows
