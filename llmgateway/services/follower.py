@@ -31,6 +31,9 @@ log = structlog.get_logger(__name__)
 RECONCILE_INTERVAL: Final = 30.0
 """Seconds between two full reloads of the store into the pool."""
 
+YIELD_EVERY: Final = 2000
+"""A reconciliation hands the event loop back after applying this many records."""
+
 FEED_RESTART_DELAY: Final = 1.0
 """Seconds before a crashed feed is started again."""
 
@@ -102,7 +105,10 @@ class PoolFollower:
             stored = by_instance.get(name, [])
             update_secrets({r.key for r in stored})
             self._pool.sync_instance(name, stored)
-            applied += sum(1 for r in stored if self._pool.apply_remote(r))
+            for index, record in enumerate(stored, 1):
+                applied += self._pool.apply_remote(record)
+                if index % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # let requests run between slices of a large pool
         self.applied += applied
         self.reconciliations += 1
         self.last_reconciled_at = self._clock()
