@@ -20,6 +20,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+from structlog.contextvars import bind_contextvars, reset_contextvars
 from yarl import URL
 
 from llmgateway.config.schemas import ProviderConfig, RetryBudget
@@ -187,6 +188,14 @@ class Gateway:
             request_id=request.headers.get(X_REQUEST_ID) or f"{self._id_prefix}{next(self._ids):x}",
             started=time.perf_counter(),
         )
+        # Every log line of this request carries its id (merged from the context).
+        bound = bind_contextvars(request_id=exchange.request_id)
+        try:
+            return await self._handle(request, exchange)
+        finally:
+            reset_contextvars(**bound)
+
+    async def _handle(self, request: web.Request, exchange: _Exchange) -> web.StreamResponse:
         route: Route | None = None
         response: web.StreamResponse
         try:
@@ -499,7 +508,6 @@ class Gateway:
         if self._access_log:
             log.info(
                 "request",
-                request_id=exchange.request_id,
                 instance=exchange.instance,
                 model=exchange.model,
                 status=exchange.status,

@@ -8,7 +8,9 @@ import httpx
 import httpx2
 import openai
 import pytest
+import structlog
 from google.genai import errors as genai_errors
+from structlog.contextvars import merge_contextvars
 
 from llmgateway.core.constants import Status
 from tests.e2e.conftest import (
@@ -238,3 +240,27 @@ async def test_an_in_band_error_event_ends_the_response_as_an_error(
     assert b'"error"' in received
     assert b"[DONE]" not in received
     assert key_status(gateway).is_usable
+
+
+async def test_every_log_line_of_a_request_carries_its_request_id(
+    one_key: GatewayConfig,
+    start_gateway: StartGateway,
+    fake_upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
+) -> None:
+    """The warning about a cut stream and the access line both name the client's x-request-id."""
+    fake_upstream.set_key(KEY, Behaviour.CUT_STREAM)
+    gateway = await start_gateway(one_key)
+
+    with structlog.testing.capture_logs(processors=[merge_contextvars]) as logs:
+        headers = AUTH | {"x-request-id": "rid-77"}
+        async with http.post(
+            gateway.url + "/v1/chat/completions", json=CHAT, headers=headers
+        ) as resp:
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+        await fake_upstream.wait_for_connections(0)
+
+    mine = [e for e in logs if e.get("request_id") == "rid-77"]
+    assert {e["event"] for e in mine} >= {"upstream stream broke off", "request"}
+    assert all(e.get("request_id") in (None, "rid-77") for e in logs)
