@@ -235,3 +235,22 @@ async def test_rate_limited_keys_use_the_retry_budget(
         await ASK[OPENAI](gateway.url)
     assert sum(fake_upstream.calls_by_key[key] for key in limited) == 2
     assert fake_upstream.calls_by_key[good] == 0
+
+
+async def test_a_condemned_key_does_not_cost_a_new_upstream_connection(
+    gateway_config: GatewayConfig, start_gateway: StartGateway, fake_upstream: FakeUpstream
+) -> None:
+    """After an error answer read to its end, the retry reuses the same keep-alive connection."""
+    dead = keys_for(OPENAI, "dead1", "dead2")
+    (good,) = keys_for(OPENAI, "good")
+    for key in dead:
+        fake_upstream.set_key(key, Behaviour.INVALID_KEY)
+    fake_upstream.set_key(good)
+    gateway_config.keys[OPENAI] = [*dead, good]
+    gateway = await start_gateway(gateway_config)
+
+    for _ in range(3):
+        assert await ASK[OPENAI](gateway.url) == fake_upstream.text_for(MODELS[OPENAI])
+
+    assert sum(fake_upstream.calls_by_key[key] for key in dead) == 2
+    assert fake_upstream.accepted_connections == 1
