@@ -63,11 +63,13 @@ def main(py_spy: str, mode: str, seconds: float) -> int:
     try:
         server.start(cwd=workdir)
         wait_for_ready(f"http://127.0.0.1:{port}/-/ready", server.process, timeout=120.0)
-        token = files.tokens["bench-sse" if mode == "sse" else "bench-json"]
+        # pool: the 10,000-key instance, fresh (no warm-up), so invalid keys are found under load.
+        token = files.tokens[{"sse": "bench-sse", "pool": "bench-pool"}.get(mode, "bench-json")]
         target = Target("gateway", f"http://127.0.0.1:{port}{PATH}", token, server.pid)
-        run_wrk(
-            target, stream=mode == "sse", connections=16, duration=2, nginx_pid=nginx.pid, cpu=0
-        )
+        if mode != "pool":
+            run_wrk(
+                target, stream=mode == "sse", connections=16, duration=2, nginx_pid=nginx.pid, cpu=0
+            )
         out = BENCH_DIR / "results" / f"profile-{mode}.txt"
         load = threading.Thread(
             target=run_wrk,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Profile the gateway under wrk load with py-spy and print the top entries.
 #
-#   bench/profile.sh [json|sse] [SECONDS]      (defaults: json 10)
+#   bench/profile.sh [json|sse|pool] [SECONDS]      (defaults: json 10; pool: the fresh 10,000-key pool)
 #
 # py-spy is not a project dependency: it is installed once into /tmp/bench-tools/venv.
 # nginx and wrk are installed from Debian packages when missing (as bench/run.py does).
