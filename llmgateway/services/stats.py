@@ -26,7 +26,7 @@ from llmgateway.core.constants import Status
 from llmgateway.core.errors import ConfigError, StoreError
 from llmgateway.core.logs import mask_key
 from llmgateway.core.models import KeyRecord
-from llmgateway.db import open_store
+from llmgateway.db import open_store, sqlite_path
 
 EXIT_OK: Final = 0
 EXIT_STORE_ERROR: Final = 1
@@ -181,6 +181,12 @@ def _columns(rows: list[list[str]]) -> list[str]:
 
 
 async def _load_document(accessor: ConfigAccessor) -> dict[str, Any]:
+    url = accessor.database.url
+    if url.startswith("sqlite:"):
+        path = sqlite_path(url)
+        if isinstance(path, Path) and not path.exists():
+            # Reading must not create an empty database where the gateway has never run.
+            raise StoreError(f"no store at {path} yet: start `llmgateway serve` first")
     store = open_store(accessor.database)
     await store.open()
     try:

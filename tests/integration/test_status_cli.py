@@ -126,3 +126,16 @@ def test_status_with_a_broken_config_exits_2_with_the_report(tmp_path: Path) -> 
     assert "server.port" in result.output
     assert "Bad Name" in result.output
     assert not (tmp_path / "data").exists()
+
+
+def test_status_before_any_serve_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    """Without a store file yet, status exits 1 naming the path, and leaves no empty database."""
+    config = build_config(tmp_path, "http://127.0.0.1:9", {OPENAI: KEYS})
+    path = config.write()
+
+    result = CliRunner().invoke(main, ["status", "--config", str(path)])
+
+    assert result.exit_code == 1
+    assert "no store at" in result.output
+    assert "llmgateway serve" in result.output
+    assert not list(tmp_path.rglob("*.db"))
