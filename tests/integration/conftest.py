@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,7 @@ class Database:
     async def execute(self, sql: str) -> None:
         """Run `sql` on a connection of its own, outside any store (test set-up)."""
         if self.engine == "sqlite":
-            with sqlite3.connect(self.location) as conn:
+            with closing(sqlite3.connect(self.location)) as conn, conn:
                 conn.execute(sql)
             return
         conn = await asyncpg.connect(self.location)
