@@ -378,10 +378,14 @@ class Gateway:
         length = upstream.content_length
         # A small body of known length is read whole and sent in one write: nothing is
         # gained by streaming it, and a body cut short can still become a clean 502.
+        # Waiting for the body counts as upstream time, so the overhead histogram holds
+        # only the gateway's own work.
+        started = time.perf_counter()
         if not route.streaming or (not sse and length is not None and length <= BUFFERED_BODY):
             try:
                 async with asyncio.timeout(idle):
                     data = await upstream.read()
+                exchange.upstream_seconds += time.perf_counter() - started
             except _UPSTREAM_ERRORS as exc:
                 raise UpstreamUnavailable(
                     f"the upstream response broke off: {classify_exception(exc).message}"
@@ -425,6 +429,7 @@ class Gateway:
                     self._observer.attempt_failed(exchange.instance, ErrorReason.STREAM_DISCONNECT)
             exchange.status = 499 if request.transport is None else 502
         finally:
+            exchange.upstream_seconds += time.perf_counter() - started
             if clean:
                 upstream.release()
             else:

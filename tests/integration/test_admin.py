@@ -266,3 +266,24 @@ async def test_a_lone_sqlite_process_follows_nobody(
     response = await client.get("/-/status")
     document = await response.json()
     assert ("store_view" in document["process"]) is follows
+
+
+async def test_a_slow_stream_counts_as_upstream_time_not_gateway_overhead(
+    tmp_path: Path, fake_upstream: FakeUpstream, aiohttp_client: ClientFactory
+) -> None:
+    """The time spent waiting for a stream's chunks goes to the upstream histogram."""
+    fake_upstream.set_key(GOOD_KEY)
+    fake_upstream.chunk_count = 10
+    fake_upstream.chunk_delay = 0.05
+    client = await _client(aiohttp_client, _config(tmp_path, fake_upstream, [GOOD_KEY]))
+    body = {"model": MODELS[OPENAI], "messages": [], "stream": True}
+    headers = {"Authorization": f"Bearer {TOKENS[OPENAI]}"}
+    response = await client.post("/v1/chat/completions", json=body, headers=headers)
+    await response.read()
+
+    after = _samples(await (await client.get("/metrics")).text())
+    labels = frozenset({("instance", OPENAI)})
+    upstream = after[("llmgateway_upstream_seconds_sum", labels)]
+    overhead = after[("llmgateway_gateway_overhead_seconds_sum", labels)]
+    assert upstream >= 0.45  # ten chunks 50 ms apart
+    assert overhead < upstream / 5
