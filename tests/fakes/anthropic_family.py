@@ -20,10 +20,10 @@ from tests.fakes.family import (
     Call,
     Operation,
     Reply,
+    Route,
     dump,
-    load_object,
+    json_body_call,
     replace_text,
-    reply_pieces,
     request_id,
 )
 from tests.fixtures.provider_errors import ANTHROPIC_ERRORS, STREAM_ERRORS
@@ -48,6 +48,13 @@ def _error(status: int, type_: str, message: str) -> Reply:
     return Reply.json(status, body | {"request_id": request_id("req_")})
 
 
+_ROUTES: Final[tuple[Route, ...]] = (
+    ("POST", "/messages", Operation.MESSAGES),
+    ("POST", "/messages/count_tokens", Operation.COUNT_TOKENS),
+    ("GET", "/models", Operation.LIST_MODELS),
+)
+
+
 @final
 class AnthropicFamily:
     """Anthropic messages, token counting and model listing."""
@@ -66,25 +73,7 @@ class AnthropicFamily:
         self, method: str, path: str, query: MultiMapping[str], body: bytes, chunk_count: int
     ) -> Call:
         """Messages, count_tokens or the model list; anything else is unknown."""
-        payload = load_object(body)
-        model = str(payload.get("model", "")) if payload else ""
-        if method == "POST" and path.endswith("/messages"):
-            operation = Operation.MESSAGES
-        elif method == "POST" and path.endswith("/messages/count_tokens"):
-            operation = Operation.COUNT_TOKENS
-        elif method == "GET" and path.endswith("/models"):
-            operation = Operation.LIST_MODELS
-        else:
-            operation = Operation.UNKNOWN
-        return Call(
-            family=self.provider_type,
-            operation=operation,
-            model=model,
-            stream=bool(payload and payload.get("stream") is True),
-            payload=payload,
-            body_size=len(body),
-            pieces=reply_pieces(model, chunk_count),
-        )
+        return json_body_call(self.provider_type, _ROUTES, method, path, body, chunk_count)
 
     def error(self, behaviour: Behaviour, call: Call, retry_after: float) -> Reply:
         """Anthropic's error body and status; rate limits carry retry-after and reset headers."""

@@ -169,6 +169,36 @@ def load_object(body: bytes) -> dict[str, Any] | None:
     return payload if isinstance(payload, dict) else None
 
 
+Route = tuple[str, str, "Operation"]
+"""(method, path suffix, operation) of one endpoint of a JSON-body family."""
+
+
+def json_body_call(
+    family: ProviderType,
+    routes: tuple[Route, ...],
+    method: str,
+    path: str,
+    body: bytes,
+    chunk_count: int,
+) -> Call:
+    """The call of a family whose model and `stream` flag are in the JSON body."""
+    payload = load_object(body)
+    model = str(payload.get("model", "")) if payload else ""
+    operation = next(
+        (op for verb, suffix, op in routes if method == verb and path.endswith(suffix)),
+        Operation.UNKNOWN,
+    )
+    return Call(
+        family=family,
+        operation=operation,
+        model=model,
+        stream=bool(payload and payload.get("stream") is True),
+        payload=payload,
+        body_size=len(body),
+        pieces=reply_pieces(model, chunk_count),
+    )
+
+
 def reply_pieces(model: str, chunk_count: int) -> tuple[str, ...]:
     """The deterministic reply text split into `chunk_count` pieces.
 

@@ -20,10 +20,10 @@ from tests.fakes.family import (
     Call,
     Operation,
     Reply,
+    Route,
     dump,
-    load_object,
+    json_body_call,
     replace_text,
-    reply_pieces,
     request_id,
     seconds_text,
 )
@@ -47,6 +47,13 @@ _ERROR_FIXTURE: Final = {
 }
 
 
+_ROUTES: Final[tuple[Route, ...]] = (
+    ("POST", "/chat/completions", Operation.CHAT),
+    ("POST", "/embeddings", Operation.EMBEDDINGS),
+    ("GET", "/models", Operation.LIST_MODELS),
+)
+
+
 @final
 class OpenAIFamily:
     """OpenAI-compatible chat completions, embeddings and model listing."""
@@ -63,25 +70,7 @@ class OpenAIFamily:
         self, method: str, path: str, query: MultiMapping[str], body: bytes, chunk_count: int
     ) -> Call:
         """Chat completions, embeddings or the model list; anything else is unknown."""
-        payload = load_object(body)
-        model = str(payload.get("model", "")) if payload else ""
-        if method == "POST" and path.endswith("/chat/completions"):
-            operation = Operation.CHAT
-        elif method == "POST" and path.endswith("/embeddings"):
-            operation = Operation.EMBEDDINGS
-        elif method == "GET" and path.endswith("/models"):
-            operation = Operation.LIST_MODELS
-        else:
-            operation = Operation.UNKNOWN
-        return Call(
-            family=self.provider_type,
-            operation=operation,
-            model=model,
-            stream=bool(payload and payload.get("stream") is True),
-            payload=payload,
-            body_size=len(body),
-            pieces=reply_pieces(model, chunk_count),
-        )
+        return json_body_call(self.provider_type, _ROUTES, method, path, body, chunk_count)
 
     def error(self, behaviour: Behaviour, call: Call, retry_after: float) -> Reply:
         """OpenAI's error body and status; rate limits carry the reset headers."""
