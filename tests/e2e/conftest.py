@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -371,3 +372,14 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """A raw aiohttp client session (for header-level checks), closed after the test."""
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@asynccontextmanager
+async def inline_upstream(app: web.Application) -> AsyncIterator[str]:
+    """Serve `app` on 127.0.0.1 for the body of the block; yields its origin URL."""
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()

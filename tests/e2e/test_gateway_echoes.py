@@ -9,10 +9,17 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from llmgateway.core.logs import mask_key
-from tests.e2e.conftest import GEMINI, MODELS, OPENAI, TOKENS, StartGateway, build_config
+from tests.e2e.conftest import (
+    GEMINI,
+    MODELS,
+    OPENAI,
+    TOKENS,
+    StartGateway,
+    build_config,
+    inline_upstream,
+)
 
 REAL_KEY = "AIzaSyExampleRealKey0123456789abcdef"
 QUOTED = {
@@ -43,10 +50,8 @@ async def echoing_upstream() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_post("/v1beta/models/{model}:generateContent", generate)
     app.router.add_post("/v1/chat/completions", chat)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield str(server.make_url("")).rstrip("/")
-    await server.close()
+    async with inline_upstream(app) as url:
+        yield url
 
 
 async def test_a_key_quoted_in_an_upstream_error_reaches_the_client_masked(

@@ -11,7 +11,6 @@ import anthropic
 import openai
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from google.genai import errors as genai_errors
 from yarl import URL
 
@@ -27,6 +26,7 @@ from tests.e2e.conftest import (
     GatewayConfig,
     RunningGateway,
     StartGateway,
+    inline_upstream,
 )
 from tests.fakes.family import Behaviour
 from tests.fakes.upstream import FakeUpstream
@@ -209,10 +209,8 @@ async def chatty_upstream() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield str(server.make_url("")).rstrip("/")
-    await server.close()
+    async with inline_upstream(app) as url:
+        yield url
 
 
 async def test_upstream_hop_by_hop_headers_are_not_relayed(

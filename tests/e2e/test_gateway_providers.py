@@ -9,7 +9,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from tests.e2e.conftest import (
     ASK,
@@ -21,6 +20,7 @@ from tests.e2e.conftest import (
     GatewayConfig,
     StartGateway,
     build_config,
+    inline_upstream,
 )
 from tests.fakes.upstream import FakeUpstream
 
@@ -111,10 +111,8 @@ async def awkward_upstream() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield str(server.make_url("")).rstrip("/")
-    await server.close()
+    async with inline_upstream(app) as url:
+        yield url
 
 
 async def test_sse_is_relayed_byte_exact_chunk_by_chunk(

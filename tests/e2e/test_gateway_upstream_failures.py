@@ -9,7 +9,6 @@ import anthropic
 import openai
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from google.genai import errors as genai_errors
 
 from llmgateway.core.constants import Status
@@ -24,6 +23,7 @@ from tests.e2e.conftest import (
     GatewayConfig,
     RunningGateway,
     StartGateway,
+    inline_upstream,
 )
 from tests.fakes.family import Behaviour
 from tests.fakes.upstream import FakeUpstream
@@ -186,10 +186,8 @@ async def odd_upstream(fake_upstream: FakeUpstream) -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/embeddings", embeddings)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield str(server.make_url("")).rstrip("/")
-    await server.close()
+    async with inline_upstream(app) as url:
+        yield url
 
 
 async def test_an_upstream_redirect_is_not_followed(
