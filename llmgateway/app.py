@@ -32,7 +32,7 @@ from llmgateway.providers.base import ProviderAdapter
 from llmgateway.services.follower import PoolFollower
 from llmgateway.services.gateway import Gateway
 from llmgateway.services.keeper import Keeper
-from llmgateway.services.keyfiles import sync_instance_keys
+from llmgateway.services.keyfiles import sync_instance_keys, sync_providers
 from llmgateway.services.metrics import METRICS
 from llmgateway.services.pool import Clock, KeyPool
 
@@ -97,7 +97,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     clock = app[CLOCK]
     providers = accessor.enabled_providers()
     adapters = {p.name: build_adapter(p) for p in providers}
-    await store.sync_providers([(p.name, p.provider_type) for p in accessor.providers()])
+    await sync_providers(store, accessor.providers())
     now = datetime.fromtimestamp(clock(), UTC)
     # One process at a time (workers starting together): the later ones find nothing to change.
     async with store.exclusive("keysync", wait=True):
