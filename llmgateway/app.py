@@ -32,7 +32,7 @@ from llmgateway.providers.base import ProviderAdapter
 from llmgateway.services.follower import PoolFollower
 from llmgateway.services.gateway import Gateway
 from llmgateway.services.keeper import Keeper
-from llmgateway.services.keyfiles import sync_instance_keys, sync_providers
+from llmgateway.services.keyfiles import sync_instance_keys, sync_providers, warn_if_keyless
 from llmgateway.services.metrics import METRICS
 from llmgateway.services.pool import Clock, KeyPool
 
@@ -103,15 +103,28 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     async with store.exclusive("keysync", wait=True):
         for provider in providers:
             await sync_instance_keys(store, provider, now)
-    pool = KeyPool(providers, sink=app[WRITE_QUEUE].put, clock=clock)
-    pool.load(await store.load_records())
+    keeper = accessor.worker
+    pool = KeyPool(
+        providers,
+        sink=app[WRITE_QUEUE].put,
+        clock=clock,
+        confirm_within=keeper.confirm_within,
+        server_error_cooldown=keeper.server_error_cooldown,
+        incident_window=keeper.incident_window,
+        observer=app.get(METRICS),
+    )
+    records = await store.load_records()
+    pool.load(records)
+    with_keys = {r.instance for r in records}
+    for provider in providers:
+        warn_if_keyless(provider, int(provider.name in with_keys))
     app[ADAPTERS] = adapters
     app[POOL] = pool
     app[GATEWAY] = Gateway(accessor, pool, app[SESSION], adapters, observer=app.get(METRICS))
     log.info(
         "key pool loaded",
         instances=len(providers),
-        records=sum(1 for _ in pool.records()),
+        records=len(records),
     )
     yield
 

@@ -43,6 +43,9 @@ _WORKER: Final[dict[str, Any]] = {
     "keys_sync_interval": "60s",
     "check_interval": "5s",
     "shutdown_timeout": "10s",
+    "confirm_within": "30s",
+    "server_error_cooldown": "30s",
+    "incident_window": "10s",
 }
 _LOGGING: Final[dict[str, Any]] = {
     "level": "info",

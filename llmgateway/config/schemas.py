@@ -43,6 +43,9 @@ class WorkerConfig:
     keys_sync_interval: float = 60.0
     check_interval: float = 5.0
     shutdown_timeout: float = 10.0
+    confirm_within: float = 30.0
+    server_error_cooldown: float = 30.0
+    incident_window: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

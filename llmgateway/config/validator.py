@@ -205,6 +205,9 @@ APP_SPEC: Final = Section(
                 "keys_sync_interval": DURATION,
                 "check_interval": DURATION,
                 "shutdown_timeout": DURATION,
+                "confirm_within": DURATION,
+                "server_error_cooldown": DURATION,
+                "incident_window": DURATION,
             }
         ),
         "logging": Section(

@@ -93,10 +93,17 @@ _KEY_WIDE: Final = frozenset({ErrorReason.INVALID_KEY, ErrorReason.NO_ACCESS})
 
 
 class Status(StrEnum):
-    """The recorded state of a key for a model: untested, valid, or a failure reason."""
+    """The recorded state of a key for a model: untested, valid, verifying, or a failure reason.
+
+    `verifying` is a fatal reason seen on client traffic and not yet confirmed
+    by the keeper's own probe: the key is out of the pool for the reason's
+    scope and is probed within `confirm_within`; the suspected reason is kept
+    beside it (`KeyRecord.reason`).
+    """
 
     UNTESTED = "untested"
     VALID = "valid"
+    VERIFYING = "verifying"
     UNKNOWN = "unknown"
     NETWORK_ERROR = "network_error"
     TIMEOUT = "timeout"
@@ -118,8 +125,8 @@ class Status(StrEnum):
 
     @property
     def reason(self) -> ErrorReason | None:
-        """The ErrorReason this status stands for, or None for untested and valid."""
-        if self is Status.UNTESTED or self is Status.VALID:
+        """The ErrorReason this status stands for, or None for untested, valid and verifying."""
+        if self in _NO_REASON:
             return None
         return ErrorReason(self.value)
 
@@ -129,10 +136,15 @@ class Status(StrEnum):
 
         Untested keys are used optimistically; a key whose last check failed on
         the provider's side (or was rate limited, handled by cool-downs) is not
-        the key's fault and stays usable.
+        the key's fault and stays usable. A key being verified is not.
         """
-        reason = self.reason
-        return reason is None or not reason.is_fatal
+        return self in _USABLE
+
+
+_NO_REASON: Final = frozenset({Status.UNTESTED, Status.VALID, Status.VERIFYING})
+_USABLE: Final = frozenset(
+    s for s in Status if s is not Status.VERIFYING and (s.reason is None or not s.reason.is_fatal)
+)
 
 
 class ProviderType(StrEnum):

@@ -59,7 +59,9 @@ class KeyRecord:
 
     This is the row of `key_model_status` joined with its key: what the store
     loads into the pool at start-up and what the pool and keeper write back.
-    Times are timezone-aware UTC datetimes.
+    Times are timezone-aware UTC datetimes. `reason` is the reason of the
+    last failure: the status's own for a failure status, the suspected one
+    while `verifying`, None after a success.
     """
 
     key_id: int
@@ -75,3 +77,4 @@ class KeyRecord:
     message: str = ""
     response_ms: int | None = None
     cooldown_until: datetime | None = None
+    reason: ErrorReason | None = None

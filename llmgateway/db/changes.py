@@ -9,8 +9,8 @@ and asks for a full `Resync` whenever it may have missed something.
 
 The notification payload is JSON: `{"o": origin, "r": [[key_id, instance,
 model, status, last_checked_at, next_check_at, failing_since,
-consecutive_failures, status_code, message, response_ms, cooldown_until],
-...]}` with times as epoch seconds; the key itself never travels (records
+consecutive_failures, status_code, message, response_ms, cooldown_until,
+reason], ...]}` with times as epoch seconds; the key itself never travels (records
 arrive with `key=""`; the pool keeps its own copy).
 """
 
@@ -27,7 +27,7 @@ import structlog
 
 from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
-from llmgateway.db.rows import from_epoch, parse_status, to_epoch
+from llmgateway.db.rows import from_epoch, parse_reason, parse_status, to_epoch
 
 log = structlog.get_logger(__name__)
 
@@ -138,6 +138,7 @@ def _row(record: KeyRecord) -> list[Any]:
         record.message[:MESSAGE_CHARS],
         record.response_ms,
         to_epoch(record.cooldown_until),
+        record.reason.value if record.reason is not None else None,
     ]
 
 
@@ -156,6 +157,7 @@ def _record(row: list[Any]) -> KeyRecord:
         message=str(row[9]),
         response_ms=row[10],
         cooldown_until=from_epoch(row[11]),
+        reason=parse_reason(row[12]) if len(row) > 12 else None,
     )
 
 

@@ -29,7 +29,14 @@ from llmgateway.core.models import KeyRecord
 from llmgateway.db.changes import CHANNEL, encode_notifications
 from llmgateway.db.migrations import Engine, Migration, engine_migrations, plan
 from llmgateway.db.pg_listener import PgListener
-from llmgateway.db.rows import RECORD_COLUMNS, as_utc, latest_per_row, parse_status, unique_keys
+from llmgateway.db.rows import (
+    RECORD_COLUMNS,
+    as_utc,
+    latest_per_row,
+    parse_reason,
+    parse_status,
+    unique_keys,
+)
 from llmgateway.db.store import KeySyncReport, StatusCount
 
 type _Conn = PoolConnectionProxy[asyncpg.Record]
@@ -51,12 +58,13 @@ UPDATE key_model_status AS s SET
     status = u.status, last_checked_at = u.last_checked_at, next_check_at = u.next_check_at,
     failing_since = u.failing_since, consecutive_failures = u.consecutive_failures,
     status_code = u.status_code, message = u.message, response_ms = u.response_ms,
-    cooldown_until = u.cooldown_until, lease_owner = NULL, lease_until = NULL,
-    version = s.version + 1
+    cooldown_until = u.cooldown_until, reason = u.reason, lease_owner = NULL,
+    lease_until = NULL, version = s.version + 1
 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
-            $6::timestamptz[], $7::int[], $8::int[], $9::text[], $10::int[], $11::timestamptz[])
+            $6::timestamptz[], $7::int[], $8::int[], $9::text[], $10::int[], $11::timestamptz[],
+            $12::text[])
     AS u(key_id, model, status, last_checked_at, next_check_at, failing_since,
-         consecutive_failures, status_code, message, response_ms, cooldown_until)
+         consecutive_failures, status_code, message, response_ms, cooldown_until, reason)
 WHERE s.key_id = u.key_id AND s.model = u.model
 """
 
@@ -341,6 +349,7 @@ class PostgresStore:
             [r.message for r in batch],
             [r.response_ms for r in batch],
             times(r.cooldown_until for r in batch),
+            [r.reason.value if r.reason is not None else None for r in batch],
         )
 
         payloads = encode_notifications(self.origin, batch)
@@ -497,6 +506,7 @@ def _to_records(rows: Sequence[asyncpg.Record]) -> list[KeyRecord]:
             message=row[10],
             response_ms=row[11],
             cooldown_until=row[12],
+            reason=parse_reason(row[13]),
         )
         for row in rows
     ]

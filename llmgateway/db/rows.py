@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
-from llmgateway.core.constants import Status
+from llmgateway.core.constants import ErrorReason, Status
 from llmgateway.core.models import KeyRecord
 
 RECORD_COLUMNS = (
     "s.key_id, k.instance, k.key_value, s.model, s.status, s.last_checked_at, s.next_check_at, "
     "s.failing_since, s.consecutive_failures, s.status_code, s.message, s.response_ms, "
-    "s.cooldown_until"
+    "s.cooldown_until, s.reason"
 )
 """The SELECT list both engines use to build a KeyRecord (same order as its fields)."""
 
@@ -26,6 +26,16 @@ def parse_status(value: str) -> Status:
         return Status(value)
     except ValueError:
         return Status.UNKNOWN
+
+
+def parse_reason(value: str | None) -> ErrorReason | None:
+    """The ErrorReason stored as `value`; NULL, or a string this release does not know, is None."""
+    if value is None:
+        return None
+    try:
+        return ErrorReason(value)
+    except ValueError:
+        return None
 
 
 def unique_keys(keys: Iterable[str]) -> list[str]:

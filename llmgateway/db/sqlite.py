@@ -31,6 +31,7 @@ from llmgateway.db.rows import (
     as_utc,
     from_epoch,
     latest_per_row,
+    parse_reason,
     parse_status,
     to_epoch,
     unique_keys,
@@ -49,7 +50,7 @@ _SELECT_RECORDS: Final = (
 _UPDATE_STATUS: Final = (
     "UPDATE key_model_status SET status = ?, last_checked_at = ?, next_check_at = ?, "
     "failing_since = ?, consecutive_failures = ?, status_code = ?, message = ?, "
-    "response_ms = ?, cooldown_until = ?, lease_owner = NULL, lease_until = NULL, version = ? "
+    "response_ms = ?, cooldown_until = ?, reason = ?, lease_owner = NULL, lease_until = NULL, version = ? "
     "WHERE key_id = ? AND model = ?"
 )
 _DUE: Final = (
@@ -394,6 +395,7 @@ def _status_values(r: KeyRecord) -> tuple[Any, ...]:
         r.message,
         r.response_ms,
         to_epoch(r.cooldown_until),
+        r.reason.value if r.reason is not None else None,
     )
 
 
@@ -445,6 +447,7 @@ def _to_records(rows: Iterable[Any]) -> list[KeyRecord]:
             message=row[10],
             response_ms=row[11],
             cooldown_until=from_epoch(row[12]),
+            reason=parse_reason(row[13]),
         )
         for row in rows
     ]

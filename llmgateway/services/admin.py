@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from llmgateway.app import ACCESSOR, CLOCK, FOLLOWER, KEEPER, POOL, WORKER_INDEX, WRITE_QUEUE
 from llmgateway.services.metrics import METRICS, Metrics
-from llmgateway.services.pool import KeyPool, StatusEvent
+from llmgateway.services.pool import KeyPool, PoolEvent
 from llmgateway.services.stats import ProcessInfo, build_status_document
 from llmgateway.services.summary import PoolSummary
 
@@ -79,7 +79,12 @@ async def status_handler(request: web.Request) -> web.Response:
     if pool is None:
         return web.json_response({"status": "starting"}, status=503)
     document = build_status_document(
-        app[ACCESSOR].enabled_providers(), pool.records(), app.get(PROCESS), _store_view(app)
+        app[ACCESSOR].enabled_providers(),
+        pool.records(),
+        app.get(PROCESS),
+        _store_view(app),
+        now=datetime.fromtimestamp(app[CLOCK](), UTC),
+        incidents=[incident.as_dict() for incident in pool.incidents()],
     )
     return web.json_response(document, dumps=_dumps)
 
@@ -120,7 +125,7 @@ async def events_handler(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _pump(response: EventSourceResponse, queue: asyncio.Queue[StatusEvent]) -> None:
+async def _pump(response: EventSourceResponse, queue: asyncio.Queue[PoolEvent]) -> None:
     """Send every event of `queue` until the connection breaks."""
     while True:
         event = await queue.get()

@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol, final
 
@@ -25,13 +25,14 @@ from yarl import URL
 
 from llmgateway.config.schemas import ProviderConfig, RetryBudget
 from llmgateway.core.accessor import ConfigAccessor
-from llmgateway.core.constants import ErrorReason, ProviderType, Status, StreamingMode
+from llmgateway.core.constants import ErrorReason, ProviderType, StreamingMode
 from llmgateway.core.errors import (
     BodyTooLarge,
     ClientRequestError,
     GatewayAuthError,
     GatewayError,
     KeysCoolingDown,
+    NoUsableKey,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -48,7 +49,8 @@ from llmgateway.services.forwarding import (
     strip_key_param,
     upstream_headers,
 )
-from llmgateway.services.pool import KeyPool
+from llmgateway.services.incidents import BACKOFF_START, Incident
+from llmgateway.services.pool import AllKeysTried, KeyPool
 
 log = structlog.get_logger("llmgateway.gateway")
 
@@ -233,24 +235,14 @@ class Gateway:
     ) -> web.StreamResponse:
         body = await self._read_body(request)
         exchange.body_read = True
-        raw_path = request.raw_path
-        if not safe_path(raw_path):
-            raise BadPath("the request path may not contain '.' or '..' segments")
-        if KEY_PARAM in request.query:
-            raw_path = strip_key_param(raw_path)
-        adapter = route.adapter
-        instance = route.config.name
-        model = adapter.extract_model(request.path, body)
+        url, headers, model = _prepare(request, route, body)
         exchange.model = model
+        instance = route.config.name
         slot_model = self._pool.slot_model(instance, model)
-        url = URL(route.base_url + raw_path, encoded=True)
-        headers = upstream_headers(request.headers)
-        key_budget = _Budget(route.key_retry, route.retry_enabled)
-        server_budget = _Budget(route.server_retry, route.retry_enabled)
-        tried: list[int] = []
+        rotation = _Rotation(route)
         while True:
-            record = self._pool.pick(instance, slot_model, tried)
-            adapter.apply_key(headers, record.key)
+            record = await self._pick(instance, slot_model, rotation)
+            route.adapter.apply_key(headers, record.key)
             exchange.attempts += 1
             exchange.keys.append(record.key)
             sent = time.perf_counter()
@@ -260,43 +252,88 @@ class Gateway:
             exchange.upstream_seconds += time.perf_counter() - sent
             if upstream is not None:
                 return await self._relay(request, route, record, upstream, exchange)
-            reason = result.reason
-            assert reason is not None
-            if self._observer is not None:
-                self._observer.attempt_failed(instance, reason)
-            log.debug(
-                "upstream attempt failed",
-                instance=instance,
-                key=mask_key(record.key),
-                reason=reason.value,
-                status_code=result.status_code,
-            )
-            if reason.is_fatal and (
-                reason is not ErrorReason.NO_MODEL or model in route.configured_models
-            ):
-                # The key is condemned for good: the next one is tried at once, without
-                # backoff and outside the retry budget; the pool's size and timeouts.total
-                # bound this (a client never gets an error while a working key exists).
-                self._pool.report(record, result)
-                tried.append(record.key_id)
-                if route.retry_enabled:
-                    continue
-                budget = None
-            elif reason is ErrorReason.RATE_LIMITED:
-                self._pool.report(record, result)
-                tried.append(record.key_id)
-                budget = key_budget
-            elif reason.is_server_error:
-                budget = server_budget
-            else:
-                budget = None
-            if budget is None or not budget.take():
-                if answer is not None:
-                    return self._as_is(answer, exchange, record.key)
-                if reason is ErrorReason.TIMEOUT:
-                    raise UpstreamTimeout(f"the upstream did not answer in time: {result.message}")
-                raise UpstreamUnavailable(f"the upstream is unreachable: {result.message}")
-            await budget.wait()
+            if self._observer is not None and result.reason is not None:
+                self._observer.attempt_failed(instance, result.reason)
+            if not self._retry_after_failure(route, model, record, result, answer, rotation):
+                return self._give_up(record, result, answer, rotation, exchange)
+
+    async def _pick(self, instance: str, slot_model: str, rotation: _Rotation) -> KeyRecord:
+        """The next key: one not tried yet, else (after the owed backoff) a tried one again."""
+        try:
+            return self._pool.pick(instance, slot_model, rotation.excluded())
+        except AllKeysTried:
+            pass
+        if rotation.owed is not None:
+            await rotation.owed.wait()
+            rotation.owed = None
+        rotation.tried.clear()
+        try:
+            return self._pool.pick(instance, slot_model, rotation.spent)
+        except AllKeysTried:
+            raise rotation.exhausted(instance, slot_model) from None
+
+    def _retry_after_failure(
+        self,
+        route: Route,
+        model: str,
+        record: KeyRecord,
+        result: CheckResult,
+        answer: _UpstreamAnswer | None,
+        rotation: _Rotation,
+    ) -> bool:
+        """Tell the pool what the failed attempt means; True to try another attempt.
+
+        A fatal reason (for a model the request really names) leaves the pool
+        and is replaced at once, outside the retry budget: the pool's size and
+        `timeouts.total` bound that. A rate limit takes a key retry; a
+        server-side failure a server retry, on another key first. Within an
+        incident nothing is condemned and every attempt costs a key retry.
+        """
+        reason = result.reason
+        assert reason is not None
+        log.debug(
+            "upstream_attempt_failed",
+            instance=route.config.name,
+            key=mask_key(record.key),
+            reason=reason.value,
+            status_code=result.status_code,
+        )
+        if reason is ErrorReason.NO_MODEL and not _names_model(route, model, answer):
+            return False  # the client's path or model, not the key's: relayed as is
+        if reason.is_fatal or reason is ErrorReason.RATE_LIMITED:
+            incident = self._pool.report(record, result)
+            rotation.spent.append(record.key_id)
+            if incident is not None:
+                rotation.incident = incident
+                return rotation.key_budget.take()
+            if reason.is_fatal:
+                return route.retry_enabled
+            return rotation.key_budget.take()
+        if reason.is_server_error:
+            self._pool.report(record, result)
+            if not rotation.server_budget.take():
+                return False
+            rotation.tried.append(record.key_id)
+            rotation.owed = rotation.server_budget
+            return True
+        return False
+
+    def _give_up(
+        self,
+        record: KeyRecord,
+        result: CheckResult,
+        answer: _UpstreamAnswer | None,
+        rotation: _Rotation,
+        exchange: _Exchange,
+    ) -> web.Response:
+        """The client's answer once no attempt is left: the upstream's own, or ours."""
+        if rotation.incident is not None:
+            raise rotation.exhausted(exchange.instance, exchange.model)
+        if answer is not None:
+            return self._as_is(answer, exchange, record.key)
+        if result.reason is ErrorReason.TIMEOUT:
+            raise UpstreamTimeout(f"the upstream did not answer in time: {result.message}")
+        raise UpstreamUnavailable(f"the upstream is unreachable: {result.message}")
 
     async def _attempt(
         self,
@@ -369,9 +406,7 @@ class Gateway:
         exchange: _Exchange,
     ) -> web.StreamResponse:
         """Send the upstream's success to the client; past `prepare()` no retry is possible."""
-        pool = self._pool
-        if record.status is not Status.VALID:
-            pool.report(record, CheckResult(reason=None, status_code=upstream.status))
+        self._pool.served(record, upstream.status)
         headers = downstream_headers(upstream.headers, exchange.request_id)
         idle = route.config.timeouts.idle
         sse = upstream.content_type == _SSE
@@ -520,6 +555,61 @@ class Gateway:
                 keys=[mask_key(k) for k in exchange.keys],
                 duration_ms=round(seconds * 1000, 2),
             )
+
+
+def _prepare(request: web.Request, route: Route, body: bytes) -> tuple[URL, CIMultiDict[str], str]:
+    """The upstream URL, the headers to send (credentials still to be set) and the model."""
+    raw_path = request.raw_path
+    if not safe_path(raw_path):
+        raise BadPath("the request path may not contain '.' or '..' segments")
+    if KEY_PARAM in request.query:
+        raw_path = strip_key_param(raw_path)
+    model = route.adapter.extract_model(request.path, body)
+    url = URL(route.base_url + raw_path, encoded=True)
+    return url, upstream_headers(request.headers), model
+
+
+def _names_model(route: Route, model: str, answer: _UpstreamAnswer | None) -> bool:
+    """True when a model-not-found answer is about the configured model the request names.
+
+    A 404 for a path the provider does not have, or one whose body does not
+    name the model, is the client's error: no key is judged by it.
+    """
+    if not model or model not in route.configured_models or answer is None:
+        return False
+    return model.encode() in answer.body[:MAX_ERROR_BODY]
+
+
+class _Rotation:
+    """Which keys one request has used, and the retries and backoff it has left."""
+
+    __slots__ = ("key_budget", "server_budget", "spent", "tried", "owed", "incident")
+
+    def __init__(self, route: Route) -> None:
+        self.key_budget = _Budget(route.key_retry, route.retry_enabled)
+        self.server_budget = _Budget(route.server_retry, route.retry_enabled)
+        self.spent: list[int] = []
+        """Keys that failed the key's way: never again in this request."""
+        self.tried: list[int] = []
+        """Keys that failed server-side: the others are tried first."""
+        self.owed: _Budget | None = None
+        """The budget whose backoff is slept before a tried key is used again."""
+        self.incident: Incident | None = None
+
+    def excluded(self) -> Sequence[int]:
+        """Every key not to pick now."""
+        if not self.tried:
+            return self.spent
+        return [*self.spent, *self.tried]
+
+    def exhausted(self, instance: str, model: str) -> GatewayError:
+        """The error once every key this request may use was used."""
+        incident = self.incident
+        if incident is None:
+            return NoUsableKey(f"every usable key of {instance}/{model} failed for this request")
+        if incident.reason is ErrorReason.RATE_LIMITED:
+            return KeysCoolingDown(incident.describe(), retry_after=BACKOFF_START)
+        return NoUsableKey(incident.describe())
 
 
 class _Budget:

@@ -279,12 +279,20 @@ class Keeper:
         )
 
     async def _check(self, record: KeyRecord) -> bool:
-        """Probe one (key, model) and report the verified outcome; False when skipped."""
+        """Probe one (key, model) and report the outcome; False when skipped.
+
+        Shared instances are probed on `default_model`. Every probe is
+        recorded: a retryable failure is re-probed `verification_delay` later
+        (see `next_record`) until `verification_attempts` failures in a row
+        make it a verdict, so the key shows its last reason and next check
+        meanwhile.
+        """
         provider = self._accessor.get_provider(record.instance)
         adapter = self._adapters.get(record.instance)
         if provider is None or adapter is None:
             return False
-        result = await self._verified_probe(provider, adapter, record)
+        model = provider.default_model if record.model == ALL_MODELS_MARKER else record.model
+        result = await self._guarded_probe(provider, adapter, model, record)
         if result is None:
             return False
         self._pool.report(record, result, probe=True)
@@ -300,40 +308,6 @@ class Keeper:
             response_ms=result.response_ms,
         )
         return True
-
-    async def _verified_probe(
-        self, provider: ProviderConfig, adapter: ProviderAdapter, record: KeyRecord
-    ) -> CheckResult | None:
-        """The outcome to record for `record`; None when stopping or no longer due.
-
-        Shared instances are probed on `default_model`. A retryable failure is
-        probed again, `verification_delay` apart, until `verification_attempts`
-        probes (the first included) were made or one gives another answer; a
-        success or a fatal reason is final at once.
-        """
-        model = provider.default_model if record.model == ALL_MODELS_MARKER else record.model
-        policy = provider.health_policy
-        attempts = max(policy.verification_attempts, 1)
-        attempt = 1
-        while True:
-            result = await self._guarded_probe(provider, adapter, model, record)
-            if result is None:
-                return None
-            reason = result.reason
-            if reason is None or not reason.is_retryable or attempt >= attempts:
-                return result
-            if self._stopping:
-                return None
-            log.debug(
-                "probe_reverify",
-                instance=record.instance,
-                model=record.model,
-                key=mask_key(record.key),
-                reason=reason.value,
-                attempt=attempt,
-            )
-            attempt += 1
-            await self._sleep(policy.verification_delay)
 
     async def _guarded_probe(
         self, provider: ProviderConfig, adapter: ProviderAdapter, model: str, record: KeyRecord

@@ -30,11 +30,13 @@ class KeyFileRead:
     """The keys read for an instance, and every problem met while reading them.
 
     `keys` are unique, in first-seen order. When `errors` is not empty the
-    keys are incomplete and must not replace the stored ones.
+    keys are incomplete and must not replace the stored ones. `missing` says
+    the keys folder does not exist (its keys, if any, are unknown).
     """
 
     keys: tuple[str, ...]
     errors: tuple[str, ...] = ()
+    missing: bool = False
 
     @property
     def ok(self) -> bool:
@@ -71,7 +73,7 @@ def read_key_files(path: Path) -> KeyFileRead:
     are still read.
     """
     if not path.exists():
-        return KeyFileRead((), (f"keys folder {path} does not exist",))
+        return KeyFileRead((), (f"keys folder {path} does not exist",), missing=True)
     if not path.is_dir():
         return KeyFileRead((), (f"keys path {path} is not a folder",))
     try:
@@ -110,7 +112,7 @@ async def load_keys(provider: ProviderConfig, cwd: Path | None = None) -> KeyFil
         from_files = await asyncio.to_thread(read_key_files, folder)
     inline = parse_key_lines(provider.keys)
     keys = tuple(dict.fromkeys((*from_files.keys, *inline)))
-    return KeyFileRead(keys, from_files.errors)
+    return KeyFileRead(keys, from_files.errors, from_files.missing)
 
 
 async def sync_instance_keys(
@@ -124,24 +126,61 @@ async def sync_instance_keys(
     Raises StoreError when the store fails.
     """
     read = await load_keys(provider, cwd)
+    models = ConfigAccessor.status_models(provider)
+    if read.missing and len(read.errors) == 1:
+        # No folder (yet): the inline keys still load. Keys stored earlier stay, since a
+        # folder that vanished (an unmounted volume) must not wipe the instance.
+        stored = [r.key for r in await store.load_records(provider.name)]
+        kept = set(stored) - set(read.keys)
+        if kept:
+            log.warning(
+                "keys_folder_missing",
+                instance=provider.name,
+                problem=read.errors[0],
+                kept=len(kept),
+            )
+        keys = tuple(dict.fromkeys((*read.keys, *stored)))
+        report = await store.sync_keys(provider.name, keys, models, now)
+        _log_report(provider.name, report)
+        return report
     if not read.ok:
         for problem in read.errors:
             log.error(
                 "keys not synced: key files unreadable", instance=provider.name, problem=problem
             )
         return None
-    report = await store.sync_keys(
-        provider.name, read.keys, ConfigAccessor.status_models(provider), now
-    )
+    report = await store.sync_keys(provider.name, read.keys, models, now)
+    _log_report(provider.name, report)
+    return report
+
+
+def _log_report(instance: str, report: KeySyncReport) -> None:
     if report.added or report.removed:
         log.info(
             "keys synced",
-            instance=provider.name,
+            instance=instance,
             added=report.added,
             removed=report.removed,
             total=report.total,
         )
-    return report
+
+
+def warn_if_keyless(provider: ProviderConfig, total: int, cwd: Path | None = None) -> None:
+    """Log, for an instance without any key, where its keys go (a first-time user's question)."""
+    if total:
+        return
+    folder = resolve_keys_path(provider.keys_path, cwd) if provider.keys_path else None
+    log.warning(
+        "instance_has_no_keys",
+        instance=provider.name,
+        keys_folder=str(folder) if folder is not None else None,
+        hint=(
+            f"put *.txt files with one key per line in {folder}, "
+            if folder is not None
+            else "set keys_path to a folder of *.txt key files, "
+        )
+        + f"or list keys inline under providers.{provider.name}.keys",
+    )
 
 
 async def sync_providers(store: Store, providers: Sequence[ProviderConfig]) -> None:

@@ -160,6 +160,12 @@ class Metrics:
             ["instance", "result"],
             registry=registry,
         )
+        self._incidents = Counter(
+            "llmgateway_incidents",
+            "Upstream incidents declared (many working keys failing alike at once).",
+            ["instance", "reason"],
+            registry=registry,
+        )
         registry.register(_PoolCollector(pool, queue))
         self._request_children: dict[tuple[str, int], Counter] = {}
         self._failed_children: dict[tuple[str, ErrorReason], Counter] = {}
@@ -218,6 +224,10 @@ class Metrics:
         self._tally(instance)[1] += 1
 
     # -- keeper -----------------------------------------------------------
+
+    def incident_started(self, instance: str, reason: str) -> None:
+        """Count one incident of `instance` for `reason` (the pool's PoolObserver)."""
+        self._incidents.labels(instance, reason).inc()
 
     def probe_done(self, instance: str, status: str) -> None:
         """Count one recorded keeper probe of `instance` that gave `status` (a Status value)."""

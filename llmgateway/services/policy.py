@@ -11,7 +11,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from llmgateway.config.schemas import HealthPolicy
-from llmgateway.core.constants import ErrorReason
+from llmgateway.core.constants import ErrorReason, Status
 from llmgateway.core.models import CheckResult, KeyRecord
 
 
@@ -50,6 +50,8 @@ def next_record(
     now: datetime,
     policy: HealthPolicy,
     rate_limit_cooldown: float,
+    *,
+    verify_retryable: bool = False,
 ) -> KeyRecord:
     """The record that `result`, observed at `now`, turns `previous` into.
 
@@ -59,20 +61,29 @@ def next_record(
     than `quarantine_after` is rechecked every `quarantine_recheck`; longer
     than `stop_checking_after` is not checked again (`next_check_at` None).
     A rate limit also sets `cooldown_until`.
+
+    With `verify_retryable` (a keeper probe), a retryable failure is not yet
+    a verdict: until `verification_attempts` failures in a row were seen it is
+    recorded with its reason and checked again `verification_delay` later, so
+    the key shows what happened and when it is looked at next.
     """
     reason = result.reason
     interval = recheck_interval(reason, policy)
+    failures = previous.consecutive_failures + 1 if reason is not None else 0
+    if (
+        verify_retryable
+        and reason is not None
+        and reason.is_retryable
+        and failures < policy.verification_attempts
+    ):
+        interval = policy.verification_delay
     if result.retry_after is not None and result.retry_after > interval:
         interval = result.retry_after
     failing_since: datetime | None = None
-    failures = 0
     cooldown_until: datetime | None = None
     next_check: datetime | None = now + timedelta(seconds=interval)
     if reason is not None:
-        failing_since = (
-            previous.failing_since if previous.failing_since and previous.status.reason else now
-        )
-        failures = previous.consecutive_failures + 1
+        failing_since = _failing_since(previous, now)
         failing_for = (now - failing_since).total_seconds()
         if failing_for >= policy.stop_checking_after:
             next_check = None
@@ -92,4 +103,35 @@ def next_record(
         message=result.message[:500],
         response_ms=result.response_ms,
         cooldown_until=cooldown_until,
+        reason=reason,
     )
+
+
+def suspect_record(
+    previous: KeyRecord, result: CheckResult, now: datetime, check_in: float
+) -> KeyRecord:
+    """A fatal reason seen on client traffic: `verifying`, probed `check_in` seconds from `now`.
+
+    The suspected reason, status code and message are kept for display; the
+    policy's long interval applies only once a probe confirms the reason.
+    The failure streak is not counted: nothing is proven yet.
+    """
+    return replace(
+        previous,
+        status=Status.VERIFYING,
+        reason=result.reason,
+        last_checked_at=now,
+        next_check_at=now + timedelta(seconds=check_in),
+        failing_since=_failing_since(previous, now),
+        status_code=result.status_code,
+        message=result.message[:500],
+        cooldown_until=None,
+    )
+
+
+def _failing_since(previous: KeyRecord, now: datetime) -> datetime:
+    """When the key's current failure streak began (now, unless it was failing already)."""
+    failing = previous.reason is not None or previous.status.reason is not None
+    if previous.failing_since is not None and failing:
+        return previous.failing_since
+    return now

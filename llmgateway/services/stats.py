@@ -63,13 +63,19 @@ def build_status_document(
     records: Iterable[KeyRecord],
     process: ProcessInfo | None = None,
     store_view: Mapping[str, Any] | None = None,
+    *,
+    now: datetime | None = None,
+    incidents: Iterable[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The DESIGN.md status document of `providers` from `records`.
+    """The status document of `providers` from `records`.
 
     Every instance of `providers` appears (in their order) with its
     `provider_type`, `keys_total` (distinct keys), `models` (per status model,
-    the count of each status present, in `Status` order) and `keys` (one
-    entry per (key, model), key masked, sorted by model then key id).
+    the count of each status present, in `Status` order), `usable` (per
+    status model, the keys in the pool at `now`: usable status, not cooling
+    down), `incidents` (the ongoing incidents of the instance, from the live
+    pool) and `keys` (one entry per (key, model), key masked, sorted by model
+    then key id; a `verifying` key carries its suspected `reason`).
     Records of instances not in `providers` are ignored. With `process`, a
     top-level `"process": {"pid", "started_at"}` says which process answered,
     plus its `worker_index` when known and, with `store_view`, the pool's view
@@ -80,8 +86,15 @@ def build_status_document(
         bucket = by_instance.get(record.instance)
         if bucket is not None:
             bucket.append(record)
+    moment = now or datetime.now(UTC)
+    by_incident: dict[str, list[dict[str, Any]]] = {}
+    for incident in incidents:
+        by_incident.setdefault(str(incident["instance"]), []).append(dict(incident))
     document: dict[str, Any] = {
-        "providers": {p.name: _instance_document(p, by_instance[p.name]) for p in providers}
+        "providers": {
+            p.name: _instance_document(p, by_instance[p.name], moment, by_incident.get(p.name, []))
+            for p in providers
+        }
     }
     if process is not None:
         about: dict[str, Any] = {"pid": process.pid, "started_at": iso_utc(process.started_at)}
@@ -93,13 +106,22 @@ def build_status_document(
     return document
 
 
-def _instance_document(provider: ProviderConfig, records: list[KeyRecord]) -> dict[str, Any]:
+def _instance_document(
+    provider: ProviderConfig,
+    records: list[KeyRecord],
+    now: datetime,
+    incidents: list[dict[str, Any]],
+) -> dict[str, Any]:
     records.sort(key=lambda r: (r.model, r.key_id))
-    counts: dict[str, Counter[Status]] = {
-        model: Counter() for model in ConfigAccessor.status_models(provider)
-    }
+    models = ConfigAccessor.status_models(provider)
+    counts: dict[str, Counter[Status]] = {model: Counter() for model in models}
+    usable: dict[str, int] = dict.fromkeys(models, 0)
     for record in records:
         counts.setdefault(record.model, Counter())[record.status] += 1
+        in_pool = record.status.is_usable and (
+            record.cooldown_until is None or record.cooldown_until <= now
+        )
+        usable[record.model] = usable.get(record.model, 0) + in_pool
     return {
         "provider_type": provider.provider_type.value,
         "keys_total": len({r.key_id for r in records}),
@@ -110,6 +132,8 @@ def _instance_document(provider: ProviderConfig, records: list[KeyRecord]) -> di
             }
             for model, tally in counts.items()
         },
+        "usable": usable,
+        "incidents": incidents,
         "keys": [_key_document(r) for r in records],
     }
 
@@ -119,6 +143,7 @@ def _key_document(record: KeyRecord) -> dict[str, Any]:
         "key": mask_key(record.key),
         "model": record.model,
         "status": record.status.value,
+        "reason": record.reason.value if record.reason is not None else None,
         "last_checked_at": iso_utc(record.last_checked_at),
         "next_check_at": iso_utc(record.next_check_at),
         "failing_since": iso_utc(record.failing_since),
@@ -133,25 +158,36 @@ def _key_document(record: KeyRecord) -> dict[str, Any]:
 def render_table(document: dict[str, Any], show_keys: bool = False) -> str:
     """The status document as a readable text table: one row per instance and model.
 
-    Columns are the statuses present anywhere (in `Status` order); with
-    `show_keys` each instance is followed by its masked per-key list.
+    Columns are the keys usable now, then the statuses present anywhere (in
+    `Status` order); ongoing incidents follow the table; with `show_keys`
+    each instance is followed by its masked per-key list, a key being
+    verified showing its suspected reason.
     """
     providers: dict[str, Any] = document["providers"]
     seen = {status for p in providers.values() for m in p["models"].values() for status in m}
     statuses = [s.value for s in Status if s.value in seen]
-    header = ["INSTANCE", "MODEL", "TOTAL", *(s.upper() for s in statuses)]
+    header = ["INSTANCE", "MODEL", "TOTAL", "USABLE", *(s.upper() for s in statuses)]
     rows: list[list[str]] = []
     for name, instance in providers.items():
         models: dict[str, dict[str, int]] = instance["models"] or {"-": {}}
+        usable: dict[str, int] = instance.get("usable", {})
         for model, tally in models.items():
             rows.append(
-                [name, model, str(sum(tally.values())), *(str(tally.get(s, 0)) for s in statuses)]
+                [
+                    name,
+                    model,
+                    str(sum(tally.values())),
+                    str(usable.get(model, 0)),
+                    *(str(tally.get(s, 0)) for s in statuses),
+                ]
             )
     lines = _columns([header, *rows])
     lines.append("")
     lines.extend(
         f"{name} ({p['provider_type']}): {p['keys_total']} keys" for name, p in providers.items()
     )
+    for instance in providers.values():
+        lines.extend(f"INCIDENT: {i['message']}" for i in instance.get("incidents", []))
     if show_keys:
         for name, instance in providers.items():
             lines.extend(["", f"{name} keys:"])
@@ -160,7 +196,7 @@ def render_table(document: dict[str, Any], show_keys: bool = False) -> str:
                 [
                     k["key"],
                     k["model"],
-                    k["status"],
+                    _status_text(k),
                     "-" if k["status_code"] is None else str(k["status_code"]),
                     k["last_checked_at"] or "-",
                     k["next_check_at"] or "-",
@@ -170,6 +206,14 @@ def render_table(document: dict[str, Any], show_keys: bool = False) -> str:
             )
             lines.extend("  " + line for line in _columns(key_rows))
     return "\n".join(lines)
+
+
+def _status_text(key: Mapping[str, Any]) -> str:
+    """A key row's status, with the suspected reason while it is being verified."""
+    status = str(key["status"])
+    if status == Status.VERIFYING.value and key.get("reason"):
+        return f"{status} ({key['reason']})"
+    return status
 
 
 def _columns(rows: list[list[str]]) -> list[str]:

@@ -9,7 +9,7 @@ import openai
 import pytest
 from google.genai import errors as genai_errors
 
-from llmgateway.core.constants import Status
+from llmgateway.core.constants import ErrorReason, Status
 from tests.e2e.conftest import (
     ANTHROPIC,
     ASK,
@@ -55,10 +55,13 @@ async def test_bad_keys_are_tried_once_and_every_request_succeeds(
 
     assert {key: fake_upstream.calls_by_key[key] for key in bad} == dict.fromkeys(bad, 1)
     assert fake_upstream.calls_by_key[good] == 8
-    statuses = {r.key: r.status for r in gateway.pool.records(instance)}
-    assert statuses[good] is Status.VALID
+    records = {r.key: r for r in gateway.pool.records(instance)}
+    assert records[good].status is Status.VALID
     for key, behaviour in bad.items():
-        assert statuses[key].value == str(behaviour)
+        # A fatal reason seen on traffic waits for the keeper's confirming probe.
+        held = Status.RATE_LIMITED if behaviour is Behaviour.RATE_LIMITED else Status.VERIFYING
+        assert records[key].status is held
+        assert records[key].reason is not None and records[key].reason.value == str(behaviour)
 
 
 async def test_concurrent_requests_all_succeed_beside_bad_keys(
@@ -114,8 +117,9 @@ async def test_a_key_turning_invalid_mid_run_fails_no_request(
     for _ in range(4):
         assert await ASK[instance](gateway.url, TOKENS[instance]) == expected
     assert fake_upstream.calls_by_key[doomed] == revoked_calls
-    status = {r.key: r.status for r in gateway.pool.records(instance)}
-    assert status[doomed] is Status.INVALID_KEY
+    held = {r.key: r for r in gateway.pool.records(instance)}[doomed]
+    assert held.status is Status.VERIFYING
+    assert held.reason is ErrorReason.INVALID_KEY
 
 
 async def test_all_keys_invalid_gives_each_sdk_its_503(
@@ -194,9 +198,10 @@ async def test_requests_succeed_with_the_store_closed(
 
     await gateway.store.open()
     await gateway.write_queue.flush()
-    stored = {r.key: r.status for r in await gateway.store.load_records() if r.instance == OPENAI}
-    assert stored[bad] is Status.INVALID_KEY
-    assert stored[good] is Status.VALID
+    stored = {r.key: r for r in await gateway.store.load_records() if r.instance == OPENAI}
+    assert stored[bad].status is Status.VERIFYING
+    assert stored[bad].reason is ErrorReason.INVALID_KEY
+    assert stored[good].status is Status.VALID
 
 
 async def test_more_dead_keys_than_the_retry_budget_still_reach_the_good_one(

@@ -54,10 +54,10 @@ async def chat(url: str, model: str, content: str = "hi") -> str:
     return completion.choices[0].message.content or ""
 
 
-async def test_no_model_for_a_configured_model_condemns_the_key_for_that_model_only(
+async def test_no_model_for_a_configured_model_holds_the_key_for_that_model_only(
     two_keys: GatewayConfig, start_gateway: StartGateway, fake_upstream: FakeUpstream
 ) -> None:
-    """A key without access to a configured model leaves that model's pool only; the request retries."""
+    """A key without access to a configured model leaves that model's pool only, pending a probe."""
     fake_upstream.set_key(FIRST, Behaviour.NO_MODEL, models=[OTHER_MODEL])
     gateway = await start_gateway(two_keys)
 
@@ -65,7 +65,7 @@ async def test_no_model_for_a_configured_model_condemns_the_key_for_that_model_o
         assert await chat(gateway.url, OTHER_MODEL) == fake_upstream.text_for(OTHER_MODEL)
         assert await chat(gateway.url, MODELS[OPENAI]) == fake_upstream.text_for(MODELS[OPENAI])
 
-    assert status_of(gateway, FIRST, OTHER_MODEL) is Status.NO_MODEL
+    assert status_of(gateway, FIRST, OTHER_MODEL) is Status.VERIFYING
     assert status_of(gateway, FIRST, MODELS[OPENAI]) is Status.VALID
     models_asked_with_first = [r.model for r in fake_upstream.requests if r.key == FIRST]
     assert models_asked_with_first.count(OTHER_MODEL) == 1

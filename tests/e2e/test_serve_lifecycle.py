@@ -75,8 +75,8 @@ async def test_sigterm_lets_a_stream_finish_flushes_statuses_and_exits_0(
     )
     assert text == fake_upstream.text_for(MODELS[OPENAI])
     assert await _stored_statuses(gateway_config) == {
-        BAD_KEYS[0]: Status.INVALID_KEY,
-        BAD_KEYS[1]: Status.INVALID_KEY,
+        BAD_KEYS[0]: Status.VERIFYING,
+        BAD_KEYS[1]: Status.VERIFYING,
         GOOD_KEY: Status.VALID,
     }
     assert "unwritten" not in output

@@ -71,10 +71,11 @@ async def test_status_reports_the_live_pool(
     document = json.loads(text)
     oai = document["providers"][OPENAI]
     assert oai["keys_total"] == 2
-    assert oai["models"] == {MODELS[OPENAI]: {"valid": 1, "invalid_key": 1}}
-    assert {(k["key"], k["status"]) for k in oai["keys"]} == {
-        ("sk-g...aaaa", "valid"),
-        ("sk-b...bbbb", "invalid_key"),
+    assert oai["models"] == {MODELS[OPENAI]: {"valid": 1, "verifying": 1}}
+    assert oai["usable"] == {MODELS[OPENAI]: 1}
+    assert {(k["key"], k["status"], k["reason"]) for k in oai["keys"]} == {
+        ("sk-g...aaaa", "valid", None),
+        ("sk-b...bbbb", "verifying", "invalid_key"),
     }
     assert document["process"]["pid"] == os.getpid()
 
@@ -145,9 +146,7 @@ async def test_metrics_parse_and_move_as_requests_flow(
     upstream_count = ("llmgateway_upstream_seconds_count", frozenset({("instance", OPENAI)}))
     assert after[upstream_count] == 2
     valid = frozenset({("instance", OPENAI), ("model", MODELS[OPENAI]), ("status", "valid")})
-    invalid = frozenset(
-        {("instance", OPENAI), ("model", MODELS[OPENAI]), ("status", "invalid_key")}
-    )
+    invalid = frozenset({("instance", OPENAI), ("model", MODELS[OPENAI]), ("status", "verifying")})
     assert after[("llmgateway_keys", valid)] == 1
     assert after[("llmgateway_keys", invalid)] == 1
     assert ("llmgateway_write_queue_depth", frozenset()) in after
@@ -184,8 +183,9 @@ async def test_events_announce_an_invalidated_key(
     invalidated = by_key["sk-b...bbbb"]
     assert invalidated["instance"] == OPENAI
     assert invalidated["model"] == MODELS[OPENAI]
-    assert (invalidated["old"], invalidated["new"]) == ("untested", "invalid_key")
-    assert invalidated["reason"]
+    assert (invalidated["old"], invalidated["new"]) == ("untested", "verifying")
+    assert invalidated["reason"] == "invalid_key"
+    assert invalidated["message"]
     assert invalidated["at"].endswith("Z")
     assert by_key["sk-g...aaaa"]["new"] == "valid"
     events.close()

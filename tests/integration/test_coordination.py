@@ -186,7 +186,7 @@ async def test_a_key_condemned_in_one_process_leaves_the_other_pool(
         a, b = await _peers(rig, database, stack, 2)
         record = a.pool.pick("p", "model-a")
         a.pool.report(record, CheckResult(ErrorReason.INVALID_KEY, 401, "revoked"))
-        event = await b.next_event(Status.INVALID_KEY)
+        event = await b.next_event(Status.VERIFYING)
         assert event.instance == "p" and event.model == "model-a"
         picked = {b.pool.pick("p", "model-a").key for _ in range(30)}
         assert picked == set(keys) - {record.key}
@@ -250,7 +250,7 @@ async def test_sqlite_workers_one_probes_the_other_follows(rig: Rig, database: D
         rig.clock.advance(1.0)  # the request comes after the probes
         record = standby.pool.pick("p", "model-a")
         standby.pool.report(record, CheckResult(ErrorReason.INVALID_KEY, 401, "revoked"))
-        await active.next_event(Status.INVALID_KEY)
+        await active.next_event(Status.VERIFYING)
         assert record.key not in {active.pool.pick("p", "model-a").key for _ in range(40)}
 
 

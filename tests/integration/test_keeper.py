@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 
 from llmgateway.core.constants import ALL_MODELS_MARKER, ProviderType, Status
-from llmgateway.core.errors import NoUsableKey
 from llmgateway.core.models import KeyRecord
 from llmgateway.db.store import Store
-from llmgateway.services.pool import KeyPool
+from llmgateway.services.pool import AllKeysTried, KeyPool
 from tests.fakes.family import Behaviour
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.keeper_rig import DAY, MODELS, Rig, key_for, open_rig
@@ -121,18 +120,28 @@ async def test_retry_after_beyond_the_policy_wins(rig: Rig) -> None:
 
 
 async def test_retryable_failure_is_verified_before_it_is_recorded(rig: Rig) -> None:
-    """A rate limit is probed verification_attempts times in all, verification_delay apart."""
-    rig.fake.set_key(key_for("p", "busy"), Behaviour.RATE_LIMITED)
-    rig.fake.set_key(key_for("p", "bad"), Behaviour.INVALID_KEY)
-    rig.write_keys("p", [key_for("p", "busy"), key_for("p", "bad")])
-    health = {"verification_attempts": 3, "verification_delay": "65s"}
+    """A rate limit is re-probed verification_delay apart, shown meanwhile, a verdict at the third."""
+    busy, bad = key_for("p", "busy"), key_for("p", "bad")
+    rig.fake.set_key(busy, Behaviour.RATE_LIMITED)
+    rig.fake.set_key(bad, Behaviour.INVALID_KEY)
+    rig.write_keys("p", [busy, bad])
+    health = {"verification_attempts": 3, "verification_delay": "65s", "on_rate_limit": "1h"}
     keeper = await rig.build({"p": rig.section("p", models=["model-a"], health=health)})
     await keeper.sync_keys()
+    for attempt in (1, 2):
+        await rig.round()
+        waiting = rig.record("p", "busy", "model-a")
+        # Not a verdict yet, but never shown as untested: the last reason and the next check.
+        assert waiting.status is Status.RATE_LIMITED
+        assert waiting.next_check_at == rig.clock.at + timedelta(seconds=65)
+        assert rig.fake.calls_by_key[busy] == attempt
+        rig.clock.advance(65)
     await rig.round()
-    assert rig.fake.calls_by_key[key_for("p", "busy")] == 3
-    assert rig.fake.calls_by_key[key_for("p", "bad")] == 1
-    assert rig.sleep.calls == [65.0, 65.0]
-    assert rig.status("p", "busy", "model-a") is Status.RATE_LIMITED
+    assert rig.fake.calls_by_key[busy] == 3
+    assert rig.record("p", "busy", "model-a").next_check_at == rig.clock.at + timedelta(hours=1)
+    assert rig.fake.calls_by_key[bad] == 1
+    assert rig.status("p", "bad", "model-a") is Status.INVALID_KEY
+    assert rig.sleep.calls == []  # nothing waits inside a round
 
 
 async def test_reverification_success_records_valid(rig: Rig) -> None:
@@ -141,13 +150,13 @@ async def test_reverification_success_records_valid(rig: Rig) -> None:
     rig.fake.set_key(flaky, Behaviour.SERVER_ERROR)
     rig.write_keys("p", [flaky])
     health = {"verification_attempts": 3, "verification_delay": "10s"}
-    await (await rig.build({"p": rig.section("p", models=["model-a"], health=health)})).sync_keys()
-
-    async def heal(seconds: float) -> None:
-        rig.sleep.calls.append(seconds)
-        rig.fake.set_key(flaky, Behaviour.OK)
-
-    await rig.new_keeper(sleep=heal).run_once()
+    keeper = await rig.build({"p": rig.section("p", models=["model-a"], health=health)})
+    await keeper.sync_keys()
+    await rig.round()
+    assert rig.status("p", "flaky", "model-a") is Status.SERVER_ERROR
+    rig.fake.set_key(flaky, Behaviour.OK)
+    rig.clock.advance(10)
+    await rig.round()
     assert rig.fake.calls_by_key[flaky] == 2
     assert rig.status("p", "flaky", "model-a") is Status.VALID
 
@@ -252,7 +261,7 @@ async def test_gateway_pool_sees_invalidated_key_gone_without_a_db_read(rig: Rig
     assert stored[key_for("p", "revoked")] is Status.UNTESTED
     assert await keeper.run_once() == 0  # the store says due; the pool knows better
     assert {pool.pick("p", "model-a").key for _ in range(10)} == {key_for("p", "good")}
-    with pytest.raises(NoUsableKey):
+    with pytest.raises(AllKeysTried):
         pool.pick("p", "model-a", exclude=[rig.record("p", "good", "model-a").key_id])
 
 

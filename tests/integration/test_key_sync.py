@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -77,7 +78,7 @@ async def test_removed_lines_leave_the_store(store: AnyStore, tmp_path: Path) ->
 
 
 async def test_missing_keys_folder_keeps_the_stored_keys(store: AnyStore, tmp_path: Path) -> None:
-    """When the keys folder disappears nothing is synced, the stored keys stay, the path is logged."""
+    """When the keys folder disappears the stored keys stay and the path is logged."""
     folder = write_keys(tmp_path, "a.txt", "sk-secret-key-1\nsk-secret-key-2\n")
     config = provider()
     await sync_providers(store, [config])
@@ -88,11 +89,23 @@ async def test_missing_keys_folder_keeps_the_stored_keys(store: AnyStore, tmp_pa
     with capture_logs() as logs:
         report = await sync_instance_keys(store, config, NOW, cwd=tmp_path)
 
-    assert report is None
+    assert report is not None and (report.added, report.removed) == (0, 0)
     assert await store.load_records() == before
-    errors = [e for e in logs if e["log_level"] == "error"]
-    assert errors and str(folder) in errors[0]["problem"]
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert warnings and str(folder) in warnings[0]["problem"]
     assert "sk-secret-key" not in repr(logs)
+
+
+async def test_inline_keys_load_without_a_keys_folder(store: AnyStore, tmp_path: Path) -> None:
+    """Inline `keys:` are synced although the keys folder was never created."""
+    config = replace(provider(), keys=("sk-inline-key-0001", "sk-inline-key-0002"))
+    await sync_providers(store, [config])
+    report = await sync_instance_keys(store, config, NOW, cwd=tmp_path)
+    assert report is not None and report.added == 2
+    assert {r.key for r in await store.load_records()} == {
+        "sk-inline-key-0001",
+        "sk-inline-key-0002",
+    }
 
 
 async def test_one_unreadable_file_keeps_the_stored_keys(store: AnyStore, tmp_path: Path) -> None:

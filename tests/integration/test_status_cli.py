@@ -68,9 +68,12 @@ def test_status_table_counts_statuses_per_instance_and_model(tmp_path: Path) -> 
     result = CliRunner().invoke(main, ["status", "--config", str(path)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].split() == ["INSTANCE", "MODEL", "TOTAL", "VALID", "INVALID_KEY", "NO_QUOTA"]
-    assert [OPENAI, MODELS[OPENAI], "3", "1", "1", "1"] in [line.split() for line in lines]
-    assert [ANTHROPIC, MODELS[ANTHROPIC], "0", "0", "0", "0"] in [line.split() for line in lines]
+    header = ["INSTANCE", "MODEL", "TOTAL", "USABLE", "VALID", "INVALID_KEY", "NO_QUOTA"]
+    assert lines[0].split() == header
+    assert [OPENAI, MODELS[OPENAI], "3", "1", "1", "1", "1"] in [line.split() for line in lines]
+    assert [ANTHROPIC, MODELS[ANTHROPIC], "0", "0", "0", "0", "0"] in [
+        line.split() for line in lines
+    ]
     assert "sk-v...aaaa" not in result.output
     assert not any(key in result.output for key in KEYS)
 

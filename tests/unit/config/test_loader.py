@@ -97,6 +97,9 @@ EXTRA_OPTIONS = [
     "worker.max_concurrent_probes_per_instance",
     "worker.check_interval",
     "worker.shutdown_timeout",
+    "worker.confirm_within",
+    "worker.server_error_cooldown",
+    "worker.incident_window",
     "logging.access_log",
 ]
 

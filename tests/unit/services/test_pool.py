@@ -14,7 +14,7 @@ from llmgateway.core.constants import ALL_MODELS_MARKER, ErrorReason, ProviderTy
 from llmgateway.core.errors import KeysCoolingDown, NoUsableKey
 from llmgateway.core.logs import mask_key
 from llmgateway.core.models import CheckResult, KeyRecord
-from llmgateway.services.pool import KeyPool, StatusEvent
+from llmgateway.services.pool import AllKeysTried, KeyPool, StatusEvent
 
 START = 1_800_000_000.0
 MODELS = ("model-a", "model-b")
@@ -91,7 +91,9 @@ def make_pool(
     shared: bool = False,
     cooldown: float = 60.0,
 ) -> KeyPool:
-    pool = KeyPool([provider(shared=shared, cooldown=cooldown)], sink=sink, clock=clock)
+    pool = KeyPool(
+        [provider(shared=shared, cooldown=cooldown)], sink=sink, clock=clock, rng=lambda: 0.5
+    )
     models = (ALL_MODELS_MARKER,) if shared else MODELS
     pool.load(records(count, models=models))
     return pool
@@ -121,10 +123,10 @@ class TestRotation:
         for _ in range(6):
             assert pool.pick("main", "model-a", exclude=[1, 2]).key_id == 3
 
-    def test_everything_excluded_is_no_usable_key(self, clock: FakeClock, sink: Sink) -> None:
-        """When every usable key is excluded, pick raises NoUsableKey."""
+    def test_everything_excluded_is_all_keys_tried(self, clock: FakeClock, sink: Sink) -> None:
+        """When every usable key is excluded, pick raises AllKeysTried (the caller may reuse one)."""
         pool = make_pool(clock, sink, count=2)
-        with pytest.raises(NoUsableKey):
+        with pytest.raises(AllKeysTried):
             pool.pick("main", "model-a", exclude=[1, 2])
 
     def test_unknown_slot_is_no_usable_key(self, clock: FakeClock, sink: Sink) -> None:
@@ -170,8 +172,10 @@ class TestFailureScope:
             assert record is not None
             pool.report(record, fail(reason))
         assert set(picks(pool, "model-b", 10)) == {3}
-        assert pool.get("main", "model-b", 1).status is Status.INVALID_KEY  # type: ignore[union-attr]
-        assert pool.get("main", "model-b", 2).status is Status.NO_ACCESS  # type: ignore[union-attr]
+        for key_id, reason in ((1, ErrorReason.INVALID_KEY), (2, ErrorReason.NO_ACCESS)):
+            held = pool.get("main", "model-b", key_id)
+            assert held is not None
+            assert (held.status, held.reason) == (Status.VERIFYING, reason)
 
     @pytest.mark.parametrize("reason", [ErrorReason.NO_QUOTA, ErrorReason.NO_MODEL])
     def test_model_scoped_reason_keeps_other_models(
@@ -362,12 +366,13 @@ class TestGatewayReports:
         assert record is not None
         pool.report(record, fail(ErrorReason.INVALID_KEY))
         assert sorted((r.key_id, r.model, r.status) for r in sink.written) == [
-            (1, "model-a", Status.INVALID_KEY),
-            (1, "model-b", Status.INVALID_KEY),
+            (1, "model-a", Status.VERIFYING),
+            (1, "model-b", Status.VERIFYING),
         ]
         expected_at = datetime.fromtimestamp(START, UTC)
         assert all(r.last_checked_at == expected_at for r in sink.written)
-        assert all(r.next_check_at == expected_at + timedelta(days=10) for r in sink.written)
+        # confirm_within 30 s, jittered to 0.25..0.75 of it (the injected rng gives 0.5).
+        assert all(r.next_check_at == expected_at + timedelta(seconds=15) for r in sink.written)
 
 
 class TestEvents:
@@ -386,7 +391,7 @@ class TestEvents:
                 "main",
                 "model-a",
                 Status.UNTESTED,
-                Status.NO_QUOTA,
+                Status.VERIFYING,
             )
             assert event.key == mask_key(key_of(1))
             assert key_of(1) not in str(event.as_dict())
@@ -441,7 +446,7 @@ class TestSnapshotAndSync:
         stored = [r for r in records(4) if r.key_id != 2]
         pool.sync_instance("main", stored)
         assert pool.get("main", "model-a", 2) is None
-        assert pool.get("main", "model-a", 1).status is Status.NO_QUOTA  # type: ignore[union-attr]
+        assert pool.get("main", "model-a", 1).status is Status.VERIFYING  # type: ignore[union-attr]
         assert set(picks(pool, "model-a", 8)) == {3, 4}
         assert set(picks(pool, "model-b", 9)) == {1, 3, 4}
 

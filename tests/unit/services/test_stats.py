@@ -61,7 +61,7 @@ class TestBuildStatusDocument:
             _record(1, KEY_A, "gpt-4o", Status.NO_MODEL),
             _record(2, KEY_B, "gpt-4o", Status.INVALID_KEY),
         ]
-        document = build_status_document([_provider()], records)
+        document = build_status_document([_provider()], records, now=CHECKED)
         assert list(document) == ["providers"]
         instance = document["providers"]["openai-main"]
         assert instance["provider_type"] == "openai_like"
@@ -70,10 +70,13 @@ class TestBuildStatusDocument:
             "gpt-4o-mini": {"valid": 1, "invalid_key": 1},
             "gpt-4o": {"invalid_key": 1, "no_model": 1},
         }
+        assert instance["usable"] == {"gpt-4o-mini": 1, "gpt-4o": 0}
+        assert instance["incidents"] == []
         assert instance["keys"][3] == {
             "key": "sk-b...77xy",
             "model": "gpt-4o-mini",
             "status": "invalid_key",
+            "reason": None,
             "last_checked_at": "2026-01-01T00:00:00Z",
             "next_check_at": "2026-01-11T00:00:00Z",
             "failing_since": "2026-01-01T00:00:00Z",
@@ -118,12 +121,16 @@ class TestBuildStatusDocument:
                 "provider_type": "openai_like",
                 "keys_total": 0,
                 "models": {"gpt-4o-mini": {}, "gpt-4o": {}},
+                "usable": {"gpt-4o-mini": 0, "gpt-4o": 0},
+                "incidents": [],
                 "keys": [],
             },
             "b": {
                 "provider_type": "openai_like",
                 "keys_total": 0,
                 "models": {ALL_MODELS_MARKER: {}},
+                "usable": {ALL_MODELS_MARKER: 0},
+                "incidents": [],
                 "keys": [],
             },
         }
@@ -151,9 +158,9 @@ def test_table_has_a_row_per_instance_and_model() -> None:
     document = build_status_document([_provider()], records)
     table = render_table(document)
     lines = table.splitlines()
-    assert lines[0].split() == ["INSTANCE", "MODEL", "TOTAL", "VALID", "RATE_LIMITED"]
-    assert lines[1].split() == ["openai-main", "gpt-4o-mini", "2", "1", "1"]
-    assert lines[2].split() == ["openai-main", "gpt-4o", "0", "0", "0"]
+    assert lines[0].split() == ["INSTANCE", "MODEL", "TOTAL", "USABLE", "VALID", "RATE_LIMITED"]
+    assert lines[1].split() == ["openai-main", "gpt-4o-mini", "2", "2", "1", "1"]
+    assert lines[2].split() == ["openai-main", "gpt-4o", "0", "0", "0", "0"]
     assert "sk-a...9f3k" not in table
     with_keys = render_table(document, show_keys=True)
     assert "sk-a...9f3k" in with_keys and "rate_limited" in with_keys
