@@ -28,10 +28,14 @@ from tests.fakes.family import (
 )
 from tests.fixtures.provider_errors import GEMINI_ERRORS, STREAM_ERRORS, UpstreamError
 
-GEMINI_PATH: Final = re.compile(
-    r"/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent|countTokens)$"
-)
+GEMINI_PATH: Final = re.compile(r"/models/(?P<model>[^/:]+):(?P<method>[A-Za-z]+)$")
 """`models/{model}:{method}` at the end of a Gemini URL path."""
+
+_METHODS: Final = ("generateContent", "streamGenerateContent", "countTokens")
+"""The methods the fake serves; any other answers Gemini's 404 NOT_FOUND."""
+
+LISTED_MODELS: Final = ("gemini-2.0-flash", "gemini-1.5-pro")
+"""What `GET /v1beta/models` lists."""
 
 _ERROR_FIXTURE: Final = {
     Behaviour.INVALID_KEY: "invalid_key",
@@ -79,18 +83,21 @@ class GeminiFamily:
     def parse(
         self, method: str, path: str, query: MultiMapping[str], body: bytes, chunk_count: int
     ) -> Call:
-        """The model and method from the URL path; anything else is unknown."""
+        """The model and method from the URL path, or the model list; anything else is unknown."""
         match = GEMINI_PATH.search(path) if method == "POST" else None
         model = match["model"] if match else ""
+        stream = bool(match and match["method"] == "streamGenerateContent")
         operation = Operation.UNKNOWN
-        if match:
+        if match and match["method"] in _METHODS:
             is_count = match["method"] == "countTokens"
             operation = Operation.COUNT_TOKENS if is_count else Operation.GENERATE
+        elif method == "GET" and path.rstrip("/").endswith(("/v1beta/models", "/v1/models")):
+            operation = Operation.LIST_MODELS
         return Call(
             family=self.provider_type,
             operation=operation,
             model=model,
-            stream=bool(match and match["method"] == "streamGenerateContent"),
+            stream=stream,
             payload=load_object(body),
             body_size=len(body),
             pieces=reply_pieces(model, chunk_count),
@@ -117,8 +124,8 @@ class GeminiFamily:
         )
 
     def not_found(self, method: str, path: str) -> Reply:
-        """404 NOT_FOUND."""
-        return _error(404, f"Method not found: {method} {path}", "NOT_FOUND")
+        """404 NOT_FOUND, worded as Gemini words it for a method it does not have."""
+        return _error(404, "Requested entity was not found.", "NOT_FOUND")
 
     def extra_headers(self) -> dict[str, str]:
         """Gemini sets no request id; it says which server answered."""
@@ -128,6 +135,16 @@ class GeminiFamily:
         """A GenerateContentResponse or a token count."""
         if call.operation is Operation.COUNT_TOKENS:
             return Reply.json(200, {"totalTokens": call.prompt_tokens})
+        if call.operation is Operation.LIST_MODELS:
+            listed = [
+                {
+                    "name": f"models/{m}",
+                    "displayName": m,
+                    "supportedGenerationMethods": list(_METHODS),
+                }
+                for m in LISTED_MODELS
+            ]
+            return Reply.json(200, {"models": listed})
         return Reply.json(200, self._response(call, call.text, final=True))
 
     def stream(self, call: Call) -> list[bytes]:
