@@ -53,7 +53,8 @@ USER llmgateway
 EXPOSE 55300
 VOLUME ["/app/data"]
 
-# /-/healthy answers 200 while the process serves (default port; change both together).
+# /-/healthy answers 200 while the process serves, on the default port (after changing
+# server.port, override the check: docker run --health-cmd ...).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:55300/-/healthy', timeout=4)"]
 
