@@ -32,6 +32,8 @@ run: install $(CONFIG)
 	@mkdir -p data keys/openai-main
 	@[ -s data/gateway-token ] || $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(24))' > data/gateway-token
 	@echo "client token (OPENAI_MAIN_TOKEN): $${OPENAI_MAIN_TOKEN:-$$(cat data/gateway-token)}"
+	@echo "point an SDK at http://localhost:55300/v1 (OpenAI), http://localhost:55300 (Anthropic, Gemini) with that token as its API key"
+	@echo "put your provider keys in keys/openai-main/*.txt, one per line (or inline under providers.openai-main.keys)"
 	OPENAI_MAIN_TOKEN="$${OPENAI_MAIN_TOKEN:-$$(cat data/gateway-token)}" $(BIN)/llmgateway serve --config $(CONFIG)
 
 lint: install

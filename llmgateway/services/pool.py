@@ -176,17 +176,18 @@ class _Slot:
         """Why nothing can be picked: the statuses of the slot and the soonest return."""
         if self.why is not None and self.why[0] > now:
             return self.why[1]
-        parts = [
-            f"{n} {status.value}"
-            for status, n in sorted(self.counts.items(), key=lambda i: (-i[1], i[0].value))
-            if not status.is_usable or status is Status.RATE_LIMITED
-        ]
+        tally: Counter[str] = Counter()
         returns = [until - now for until, _, e in self.cooling if e.cool_until == until]
-        returns.extend(
-            e.record.next_check_at.timestamp() - now
-            for e in self.entries.values()
-            if e.record.status is Status.VERIFYING and e.record.next_check_at is not None
-        )
+        for entry in self.entries.values():
+            record = entry.record
+            if record.status is Status.VERIFYING:
+                suspected = record.reason.value if record.reason else "unknown"
+                tally[f"{suspected} (verifying)"] += 1
+                if record.next_check_at is not None:
+                    returns.append(record.next_check_at.timestamp() - now)
+            elif not record.status.is_usable or record.status is Status.RATE_LIMITED:
+                tally[record.status.value] += 1
+        parts = [f"{n} {label}" for label, n in sorted(tally.items(), key=lambda i: (-i[1], i[0]))]
         text = f"no usable key for {instance}/{model}"
         if parts:
             text += ": " + ", ".join(parts)

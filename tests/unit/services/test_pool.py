@@ -457,3 +457,140 @@ class TestSnapshotAndSync:
         pool.sync_instance("main", [])
         assert pool.records("main") == []
         assert len(pool.records("other")) == 4
+
+
+def valid_pool(clock: FakeClock, sink: Sink, count: int) -> KeyPool:
+    """A pool whose keys were all proven to work by a probe."""
+    pool = make_pool(clock, sink, count=count)
+    for record in pool.records():
+        pool.report(record, CheckResult(reason=None, status_code=200), probe=True)
+    sink.written.clear()
+    return pool
+
+
+class TestVerdicts:
+    def test_a_traffic_verdict_is_verifying_until_a_probe_confirms_it(
+        self, clock: FakeClock, sink: Sink
+    ) -> None:
+        """Traffic: verifying, out of the pool; the probe failing alike applies the long interval."""
+        pool = valid_pool(clock, sink, count=3)
+        record = pool.get("main", "model-a", 1)
+        assert record is not None
+        pool.report(record, fail(ErrorReason.NO_QUOTA))
+        held = pool.get("main", "model-a", 1)
+        assert held is not None
+        assert (held.status, held.reason) == (Status.VERIFYING, ErrorReason.NO_QUOTA)
+        assert 1 not in picks(pool, "model-a", 6)
+        clock.advance(15)
+        pool.report(held, fail(ErrorReason.NO_QUOTA), probe=True)
+        confirmed = pool.get("main", "model-a", 1)
+        assert confirmed is not None and confirmed.status is Status.NO_QUOTA
+        assert confirmed.next_check_at == datetime.fromtimestamp(clock(), UTC) + timedelta(hours=6)
+
+    def test_a_successful_probe_puts_a_verifying_key_back_at_once(
+        self, clock: FakeClock, sink: Sink
+    ) -> None:
+        """A key-wide suspicion cleared by a probe: the key serves that model again."""
+        pool = valid_pool(clock, sink, count=2)
+        record = pool.get("main", "model-a", 1)
+        assert record is not None
+        pool.report(record, fail(ErrorReason.INVALID_KEY))
+        assert set(picks(pool, "model-a", 4)) == {2}
+        held = pool.get("main", "model-a", 1)
+        assert held is not None
+        pool.report(held, CheckResult(reason=None, status_code=200), probe=True)
+        assert set(picks(pool, "model-a", 4)) == {1, 2}
+
+    def test_the_no_usable_key_message_says_why(self, clock: FakeClock, sink: Sink) -> None:
+        """503's message counts the statuses and says when the next key may come back."""
+        pool = valid_pool(clock, sink, count=2)
+        for key_id, reason in ((1, ErrorReason.INVALID_KEY), (2, ErrorReason.NO_QUOTA)):
+            record = pool.get("main", "model-a", key_id)
+            assert record is not None
+            pool.report(record, fail(reason))
+        with pytest.raises(NoUsableKey) as raised:
+            pool.pick("main", "model-a")
+        assert str(raised.value) == (
+            "no usable key for main/model-a: 1 invalid_key (verifying), "
+            "1 no_quota (verifying) (next back in 15 s)"
+        )
+
+
+class TestServerErrors:
+    def test_three_server_errors_in_a_row_bench_a_key(self, clock: FakeClock, sink: Sink) -> None:
+        """After 3 server errors a key is picked only when no other is; its status never changes."""
+        pool = make_pool(clock, sink, count=2)
+        record = pool.get("main", "model-a", 1)
+        assert record is not None
+        for _ in range(3):
+            pool.report(record, fail(ErrorReason.SERVER_ERROR))
+        assert set(picks(pool, "model-a", 6)) == {2}
+        assert pool.pick("main", "model-a", exclude=[2]).key_id == 1  # still usable alone
+        clock.advance(31)
+        assert set(picks(pool, "model-a", 6)) == {1, 2}
+        assert sink.written == []
+
+    def test_a_success_resets_the_streak(self, clock: FakeClock, sink: Sink) -> None:
+        """Server errors must come in a row: a success in between starts the count again."""
+        pool = make_pool(clock, sink, count=2)
+        record = pool.get("main", "model-a", 1)
+        assert record is not None
+        for _ in range(2):
+            pool.report(record, fail(ErrorReason.SERVER_ERROR))
+        pool.served(record, 200)
+        pool.report(record, fail(ErrorReason.SERVER_ERROR))
+        assert set(picks(pool, "model-a", 6)) == {1, 2}
+
+
+class TestIncidents:
+    async def test_an_incident_stops_condemning_and_is_announced(
+        self, clock: FakeClock, sink: Sink
+    ) -> None:
+        """Half the working keys failing alike: no further key leaves, touched ones recheck in 10 s."""
+        pool = valid_pool(clock, sink, count=4)
+        events = pool.subscribe()
+        incident = None
+        for key_id in (1, 2, 3):
+            record = pool.get("main", "model-a", key_id)
+            assert record is not None
+            incident = pool.report(record, fail(ErrorReason.INVALID_KEY))
+        assert incident is not None
+        soon = datetime.fromtimestamp(clock(), UTC) + timedelta(seconds=10)
+        for key_id in (1, 2, 3):
+            held = pool.get("main", "model-b", key_id)
+            assert held is not None
+            assert (held.status, held.next_check_at) == (Status.VERIFYING, soon)
+        fourth = pool.get("main", "model-a", 4)
+        assert fourth is not None
+        assert pool.report(fourth, fail(ErrorReason.INVALID_KEY)) is incident
+        assert pool.get("main", "model-a", 4).status is Status.VALID  # type: ignore[union-attr]
+        kinds = []
+        while not events.empty():
+            event = events.get_nowait()
+            kinds.append(getattr(event, "kind", "status"))
+        assert kinds.count("incident_started") == 1
+
+    def test_probes_recheck_touched_keys_on_a_backoff_and_end_the_incident(
+        self, clock: FakeClock, sink: Sink
+    ) -> None:
+        """A touched key failing its probe waits 20 s more; every touched key back ends it."""
+        pool = valid_pool(clock, sink, count=3)
+        for key_id in (1, 2, 3):
+            record = pool.get("main", "model-a", key_id)
+            assert record is not None
+            pool.report(record, fail(ErrorReason.INVALID_KEY))
+        assert len(pool.incidents()) == 1
+        clock.advance(10)
+        first = pool.get("main", "model-a", 1)
+        assert first is not None
+        pool.report(first, fail(ErrorReason.INVALID_KEY), probe=True)
+        again = pool.get("main", "model-a", 1)
+        assert again is not None and again.status is Status.VERIFYING
+        assert again.next_check_at == datetime.fromtimestamp(clock(), UTC) + timedelta(seconds=20)
+        for key_id in (1, 2, 3):
+            for model in MODELS:
+                record = pool.get("main", model, key_id)
+                assert record is not None
+                pool.report(record, CheckResult(reason=None, status_code=200), probe=True)
+        assert pool.incidents() == []
+        assert set(picks(pool, "model-a", 6)) == {1, 2, 3}
