@@ -227,18 +227,18 @@ async def test_shutdown_ends_event_streams(
 async def test_keeper_probes_are_counted_by_result(
     tmp_path: Path, fake_upstream: FakeUpstream, aiohttp_client: ClientFactory
 ) -> None:
-    """With the keeper on, each recorded probe moves llmgateway_probes_total for its result."""
+    """With the keeper on, every probe moves llmgateway_probes_total for its result, whatever it is."""
+    busy, flaky = "sk-busy-key-0123456789-cc", "sk-flaky-key-0123456789-dd"
     fake_upstream.set_key(GOOD_KEY)
     fake_upstream.set_key(BAD_KEY, Behaviour.INVALID_KEY)
-    config = _config(tmp_path, fake_upstream, [BAD_KEY, GOOD_KEY])
+    fake_upstream.set_key(busy, Behaviour.RATE_LIMITED)
+    fake_upstream.set_key(flaky, Behaviour.SERVER_ERROR)
+    config = _config(tmp_path, fake_upstream, [BAD_KEY, GOOD_KEY, busy, flaky])
     config.set("worker.enabled", True)
     client = await _client(aiohttp_client, config)
     wanted = {
-        ("llmgateway_probes_total", frozenset({("instance", OPENAI), ("result", "valid")})): 1,
-        (
-            "llmgateway_probes_total",
-            frozenset({("instance", OPENAI), ("result", "invalid_key")}),
-        ): 1,
+        ("llmgateway_probes_total", frozenset({("instance", OPENAI), ("result", result)})): 1
+        for result in ("valid", "invalid_key", "rate_limited", "server_error")
     }
     samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
     for _ in range(500):  # the keeper probes both keys at start-up
