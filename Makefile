@@ -51,9 +51,12 @@ test: lint typecheck pytest
 bench: install
 	$(BIN)/python bench/run.py
 
-# Maintainers: rewrite poetry.lock and the hash-pinned requirements (needs poetry + poetry-plugin-export).
+# Maintainers: rewrite poetry.lock, then the hash-pinned requirement files pip installs from
+# (needs poetry and poetry-plugin-export).
 lock:
-	../shared/tools/poetry-lock
+	poetry lock
+	poetry export --format requirements.txt --output requirements.txt
+	poetry export --format requirements.txt --with dev --output requirements-dev.txt
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .coverage
