@@ -26,18 +26,18 @@ class TestClientToken:
     @pytest.mark.parametrize(
         ("pairs", "query"),
         [
-            ((("Authorization", "Bearer tok-1"),), None),
-            ((("authorization", "bearer   tok-1  "),), None),
-            ((("x-api-key", "tok-1"),), None),
-            ((("X-Goog-Api-Key", "tok-1"),), None),
-            ((), "tok-1"),
+            ((("Authorization", "Bearer tok-1-0123456789abcdef"),), None),
+            ((("authorization", "bearer   tok-1-0123456789abcdef  "),), None),
+            ((("x-api-key", "tok-1-0123456789abcdef"),), None),
+            ((("X-Goog-Api-Key", "tok-1-0123456789abcdef"),), None),
+            ((), "tok-1-0123456789abcdef"),
         ],
     )
     def test_each_carrier_yields_the_token(
         self, pairs: tuple[tuple[str, str], ...], query: str | None
     ) -> None:
         """Bearer, x-api-key, x-goog-api-key and the key parameter each carry the token."""
-        assert client_token(headers(*pairs), query) == "tok-1"
+        assert client_token(headers(*pairs), query) == "tok-1-0123456789abcdef"
 
     def test_the_same_token_in_two_carriers_is_accepted(self) -> None:
         """Two carriers holding the same token are not a conflict."""
