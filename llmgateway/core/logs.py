@@ -13,7 +13,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Final
 
@@ -130,10 +130,16 @@ class MalformedRequestFilter(logging.Filter):
     were suppressed meanwhile. Every other record passes unchanged.
     """
 
-    def __init__(self, level: int, per_minute: int = MALFORMED_LINES_PER_MINUTE) -> None:
+    def __init__(
+        self,
+        level: int,
+        per_minute: int = MALFORMED_LINES_PER_MINUTE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
         self._enabled = level <= logging.WARNING
         self._per_minute = per_minute
+        self._clock = clock
         self._window = float("-inf")
         self._written = 0
         self._suppressed = 0
@@ -145,7 +151,7 @@ class MalformedRequestFilter(logging.Filter):
             return True
         if not self._enabled:
             return False
-        now = time.monotonic()
+        now = self._clock()
         if now - self._window >= 60.0:
             self._window, self._written = now, 0
         if self._written >= self._per_minute:

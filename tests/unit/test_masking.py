@@ -96,7 +96,7 @@ class TestMasker:
         """Base64, escapes and percent signs that hold no key stay exactly as they were."""
         masker = Masker([KEY])
         text = (
-            'a\\u0062c %41%42 dGhpcyBpcyBub3QgYSBrZXkgYXQgYWxs== 100% '
+            "a\\u0062c %41%42 dGhpcyBpcyBub3QgYSBrZXkgYXQgYWxs== 100% "
             + base64.b64encode(b"\x00\xff" * 40).decode()
         )
         assert masker.mask_text(text) == text
@@ -110,7 +110,9 @@ class TestMasker:
     def test_json_stays_valid_after_masking(self) -> None:
         """Masking an escaped key inside a JSON string keeps the document parseable."""
         masker = Masker([KEY])
-        document = json.dumps({"error": {"message": f"bad key \u0022{KEY}\u0022"}}, ensure_ascii=True)
+        document = json.dumps(
+            {"error": {"message": f"bad key \u0022{KEY}\u0022"}}, ensure_ascii=True
+        )
         document = document.replace(KEY, json_escaped(KEY))
         assert json.loads(masker.mask_text(document))["error"]["message"] == (
             f'bad key "{mask_key(KEY)}"'

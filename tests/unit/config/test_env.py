@@ -21,7 +21,12 @@ providers:
 """
 
 
-def _config(admin: str = "", url: str = "sqlite:///x.db", key: str = "k", token: str = "tok-default-0123456789") -> str:
+def _config(
+    admin: str = "",
+    url: str = "sqlite:///x.db",
+    key: str = "k",
+    token: str = "tok-default-0123456789",
+) -> str:
     return BASE.format(admin=admin, url=url, key=key, token=token)
 
 
@@ -71,7 +76,12 @@ class TestSubstitute:
 class TestEnvInConfig:
     def test_resolved_everywhere(self, load_text: LoadText) -> None:
         """Strings in every section, lists included, are resolved from the given environment."""
-        env = {"ADMIN": "adm-0123456789abcdef", "PW": "pw", "KEY": "sk-from-env", "TOK": "tok-env-0123456789"}
+        env = {
+            "ADMIN": "adm-0123456789abcdef",
+            "PW": "pw",
+            "KEY": "sk-from-env",
+            "TOK": "tok-env-0123456789",
+        }
         config = load_text(
             _config(
                 admin="${ADMIN}",
@@ -84,7 +94,9 @@ class TestEnvInConfig:
         assert config.server.admin_token == "adm-0123456789abcdef"
         assert config.database.url == "postgresql://u:pw@127.0.0.1:5432/db"
         assert config.providers["p"].keys == ("sk-from-env",)
-        assert config.providers["p"].access_control.gateway_access_token == "prefix-tok-env-0123456789"
+        assert (
+            config.providers["p"].access_control.gateway_access_token == "prefix-tok-env-0123456789"
+        )
 
     def test_numbers_from_variables(self, load_text: LoadText) -> None:
         """A number written as `${VAR:-default}` is accepted for a numeric option."""

@@ -108,7 +108,9 @@ class TestTypes:
     def test_missing_provider_type(self, problems_of: Problems) -> None:
         """A provider without provider_type is told what types exist."""
         line = _one(
-            problems_of("providers:\n  p:\n    access_control: {gateway_access_token: tok-1-0123456789abcdef}\n")
+            problems_of(
+                "providers:\n  p:\n    access_control: {gateway_access_token: tok-1-0123456789abcdef}\n"
+            )
         )
         assert line.startswith("providers.p.provider_type (line 2): is missing")
         assert "openai_like | anthropic | gemini" in line
