@@ -4,9 +4,10 @@
 in a text by its mask, whatever form it takes there: raw, JSON `\\u`-escaped,
 percent-encoded, or base64 (standard or URL-safe, alone or inside a longer
 encoded text). Every text that comes from an upstream answer, every log line
-and every admin document goes through it. `KeyScrubber` is the cheap variant
-for relayed success bodies and stream chunks: one key (the attempt's), raw
-form, bytes, a key split across two chunks included.
+and every admin document goes through it. `KeyPattern` is the cheap variant
+for the request path: one key (the attempt's), prepared once; it finds the key
+in any form in a success answer's headers, and masks it raw in the body and
+in stream chunks (a key split across two chunks included).
 """
 
 from __future__ import annotations
@@ -282,49 +283,108 @@ class Masker:
 
 
 @final
-class KeyScrubber:
-    """Masks one key, raw, in a relayed body or stream (the key of that attempt).
+class KeyPattern:
+    """One key's forms, prepared once and kept for every request made with it.
 
-    The mask keeps the body's length (`same_length_mask`), so a Content-Length
-    already announced stays true. For a stream, `chunk` holds back the end of
-    a chunk that could be the beginning of the key, until the next chunk (or
-    `flush`) shows whether it was; a chunk ending in a character the key does
-    not contain (every SSE event ends in a newline) costs one look-up.
+    For the request path: `appears_in` tells cheaply (substring searches in C)
+    whether a text holds the key raw, fully JSON-escaped, fully
+    percent-encoded or in base64 (alone or inside a longer encoded text, at
+    any of the three byte alignments); `whole` masks the raw key in a body,
+    keeping its length (`same_length_mask`), so a Content-Length already
+    announced stays true; `split` does the same for a stream chunk and holds
+    back an end that could be the beginning of the key.
     """
 
-    __slots__ = ("_key", "_mask", "_first", "_chars", "_carry")
+    __slots__ = ("raw", "mask", "first", "chars", "_forms", "_escaped", "_percent")
 
     def __init__(self, key: str) -> None:
-        self._key = key.encode()
-        self._mask = same_length_mask(key).encode()
-        self._first = self._key[:1]
-        self._chars = frozenset(self._key)
+        raw = key.encode()
+        self.raw = raw
+        """The key's bytes."""
+        self.mask = same_length_mask(key).encode()
+        """What replaces the raw key in a body (same length)."""
+        self.first = raw[:1]
+        self.chars = frozenset(raw)
+        """The byte values of the key: a chunk ending in any other cannot end in a part of it."""
+        self._escaped = tuple(
+            {"".join(f"\\u{b:04x}" for b in raw), "".join(f"\\u{b:04X}" for b in raw)}
+        )
+        self._percent = tuple(
+            {"".join(f"%{b:02X}" for b in raw), "".join(f"%{b:02x}" for b in raw)}
+        )
+        forms = {key}
+        for pad in range(3):  # the key's bytes at each offset of a 3-byte base64 group
+            encoded = binascii.b2a_base64(b"\0" * pad + raw, newline=False)
+            core = encoded[(0, 2, 3)[pad] : 4 * ((pad + len(raw)) // 3)]
+            if len(core) >= 4:
+                forms.add(core.decode("ascii"))
+                forms.add(core.translate(_STANDARD_TO_URLSAFE).decode("ascii"))
+        self._forms = tuple(forms)
+
+    def appears_in(self, text: str) -> bool:
+        """True when `text` holds the key in any of its forms (raw, escaped, encoded)."""
+        for form in self._forms:
+            if form in text:
+                return True
+        if "\\u" in text:
+            for form in self._escaped:
+                if form in text:
+                    return True
+        if "%" in text:
+            for form in self._percent:
+                if form in text:
+                    return True
+        return False
+
+    def whole(self, data: bytes) -> bytes:
+        """A whole body with the raw key masked."""
+        raw = self.raw
+        # bytes.find, not `in`: `in` first tries the needle as an int and pays for the error.
+        return data.replace(raw, self.mask) if raw and data.find(raw) != -1 else data
+
+    def split(self, data: bytes) -> tuple[bytes, bytes]:
+        """(what can be sent now with the key masked, the end held back until more arrives)."""
+        raw = self.raw
+        if not raw or not data:
+            return data, b""
+        if data.find(raw) != -1:
+            data = data.replace(raw, self.mask)
+        if data[-1] in self.chars:
+            size = len(data)
+            position = data.find(self.first, max(0, size - len(raw) + 1))
+            while position != -1:
+                if raw.startswith(data[position:]):
+                    return data[:position], data[position:]
+                position = data.find(self.first, position + 1)
+        return data, b""
+
+
+@final
+class KeyScrubber:
+    """Masks one key, raw, in a relayed stream (the key of that attempt), chunk by chunk.
+
+    A chunk ending in a character the key does not contain (every SSE event
+    ends in a newline) passes at once; an end that could be the beginning of
+    the key waits for the next chunk (or `flush`).
+    """
+
+    __slots__ = ("pattern", "_carry")
+
+    def __init__(self, key: str | KeyPattern) -> None:
+        self.pattern = key if isinstance(key, KeyPattern) else KeyPattern(key)
+        """The key's prepared forms."""
         self._carry = b""
 
     def whole(self, data: bytes) -> bytes:
         """A whole body with the key masked."""
-        key = self._key
-        return data.replace(key, self._mask) if key and key in data else data
+        return self.pattern.whole(data)
 
     def chunk(self, data: bytes) -> bytes:
         """The part of the stream that can be sent now, key masked (may be empty)."""
         if self._carry:
             data = self._carry + data
-            self._carry = b""
-        key = self._key
-        if not key or not data:
-            return data
-        if key in data:
-            data = data.replace(key, self._mask)
-        if data[-1] in self._chars:
-            size = len(data)
-            position = data.find(self._first, max(0, size - len(key) + 1))
-            while position != -1:
-                if key.startswith(data[position:]):
-                    self._carry = data[position:]
-                    return data[:position]
-                position = data.find(self._first, position + 1)
-        return data
+        ready, self._carry = self.pattern.split(data)
+        return ready
 
     def flush(self) -> bytes:
         """What was held back at the end of the stream (it was not the key)."""

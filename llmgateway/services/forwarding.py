@@ -114,15 +114,18 @@ def downstream_headers(
     upstream: CIMultiDictProxy[str],
     request_id: str,
     mask: Callable[[str], str] | None = None,
+    *,
+    screen: Callable[[str], bool] | None = None,
 ) -> CIMultiDict[str]:
     """The upstream's response headers for the client, plus `x-request-id`.
 
     Hop-by-hop fields are dropped, including those the upstream's own
     `Connection` header names. A provider's own `x-request-id` (OpenAI's
     `req_…`, needed for its support) moves to `x-upstream-request-id`. With
-    `mask`, every name and value goes through it (an upstream may echo a key
-    in a header); all are checked in one call, and one by one only when that
-    call found something.
+    `mask`, every value (an upstream may echo a key in a header), and then
+    every name too, goes through it. All values are first checked together,
+    by `screen` when given (a cheap test for the secrets expected there),
+    else by `mask` itself; one by one only when that check found something.
     """
     out: CIMultiDict[str] = CIMultiDict()
     dropped = _with_connection_names(DROPPED_DOWNSTREAM, upstream)
@@ -131,8 +134,8 @@ def downstream_headers(
         if lowered not in dropped:
             out.add(X_UPSTREAM_REQUEST_ID if lowered == "x-request-id" else name, value)
     if mask is not None and out:
-        joined = "\n".join(f"{name}\n{value}" for name, value in out.items())
-        if mask(joined) != joined:
+        values = "\n".join(out.values())
+        if screen(values) if screen is not None else mask(values) != values:
             out = CIMultiDict((mask(name), mask(value)) for name, value in out.items())
     out[X_REQUEST_ID] = request_id
     return out

@@ -40,7 +40,7 @@ from llmgateway.core.errors import (
     UpstreamUnavailable,
 )
 from llmgateway.core.logs import mask_key
-from llmgateway.core.masking import KeyScrubber, Masker
+from llmgateway.core.masking import KeyPattern, Masker
 from llmgateway.core.models import CheckResult, KeyRecord
 from llmgateway.providers import (
     build_adapter,
@@ -76,6 +76,8 @@ BUFFERED_BODY: Final = 256 * 1024
 """A non-SSE success body of known length up to this size is relayed in one write."""
 
 _SSE: Final = "text/event-stream"
+_MAX_PATTERNS: Final = 200_000
+"""Prepared key patterns kept at most (about 1 KiB each); past it the cache starts afresh."""
 _UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError)
 
 
@@ -192,6 +194,8 @@ class Gateway:
         self._session = session
         self._observer = observer
         self._masker = masker if masker is not None else Masker(accessor.secrets())
+        self._patterns: dict[str, KeyPattern] = {}
+        """Each key's prepared forms, made on its first request and kept (bounded)."""
         self._auth_failures = auth_failures
         self._access_log = accessor.logging.access_log
         self._max_body = int(accessor.server.max_body_mb * 1024 * 1024)
@@ -419,16 +423,20 @@ class Gateway:
     ) -> web.StreamResponse:
         """Send the upstream's success to the client; past `prepare()` no retry is possible.
 
-        Headers go through the masker; the body and every chunk have this
-        attempt's key masked (raw form, same length, so Content-Length holds);
-        a stream chunk carrying an error event goes through the whole masker.
+        The headers are searched for this attempt's key in every form (it is
+        the secret this upstream was sent), and go through the whole masker
+        when it is there; the body and every chunk have the key masked (raw
+        form, same length, so Content-Length holds); a stream chunk carrying
+        an error event goes through the whole masker.
         """
         pool = self._pool
         if record.status is not Status.VALID:
             pool.report(record, CheckResult(reason=None, status_code=upstream.status))
         masker = self._masker
-        headers = downstream_headers(upstream.headers, exchange.request_id, masker.mask_text)
-        scrubber = KeyScrubber(record.key)
+        pattern = self._pattern(record.key)
+        headers = downstream_headers(
+            upstream.headers, exchange.request_id, masker.mask_text, screen=pattern.appears_in
+        )
         idle = route.config.timeouts.idle
         sse = upstream.content_type == _SSE
         length = upstream.content_length
@@ -449,12 +457,13 @@ class Gateway:
                 ) from exc
             finally:
                 upstream.release()
-            return web.Response(status=upstream.status, headers=headers, body=scrubber.whole(data))
+            return web.Response(status=upstream.status, headers=headers, body=pattern.whole(data))
         response = web.StreamResponse(status=upstream.status, headers=headers)
         if not sse and length is not None:
             response.content_length = length
         content = upstream.content
         clean = False
+        raw, chars, held = pattern.raw, pattern.chars, b""
         try:
             await response.prepare(request)
             exchange.prepared = response
@@ -463,16 +472,21 @@ class Gateway:
                     chunk = await content.readany()
                 if not chunk:
                     clean = True
-                    rest = scrubber.flush()
-                    if rest:
-                        await response.write(rest)
+                    if held:  # it was not the key after all
+                        await response.write(held)
                     break
-                out = scrubber.chunk(chunk)
-                if sse and b"error" in chunk:
+                out = chunk
+                # The key, or a chunk ending in what may be its beginning: rare, so the
+                # common case costs two look-ups here and no call (bytes.find, not `in`,
+                # which first tries its operand as an int and pays for the error).
+                if held or chunk.find(raw) != -1 or chunk[-1] in chars:
+                    out, held = pattern.split(held + chunk)
+                error = sse and chunk.find(b"error") != -1
+                if error:
                     out = masker.mask_bytes(out)
                 if out:
                     await response.write(out)
-                if sse and b"error" in chunk and self._inband_error(route, record, chunk):
+                if error and self._inband_error(route, record, chunk):
                     # The client has the error event; the response still ends as an
                     # error, not as a clean end of stream (issue 6).
                     exchange.status = 502
@@ -502,6 +516,15 @@ class Gateway:
         else:
             _abort(request)
         return response
+
+    def _pattern(self, key: str) -> KeyPattern:
+        """The prepared forms of `key` (made once per key, kept while the pool is that size)."""
+        pattern = self._patterns.get(key)
+        if pattern is None:
+            if len(self._patterns) >= _MAX_PATTERNS:
+                self._patterns.clear()
+            pattern = self._patterns[key] = KeyPattern(key)
+        return pattern
 
     def _inband_error(self, route: Route, record: KeyRecord, chunk: bytes) -> bool:
         """Classify and record an error event inside a 200 stream; True if there was one."""
