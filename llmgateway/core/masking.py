@@ -357,36 +357,3 @@ class KeyPattern:
                     return data[:position], data[position:]
                 position = data.find(self.first, position + 1)
         return data, b""
-
-
-@final
-class KeyScrubber:
-    """Masks one key, raw, in a relayed stream (the key of that attempt), chunk by chunk.
-
-    A chunk ending in a character the key does not contain (every SSE event
-    ends in a newline) passes at once; an end that could be the beginning of
-    the key waits for the next chunk (or `flush`).
-    """
-
-    __slots__ = ("pattern", "_carry")
-
-    def __init__(self, key: str | KeyPattern) -> None:
-        self.pattern = key if isinstance(key, KeyPattern) else KeyPattern(key)
-        """The key's prepared forms."""
-        self._carry = b""
-
-    def whole(self, data: bytes) -> bytes:
-        """A whole body with the key masked."""
-        return self.pattern.whole(data)
-
-    def chunk(self, data: bytes) -> bytes:
-        """The part of the stream that can be sent now, key masked (may be empty)."""
-        if self._carry:
-            data = self._carry + data
-        ready, self._carry = self.pattern.split(data)
-        return ready
-
-    def flush(self) -> bytes:
-        """What was held back at the end of the stream (it was not the key)."""
-        carry, self._carry = self._carry, b""
-        return carry

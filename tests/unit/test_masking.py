@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import pytest
 
-from llmgateway.core.masking import KeyScrubber, Masker, mask_key, same_length_mask
+from llmgateway.core.masking import KeyPattern, Masker, mask_key, same_length_mask
 
 KEY = "sk-proj-AbCdEf0123456789xyzW9f3k"
 OTHER = "AIzaSyExampleRealKey0123456789abcdef"
@@ -140,11 +140,24 @@ class TestMasker:
         assert masker.mask_text(text) == text
 
 
-class TestKeyScrubber:
+def relay(pattern: KeyPattern, chunks: list[bytes]) -> list[bytes]:
+    """What the gateway's relay loop sends for `chunks` (its own checks, then `split`)."""
+    sent: list[bytes] = []
+    held = b""
+    for chunk in chunks:
+        ready = chunk
+        if held or chunk.find(pattern.raw) != -1 or chunk[-1] in pattern.chars:
+            ready, held = pattern.split(held + chunk)
+        sent.append(ready)
+    sent.append(held)  # the end of the stream releases what was held back
+    return sent
+
+
+class TestKeyPattern:
     def test_whole_body(self) -> None:
         """The key is masked in a whole body, its length kept."""
         body = f'{{"echo": "{KEY}"}}'.encode()
-        out = KeyScrubber(KEY).whole(body)
+        out = KeyPattern(KEY).whole(body)
         assert KEY.encode() not in out and len(out) == len(body)
 
     @pytest.mark.parametrize("cut", range(1, len(KEY)))
@@ -152,26 +165,28 @@ class TestKeyScrubber:
         """A key cut anywhere between two chunks is masked; nothing is lost or repeated."""
         body = f"data: {KEY} end\n\n".encode()
         split = body.index(KEY.encode()) + cut
-        scrubber = KeyScrubber(KEY)
-        out = scrubber.chunk(body[:split]) + scrubber.chunk(body[split:]) + scrubber.flush()
-        assert out == body.replace(KEY.encode(), same_length_mask(KEY).encode())
+        sent = relay(KeyPattern(KEY), [body[:split], body[split:]])
+        assert b"".join(sent) == body.replace(KEY.encode(), same_length_mask(KEY).encode())
 
     def test_a_held_back_tail_that_was_not_the_key_is_sent(self) -> None:
         """A chunk ending like the key's start is held, then sent unchanged with the next one."""
-        scrubber = KeyScrubber(KEY)
-        first = scrubber.chunk(b"token: sk-pr")
-        assert first == b"token: "
-        assert scrubber.chunk(b"ose\n") == b"sk-prose\n"
-        assert scrubber.flush() == b""
+        sent = relay(KeyPattern(KEY), [b"token: sk-pr", b"ose\n"])
+        assert sent == [b"token: ", b"sk-prose\n", b""]
 
     def test_the_end_of_the_stream_releases_the_tail(self) -> None:
-        """What was held back at the end of the stream is returned by flush."""
-        scrubber = KeyScrubber(KEY)
-        assert scrubber.chunk(b"abc sk-") == b"abc "
-        assert scrubber.flush() == b"sk-"
+        """What was held back at the end of the stream is sent when it ends."""
+        assert relay(KeyPattern(KEY), [b"abc sk-"]) == [b"abc ", b"sk-"]
 
     def test_sse_chunks_pass_at_once(self) -> None:
         """A chunk ending in a newline is never held back."""
-        scrubber = KeyScrubber(KEY)
         chunk = b'data: {"choices": [{"delta": {"content": "sk"}}]}\n\n'
-        assert scrubber.chunk(chunk) == chunk
+        assert relay(KeyPattern(KEY), [chunk]) == [chunk, b""]
+
+    @pytest.mark.parametrize("form", sorted(FORMS))
+    def test_every_form_is_found_in_headers(self, form: str) -> None:
+        """appears_in finds the key in any form, alone or inside a longer encoded value."""
+        pattern = KeyPattern(KEY)
+        assert pattern.appears_in(f"x-echo: {FORMS[form](KEY)}\nserver: nginx")
+        wrapped = base64.b64encode(f"Bearer {KEY}".encode()).decode()
+        assert pattern.appears_in(wrapped)
+        assert not pattern.appears_in("x-request-id: req_0123456789abcdef\nserver: nginx")
