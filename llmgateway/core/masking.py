@@ -282,6 +282,10 @@ class Masker:
         return data if masked == text else masked.encode("latin-1")
 
 
+_KEY_BYTES: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+"""The bytes of a plain key (shared by every KeyPattern of such a key)."""
+
+
 @final
 class KeyPattern:
     """One key's forms, prepared once and kept for every request made with it.
@@ -292,26 +296,20 @@ class KeyPattern:
     any of the three byte alignments); `whole` masks the raw key in a body,
     keeping its length (`same_length_mask`), so a Content-Length already
     announced stays true; `split` does the same for a stream chunk and holds
-    back an end that could be the beginning of the key.
+    back an end that could be the beginning of the key. Only what every
+    request needs is kept (about 0.6 KiB for a 56-character key); the escaped
+    forms and the mask are made when a text calls for them.
     """
 
-    __slots__ = ("raw", "mask", "first", "chars", "_forms", "_escaped", "_percent")
+    __slots__ = ("key", "raw", "chars", "_forms")
 
     def __init__(self, key: str) -> None:
+        self.key = key
         raw = key.encode()
         self.raw = raw
         """The key's bytes."""
-        self.mask = same_length_mask(key).encode()
-        """What replaces the raw key in a body (same length)."""
-        self.first = raw[:1]
-        self.chars = frozenset(raw)
-        """The byte values of the key: a chunk ending in any other cannot end in a part of it."""
-        self._escaped = tuple(
-            {"".join(f"\\u{b:04x}" for b in raw), "".join(f"\\u{b:04X}" for b in raw)}
-        )
-        self._percent = tuple(
-            {"".join(f"%{b:02X}" for b in raw), "".join(f"%{b:02x}" for b in raw)}
-        )
+        self.chars = _KEY_BYTES if _KEY_BYTES.issuperset(raw) else frozenset(raw)
+        """Bytes the key may hold: a chunk ending in any other cannot end in a part of it."""
         forms = {key}
         for pad in range(3):  # the key's bytes at each offset of a 3-byte base64 group
             encoded = binascii.b2a_base64(b"\0" * pad + raw, newline=False)
@@ -326,13 +324,15 @@ class KeyPattern:
         for form in self._forms:
             if form in text:
                 return True
-        if "\\u" in text:
-            for form in self._escaped:
-                if form in text:
+        raw = self.raw
+        if "\\u" in text:  # JSON escapes: \u0073\u006b..., lower- or upper-case hex
+            pairs = raw.hex("|")
+            for digits in (pairs, pairs.upper()):
+                if "\\u00" + digits.replace("|", "\\u00") in text:
                     return True
-        if "%" in text:
-            for form in self._percent:
-                if form in text:
+        if "%" in text:  # %73%6B..., upper- or lower-case hex
+            for digits in (raw.hex("%").upper(), raw.hex("%")):
+                if "%" + digits in text:
                     return True
         return False
 
@@ -340,7 +340,9 @@ class KeyPattern:
         """A whole body with the raw key masked."""
         raw = self.raw
         # bytes.find, not `in`: `in` first tries the needle as an int and pays for the error.
-        return data.replace(raw, self.mask) if raw and data.find(raw) != -1 else data
+        if not raw or data.find(raw) == -1:
+            return data
+        return data.replace(raw, same_length_mask(self.key).encode())
 
     def split(self, data: bytes) -> tuple[bytes, bytes]:
         """(what can be sent now with the key masked, the end held back until more arrives)."""
@@ -348,12 +350,13 @@ class KeyPattern:
         if not raw or not data:
             return data, b""
         if data.find(raw) != -1:
-            data = data.replace(raw, self.mask)
+            data = data.replace(raw, same_length_mask(self.key).encode())
         if data[-1] in self.chars:
             size = len(data)
-            position = data.find(self.first, max(0, size - len(raw) + 1))
+            first = raw[:1]
+            position = data.find(first, max(0, size - len(raw) + 1))
             while position != -1:
                 if raw.startswith(data[position:]):
                     return data[:position], data[position:]
-                position = data.find(self.first, position + 1)
+                position = data.find(first, position + 1)
         return data, b""

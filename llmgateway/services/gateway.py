@@ -76,8 +76,8 @@ BUFFERED_BODY: Final = 256 * 1024
 """A non-SSE success body of known length up to this size is relayed in one write."""
 
 _SSE: Final = "text/event-stream"
-_MAX_PATTERNS: Final = 200_000
-"""Prepared key patterns kept at most (about 1 KiB each); past it the cache starts afresh."""
+_MAX_PATTERNS: Final = 100_000
+"""Prepared key patterns kept at most (0.5 to 1 KiB each); past it the cache starts afresh."""
 _UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError)
 
 
