@@ -1,7 +1,7 @@
 """Translation of transport exceptions into CheckResults, in one function.
 
 Everything aiohttp or the OS can raise while talking to an upstream is
-classified here and nowhere else (the boundary translation of STYLE.md §2).
+classified here and nowhere else: one translation at the boundary.
 The message of the result names the class of failure only ("connection
 refused", "the upstream sent an invalid HTTP response"): it is stored, shown
 in `/-/status` and returned to clients, so it never carries the upstream URL
