@@ -185,12 +185,13 @@ async def test_a_key_quoted_in_an_error_returned_as_is_is_masked_in_every_form(
     assert leaked(str(caught.value), key) == []
 
 
-async def event_texts(gateway: RunningGateway, into: list[str]) -> None:
-    """Collect every `/-/events` line until cancelled."""
+async def event_texts(gateway: RunningGateway, into: list[str], ready: asyncio.Event) -> None:
+    """Collect every `/-/events` line until cancelled; `ready` is set once subscribed."""
     async with (
         aiohttp.ClientSession() as session,
         session.get(gateway.url + "/-/events") as response,
     ):
+        ready.set()
         async for line in response.content:
             into.append(line.decode())
 
@@ -208,8 +209,9 @@ async def test_a_key_quoted_in_fatal_and_rate_limit_errors_is_stored_and_shown_m
     config.keys[OPENAI].append(limited)
     gateway = await start_gateway(config)
     events: list[str] = []
-    listener = asyncio.create_task(event_texts(gateway, events))
-    await asyncio.sleep(0.1)  # the subscription is open before the first change
+    subscribed = asyncio.Event()
+    listener = asyncio.create_task(event_texts(gateway, events, subscribed))
+    await asyncio.wait_for(subscribed.wait(), timeout=10)
 
     for instance in INSTANCES:
         with pytest.raises(SDK_ERRORS[instance]) as caught:

@@ -112,11 +112,12 @@ async def call_sdk(url: str, family: str, token: str, *, stream: bool) -> None:
                 await client.aio.aclose()
 
 
-async def collect_events(url: str, into: bytearray) -> None:
-    """Every byte of `/-/events` until cancelled."""
+async def collect_events(url: str, into: bytearray, ready: asyncio.Event) -> None:
+    """Every byte of `/-/events` until cancelled; `ready` is set once subscribed."""
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
         assert response.status == 200
+        ready.set()
         async for chunk in response.content.iter_any():
             into += chunk
 
@@ -232,7 +233,9 @@ async def test_no_key_or_token_leaves_the_process_in_any_form(
     gateway = await serve_gateway(config)
     port = int(config.tree["server"]["port"])
     events = bytearray()
-    listener = asyncio.create_task(collect_events(gateway.url + "/-/events", events))
+    subscribed = asyncio.Event()
+    listener = asyncio.create_task(collect_events(gateway.url + "/-/events", events, subscribed))
+    await asyncio.wait_for(subscribed.wait(), timeout=10)
     document = await wait_for_probes(gateway.url)
     for family in INSTANCES:
         for hostility in Hostility:
