@@ -26,15 +26,24 @@ $(CONFIG):
 	cp config/example_minimal.yaml $(CONFIG)
 	@echo "created $(CONFIG) from config/example_minimal.yaml"
 
-# The minimal example reads its client token from OPENAI_MAIN_TOKEN; without one, `make run`
-# makes a random token once (data/gateway-token, not in git) and prints it.
+# The minimal example reads its client token from OPENAI_MAIN_TOKEN and its admin token from
+# LLMGW_ADMIN_TOKEN; for each one not set, `make run` makes a random token once (data/gateway-token,
+# data/admin-token: not in git, readable by the owner only) and prints it. The admin token guards
+# /-/status, /-/events and /metrics, which without one answer loopback clients only.
+TOKEN := $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(24))'
+
 run: install $(CONFIG)
 	@mkdir -p data keys/openai-main
-	@[ -s data/gateway-token ] || $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(24))' > data/gateway-token
+	@umask 077; [ -s data/gateway-token ] || $(TOKEN) > data/gateway-token
+	@umask 077; [ -s data/admin-token ] || $(TOKEN) > data/admin-token
 	@echo "client token (OPENAI_MAIN_TOKEN): $${OPENAI_MAIN_TOKEN:-$$(cat data/gateway-token)}"
 	@echo "point an SDK at http://localhost:55300/v1 (OpenAI), http://localhost:55300 (Anthropic, Gemini) with that token as its API key"
 	@echo "put your provider keys in keys/openai-main/*.txt, one per line (or inline under providers.openai-main.keys)"
-	OPENAI_MAIN_TOKEN="$${OPENAI_MAIN_TOKEN:-$$(cat data/gateway-token)}" $(BIN)/llmgateway serve --config $(CONFIG)
+	@echo "admin token (LLMGW_ADMIN_TOKEN):  $${LLMGW_ADMIN_TOKEN:-$$(cat data/admin-token)}"
+	@grep -q 'LLMGW_ADMIN_TOKEN' $(CONFIG) || echo "note: $(CONFIG) does not read \$${LLMGW_ADMIN_TOKEN}; add server: {admin_token: \"\$${LLMGW_ADMIN_TOKEN}\"} to it"
+	OPENAI_MAIN_TOKEN="$${OPENAI_MAIN_TOKEN:-$$(cat data/gateway-token)}" \
+	LLMGW_ADMIN_TOKEN="$${LLMGW_ADMIN_TOKEN:-$$(cat data/admin-token)}" \
+	$(BIN)/llmgateway serve --config $(CONFIG)
 
 lint: install
 	$(BIN)/ruff check llmgateway tests bench

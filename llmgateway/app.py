@@ -24,11 +24,14 @@ from aiohttp import web
 
 from llmgateway.core.accessor import ConfigAccessor
 from llmgateway.core.errors import StoreError
+from llmgateway.core.logs import active_masker
+from llmgateway.core.masking import Masker
 from llmgateway.db import SqliteStore, open_store
 from llmgateway.db.store import Store
 from llmgateway.db.write_queue import WriteQueue
 from llmgateway.providers import build_adapter
 from llmgateway.providers.base import ProviderAdapter
+from llmgateway.services.auth_failures import AuthFailures
 from llmgateway.services.follower import PoolFollower
 from llmgateway.services.gateway import Gateway
 from llmgateway.services.keeper import Keeper
@@ -49,6 +52,8 @@ GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
 KEEPER: web.AppKey[Keeper] = web.AppKey("keeper")
 FOLLOWER: web.AppKey[PoolFollower] = web.AppKey("follower")
 WORKER_INDEX: web.AppKey[int | None] = web.AppKey("worker_index")
+MASKER: web.AppKey[Masker] = web.AppKey("masker")
+AUTH_FAILURES: web.AppKey[AuthFailures] = web.AppKey("auth_failures")
 
 CONNECTION_LIMIT = 1000
 """Upstream connections kept open at most (keep-alive pool across every provider)."""
@@ -96,7 +101,8 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     clock = app[CLOCK]
     providers = accessor.enabled_providers()
-    adapters = {p.name: build_adapter(p) for p in providers}
+    masker = app[MASKER]
+    adapters = {p.name: build_adapter(p, masker=masker) for p in providers}
     await sync_providers(store, accessor.providers())
     now = datetime.fromtimestamp(clock(), UTC)
     # One process at a time (workers starting together): the later ones find nothing to change.
@@ -114,13 +120,22 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         observer=app.get(METRICS),
     )
     records = await store.load_records()
+    masker.add(r.key for r in records)
     pool.load(records)
     with_keys = {r.instance for r in records}
     for provider in providers:
         warn_if_keyless(provider, int(provider.name in with_keys))
     app[ADAPTERS] = adapters
     app[POOL] = pool
-    app[GATEWAY] = Gateway(accessor, pool, app[SESSION], adapters, observer=app.get(METRICS))
+    app[GATEWAY] = Gateway(
+        accessor,
+        pool,
+        app[SESSION],
+        adapters,
+        observer=app.get(METRICS),
+        masker=masker,
+        auth_failures=app[AUTH_FAILURES],
+    )
     log.info(
         "key pool loaded",
         instances=len(providers),
@@ -186,16 +201,29 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(
-    accessor: ConfigAccessor, *, clock: Clock = time.time, worker_index: int | None = None
+    accessor: ConfigAccessor,
+    *,
+    clock: Clock = time.time,
+    worker_index: int | None = None,
+    masker: Masker | None = None,
 ) -> web.Application:
     """Build the application: lifecycles in order, reserved routes, then the catch-all proxy.
 
-    `worker_index` is this process's number among `--workers N` (shown by `/-/status`).
+    `worker_index` is this process's number among `--workers N` (shown by
+    `/-/status`). `masker` holds the process's secrets (default: the logging
+    configuration's, so that logs and answers mask the same set; a new one
+    when logging is not configured); the configuration's tokens and keys are
+    added to it here, every stored key when the pool loads.
     """
     app = web.Application(client_max_size=int(accessor.server.max_body_mb * 1024 * 1024) + 1)
     app[ACCESSOR] = accessor
     app[CLOCK] = clock
     app[WORKER_INDEX] = worker_index
+    if masker is None:
+        masker = active_masker() or Masker()
+    masker.add(accessor.secrets())
+    app[MASKER] = masker
+    app[AUTH_FAILURES] = AuthFailures(accessor.server.auth_failures_per_minute)
     # admin reads this module's AppKeys, so it is imported here, not at the top (issue 7).
     from llmgateway.services.admin import install_admin, metrics_ctx, summary_ctx
 

@@ -31,6 +31,8 @@ from llmgateway.app import create_app
 from llmgateway.config.loader import load_config
 from llmgateway.core.accessor import ConfigAccessor
 from llmgateway.core.logs import configure_logging
+from llmgateway.core.masking import Masker
+from llmgateway.services.admin_guard import TOKEN_HINT
 
 log = structlog.get_logger("llmgateway.server")
 
@@ -43,9 +45,11 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def build_server_app(accessor: ConfigAccessor, worker_index: int | None = None) -> web.Application:
+def build_server_app(
+    accessor: ConfigAccessor, worker_index: int | None = None, masker: Masker | None = None
+) -> web.Application:
     """The application `run_server` serves: `create_app` plus shutdown logging."""
-    app = create_app(accessor, worker_index=worker_index)
+    app = create_app(accessor, worker_index=worker_index, masker=masker)
     timeout = accessor.server.shutdown_timeout
 
     async def announce(_: web.Application) -> None:
@@ -73,7 +77,12 @@ def run_server(
     """
     config = load_config(config_path)
     accessor = ConfigAccessor(config)
-    configure_logging(accessor.logging, accessor.secrets())
+    masker = configure_logging(accessor.logging, accessor.secrets())
+    if not accessor.server.admin_token and worker_index is None:
+        log.warning(
+            "no admin token: /-/status, /-/events and /metrics answer loopback clients only",
+            hint=TOKEN_HINT,
+        )
     count = workers if workers is not None else accessor.server.workers
     if worker_index is None and count > 1:
         from llmgateway.supervisor import supervise
@@ -83,7 +92,7 @@ def run_server(
             raise SystemExit(code)
         return
     _install_uvloop()
-    app = build_server_app(accessor, worker_index)
+    app = build_server_app(accessor, worker_index, masker)
     if worker_index is not None:
         from llmgateway.supervisor import watch_parent
 

@@ -28,6 +28,8 @@ _SERVER: Final[dict[str, Any]] = {
     "port": 55300,
     "admin_token": "",
     "max_body_mb": 32,
+    "max_event_subscribers": 100,
+    "auth_failures_per_minute": 60,
     "workers": 1,
     "shutdown_timeout": "30s",
 }

@@ -53,13 +53,17 @@ def parse_duration(value: object) -> float:
 
 
 def describe(value: object, *, secret: bool = False, mask: Callable[[str], str] = str) -> str:
-    """A short human text for `value` in a problem message; secrets are masked."""
+    """A short human text for `value` in a problem message; secrets are masked.
+
+    Credentials written into a URL (`scheme://user:password@host`) are never shown.
+    """
     if value is None:
         return "empty value"
     if isinstance(value, str):
-        return (
-            repr(mask(value)) if secret else repr(value if len(value) <= 60 else value[:57] + "...")
-        )
+        if secret:
+            return repr(mask(value))
+        value = redact_userinfo(value)
+        return repr(value if len(value) <= 60 else value[:57] + "...")
     if isinstance(value, Mapping):
         return "a mapping"
     if isinstance(value, list | tuple):
@@ -171,12 +175,30 @@ def regex(value: Any) -> str:
     return text
 
 
+_USERINFO: Final = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/?#@\s]*@")
+
+
+def redact_userinfo(text: str) -> str:
+    """`text` with the `user:password@` part of any URL in it replaced by `***@`."""
+    return _USERINFO.sub(r"\g<scheme>***@", text) if "@" in text else text
+
+
 def http_url(value: Any) -> str:
-    """An absolute http(s) URL without query or fragment; the trailing '/' is dropped."""
+    """An absolute http(s) URL without query, fragment or credentials; the trailing '/' is dropped.
+
+    `user:password@` is refused: the gateway sets each request's credentials
+    itself (a key per attempt), and a password in the URL would be shown
+    wherever the URL is.
+    """
     text = non_empty(value).strip()
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("is not an http:// or https:// URL")
+    if "@" in parts.netloc:
+        raise ValueError(
+            "must not contain credentials (user:password@): the gateway sends each "
+            "instance's keys itself; put upstream credentials in keys or key files"
+        )
     if parts.query or parts.fragment:
         raise ValueError("must not carry a query or fragment")
     return text.rstrip("/")

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from llmgateway.config import defaults
@@ -119,17 +120,32 @@ def load_config_text(text: str, env: Mapping[str, str], source: str = "<config>"
 
 
 def parse_yaml(text: str, source: str) -> Any:
-    """The round-trip YAML tree of `text`; a syntax error becomes a ConfigError with its position."""
+    """The round-trip YAML tree of `text`; a syntax error becomes a ConfigError with its position.
+
+    The message says where and what kind of mistake, never the values around
+    it: the file holds tokens and keys (a duplicated `admin_token` would
+    otherwise print both of its values).
+    """
     yaml = YAML(typ="rt")
     try:
         return yaml.load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        message = f"{source}: invalid YAML{where}: {exc.problem or exc}"
-        raise ConfigError(message) from None
+        raise ConfigError(f"{source}: invalid YAML{where}: {_yaml_problem(exc)}") from None
     except YAMLError as exc:
-        raise ConfigError(f"{source}: invalid YAML: {exc}") from None
+        raise ConfigError(f"{source}: invalid YAML ({type(exc).__name__})") from None
+
+
+_QUOTED: Final = re.compile(r"\"[^\"]*\"|'[^']*'")
+
+
+def _yaml_problem(exc: MarkedYAMLError) -> str:
+    """What is wrong, without any quoted piece of the file."""
+    if isinstance(exc, DuplicateKeyError):
+        return "a key is written twice in the same mapping"
+    problem = exc.problem or type(exc).__name__
+    return _QUOTED.sub("(…)", problem)
 
 
 def substitute(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:

@@ -28,8 +28,10 @@ _RULE_EXAMPLE: Final = (
 _COMMENTS: Final[dict[str, str]] = {
     "server.host": "listen address",
     "server.port": "listen port",
-    "server.admin_token": "guards /-/status, /-/events, /metrics when set",
+    "server.admin_token": "guards /-/*, /metrics; unset: loopback clients only",
     "server.max_body_mb": "larger request bodies get 413",
+    "server.max_event_subscribers": "open /-/events streams at most (then 503)",
+    "server.auth_failures_per_minute": "wrong tokens per client address, then 429 for 1m",
     "server.workers": "worker processes sharing the port",
     "server.shutdown_timeout": "grace period for in-flight requests on stop",
     "database.url": "embedded default; or postgresql://user:pass@host:5432/db",

@@ -20,6 +20,8 @@ class ServerConfig:
     port: int = 55300
     admin_token: str = ""
     max_body_mb: float = 32
+    max_event_subscribers: int = 100
+    auth_failures_per_minute: int = 60
     workers: int = 1
     shutdown_timeout: float = 30.0
 

@@ -21,6 +21,9 @@ from llmgateway.core.logs import FORMATS, LEVELS, mask_key
 Path = tuple[str | int, ...]
 """A position in the YAML tree: mapping keys and sequence indices."""
 
+MIN_TOKEN_LENGTH: Final = 16
+"""Gateway and admin tokens shorter than this are refused (they could be guessed)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Problem:
@@ -186,6 +189,10 @@ APP_SPEC: Final = Section(
                 "port": Leaf(f.integer(1, 65535), "an integer 1-65535"),
                 "admin_token": SECRET,
                 "max_body_mb": Leaf(f.number(above=0.0), "a number of megabytes > 0"),
+                "max_event_subscribers": COUNT,
+                "auth_failures_per_minute": Leaf(
+                    f.integer(minimum=0), "an integer >= 0 (0: never block an address)"
+                ),
                 "workers": COUNT,
                 "shutdown_timeout": DURATION,
             }
@@ -333,6 +340,13 @@ def _cross_check(typed: Mapping[str, Any], walk: _Walk) -> None:
             f"{low} is larger than pool_max_size ({high})",
             "pool_min_size <= pool_max_size",
         )
+    admin_token = (typed.get("server") or {}).get("admin_token")
+    if isinstance(admin_token, str) and admin_token and len(admin_token) < MIN_TOKEN_LENGTH:
+        walk.report(
+            ("server", "admin_token"),
+            _too_short(admin_token),
+            f'a random secret of at least {MIN_TOKEN_LENGTH} characters, or "" (loopback only)',
+        )
     owners: dict[str, str] = {}
     for name, provider in (typed.get("providers") or {}).items():
         if not isinstance(provider, dict):
@@ -348,6 +362,12 @@ def _cross_check(typed: Mapping[str, Any], walk: _Walk) -> None:
                 "is empty: clients could not select this instance",
                 'a non-empty secret, e.g. "${NAME_TOKEN}" from the environment',
             )
+        elif len(token) < MIN_TOKEN_LENGTH:
+            walk.report(
+                token_path,
+                _too_short(token),
+                f"a random secret of at least {MIN_TOKEN_LENGTH} characters",
+            )
         elif token in owners:
             walk.report(
                 token_path,
@@ -356,6 +376,12 @@ def _cross_check(typed: Mapping[str, Any], walk: _Walk) -> None:
             )
         else:
             owners[token] = name
+
+
+def _too_short(token: str) -> str:
+    """The problem of a short token, naming its length only (never its value)."""
+    count = len(token)
+    return f"is {count} character{'s' if count != 1 else ''} long: too short to resist guessing"
 
 
 def _check_models(name: str, provider: Mapping[str, Any], walk: _Walk) -> None:

@@ -6,13 +6,18 @@
     │   └── SchemaTooNew          the database was migrated by a newer llmgateway
     ├── ClientRequestError        the client's request is refused before going upstream
     │   ├── GatewayAuthError      missing, unknown or conflicting gateway token (401)
+    │   │   └── NoToken           no token at all (not counted as a failed attempt)
+    │   ├── TooManyAuthFailures   this address failed too often; carries retry_after (429)
+    │   ├── MethodNotAllowed      a method the gateway does not proxy (405)
     │   └── BodyTooLarge          request body over `server.max_body_mb` (413)
     ├── NoUsableKey               no key of the pool can serve the model now (503)
     ├── KeysCoolingDown           every usable key is cooling down (429, carries retry_after)
     ├── UpstreamUnavailable       upstream unreachable or failing after all retries (502)
-    └── UpstreamTimeout           the upstream did not answer in time (504)
+    ├── UpstreamTimeout           the upstream did not answer in time (504)
+    └── GatewayFailure            a bug or an unforeseen state of the gateway itself (500)
 
-Messages carry masked keys only.
+Messages carry masked keys only, and name a class of failure, never an
+upstream URL or bytes the upstream sent.
 """
 
 from __future__ import annotations
@@ -53,6 +58,26 @@ class GatewayAuthError(ClientRequestError):
     status = 401
 
 
+class NoToken(GatewayAuthError):
+    """The request carried no gateway token at all (a misconfigured client, not a guess)."""
+
+
+class TooManyAuthFailures(ClientRequestError):
+    """This client address sent too many wrong tokens; refused until `retry_after` passes."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class MethodNotAllowed(ClientRequestError):
+    """The request's method is not one the gateway proxies; nothing is sent upstream."""
+
+    status = 405
+
+
 class BodyTooLarge(ClientRequestError):
     """The request body is larger than `server.max_body_mb`."""
 
@@ -85,3 +110,9 @@ class UpstreamTimeout(GatewayError):
     """The upstream did not answer within the configured timeouts."""
 
     status = 504
+
+
+class GatewayFailure(GatewayError):
+    """The gateway itself failed on a request (its outermost guard turns this into a 500)."""
+
+    status = 500

@@ -1,23 +1,40 @@
-"""Logging set-up: structlog for our events, stdlib logging routed through the same chain.
+"""Logging set-up: structlog for our events, every stdlib logger routed through the same chain.
 
-The last processor before rendering is `SecretMasker`: whatever a careless log
-call puts into an event, no configured key or token leaves the process unmasked.
+Nothing leaves the process unmasked: the last processor before rendering is
+`SecretMasker`, and every stdlib log record (aiohttp, aiosqlite, asyncpg, any
+third-party logger, at every level) has its message masked the moment it is
+created, whichever handler later writes it. Malformed client requests, which
+need no token and could flood the log, become one rate-limited WARNING line.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable, Iterable
+from types import TracebackType
 from typing import Any, Final
 
 import orjson
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from llmgateway.config.schemas import LoggingConfig
+from llmgateway.core.masking import Masker, mask_key
+
+__all__ = [
+    "FORMATS",
+    "LEVELS",
+    "MalformedRequestFilter",
+    "SecretMasker",
+    "active_masker",
+    "configure_logging",
+    "mask_key",
+    "update_secrets",
+]
 
 LEVELS: Final[dict[str, int]] = {
     "debug": logging.DEBUG,
@@ -31,127 +48,45 @@ LEVELS: Final[dict[str, int]] = {
 FORMATS: Final = ("console", "json")
 """The accepted `logging.format` values."""
 
-_SHORT_KEY: Final = 12
+MALFORMED_LINES_PER_MINUTE: Final = 10
+"""Malformed-request WARNING lines written per minute at most; the rest are counted."""
 
-
-def mask_key(key: str) -> str:
-    """Mask a key or token for display.
-
-    The first 4 characters, `...`, and the last 4 (`sk-a...9f3k`); keys of 12
-    characters or fewer become `***` because showing 8 of them would reveal too much.
-    """
-    if len(key) <= _SHORT_KEY:
-        return "***"
-    return f"{key[:4]}...{key[-4:]}"
-
-
-_TOKEN_CHARS: Final = "A-Za-z0-9_.\\-"
-_PLAIN_SECRET: Final = re.compile(f"[{_TOKEN_CHARS}]+")
-
-
-@dataclass(frozen=True, slots=True)
-class _SecretIndex:
-    """The secrets of a masker, arranged for fast search (immutable, swapped whole).
-
-    API keys and most tokens are made of `[A-Za-z0-9_.-]`: those are found by
-    scanning the text's runs of such characters and looking them up in a set,
-    which costs the same for 10 keys or 100,000. Any other secret goes into one
-    regex alternation (few: hand-written gateway tokens).
-    """
-
-    masks: dict[str, str]
-    plain: frozenset[str]
-    lengths: tuple[int, ...]
-    runs: re.Pattern[str] | None
-    other: re.Pattern[str] | None
-
-    @classmethod
-    def of(cls, masks: dict[str, str]) -> _SecretIndex:
-        plain = frozenset(s for s in masks if _PLAIN_SECRET.fullmatch(s))
-        other = sorted((s for s in masks if s not in plain), key=len, reverse=True)
-        lengths = tuple(sorted({len(s) for s in plain}, reverse=True))
-        return cls(
-            masks=masks,
-            plain=plain,
-            lengths=lengths,
-            runs=re.compile(f"[{_TOKEN_CHARS}]{{{lengths[-1]},}}") if lengths else None,
-            other=re.compile("|".join(re.escape(s) for s in other)) if other else None,
-        )
-
-    def mask_text(self, text: str) -> str:
-        if self.other is not None:
-            masks = self.masks
-            text = self.other.sub(lambda m: masks.get(m.group(), "***"), text)
-        if self.runs is not None:
-            text = self.runs.sub(self._mask_run, text)
-        return text
-
-    def _mask_run(self, match: re.Match[str]) -> str:
-        run = match.group()
-        if run in self.plain:
-            return self.masks[run]
-        # A secret inside a longer run (`xsk-…`, `sk-….`): longest match at each position.
-        parts: list[str] = []
-        start = position = 0
-        shortest = self.lengths[-1]
-        size = len(run)
-        while position <= size - shortest:
-            for length in self.lengths:
-                candidate = run[position : position + length]
-                if len(candidate) == length and candidate in self.plain:
-                    parts += (run[start:position], self.masks[candidate])
-                    position = start = position + length
-                    break
-            else:
-                position += 1
-        if not parts:
-            return run
-        parts.append(run[start:])
-        return "".join(parts)
-
-
-_EMPTY_INDEX: Final = _SecretIndex.of({})
+_BASE_RECORD_FACTORY: Final = logging.getLogRecordFactory()
+"""The stdlib's own record factory, wrapped by the masking one."""
 
 
 class SecretMasker:
     """structlog processor replacing every known secret in an event by its mask.
 
-    Every string value, at any depth of dicts, lists and tuples, is searched
-    for the secrets (a secret containing another is masked whole). Other
-    objects are masked through their `str()` only when that text contains a
-    secret. Without secrets the event passes untouched. The search costs the
-    same whatever the number of keys (see `_SecretIndex`).
+    Every string value, at any depth of dicts, lists and tuples, goes through
+    the process's `Masker` (raw, escaped and encoded forms). Other objects are
+    masked through their `str()` only when that text contains a secret.
+    Without secrets the event passes untouched.
     """
 
-    __slots__ = ("_index",)
+    __slots__ = ("masker",)
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._index = _EMPTY_INDEX
-        self.update_secrets(secrets)
+    def __init__(self, secrets: Iterable[str] = (), masker: Masker | None = None) -> None:
+        self.masker = masker if masker is not None else Masker()
+        """The secrets and the masking itself (shared with the rest of the process)."""
+        self.masker.add(secrets)
 
     @property
     def secret_count(self) -> int:
         """How many distinct secrets are masked."""
-        return len(self._index.masks)
+        return len(self.masker)
 
     def update_secrets(self, secrets: Iterable[str]) -> None:
-        """Add `secrets` to the masked set (empty strings are ignored).
-
-        The new index is swapped in with one assignment, so a concurrent log
-        call sees either the old or the new set, never a broken one.
-        """
-        current = self._index.masks
-        added = {s: mask_key(s) for s in secrets if s and s not in current}
-        if added:
-            self._index = _SecretIndex.of(current | added)
+        """Add `secrets` to the masked set (empty strings are ignored)."""
+        self.masker.add(secrets)
 
     def mask_text(self, text: str) -> str:
         """`text` with every known secret replaced by its mask."""
-        return self._index.mask_text(text)
+        return self.masker.mask_text(text)
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         """Mask every secret in `event_dict` (in place) and return it."""
-        if not self._index.masks:
+        if not len(self.masker):
             return event_dict
         for key, value in event_dict.items():
             event_dict[key] = self._mask_value(value)
@@ -159,7 +94,7 @@ class SecretMasker:
 
     def _mask_value(self, value: Any) -> Any:
         if isinstance(value, str):
-            return self.mask_text(value)
+            return self.masker.mask_text(value)
         if value is None or isinstance(value, int | float | bool):
             return value
         if isinstance(value, dict):
@@ -169,7 +104,7 @@ class SecretMasker:
         if isinstance(value, tuple):
             return tuple(self._mask_value(v) for v in value)
         text = str(value)
-        masked = self.mask_text(text)
+        masked = self.masker.mask_text(text)
         return value if masked == text else masked
 
 
@@ -185,15 +120,101 @@ def _dumps(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
 
 
-def configure_logging(config: LoggingConfig, secrets: Iterable[str]) -> None:
-    """Configure structlog and the stdlib root logger from the `logging` section.
+class MalformedRequestFilter(logging.Filter):
+    """Turns aiohttp's report of a malformed client request into one short WARNING line.
+
+    aiohttp logs each request it cannot parse at ERROR with a traceback, and
+    such a request needs no token: anyone could fill the log. Here it becomes
+    `malformed client request from <address> refused (<kind>)`, no traceback,
+    at most `per_minute` lines a minute; the next line written says how many
+    were suppressed meanwhile. Every other record passes unchanged.
+    """
+
+    def __init__(
+        self,
+        level: int,
+        per_minute: int = MALFORMED_LINES_PER_MINUTE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self._enabled = level <= logging.WARNING
+        self._per_minute = per_minute
+        self._clock = clock
+        self._window = float("-inf")
+        self._written = 0
+        self._suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for a suppressed line; rewrites a malformed-request record in place."""
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        if not self._enabled:
+            return False
+        now = self._clock()
+        if now - self._window >= 60.0:
+            self._window, self._written = now, 0
+        if self._written >= self._per_minute:
+            self._suppressed += 1
+            return False
+        self._written += 1
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        message = f"malformed client request from {remote} refused ({type(exc).__name__})"
+        if self._suppressed:
+            message += f"; {self._suppressed} more suppressed before this one"
+            self._suppressed = 0
+        record.msg, record.args = message, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
+def _masking_record_factory(masker: Masker) -> Any:
+    """A LogRecord factory masking each record's message (and traceback) as it is made."""
+
+    def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = _BASE_RECORD_FACTORY(*args, **kwargs)
+        if not len(masker):
+            return record
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError, KeyError):  # a bad format string: logging reports it
+            return record
+        masked = masker.mask_text(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = masker.mask_text(logging.Formatter().formatException(record.exc_info))
+        return record
+
+    return make
+
+
+def _log_uncaught(
+    kind: type[BaseException], value: BaseException, tb: TracebackType | None
+) -> None:
+    logging.getLogger("llmgateway").critical("uncaught exception", exc_info=(kind, value, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is not None:
+        _log_uncaught(args.exc_type, args.exc_value, args.exc_traceback)
+
+
+def configure_logging(
+    config: LoggingConfig, secrets: Iterable[str], masker: Masker | None = None
+) -> Masker:
+    """Configure structlog and every stdlib logger from the `logging` section.
 
     Both go through the same processors and end with one `SecretMasker`
-    holding `secrets`; `update_secrets` adds more later. Events below
-    `config.level` are dropped before any processor runs.
+    over `masker` (a new one when None) holding `secrets`; `update_secrets`
+    adds more later. Stdlib records are masked when created, uncaught
+    exceptions and warnings are logged (so masked) instead of printed, and
+    malformed client requests are rate-limited. Events below `config.level`
+    are dropped before any processor runs. Returns the masker.
     """
     level = LEVELS.get(config.level, logging.INFO)
-    masker = SecretMasker(secrets)
+    processor = SecretMasker(secrets, masker)
     renderer = _renderer(config.format)
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -203,14 +224,18 @@ def configure_logging(config: LoggingConfig, secrets: Iterable[str]) -> None:
         structlog.processors.format_exc_info,
     ]
     structlog.configure(
-        processors=[*shared, masker, renderer],
+        processors=[*shared, processor, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, masker, renderer],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            processor,
+            renderer,
+        ],
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
@@ -221,8 +246,18 @@ def configure_logging(config: LoggingConfig, secrets: Iterable[str]) -> None:
     handler.llmgateway = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
+    logging.setLogRecordFactory(_masking_record_factory(processor.masker))
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+    server = logging.getLogger("aiohttp.server")
+    for old_filter in list(server.filters):
+        if isinstance(old_filter, MalformedRequestFilter):
+            server.removeFilter(old_filter)
+    server.addFilter(MalformedRequestFilter(level))
     access = logging.getLogger("aiohttp.access")
     access.disabled = not config.access_log
+    return processor.masker
 
 
 def active_maskers() -> list[SecretMasker]:
@@ -231,11 +266,18 @@ def active_maskers() -> list[SecretMasker]:
     return [p for p in processors if isinstance(p, SecretMasker)]
 
 
+def active_masker() -> Masker | None:
+    """The `Masker` of the current logging configuration, or None when none is configured."""
+    found = active_maskers()
+    return found[0].masker if found else None
+
+
 def update_secrets(secrets: Iterable[str]) -> None:
     """Add `secrets` (e.g. keys just read from key files) to the configured masker.
 
-    The masker lives in structlog's configuration (no global of ours); the
-    stdlib handler shares the same object, so one update covers both.
+    The masker lives in the logging configuration (no global of ours); the
+    stdlib side and the application share the same object, so one update
+    covers every place that masks.
     """
     wanted = list(secrets)
     for masker in active_maskers():

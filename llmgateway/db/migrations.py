@@ -3,6 +3,11 @@
 The engines (`sqlite.py`, `postgres.py`) apply the plan, one transaction per
 file, and record each in `schema_migrations`; this module holds the parts both
 share: where the files are, what they contain, and which ones are pending.
+
+A migration may also name a data step that SQL cannot express, in a comment
+line of its own: `-- step: <name>` (one of `DATA_STEPS`). The engine runs the
+step after the file's SQL, in the same transaction, before recording the
+version; a file may consist of comments and the step line only.
 """
 
 from __future__ import annotations
@@ -18,11 +23,17 @@ from typing import Final
 
 import llmgateway
 from llmgateway.core.errors import SchemaTooNew, StoreError
+from llmgateway.db.scrub import SCRUB_KEY_MESSAGES
 
 SQL_DIR_ENV: Final = "LLMGATEWAY_SQL_DIR"
 """Environment variable that, when set, names the `sql/` folder explicitly."""
 
 _FILE_NAME: Final = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
+_STEP: Final = re.compile(r"^--\s*step:\s*(?P<step>\S+)\s*$", re.MULTILINE)
+_COMMENT: Final = re.compile(r"--[^\n]*")
+
+DATA_STEPS: Final = frozenset({SCRUB_KEY_MESSAGES})
+"""The data steps a migration file may name (each engine knows how to run them)."""
 
 
 class Engine(StrEnum):
@@ -39,6 +50,13 @@ class Migration:
     version: int
     name: str
     sql: str
+    step: str | None = None
+    """The data step run after the SQL, in the same transaction (None: SQL only)."""
+
+    @property
+    def has_statements(self) -> bool:
+        """True when the file holds SQL beyond comments (some drivers refuse an empty query)."""
+        return bool(_COMMENT.sub("", self.sql).strip(" \t\r\n;"))
 
 
 def sql_dir_candidates() -> tuple[Path, ...]:
@@ -89,7 +107,14 @@ def load_migrations(folder: Path) -> tuple[Migration, ...]:
             version = int(match["version"])
             if version in migrations:
                 raise StoreError(f"two migration files have version {version} in {folder}")
-            migrations[version] = Migration(version, match["name"], path.read_text("utf-8"))
+            sql = path.read_text("utf-8")
+            steps = [m["step"] for m in _STEP.finditer(sql)]
+            unknown = [s for s in steps if s not in DATA_STEPS]
+            if unknown or len(steps) > 1:
+                raise StoreError(f"migration file {path} names an unknown or second data step")
+            migrations[version] = Migration(
+                version, match["name"], sql, steps[0] if steps else None
+            )
     except OSError as exc:
         raise StoreError(f"cannot read migrations in {folder}: {exc}") from exc
     if not migrations:

@@ -37,6 +37,7 @@ from llmgateway.db.rows import (
     parse_status,
     unique_keys,
 )
+from llmgateway.db.scrub import SCRUB_KEY_MESSAGES, scrubbed_messages
 from llmgateway.db.store import KeySyncReport, StatusCount
 
 type _Conn = PoolConnectionProxy[asyncpg.Record]
@@ -121,6 +122,24 @@ def _translated(action: str) -> Iterator[None]:
         raise StoreError(f"postgres: {action} failed: {type(exc).__name__}: {exc}") from exc
 
 
+async def _run_step(conn: _Conn, step: str) -> None:
+    """Run a migration's data step on `conn` (inside the migration's transaction)."""
+    if step != SCRUB_KEY_MESSAGES:
+        raise StoreError(f"postgres: unknown migration step {step!r}")
+    keys = [str(r[0]) for r in await conn.fetch("SELECT key_value FROM api_keys")]
+    rows = [
+        (int(r[0]), str(r[1]), str(r[2]))
+        for r in await conn.fetch(
+            "SELECT key_id, model, message FROM key_model_status WHERE message <> ''"
+        )
+    ]
+    updates = scrubbed_messages(keys, rows)
+    if updates:
+        await conn.executemany(
+            "UPDATE key_model_status SET message = $1 WHERE key_id = $2 AND model = $3", updates
+        )
+
+
 def _count(status: str) -> int:
     """The row count of a command status such as `DELETE 3` or `INSERT 0 5`."""
     return int(status.rsplit(" ", 1)[-1])
@@ -199,7 +218,10 @@ class PostgresStore:
                     rows = await conn.fetch("SELECT version FROM schema_migrations")
                     for migration in plan(migrations, [int(r[0]) for r in rows]):
                         async with conn.transaction():
-                            await conn.execute(migration.sql)
+                            if migration.has_statements:
+                                await conn.execute(migration.sql)
+                            if migration.step is not None:
+                                await _run_step(conn, migration.step)
                             await conn.execute(
                                 "INSERT INTO schema_migrations (version, name, applied_at) "
                                 "VALUES ($1, $2, $3)",

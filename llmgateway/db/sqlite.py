@@ -36,6 +36,7 @@ from llmgateway.db.rows import (
     to_epoch,
     unique_keys,
 )
+from llmgateway.db.scrub import SCRUB_KEY_MESSAGES, scrubbed_messages
 from llmgateway.db.store import KeySyncReport, StatusCount
 
 MEMORY: Final = ":memory:"
@@ -139,7 +140,10 @@ class SqliteStore:
             applied = [int(row[0]) for row in await cursor.fetchall()]
             for migration in plan(migrations, applied):
                 # autocommit=True: executescript adds no COMMIT of its own.
-                await conn.executescript(migration.sql)
+                if migration.has_statements:
+                    await conn.executescript(migration.sql)
+                if migration.step is not None:
+                    await _run_step(conn, migration.step)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                     (migration.version, migration.name, time.time()),
@@ -381,6 +385,23 @@ class SqliteStore:
                     await conn.execute("ROLLBACK")
                 raise
             await conn.execute("COMMIT")
+
+
+async def _run_step(conn: aiosqlite.Connection, step: str) -> None:
+    """Run a migration's data step on `conn` (inside the migration's transaction)."""
+    if step != SCRUB_KEY_MESSAGES:
+        raise StoreError(f"sqlite: unknown migration step {step!r}")
+    cursor = await conn.execute("SELECT key_value FROM api_keys")
+    keys = [str(row[0]) for row in await cursor.fetchall()]
+    cursor = await conn.execute(
+        "SELECT key_id, model, message FROM key_model_status WHERE message <> ''"
+    )
+    rows = [(int(r[0]), str(r[1]), str(r[2])) for r in await cursor.fetchall()]
+    updates = scrubbed_messages(keys, rows)
+    if updates:
+        await conn.executemany(
+            "UPDATE key_model_status SET message = ? WHERE key_id = ? AND model = ?", updates
+        )
 
 
 def _status_values(r: KeyRecord) -> tuple[Any, ...]:

@@ -14,6 +14,7 @@ from typing import Final, assert_never
 
 from llmgateway.config.schemas import ProviderConfig
 from llmgateway.core.constants import ProviderType
+from llmgateway.core.masking import Masker
 from llmgateway.providers.anthropic import AnthropicAdapter
 from llmgateway.providers.base import MAX_ERROR_BODY, ErrorBody, ProbeRequest, ProviderAdapter
 from llmgateway.providers.gemini import GeminiAdapter
@@ -26,7 +27,7 @@ from llmgateway.providers.http_adapter import (
 )
 from llmgateway.providers.openai_like import OpenAILikeAdapter
 from llmgateway.providers.retry_after import Clock
-from llmgateway.providers.transport_errors import classify_exception
+from llmgateway.providers.transport_errors import classify_exception, describe_exception
 
 __all__ = [
     "CREDENTIAL_HEADERS",
@@ -41,6 +42,7 @@ __all__ = [
     "ProviderAdapter",
     "build_adapter",
     "classify_exception",
+    "describe_exception",
     "family_for_path",
     "strip_credential_params",
     "strip_credentials",
@@ -49,21 +51,25 @@ __all__ = [
 _GEMINI_V1_METHOD: Final = re.compile(r"^/v1/models/[^/]+:")
 
 
-def build_adapter(config: ProviderConfig, *, clock: Clock = time.time) -> ProviderAdapter:
+def build_adapter(
+    config: ProviderConfig, *, clock: Clock = time.time, masker: Masker | None = None
+) -> ProviderAdapter:
     """The adapter of `config.provider_type`, its error rules compiled now.
 
     Raises ConfigError when the instance's `error_parsing` rules are invalid
     (bad regex, empty path, unknown reason). `clock` (Unix seconds) turns
-    absolute reset times into waits.
+    absolute reset times into waits. With `masker`, every message the adapter
+    takes from an upstream answer is masked before it leaves the adapter, and
+    every key is added to the masker before it is set on a request.
     """
     provider_type = ProviderType(config.provider_type)
     match provider_type:
         case ProviderType.OPENAI_LIKE:
-            return OpenAILikeAdapter(config, clock=clock)
+            return OpenAILikeAdapter(config, clock=clock, masker=masker)
         case ProviderType.ANTHROPIC:
-            return AnthropicAdapter(config, clock=clock)
+            return AnthropicAdapter(config, clock=clock, masker=masker)
         case ProviderType.GEMINI:
-            return GeminiAdapter(config, clock=clock)
+            return GeminiAdapter(config, clock=clock, masker=masker)
         case _:
             assert_never(provider_type)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from abc import abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar, Final
 from urllib.parse import unquote_plus
@@ -23,6 +23,7 @@ from llmgateway.config.defaults import TYPE_DEFAULTS, default_probe_payload, ren
 from llmgateway.config.schemas import ProviderConfig
 from llmgateway.core.constants import ErrorReason
 from llmgateway.core.errors import ConfigError
+from llmgateway.core.masking import Masker
 from llmgateway.core.models import CHECK_OK, CheckResult
 from llmgateway.providers.base import MAX_ERROR_BODY, ErrorBody, ProbeRequest, ProviderAdapter
 from llmgateway.providers.error_defaults import builtin_defaults
@@ -42,6 +43,8 @@ STREAM_ERROR_STATUS: Final = 500
 """The nominal status used to classify an in-band stream error that carries no code."""
 
 _MESSAGE_PATH: Final = ("error", "message")
+_MASK_MARGIN: Final = 1024
+"""Characters beyond a message's cut that are masked too (a key there may straddle the cut)."""
 
 
 def strip_credentials(headers: CIMultiDict[str]) -> None:
@@ -93,9 +96,12 @@ class HttpAdapter(ProviderAdapter):
     key_prefix: ClassVar[str] = ""
     """Written before the key in `key_header` (e.g. "Bearer ")."""
 
-    def __init__(self, config: ProviderConfig, *, clock: Clock = time.time) -> None:
+    def __init__(
+        self, config: ProviderConfig, *, clock: Clock = time.time, masker: Masker | None = None
+    ) -> None:
         super().__init__(config)
         self._clock = clock
+        self._masker = masker
         policy = config.gateway_policy
         self._fast_status = _fast_mapping(config)
         parsing = policy.error_parsing
@@ -115,6 +121,8 @@ class HttpAdapter(ProviderAdapter):
     def apply_key(self, headers: CIMultiDict[str], key: str) -> None:
         """Strip every client credential from `headers`, then set the real key."""
         strip_credentials(headers)
+        if self._masker is not None:
+            self._masker.remember(key)  # known to the masker before any upstream sees it
         headers[self.key_header] = self.key_prefix + key
 
     # --- probes ------------------------------------------------------------------------------
@@ -139,6 +147,8 @@ class HttpAdapter(ProviderAdapter):
         built = self._probes.get(model)
         path, body = built if built is not None else self._build_probe(model)
         headers = dict(self._probe_headers)
+        if self._masker is not None:
+            self._masker.remember(key)
         headers[self.key_header] = self.key_prefix + key
         return ProbeRequest(method="POST", path=path, headers=headers, body=body)
 
@@ -172,7 +182,7 @@ class HttpAdapter(ProviderAdapter):
         return CheckResult(
             reason=reason,
             status_code=status,
-            message=_message(status, parsed, data),
+            message=_message(status, parsed, data, self.mask),
             retry_after=self.retry_after(headers, parsed),
         )
 
@@ -193,10 +203,14 @@ class HttpAdapter(ProviderAdapter):
             return CheckResult(
                 reason=reason,
                 status_code=200,
-                message=f"stream error: {text}"[:MAX_MESSAGE_CHARS],
+                message=self.mask(f"stream error: {text}")[:MAX_MESSAGE_CHARS],
                 retry_after=self.retry_after(CIMultiDictProxy(CIMultiDict()), doc),
             )
         return None
+
+    def mask(self, text: str) -> str:
+        """`text` from an upstream answer with every known secret masked (before it is kept)."""
+        return self._masker.mask_text(text) if self._masker is not None else text
 
     def error_document(self, parsed: Any) -> Any | None:
         """The error object of a parsed body: a dict, or None when there is none to inspect."""
@@ -242,11 +256,15 @@ def _fast_mapping(config: ProviderConfig) -> Mapping[int, ErrorReason]:
     return MappingProxyType(table)
 
 
-def _message(status: int, parsed: Any | None, data: bytes) -> str:
-    """The upstream's own error message, else a short snippet of the raw body."""
+def _message(status: int, parsed: Any | None, data: bytes, mask: Callable[[str], str]) -> str:
+    """The upstream's own error message, else a short snippet of the raw body; masked, then cut.
+
+    Masking comes before cutting, so that a key at the cut is never left half shown.
+    """
     if parsed is not None:
         text = first_text(parsed, _MESSAGE_PATH)
         if text:
-            return text[:MAX_MESSAGE_CHARS]
-    snippet = " ".join(data[:MAX_MESSAGE_CHARS].decode("utf-8", "replace").split())
+            return mask(text[: MAX_MESSAGE_CHARS + _MASK_MARGIN])[:MAX_MESSAGE_CHARS]
+    window = data[: MAX_MESSAGE_CHARS + _MASK_MARGIN].decode("utf-8", "replace")
+    snippet = " ".join(mask(window).split())
     return f"HTTP {status}: {snippet}"[:MAX_MESSAGE_CHARS] if snippet else f"HTTP {status}"

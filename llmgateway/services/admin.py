@@ -1,17 +1,19 @@
 """The operator endpoints `/-/status`, `/-/events` and `/metrics`, and their lifecycles.
 
-`install_admin(app)` adds the three routes (before the catch-all proxy route)
-guarded by `server.admin_token` when set; `metrics_ctx` creates the `Metrics`
-before the gateway exists (so it can observe it) and `summary_ctx` runs the
-periodic summary line. On shutdown every `/-/events` stream is ended first so
-that open dashboards never hold the graceful shutdown until its deadline.
+`install_admin(app)` mounts the admin sub-application at `/-/` (every path
+there but the health probes, registered before it) and adds `/metrics`, all
+behind the one `AdminGuard` (see `admin_guard`); nothing under `/-/` is ever
+proxied. `metrics_ctx` creates the `Metrics` before the gateway exists (so it
+can observe it) and `summary_ctx` runs the periodic summary line. On
+shutdown every `/-/events` stream is ended first so that open dashboards never
+hold the graceful shutdown until its deadline. Whatever these endpoints show
+goes through the process's masker once more before it leaves.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -21,15 +23,25 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from llmgateway.app import ACCESSOR, CLOCK, FOLLOWER, KEEPER, POOL, WORKER_INDEX, WRITE_QUEUE
+from llmgateway.app import (
+    ACCESSOR,
+    AUTH_FAILURES,
+    CLOCK,
+    FOLLOWER,
+    KEEPER,
+    MASKER,
+    POOL,
+    WORKER_INDEX,
+    WRITE_QUEUE,
+)
+from llmgateway.core.masking import Masker
+from llmgateway.services.admin_guard import AdminGuard, admin_error
 from llmgateway.services.metrics import METRICS, Metrics
 from llmgateway.services.pool import KeyPool, PoolEvent
 from llmgateway.services.stats import ProcessInfo, build_status_document
 from llmgateway.services.summary import PoolSummary
 
 log = structlog.get_logger("llmgateway.admin")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 HEARTBEAT_INTERVAL: Final = 15.0
 """Seconds between two `: ping` comments on an idle `/-/events` stream."""
@@ -39,34 +51,6 @@ HEARTBEAT = web.AppKey("events_heartbeat", float)
 EVENT_STREAMS = web.AppKey[set[EventSourceResponse]]("event_streams")
 SUMMARY = web.AppKey("summary", PoolSummary)
 
-_BEARER: Final = "bearer "
-
-
-def _authorized(request: web.Request) -> bool:
-    """True when no admin token is configured or the request carries it as a Bearer token."""
-    expected = request.app[ACCESSOR].server.admin_token
-    if not expected:
-        return True
-    header = request.headers.get("Authorization", "")
-    if header[: len(_BEARER)].lower() != _BEARER:
-        return False
-    return hmac.compare_digest(header[len(_BEARER) :].strip().encode(), expected.encode())
-
-
-def _guarded(handler: Handler) -> Handler:
-    """`handler` behind the admin token: 401 JSON without it."""
-
-    async def guarded(request: web.Request) -> web.StreamResponse:
-        if not _authorized(request):
-            return web.json_response(
-                {"error": {"type": "unauthorized", "message": "admin token required"}},
-                status=401,
-                headers={"WWW-Authenticate": 'Bearer realm="llmgateway admin"'},
-            )
-        return await handler(request)
-
-    return guarded
-
 
 def _dumps(obj: object) -> str:
     return orjson.dumps(obj).decode()
@@ -74,10 +58,11 @@ def _dumps(obj: object) -> str:
 
 async def status_handler(request: web.Request) -> web.Response:
     """`GET /-/status`: the status document of the live pool (503 while starting)."""
-    app = request.app
+    app = request.config_dict
     pool = app.get(POOL)
     if pool is None:
         return web.json_response({"status": "starting"}, status=503)
+    masker = app[MASKER]
     document = build_status_document(
         app[ACCESSOR].enabled_providers(),
         pool.records(),
@@ -85,11 +70,12 @@ async def status_handler(request: web.Request) -> web.Response:
         _store_view(app),
         now=datetime.fromtimestamp(app[CLOCK](), UTC),
         incidents=[incident.as_dict() for incident in pool.incidents()],
+        mask=masker.mask_text,
     )
     return web.json_response(document, dumps=_dumps)
 
 
-def _store_view(app: web.Application) -> dict[str, Any] | None:
+def _store_view(app: Mapping[Any, Any]) -> dict[str, Any] | None:
     """What this process knows of the shared store: its change feed and its keeper's role."""
     follower = app.get(FOLLOWER)
     if follower is None:
@@ -100,19 +86,31 @@ def _store_view(app: web.Application) -> dict[str, Any] | None:
 
 
 async def events_handler(request: web.Request) -> web.StreamResponse:
-    """`GET /-/events`: one SSE `data:` JSON object per key status change, plus heartbeats."""
-    app = request.app
+    """`GET /-/events`: one SSE `data:` JSON object per key status change, plus heartbeats.
+
+    At most `server.max_event_subscribers` streams are open at once; one more gets 503.
+    """
+    app = request.config_dict
     pool = app.get(POOL)
     if pool is None:
         return web.json_response({"status": "starting"}, status=503)
-    queue = pool.subscribe()
+    streams = app[EVENT_STREAMS]
+    limit = app[ACCESSOR].server.max_event_subscribers
+    if len(streams) >= limit:
+        return admin_error(
+            503,
+            "too_many_subscribers",
+            f"{limit} /-/events subscribers are connected already "
+            "(server.max_event_subscribers); retry later",
+            **{"Retry-After": "30"},
+        )
     response = EventSourceResponse(headers={"X-Accel-Buffering": "no"})
     response.ping_interval = app.get(HEARTBEAT, HEARTBEAT_INTERVAL)
-    streams = app[EVENT_STREAMS]
+    streams.add(response)  # counted from now on: a slow prepare() holds its place too
+    queue = pool.subscribe()
     try:
         await response.prepare(request)
-        streams.add(response)
-        pump = asyncio.create_task(_pump(response, queue), name="llmgateway-events")
+        pump = asyncio.create_task(_pump(response, queue, app[MASKER]), name="llmgateway-events")
         pump.add_done_callback(lambda _: _stop(response))
         try:
             await response.wait()  # until the client leaves or the server shuts down
@@ -125,12 +123,14 @@ async def events_handler(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _pump(response: EventSourceResponse, queue: asyncio.Queue[PoolEvent]) -> None:
-    """Send every event of `queue` until the connection breaks."""
+async def _pump(
+    response: EventSourceResponse, queue: asyncio.Queue[PoolEvent], masker: Masker
+) -> None:
+    """Send every event of `queue`, masked, until the connection breaks."""
     while True:
         event = await queue.get()
         try:
-            await response.send(_dumps(event.as_dict()))
+            await response.send(masker.mask_text(_dumps(event.as_dict())))
         except (ConnectionResetError, RuntimeError):  # client gone, or the response ended
             return
 
@@ -149,17 +149,30 @@ async def _end_event_streams(app: web.Application) -> None:
 
 async def metrics_handler(request: web.Request) -> web.Response:
     """`GET /metrics`: the Prometheus text exposition of this application."""
-    metrics = request.app.get(METRICS)
+    metrics = request.config_dict.get(METRICS)
     body = metrics.render() if metrics is not None else b""
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def not_found_handler(request: web.Request) -> web.Response:
+    """Any other path under `/-/`: a JSON 404 (reserved for the gateway, never proxied)."""
+    return admin_error(404, "not_found", f"no admin endpoint at {request.path}")
+
+
 def install_admin(app: web.Application) -> None:
-    """Add `/-/status`, `/-/events` and `/metrics` to `app` (call before the catch-all route)."""
+    """Mount the guarded admin surface on `app`: `/-/…` and `/metrics`.
+
+    Call after the public `/-/healthy` and `/-/ready` routes (they stay open)
+    and before the catch-all proxy route.
+    """
+    guard = AdminGuard(app[ACCESSOR].server.admin_token, app[AUTH_FAILURES])
+    admin = web.Application(middlewares=[guard])
+    admin.router.add_get("/status", status_handler)
+    admin.router.add_get("/events", events_handler)
+    admin.router.add_route("*", "/{tail:.*}", not_found_handler)
     app[EVENT_STREAMS] = set()
-    app.router.add_get("/-/status", _guarded(status_handler))
-    app.router.add_get("/-/events", _guarded(events_handler))
-    app.router.add_get("/metrics", _guarded(metrics_handler))
+    app.add_subapp("/-/", admin)
+    app.router.add_get("/metrics", guard.wrap(metrics_handler))
     app.on_shutdown.append(_end_event_streams)
 
 
@@ -168,7 +181,11 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     app[PROCESS] = ProcessInfo.current(
         datetime.fromtimestamp(app[CLOCK](), UTC), app.get(WORKER_INDEX)
     )
-    app[METRICS] = Metrics(pool=lambda: app.get(POOL), queue=lambda: app.get(WRITE_QUEUE))
+    app[METRICS] = Metrics(
+        pool=lambda: app.get(POOL),
+        queue=lambda: app.get(WRITE_QUEUE),
+        auth=lambda: app.get(AUTH_FAILURES),
+    )
     yield
 
 

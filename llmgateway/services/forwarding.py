@@ -8,12 +8,13 @@ both ways, and whether a client path stays under `api_base_url`.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Final
 from urllib.parse import unquote, unquote_plus
 
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
-from llmgateway.core.errors import GatewayAuthError
+from llmgateway.core.errors import GatewayAuthError, NoToken
 
 AUTHORIZATION: Final = istr("Authorization")
 X_API_KEY: Final = istr("x-api-key")
@@ -75,7 +76,7 @@ def client_token(headers: CIMultiDictProxy[str], query_key: str | None) -> str:
             raise GatewayAuthError("two different credentials were sent in one request")
         found = value
     if not found:
-        raise GatewayAuthError(
+        raise NoToken(
             "no gateway token: send it as 'Authorization: Bearer <token>', x-api-key, "
             "x-goog-api-key or the key query parameter"
         )
@@ -109,12 +110,22 @@ def upstream_headers(client: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return out
 
 
-def downstream_headers(upstream: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
+def downstream_headers(
+    upstream: CIMultiDictProxy[str],
+    request_id: str,
+    mask: Callable[[str], str] | None = None,
+    *,
+    screen: Callable[[str], bool] | None = None,
+) -> CIMultiDict[str]:
     """The upstream's response headers for the client, plus `x-request-id`.
 
     Hop-by-hop fields are dropped, including those the upstream's own
     `Connection` header names. A provider's own `x-request-id` (OpenAI's
-    `req_…`, needed for its support) moves to `x-upstream-request-id`.
+    `req_…`, needed for its support) moves to `x-upstream-request-id`. With
+    `mask`, every value (an upstream may echo a key in a header), and then
+    every name too, goes through it. All values are first checked together,
+    by `screen` when given (a cheap test for the secrets expected there),
+    else by `mask` itself; one by one only when that check found something.
     """
     out: CIMultiDict[str] = CIMultiDict()
     dropped = _with_connection_names(DROPPED_DOWNSTREAM, upstream)
@@ -122,6 +133,10 @@ def downstream_headers(upstream: CIMultiDictProxy[str], request_id: str) -> CIMu
         lowered = name.lower()
         if lowered not in dropped:
             out.add(X_UPSTREAM_REQUEST_ID if lowered == "x-request-id" else name, value)
+    if mask is not None and out:
+        values = "\n".join(out.values())
+        if screen(values) if screen is not None else mask(values) != values:
+            out = CIMultiDict((mask(name), mask(value)) for name, value in out.items())
     out[X_REQUEST_ID] = request_id
     return out
 

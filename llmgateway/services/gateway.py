@@ -31,15 +31,27 @@ from llmgateway.core.errors import (
     ClientRequestError,
     GatewayAuthError,
     GatewayError,
+    GatewayFailure,
     KeysCoolingDown,
+    MethodNotAllowed,
+    NoToken,
     NoUsableKey,
+    TooManyAuthFailures,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 from llmgateway.core.logs import mask_key
+from llmgateway.core.masking import KeyPattern, Masker
 from llmgateway.core.models import CheckResult, KeyRecord
-from llmgateway.providers import build_adapter, classify_exception, family_for_path
+from llmgateway.providers import (
+    build_adapter,
+    classify_exception,
+    describe_exception,
+    family_for_path,
+)
 from llmgateway.providers.base import MAX_ERROR_BODY, ProviderAdapter, read_bounded
+from llmgateway.providers.transport_errors import failure_class
+from llmgateway.services.auth_failures import AuthFailures
 from llmgateway.services.forwarding import (
     KEY_PARAM,
     X_REQUEST_ID,
@@ -55,12 +67,19 @@ from llmgateway.services.pool import AllKeysTried, KeyPool
 log = structlog.get_logger("llmgateway.gateway")
 
 MAX_RELAYED_ERROR_BODY: Final = 1024 * 1024
-"""An upstream error body returned as is is read up to this size."""
+"""An upstream error body is returned as is up to this size; a larger one becomes a 502."""
+
+PROXIED_METHODS: Final = frozenset(("GET", "POST", "PUT", "PATCH", "DELETE"))
+"""The only methods sent upstream; any other (TRACE, CONNECT, ...) gets 405."""
+
+_ALLOW: Final = ", ".join(sorted(PROXIED_METHODS))
 
 BUFFERED_BODY: Final = 256 * 1024
 """A non-SSE success body of known length up to this size is relayed in one write."""
 
 _SSE: Final = "text/event-stream"
+_MAX_PATTERNS: Final = 100_000
+"""Prepared key patterns kept at most (0.5 to 1 KiB each); past it the cache starts afresh."""
 _UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError)
 
 
@@ -128,6 +147,8 @@ class _UpstreamAnswer:
     status: int
     headers: CIMultiDictProxy[str]
     body: bytes
+    complete: bool = True
+    """False when the body was larger than MAX_RELAYED_ERROR_BODY (and `body` only its start)."""
 
 
 def _build_route(config: ProviderConfig, adapter: ProviderAdapter) -> Route:
@@ -167,10 +188,17 @@ class Gateway:
         session: aiohttp.ClientSession,
         adapters: Mapping[str, ProviderAdapter],
         observer: RequestObserver | None = None,
+        *,
+        masker: Masker | None = None,
+        auth_failures: AuthFailures | None = None,
     ) -> None:
         self._pool = pool
         self._session = session
         self._observer = observer
+        self._masker = masker if masker is not None else Masker(accessor.secrets())
+        self._patterns: dict[str, KeyPattern] = {}
+        """Each key's prepared forms, made on its first request and kept (bounded)."""
+        self._auth_failures = auth_failures
         self._access_log = accessor.logging.access_log
         self._max_body = int(accessor.server.max_body_mb * 1024 * 1024)
         self._routes: dict[str, Route] = {}
@@ -203,6 +231,8 @@ class Gateway:
         try:
             route = self._authenticate(request)
             exchange.instance = route.config.name
+            if request.method not in PROXIED_METHODS:
+                raise MethodNotAllowed(f"the gateway proxies only {_ALLOW} requests")
             async with asyncio.timeout(route.config.timeouts.total):
                 response = await self._proxy(request, route, exchange)
         except GatewayError as exc:
@@ -218,16 +248,33 @@ class Gateway:
             exchange.status = 499  # the client went away; nobody's fault
             self._finish(exchange)
             raise
+        except Exception:  # the request's outermost guard: a provider-shaped 500, never plain text
+            log.exception("request failed inside the gateway", instance=exchange.instance)
+            failure = GatewayFailure("the gateway failed to handle this request")
+            response = self._fail(request, route, failure, exchange)
         if not exchange.status:
             exchange.status = response.status
         self._finish(exchange)
         return response
 
     def _authenticate(self, request: web.Request) -> Route:
-        token = client_token(request.headers, request.query.get(KEY_PARAM))
-        route = self._routes.get(token)
-        if route is None:
-            raise GatewayAuthError("the gateway token is not valid for any provider instance")
+        try:
+            token = client_token(request.headers, request.query.get(KEY_PARAM))
+            route = self._routes.get(token)
+            if route is None:
+                raise GatewayAuthError("the gateway token is not valid for any provider instance")
+        except NoToken:
+            raise
+        except GatewayAuthError as exc:
+            # A wrong token: counted for the client's address; too many, and it waits a minute.
+            wait = (
+                self._auth_failures.failed(request.remote, "proxy") if self._auth_failures else None
+            )
+            if wait is None:
+                raise
+            raise TooManyAuthFailures(
+                "too many failed token attempts from this address; retry later", wait
+            ) from exc
         return route
 
     async def _proxy(
@@ -332,8 +379,8 @@ class Gateway:
         if answer is not None:
             return self._as_is(answer, exchange, record.key)
         if result.reason is ErrorReason.TIMEOUT:
-            raise UpstreamTimeout(f"the upstream did not answer in time: {result.message}")
-        raise UpstreamUnavailable(f"the upstream is unreachable: {result.message}")
+            raise UpstreamTimeout("the upstream did not answer in time")
+        raise UpstreamUnavailable(f"the upstream failed: {result.message}")
 
     async def _attempt(
         self,
@@ -357,20 +404,26 @@ class Gateway:
                     timeout=route.client_timeout,
                 )
         except _UPSTREAM_ERRORS as exc:
+            _log_wire_failure(route, exc)
             return classify_exception(exc), None, None
         try:
             result = adapter.classify_status(upstream.status, upstream.headers)
             if result is not None and result.ok:
                 return result, None, upstream
             data = await read_bounded(
-                upstream.content, MAX_RELAYED_ERROR_BODY, route.config.timeouts.idle
+                upstream.content, MAX_RELAYED_ERROR_BODY + 1, route.config.timeouts.idle
             )
             if result is None:
                 result = adapter.classify_body(
                     upstream.status, upstream.headers, data[:MAX_ERROR_BODY]
                 )
-            return result, _UpstreamAnswer(upstream.status, upstream.headers, data), None
+            complete = len(data) <= MAX_RELAYED_ERROR_BODY
+            answer = _UpstreamAnswer(
+                upstream.status, upstream.headers, data[:MAX_RELAYED_ERROR_BODY], complete
+            )
+            return result, answer, None
         except _UPSTREAM_ERRORS as exc:
+            _log_wire_failure(route, exc)
             return classify_exception(exc), None, None
         finally:
             if result is None or not result.ok:
@@ -405,9 +458,20 @@ class Gateway:
         upstream: aiohttp.ClientResponse,
         exchange: _Exchange,
     ) -> web.StreamResponse:
-        """Send the upstream's success to the client; past `prepare()` no retry is possible."""
+        """Send the upstream's success to the client; past `prepare()` no retry is possible.
+
+        The headers are searched for this attempt's key in every form (it is
+        the secret this upstream was sent), and go through the whole masker
+        when it is there; the body and every chunk have the key masked (raw
+        form, same length, so Content-Length holds); a stream chunk carrying
+        an error event goes through the whole masker.
+        """
         self._pool.served(record, upstream.status)
-        headers = downstream_headers(upstream.headers, exchange.request_id)
+        masker = self._masker
+        pattern = self._pattern(record.key)
+        headers = downstream_headers(
+            upstream.headers, exchange.request_id, masker.mask_text, screen=pattern.appears_in
+        )
         idle = route.config.timeouts.idle
         sse = upstream.content_type == _SSE
         length = upstream.content_length
@@ -422,17 +486,19 @@ class Gateway:
                     data = await upstream.read()
                 exchange.upstream_seconds += time.perf_counter() - started
             except _UPSTREAM_ERRORS as exc:
+                _log_wire_failure(route, exc)
                 raise UpstreamUnavailable(
-                    f"the upstream response broke off: {classify_exception(exc).message}"
+                    f"the upstream's answer could not be read: {failure_class(exc)}"
                 ) from exc
             finally:
                 upstream.release()
-            return web.Response(status=upstream.status, headers=headers, body=data)
+            return web.Response(status=upstream.status, headers=headers, body=pattern.whole(data))
         response = web.StreamResponse(status=upstream.status, headers=headers)
         if not sse and length is not None:
             response.content_length = length
         content = upstream.content
         clean = False
+        raw, chars, held = pattern.raw, pattern.chars, b""
         try:
             await response.prepare(request)
             exchange.prepared = response
@@ -441,9 +507,21 @@ class Gateway:
                     chunk = await content.readany()
                 if not chunk:
                     clean = True
+                    if held:  # it was not the key after all
+                        await response.write(held)
                     break
-                await response.write(chunk)
-                if sse and b"error" in chunk and self._inband_error(route, record, chunk):
+                out = chunk
+                # The key, or a chunk ending in what may be its beginning: rare, so the
+                # common case costs two look-ups here and no call (bytes.find, not `in`,
+                # which first tries its operand as an int and pays for the error).
+                if held or chunk.find(raw) != -1 or chunk[-1] in chars:
+                    out, held = pattern.split(held + chunk)
+                error = sse and chunk.find(b"error") != -1
+                if error:
+                    out = masker.mask_bytes(out)
+                if out:
+                    await response.write(out)
+                if error and self._inband_error(route, record, chunk):
                     # The client has the error event; the response still ends as an
                     # error, not as a clean end of stream (issue 6).
                     exchange.status = 502
@@ -452,13 +530,12 @@ class Gateway:
             if isinstance(exc, ConnectionResetError) and request.transport is None:
                 log.info("client went away mid-stream", instance=exchange.instance)
             else:
-                result = classify_exception(exc)
                 log.warning(
                     "upstream stream broke off",
                     instance=exchange.instance,
                     key=mask_key(record.key),
                     reason=ErrorReason.STREAM_DISCONNECT.value,
-                    detail=result.message,
+                    detail=describe_exception(exc),
                 )
                 if self._observer is not None:
                     self._observer.attempt_failed(exchange.instance, ErrorReason.STREAM_DISCONNECT)
@@ -474,6 +551,15 @@ class Gateway:
         else:
             _abort(request)
         return response
+
+    def _pattern(self, key: str) -> KeyPattern:
+        """The prepared forms of `key` (made once per key, kept while the pool is that size)."""
+        pattern = self._patterns.get(key)
+        if pattern is None:
+            if len(self._patterns) >= _MAX_PATTERNS:
+                self._patterns.clear()
+            pattern = self._patterns[key] = KeyPattern(key)
+        return pattern
 
     def _inband_error(self, route: Route, record: KeyRecord, chunk: bytes) -> bool:
         """Classify and record an error event inside a 200 stream; True if there was one."""
@@ -492,17 +578,24 @@ class Gateway:
         return True
 
     def _as_is(self, answer: _UpstreamAnswer, exchange: _Exchange, key: str) -> web.Response:
-        """The upstream's error answer, unchanged but for the real key.
+        """The upstream's error answer, unchanged but for every secret in it.
 
         Some providers quote the key back in their error (Gemini: "Consumer
-        'api_key:AIza…' has been suspended"); the client never sees it unmasked.
+        'api_key:AIza…' has been suspended"), raw, escaped or encoded; body and
+        headers go through the whole masker. An answer too large to relay
+        whole is never cut and passed on as if complete: it becomes a 502.
         """
-        body = answer.body
-        raw_key = key.encode()
-        if raw_key in body:
-            body = body.replace(raw_key, mask_key(key).encode())
-        headers = downstream_headers(answer.headers, exchange.request_id)
-        return web.Response(status=answer.status, headers=headers, body=body)
+        if not answer.complete:
+            raise UpstreamUnavailable(
+                f"the upstream's error answer (HTTP {answer.status}) was too large to relay "
+                f"(over {MAX_RELAYED_ERROR_BODY // (1024 * 1024)} MiB)"
+            )
+        masker = self._masker
+        masker.remember(key)
+        headers = downstream_headers(answer.headers, exchange.request_id, masker.mask_text)
+        return web.Response(
+            status=answer.status, headers=headers, body=masker.mask_bytes(answer.body)
+        )
 
     def _fail(
         self,
@@ -533,10 +626,14 @@ class Gateway:
     ) -> web.Response:
         adapter = route.adapter if route else self._shapes[family_for_path(request.path)]
         status = int(getattr(exc, "status", 500))
-        retry_after = exc.retry_after if isinstance(exc, KeysCoolingDown) else None
-        shaped = adapter.error_body(status, str(exc), retry_after)
+        retry_after = (
+            exc.retry_after if isinstance(exc, KeysCoolingDown | TooManyAuthFailures) else None
+        )
+        shaped = adapter.error_body(status, self._masker.mask_text(str(exc)), retry_after)
         response = web.Response(status=shaped.status, body=shaped.body, headers=shaped.headers)
         response.headers[X_REQUEST_ID] = exchange.request_id
+        if isinstance(exc, MethodNotAllowed):
+            response.headers["Allow"] = _ALLOW
         return response
 
     def _finish(self, exchange: _Exchange) -> None:
@@ -634,6 +731,16 @@ class _Budget:
         if self.delay > 0:
             await asyncio.sleep(self.delay)
         self.delay *= self.factor
+
+
+def _log_wire_failure(route: Route, exc: BaseException) -> None:
+    """The full detail of a transport failure, for the log only (masked there)."""
+    log.warning(
+        "upstream attempt failed on the wire",
+        instance=route.config.name,
+        reason=failure_class(exc),
+        detail=describe_exception(exc),
+    )
 
 
 def _abort(request: web.Request) -> None:

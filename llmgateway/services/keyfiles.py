@@ -17,6 +17,7 @@ import structlog
 
 from llmgateway.config.schemas import ProviderConfig
 from llmgateway.core.accessor import ConfigAccessor
+from llmgateway.core.logs import update_secrets
 from llmgateway.db.store import KeySyncReport, Store
 
 log = structlog.get_logger(__name__)
@@ -105,6 +106,8 @@ async def load_keys(provider: ProviderConfig, cwd: Path | None = None) -> KeyFil
     """The keys of `provider`: its `keys_path` files (read off the event loop), then inline `keys`.
 
     An empty `keys_path` means inline keys only. Keys are unique, first seen first.
+    They are added to the log masker at once, before the store or anything
+    else sees them.
     """
     from_files = KeyFileRead(())
     if provider.keys_path:
@@ -112,6 +115,8 @@ async def load_keys(provider: ProviderConfig, cwd: Path | None = None) -> KeyFil
         from_files = await asyncio.to_thread(read_key_files, folder)
     inline = parse_key_lines(provider.keys)
     keys = tuple(dict.fromkeys((*from_files.keys, *inline)))
+    # Known to the log masker before anything (the store's debug log included) handles them.
+    update_secrets(keys)
     return KeyFileRead(keys, from_files.errors, from_files.missing)
 
 

@@ -17,11 +17,12 @@ from typing import Final, final
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from llmgateway.core.constants import ErrorReason, Status
 from llmgateway.db.write_queue import WriteQueue
+from llmgateway.services.auth_failures import SURFACES, AuthFailures
 from llmgateway.services.pool import KeyPool
 
 OVERHEAD_BUCKETS: Final = (
@@ -63,6 +64,9 @@ PoolSource = Callable[[], KeyPool | None]
 QueueSource = Callable[[], WriteQueue | None]
 """Returns the write-behind queue, or None before it exists."""
 
+AuthSource = Callable[[], AuthFailures | None]
+"""Returns the failed-token-attempt counter, or None."""
+
 # The failed attempt of the current request not yet known to be retried (one
 # handler task per request, so the context is the request's own).
 _pending_failure: ContextVar[tuple[str, ErrorReason] | None] = ContextVar(
@@ -80,11 +84,12 @@ class RequestTally:
 
 
 class _PoolCollector(Collector):
-    """Keys by instance, model and status, and the write-queue depth, at scrape time."""
+    """Keys by instance, model and status, the write-queue depth and auth failures, at scrape time."""
 
-    def __init__(self, pool: PoolSource, queue: QueueSource) -> None:
+    def __init__(self, pool: PoolSource, queue: QueueSource, auth: AuthSource) -> None:
         self._pool = pool
         self._queue = queue
+        self._auth = auth
 
     def collect(self) -> Iterable[Metric]:
         keys = GaugeMetricFamily(
@@ -108,6 +113,16 @@ class _PoolCollector(Collector):
         queue = self._queue()
         depth.add_metric([], queue.depth if queue is not None else 0)
         yield depth
+        failures = CounterMetricFamily(
+            "llmgateway_auth_failures",
+            "Requests with a wrong gateway or admin token, by surface (proxy, admin).",
+            labels=["surface"],
+        )
+        auth = self._auth()
+        totals = auth.totals if auth is not None else {}
+        for surface in SURFACES:
+            failures.add_metric([surface], totals.get(surface, 0))
+        yield failures
 
 
 @final
@@ -117,9 +132,15 @@ class Metrics:
     Args:
         pool: returns the live pool at scrape time (None before it is loaded).
         queue: returns the write-behind queue at scrape time.
+        auth: returns the failed-token-attempt counter at scrape time.
     """
 
-    def __init__(self, pool: PoolSource = lambda: None, queue: QueueSource = lambda: None) -> None:
+    def __init__(
+        self,
+        pool: PoolSource = lambda: None,
+        queue: QueueSource = lambda: None,
+        auth: AuthSource = lambda: None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
         self._requests = Counter(
@@ -166,7 +187,7 @@ class Metrics:
             ["instance", "reason"],
             registry=registry,
         )
-        registry.register(_PoolCollector(pool, queue))
+        registry.register(_PoolCollector(pool, queue, auth))
         self._request_children: dict[tuple[str, int], Counter] = {}
         self._failed_children: dict[tuple[str, ErrorReason], Counter] = {}
         self._retry_children: dict[tuple[str, ErrorReason], Counter] = {}

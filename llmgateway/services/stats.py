@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +24,7 @@ from llmgateway.config.schemas import ProviderConfig
 from llmgateway.core.accessor import ConfigAccessor
 from llmgateway.core.constants import Status
 from llmgateway.core.errors import ConfigError, StoreError
-from llmgateway.core.logs import mask_key
+from llmgateway.core.masking import Masker, mask_key
 from llmgateway.core.models import KeyRecord
 from llmgateway.db import open_store, sqlite_path
 
@@ -66,6 +66,7 @@ def build_status_document(
     *,
     now: datetime | None = None,
     incidents: Iterable[Mapping[str, Any]] = (),
+    mask: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
     """The status document of `providers` from `records`.
 
@@ -80,6 +81,7 @@ def build_status_document(
     top-level `"process": {"pid", "started_at"}` says which process answered,
     plus its `worker_index` when known and, with `store_view`, the pool's view
     of the shared store (`store_view`: feed, notifications, reconciliations).
+    Each stored message goes through `mask` (the process's masker) when given.
     """
     by_instance: dict[str, list[KeyRecord]] = {p.name: [] for p in providers}
     for record in records:
@@ -92,7 +94,9 @@ def build_status_document(
         by_incident.setdefault(str(incident["instance"]), []).append(dict(incident))
     document: dict[str, Any] = {
         "providers": {
-            p.name: _instance_document(p, by_instance[p.name], moment, by_incident.get(p.name, []))
+            p.name: _instance_document(
+                p, by_instance[p.name], moment, by_incident.get(p.name, []), mask
+            )
             for p in providers
         }
     }
@@ -111,6 +115,7 @@ def _instance_document(
     records: list[KeyRecord],
     now: datetime,
     incidents: list[dict[str, Any]],
+    mask: Callable[[str], str] | None,
 ) -> dict[str, Any]:
     records.sort(key=lambda r: (r.model, r.key_id))
     models = ConfigAccessor.status_models(provider)
@@ -134,11 +139,11 @@ def _instance_document(
         },
         "usable": usable,
         "incidents": incidents,
-        "keys": [_key_document(r) for r in records],
+        "keys": [_key_document(r, mask) for r in records],
     }
 
 
-def _key_document(record: KeyRecord) -> dict[str, Any]:
+def _key_document(record: KeyRecord, mask: Callable[[str], str] | None) -> dict[str, Any]:
     return {
         "key": mask_key(record.key),
         "model": record.model,
@@ -148,7 +153,7 @@ def _key_document(record: KeyRecord) -> dict[str, Any]:
         "next_check_at": iso_utc(record.next_check_at),
         "failing_since": iso_utc(record.failing_since),
         "status_code": record.status_code,
-        "message": record.message,
+        "message": mask(record.message) if mask is not None and record.message else record.message,
     }
 
 
@@ -237,7 +242,10 @@ async def _load_document(accessor: ConfigAccessor) -> dict[str, Any]:
         records = await store.load_records()
     finally:
         await store.close()
-    return build_status_document(accessor.enabled_providers(), records)
+    # What is printed goes through a masker holding every key and token, like /-/status.
+    masker = Masker(accessor.secrets())
+    masker.add(r.key for r in records)
+    return build_status_document(accessor.enabled_providers(), records, mask=masker.mask_text)
 
 
 def print_status(config_path: Path, as_json: bool, show_keys: bool) -> int:

@@ -1,4 +1,4 @@
-"""pytest fixtures for the fake upstream: `fake_upstream`, `cutting_proxy`, `refused_port`.
+"""pytest fixtures for the fake upstreams: `fake_upstream`, `hostile_upstream`, `cutting_proxy`, `refused_port`.
 
 Load with `pytest_plugins = ["tests.fakes.fixtures"]` in `tests/conftest.py`.
 """
@@ -11,6 +11,7 @@ import pytest
 
 from tests.fakes.cutting_proxy import CuttingProxy
 from tests.fakes.cutting_proxy import refused_port as find_refused_port
+from tests.fakes.hostile_upstream import HostileUpstream
 from tests.fakes.upstream import FakeUpstream
 
 type CuttingProxyFactory = Callable[..., Awaitable[CuttingProxy]]
@@ -22,6 +23,13 @@ async def fake_upstream() -> AsyncIterator[FakeUpstream]:
     """A started FakeUpstream, closed after the test."""
     async with FakeUpstream() as fake:
         yield fake
+
+
+@pytest.fixture
+async def hostile_upstream() -> AsyncIterator[HostileUpstream]:
+    """A started HostileUpstream (every key answered OK until told otherwise), closed after."""
+    async with HostileUpstream() as hostile:
+        yield hostile
 
 
 @pytest.fixture

@@ -89,7 +89,7 @@ def provider_section(
         "default_model": model_names[0],
         "shared_key_status": shared,
         "models": {m: {} for m in model_names},
-        "access_control": {"gateway_access_token": f"tok-{keys_dir.name}"},
+        "access_control": {"gateway_access_token": f"tok-{keys_dir.name}-0123456789abcdef"},
         "timeouts": {"connect": "2s", "first_byte": "5s", **(timeouts or {})},
         "health_policy": {"verification_attempts": 1, **(health or {})},
     }

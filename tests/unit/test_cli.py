@@ -237,6 +237,76 @@ class TestConfigCheck:
         assert result.exit_code == 0 and "2 provider instances" in result.output
         assert "warning" not in result.output
 
+    def test_a_duplicate_key_shows_where_not_the_values(
+        self, runner: CliRunner, tmp_path: Path
+    ) -> None:
+        """A token written twice is reported by line and column; neither value is printed."""
+        path = tmp_path / "p.yaml"
+        path.write_text(
+            "server:\n"
+            '  admin_token: "first-admin-secret-0123456789"\n'
+            '  admin_token: "second-admin-secret-0123456789"\n'
+            "providers:\n"
+            "  p:\n"
+            "    provider_type: openai_like\n"
+            '    keys: ["sk-proj-inline-secret-0123456789"]\n'
+            '    access_control: {gateway_access_token: "gw-secret-0123456789abcdef"}\n'
+        )
+        result = run(runner, "config", "check", "--config", str(path))
+        assert result.exit_code == 1
+        assert "line 3, column 3" in result.output and "written twice" in result.output
+        for secret in ("first-admin", "second-admin", "inline-secret", "gw-secret"):
+            assert secret not in result.output
+
+    def test_a_syntax_error_shows_no_quoted_value(self, runner: CliRunner, tmp_path: Path) -> None:
+        """A scanner error's quoted fragment of the file is left out of the message."""
+        path = tmp_path / "p.yaml"
+        path.write_text('server: {admin_token: "secret-with-bad-escape-\\q-0123456789"}\n')
+        result = run(runner, "config", "check", "--config", str(path))
+        assert result.exit_code == 1 and "invalid YAML (line 1" in result.output
+        assert "secret-with" not in result.output and "'q'" not in result.output
+
+    def test_credentials_in_api_base_url_are_refused_without_being_shown(
+        self, runner: CliRunner, tmp_path: Path
+    ) -> None:
+        """user:password@ in api_base_url fails the check clearly; the password is not printed."""
+        path = tmp_path / "p.yaml"
+        path.write_text(
+            HANDWRITTEN.replace(
+                "https://api.openai.com", "https://admin:hunter2-pass@api.openai.com/v1"
+            )
+        )
+        result = run(runner, "config", "check", "--config", str(path), env=ENV)
+        assert result.exit_code == 1
+        assert "providers.openai-main.api_base_url" in result.output
+        assert "must not contain credentials (user:password@)" in result.output
+        assert "https://***@api.openai.com/v1" in result.output
+        assert "hunter2" not in result.output and "admin:" not in result.output
+
+    @pytest.mark.parametrize(
+        ("token_env", "admin", "path"),
+        [
+            ("tok-short-12345", "", "providers.openai-main.access_control.gateway_access_token"),
+            ("tok-openai-0123456789", "admin-short", "server.admin_token"),
+        ],
+    )
+    def test_tokens_shorter_than_16_characters_are_refused(
+        self, runner: CliRunner, tmp_path: Path, token_env: str, admin: str, path: str
+    ) -> None:
+        """A guessable gateway or admin token fails the check, naming its length, not its value."""
+        file = tmp_path / "p.yaml"
+        file.write_text(
+            HANDWRITTEN.replace(
+                "server: {port: 8080}", f'server: {{port: 8080, admin_token: "{admin}"}}'
+            )
+        )
+        result = run(
+            runner, "config", "check", "--config", str(file), env={"OPENAI_MAIN_TOKEN": token_env}
+        )
+        assert result.exit_code == 1
+        assert path in result.output and "too short" in result.output
+        assert (admin or token_env) not in result.output
+
     def test_warns_about_missing_keys(self, runner: CliRunner, tmp_path: Path) -> None:
         """An instance without keys folder or inline keys passes with a warning naming the folder."""
         path = tmp_path / "p.yaml"

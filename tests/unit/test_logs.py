@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
 import structlog
+from aiohttp.http_exceptions import BadHttpMessage
 
 from llmgateway.config.schemas import LoggingConfig
-from llmgateway.core.logs import SecretMasker, configure_logging, mask_key, update_secrets
+from llmgateway.core.logs import (
+    MalformedRequestFilter,
+    SecretMasker,
+    configure_logging,
+    mask_key,
+    update_secrets,
+)
 
 KEY = "sk-abcdefghijklmnop9f3k"
 TOKEN = "gw-token-0123456789"
@@ -21,10 +30,14 @@ def _restore_logging() -> Iterator[None]:
     """Put structlog and the root logger back as they were after each test."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    factory, hook, thread_hook = logging.getLogRecordFactory(), sys.excepthook, threading.excepthook
     yield
     structlog.reset_defaults()
     root.handlers[:] = handlers
     root.setLevel(level)
+    logging.setLogRecordFactory(factory)
+    logging.captureWarnings(False)
+    sys.excepthook, threading.excepthook = hook, thread_hook
 
 
 class TestMaskKey:
@@ -171,3 +184,79 @@ class TestConfigureLogging:
         configure_logging(LoggingConfig(format="json"), [])
         logging.getLogger("x").warning("once")
         assert capsys.readouterr().err.count("once") == 1
+
+
+def _bad_request_record() -> logging.LogRecord:
+    """The record aiohttp logs for a request it cannot parse (with its traceback)."""
+    try:
+        raise BadHttpMessage("Invalid header token: b'sk-client-sent-this-0123456789'")
+    except BadHttpMessage:
+        exc_info = sys.exc_info()
+    return logging.LogRecord(
+        "aiohttp.server",
+        logging.ERROR,
+        __file__,
+        1,
+        "Error handling request from %s",
+        ("203.0.113.7",),
+        exc_info,
+    )
+
+
+class TestMalformedRequestFilter:
+    def test_one_short_warning_without_traceback(self) -> None:
+        """A malformed request becomes one WARNING naming the address and the kind, no traceback."""
+        record = _bad_request_record()
+        assert MalformedRequestFilter(logging.INFO).filter(record)
+        assert record.levelno == logging.WARNING and record.exc_info is None
+        assert record.getMessage() == (
+            "malformed client request from 203.0.113.7 refused (BadHttpMessage)"
+        )
+
+    def test_lines_are_rate_limited_and_the_suppressed_ones_counted(self) -> None:
+        """Past the limit lines are dropped; the first line of the next minute says how many."""
+        now = [0.0]
+        guard = MalformedRequestFilter(logging.INFO, per_minute=3, clock=lambda: now[0])
+        kept = [guard.filter(_bad_request_record()) for _ in range(8)]
+        now[0] = 61.0
+        record = _bad_request_record()
+        assert kept == [True] * 3 + [False] * 5
+        assert guard.filter(record)
+        assert record.getMessage().endswith("; 5 more suppressed before this one")
+
+    def test_other_records_pass_untouched(self) -> None:
+        """Anything but a malformed request keeps its level, text and traceback."""
+        record = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "boom", (), None)
+        assert MalformedRequestFilter(logging.INFO).filter(record)
+        assert record.levelno == logging.ERROR and record.getMessage() == "boom"
+
+    def test_silent_when_warnings_are_not_logged(self) -> None:
+        """At level error the WARNING line is not written at all."""
+        assert not MalformedRequestFilter(logging.ERROR).filter(_bad_request_record())
+
+
+class TestEveryStdlibRecordIsMasked:
+    def test_third_party_logger_with_its_own_handler(self) -> None:
+        """A record is masked when made, so even a handler that is not ours never sees the key."""
+        configure_logging(LoggingConfig(level="debug", format="json"), [KEY])
+        seen: list[str] = []
+
+        class Collect(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                seen.append(self.format(record))
+
+        lonely = logging.getLogger("some.library")
+        lonely.propagate = False
+        handler = Collect()
+        lonely.addHandler(handler)
+        try:
+            lonely.debug("executing %s", ("INSERT", [KEY]))
+            try:
+                raise ValueError(f"bad {KEY}")
+            except ValueError:
+                lonely.exception("failed")
+        finally:
+            lonely.removeHandler(handler)
+            lonely.propagate = True
+        assert len(seen) == 2 and all(KEY not in line for line in seen)
+        assert "sk-a...9f3k" in seen[0] and "sk-a...9f3k" in seen[1]

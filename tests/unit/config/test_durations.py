@@ -62,7 +62,7 @@ class TestDurationsInConfig:
             providers:
               p:
                 provider_type: gemini
-                access_control: {gateway_access_token: tok-123456789}
+                access_control: {gateway_access_token: tok-0123456789abcdef}
                 timeouts: {total: "2h"}
                 health_policy: {on_invalid_key: "3d"}
             """)
@@ -77,7 +77,7 @@ class TestDurationsInConfig:
             providers:
               p:
                 provider_type: gemini
-                access_control: {gateway_access_token: tok-123456789}
+                access_control: {gateway_access_token: tok-0123456789abcdef}
                 gateway_policy: {retry: {on_key_error: {backoff: 0}}}
             """)
         assert config.providers["p"].gateway_policy.retry.on_key_error.backoff == 0.0

@@ -21,7 +21,12 @@ providers:
 """
 
 
-def _config(admin: str = "", url: str = "sqlite:///x.db", key: str = "k", token: str = "t") -> str:
+def _config(
+    admin: str = "",
+    url: str = "sqlite:///x.db",
+    key: str = "k",
+    token: str = "tok-default-0123456789",
+) -> str:
     return BASE.format(admin=admin, url=url, key=key, token=token)
 
 
@@ -71,7 +76,12 @@ class TestSubstitute:
 class TestEnvInConfig:
     def test_resolved_everywhere(self, load_text: LoadText) -> None:
         """Strings in every section, lists included, are resolved from the given environment."""
-        env = {"ADMIN": "adm-1234567890", "PW": "pw", "KEY": "sk-from-env", "TOK": "tok-env"}
+        env = {
+            "ADMIN": "adm-0123456789abcdef",
+            "PW": "pw",
+            "KEY": "sk-from-env",
+            "TOK": "tok-env-0123456789",
+        }
         config = load_text(
             _config(
                 admin="${ADMIN}",
@@ -81,10 +91,12 @@ class TestEnvInConfig:
             ),
             env,
         )
-        assert config.server.admin_token == "adm-1234567890"
+        assert config.server.admin_token == "adm-0123456789abcdef"
         assert config.database.url == "postgresql://u:pw@127.0.0.1:5432/db"
         assert config.providers["p"].keys == ("sk-from-env",)
-        assert config.providers["p"].access_control.gateway_access_token == "prefix-tok-env"
+        assert (
+            config.providers["p"].access_control.gateway_access_token == "prefix-tok-env-0123456789"
+        )
 
     def test_numbers_from_variables(self, load_text: LoadText) -> None:
         """A number written as `${VAR:-default}` is accepted for a numeric option."""
@@ -113,8 +125,8 @@ class TestEnvInConfig:
         self, write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch, env: dict[str, str] | None
     ) -> None:
         """Without an explicit environment the process environment is used."""
-        monkeypatch.setenv("LLMGW_TEST_TOKEN", "tok-from-process")
-        path = write_config(_config(token="${LLMGW_TEST_TOKEN:-none}"))
+        monkeypatch.setenv("LLMGW_TEST_TOKEN", "tok-from-process-0123")
+        path = write_config(_config(token="${LLMGW_TEST_TOKEN:-none-0123456789abcdef}"))
         config = load_config(path, env=env)
-        expected = "tok-from-process" if env is None else "none"
+        expected = "tok-from-process-0123" if env is None else "none-0123456789abcdef"
         assert config.providers["p"].access_control.gateway_access_token == expected

@@ -25,7 +25,11 @@ from llmgateway.core.errors import ConfigError
 from tests.unit.config.conftest import MINIMAL, LoadText, Problems, WriteConfig
 
 REPO = Path(__file__).resolve().parents[3]
-EXAMPLE_ENV = {"OPENAI_MAIN_TOKEN": "tok-a", "CLAUDE_TOKEN": "tok-b", "GEMINI_TOKEN": "tok-c"}
+EXAMPLE_ENV = {
+    "OPENAI_MAIN_TOKEN": "tok-a-0123456789abcdef",
+    "CLAUDE_TOKEN": "tok-b-0123456789abcdef",
+    "GEMINI_TOKEN": "tok-c-0123456789abcdef",
+}
 
 # Every option of the YAML block in DESIGN.md ("Configuration"), as dotted paths;
 # `providers.*` stands for any instance, `models.*` for any model.
@@ -34,6 +38,8 @@ DESIGN_OPTIONS = [
     "server.port",
     "server.admin_token",
     "server.max_body_mb",
+    "server.max_event_subscribers",
+    "server.auth_failures_per_minute",
     "database.url",
     "worker.enabled",
     "worker.max_concurrent_probes",
@@ -204,7 +210,7 @@ class TestDefaults:
         """Without api_base_url and default_model, the type's defaults apply."""
         provider = load_text(
             f"providers:\n  x:\n    provider_type: {kind}\n"
-            "    access_control: {gateway_access_token: tok-123}\n"
+            "    access_control: {gateway_access_token: tok-0123456789abcdef}\n"
         ).providers["x"]
         assert (provider.api_base_url, provider.default_model) == (url, model)
 

@@ -11,7 +11,7 @@ PROVIDER = """
 providers:
   p:
     provider_type: openai_like
-    access_control: {gateway_access_token: tok-p-123456789}
+    access_control: {gateway_access_token: tok-p-0123456789abc}
 """
 
 
@@ -100,7 +100,7 @@ class TestTypes:
 
     def test_secret_values_are_masked(self, problems_of: Problems) -> None:
         """A wrongly typed secret never appears whole in the report."""
-        text = PROVIDER.replace("tok-p-123456789", "[tok-very-secret-value-999]")
+        text = PROVIDER.replace("tok-p-0123456789abc", "[tok-very-secret-value-999]")
         line = _one(problems_of(text))
         assert "tok-very-secret-value-999" not in line
         assert "gateway_access_token" in line
@@ -108,7 +108,9 @@ class TestTypes:
     def test_missing_provider_type(self, problems_of: Problems) -> None:
         """A provider without provider_type is told what types exist."""
         line = _one(
-            problems_of("providers:\n  p:\n    access_control: {gateway_access_token: tok-1}\n")
+            problems_of(
+                "providers:\n  p:\n    access_control: {gateway_access_token: tok-1-0123456789abcdef}\n"
+            )
         )
         assert line.startswith("providers.p.provider_type (line 2): is missing")
         assert "openai_like | anthropic | gemini" in line
@@ -231,24 +233,24 @@ class TestValues:
 
     def test_empty_token(self, problems_of: Problems) -> None:
         """An enabled instance without gateway token is refused."""
-        line = _one(problems_of(PROVIDER.replace("tok-p-123456789", '""')))
+        line = _one(problems_of(PROVIDER.replace("tok-p-0123456789abc", '""')))
         assert line.startswith("providers.p.access_control.gateway_access_token (line 5): is empty")
 
     def test_empty_token_allowed_when_disabled(self, problems_of: Problems) -> None:
         """A disabled instance may go without a token."""
-        text = PROVIDER.replace("tok-p-123456789", '""') + "    enabled: false\n"
+        text = PROVIDER.replace("tok-p-0123456789abc", '""') + "    enabled: false\n"
         assert _one(problems_of(text + "server: {port: 0}\n")).startswith("server.port")
 
     def test_duplicate_token(self, problems_of: Problems) -> None:
         """Two instances with one token are refused, naming the first owner and masking the token."""
         text = (
             PROVIDER
-            + "  q:\n    provider_type: gemini\n    access_control: {gateway_access_token: tok-p-123456789}\n"
+            + "  q:\n    provider_type: gemini\n    access_control: {gateway_access_token: tok-p-0123456789abc}\n"
         )
         line = _one(problems_of(text))
         assert line.startswith("providers.q.access_control.gateway_access_token (line 8)")
         assert "already used by instance 'p'" in line
-        assert "tok-p-123456789" not in line and "tok-...6789" in line
+        assert "tok-p-0123456789abc" not in line and "tok-...9abc" in line
 
     @pytest.mark.parametrize(
         ("yaml", "path"),

@@ -82,3 +82,30 @@ def test_plan_refuses_a_newer_database() -> None:
     """A recorded version above the newest file raises SchemaTooNew with both numbers."""
     with pytest.raises(SchemaTooNew, match=r"version 7.*up to 3"):
         plan(MIGRATIONS, [1, 2, 3, 7])
+
+
+def test_a_migration_may_name_a_data_step(tmp_path: Path) -> None:
+    """`-- step: <name>` is read from the file; a file of comments only has no statements."""
+    (tmp_path / "0001_initial.sql").write_text("CREATE TABLE t (x INTEGER);")
+    (tmp_path / "0002_scrub.sql").write_text("-- why\n--\n-- step: scrub_key_messages\n")
+    first, second = load_migrations(tmp_path)
+    assert (first.step, first.has_statements) == (None, True)
+    assert (second.step, second.has_statements) == ("scrub_key_messages", False)
+
+
+def test_an_unknown_data_step_is_refused(tmp_path: Path) -> None:
+    """A step this release does not know is a StoreError at start-up, not a silent skip."""
+    (tmp_path / "0001_initial.sql").write_text("-- step: drop_everything\nSELECT 1;")
+    with pytest.raises(StoreError, match="unknown or second data step"):
+        load_migrations(tmp_path)
+
+
+def test_the_scrub_migration_is_shipped_for_both_engines() -> None:
+    """Version 4 of each engine is the data step that masks stored messages."""
+    for engine in Engine:
+        fourth = engine_migrations(engine)[3]
+        assert (fourth.version, fourth.step, fourth.has_statements) == (
+            4,
+            "scrub_key_messages",
+            False,
+        )

@@ -11,7 +11,7 @@ import pytest
 from aiohttp.http_exceptions import BadStatusLine
 
 from llmgateway.core.constants import ErrorReason
-from llmgateway.providers import classify_exception
+from llmgateway.providers import classify_exception, describe_exception
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 RawServer = Callable[[Handler], Awaitable[str]]
@@ -145,4 +145,34 @@ def test_exception_table(exc: BaseException, reason: ErrorReason) -> None:
     result = classify_exception(exc)
     assert result.reason is reason
     assert result.status_code is None
-    assert result.message.startswith(type(exc).__name__)
+    assert result.message and type(exc).__name__ not in result.message
+
+
+@pytest.mark.parametrize(
+    ("exc", "message"),
+    [
+        (ConnectionRefusedError(111, "refused"), "connection refused"),
+        (aiohttp.ServerDisconnectedError(), "the upstream closed the connection"),
+        (TimeoutError(), "the upstream did not answer in time"),
+        (
+            aiohttp.ClientPayloadError("Response payload is not completed"),
+            "the upstream response broke off",
+        ),
+        (BadStatusLine("garbage"), "the upstream sent an invalid HTTP response"),
+        (
+            aiohttp.ClientResponseError(
+                None,  # type: ignore[arg-type]
+                (),
+                status=400,
+                message="Got more than 8190 bytes when reading: b'x-echo: sk-secret'",
+            ),
+            "the upstream sent an invalid HTTP response",
+        ),
+        (ValueError("http://user:pass@host/"), "an unexpected error talking to the upstream"),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
+)
+def test_messages_name_the_class_of_failure_only(exc: BaseException, message: str) -> None:
+    """The stored and returned message names what failed, never URLs or upstream bytes."""
+    assert classify_exception(exc).message == message
+    assert describe_exception(exc).startswith(type(exc).__name__)

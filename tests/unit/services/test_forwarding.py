@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from llmgateway.core.errors import GatewayAuthError
+from llmgateway.core.masking import KeyPattern, Masker, mask_key
 from llmgateway.services.forwarding import (
     client_token,
     downstream_headers,
@@ -26,18 +29,18 @@ class TestClientToken:
     @pytest.mark.parametrize(
         ("pairs", "query"),
         [
-            ((("Authorization", "Bearer tok-1"),), None),
-            ((("authorization", "bearer   tok-1  "),), None),
-            ((("x-api-key", "tok-1"),), None),
-            ((("X-Goog-Api-Key", "tok-1"),), None),
-            ((), "tok-1"),
+            ((("Authorization", "Bearer tok-1-0123456789abcdef"),), None),
+            ((("authorization", "bearer   tok-1-0123456789abcdef  "),), None),
+            ((("x-api-key", "tok-1-0123456789abcdef"),), None),
+            ((("X-Goog-Api-Key", "tok-1-0123456789abcdef"),), None),
+            ((), "tok-1-0123456789abcdef"),
         ],
     )
     def test_each_carrier_yields_the_token(
         self, pairs: tuple[tuple[str, str], ...], query: str | None
     ) -> None:
         """Bearer, x-api-key, x-goog-api-key and the key parameter each carry the token."""
-        assert client_token(headers(*pairs), query) == "tok-1"
+        assert client_token(headers(*pairs), query) == "tok-1-0123456789abcdef"
 
     def test_the_same_token_in_two_carriers_is_accepted(self) -> None:
         """Two carriers holding the same token are not a conflict."""
@@ -233,3 +236,41 @@ class TestStripKeyParam:
     def test_a_percent_encoded_key_name_is_removed_too(self, raw: str) -> None:
         """`k%65y=` is the `key` parameter once decoded (as aiohttp reads it), so it goes too."""
         assert strip_key_param(raw) == "/p?alt=sse"
+
+
+class TestDownstreamMasking:
+    KEY = "sk-proj-downstream-0123456789abcdef"
+
+    def test_headers_holding_a_key_are_masked(self) -> None:
+        """A header echoing the key (raw, escaped or encoded) reaches the client masked."""
+        masker = Masker([self.KEY])
+        upstream = headers(
+            ("x-echo", self.KEY),
+            ("x-echo-b64", base64.b64encode(self.KEY.encode()).decode()),
+            ("Content-Type", "application/json"),
+        )
+        out = downstream_headers(
+            upstream, "rid-1", masker.mask_text, screen=KeyPattern(self.KEY).appears_in
+        )
+        assert out["x-echo"] == mask_key(self.KEY)
+        assert self.KEY not in str(out) and base64.b64encode(self.KEY.encode()).decode() not in str(
+            out
+        )
+        assert out["Content-Type"] == "application/json" and out["x-request-id"] == "rid-1"
+
+    def test_clean_headers_are_copied_as_they_are(self) -> None:
+        """Without the key, names and values are untouched (and never masked one by one)."""
+        calls: list[str] = []
+
+        def mask(text: str) -> str:
+            calls.append(text)
+            return text
+
+        upstream = headers(("x-request-id", "req_abc"), ("Retry-After", "7"))
+        out = downstream_headers(upstream, "rid-2", mask, screen=KeyPattern(self.KEY).appears_in)
+        assert list(out.items()) == [
+            ("x-upstream-request-id", "req_abc"),
+            ("Retry-After", "7"),
+            ("x-request-id", "rid-2"),
+        ]
+        assert calls == []

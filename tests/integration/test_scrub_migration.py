@@ -1,0 +1,81 @@
+"""Migration 4 on both engines: messages stored by earlier releases lose every form of a key."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from llmgateway.core.constants import ProviderType, Status
+from llmgateway.core.masking import mask_key
+from llmgateway.db.migrations import SQL_DIR_ENV
+from tests.fakes.hostile_upstream import key_forms
+from tests.integration.conftest import Database
+
+REPO_SQL = Path(__file__).resolve().parents[2] / "sql"
+KEYS = ["AIzaSyMigrationKeyNumberOne0123456789", "sk-proj-migration-key-two-0123456789ab"]
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _messages(key: str) -> list[str]:
+    """What releases before masking stored: the key quoted in each of its forms, and no key."""
+    forms = key_forms(key)
+    return [
+        f"Consumer 'api_key:{forms['raw']}' has been suspended.",
+        f'stream error: {{"consumer": "{forms["json"]}"}}',
+        f"HTTP 400: ?key={forms['percent']}&alt=sse echo={forms['base64']}",
+        "HTTP 429: quota exceeded",
+    ]
+
+
+async def test_messages_stored_before_masking_are_scrubbed_once(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An old database opened by this release has no key left in any stored message."""
+    old_sql = tmp_path / "sql-before" / database.engine
+    old_sql.mkdir(parents=True)
+    for path in sorted((REPO_SQL / database.engine).glob("000[123]_*.sql")):
+        shutil.copy(path, old_sql)
+    monkeypatch.setenv(SQL_DIR_ENV, str(old_sql.parent))
+    old = database.new_store()
+    await old.open()
+    try:
+        assert await old.applied_versions() == [1, 2, 3]
+        await old.sync_providers([("gem", ProviderType.GEMINI)])
+        await old.sync_keys("gem", KEYS, ["m1", "m2", "m3", "m4"], NOW)
+        records = await old.load_records()
+        await old.record(
+            [
+                dataclasses.replace(
+                    r,
+                    status=Status.NO_ACCESS,
+                    last_checked_at=NOW,
+                    message=_messages(r.key)[int(r.model[1]) - 1],
+                )
+                for r in records
+            ]
+        )
+    finally:
+        await old.close()
+    monkeypatch.delenv(SQL_DIR_ENV)
+
+    new = database.new_store()
+    await new.open()
+    try:
+        versions = await new.applied_versions()
+        stored = await new.load_records()
+    finally:
+        await new.close()
+
+    assert versions == [1, 2, 3, 4]
+    assert len(stored) == 8
+    for record in stored:
+        assert all(form not in record.message for k in KEYS for form in key_forms(k).values())
+        if record.model == "m4":
+            assert record.message == "HTTP 429: quota exceeded"
+        else:
+            assert mask_key(record.key) in record.message
+    assert any(r.message == "Consumer 'api_key:AIza...6789' has been suspended." for r in stored)
