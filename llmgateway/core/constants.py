@@ -51,11 +51,6 @@ class ErrorReason(StrEnum):
         return self in _SERVER_SIDE
 
     @property
-    def is_client_error(self) -> bool:
-        """True when the client's request itself is at fault (no retry, no penalty)."""
-        return self is ErrorReason.BAD_REQUEST
-
-    @property
     def is_key_wide(self) -> bool:
         """True when the failure condemns the key for every model of its instance.
 

@@ -39,21 +39,6 @@ CHECK_OK = CheckResult(reason=None, status_code=200)
 
 
 @dataclass(frozen=True, slots=True)
-class RequestDetails:
-    """What the gateway learnt from a client request before sending it upstream.
-
-    `model` is the model the client asked for ("" when the request names none);
-    `body` is the whole request body, read once so a retry can resend it.
-    """
-
-    method: str
-    path_qs: str
-    model: str
-    body: bytes
-    stream: bool = False
-
-
-@dataclass(frozen=True, slots=True)
 class KeyRecord:
     """The stored state of one key for one model (or `__ALL_MODELS__`).
 

@@ -16,22 +16,21 @@ from llmgateway.config.schemas import ProviderConfig
 from llmgateway.core.constants import ProviderType
 from llmgateway.core.masking import Masker
 from llmgateway.providers.anthropic import AnthropicAdapter
-from llmgateway.providers.base import MAX_ERROR_BODY, ErrorBody, ProbeRequest, ProviderAdapter
-from llmgateway.providers.gemini import GeminiAdapter
-from llmgateway.providers.http_adapter import (
+from llmgateway.providers.base import (
     CREDENTIAL_HEADERS,
-    CREDENTIAL_QUERY_PARAMS,
-    HttpAdapter,
-    strip_credential_params,
-    strip_credentials,
+    MAX_ERROR_BODY,
+    ErrorBody,
+    ProbeRequest,
+    ProviderAdapter,
 )
+from llmgateway.providers.gemini import GeminiAdapter
+from llmgateway.providers.http_adapter import HttpAdapter, strip_credentials
 from llmgateway.providers.openai_like import OpenAILikeAdapter
 from llmgateway.providers.retry_after import Clock
 from llmgateway.providers.transport_errors import classify_exception, describe_exception
 
 __all__ = [
     "CREDENTIAL_HEADERS",
-    "CREDENTIAL_QUERY_PARAMS",
     "MAX_ERROR_BODY",
     "AnthropicAdapter",
     "ErrorBody",
@@ -44,7 +43,6 @@ __all__ = [
     "classify_exception",
     "describe_exception",
     "family_for_path",
-    "strip_credential_params",
     "strip_credentials",
 ]
 

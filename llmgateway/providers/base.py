@@ -11,6 +11,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Final
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -18,6 +19,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from llmgateway.config.schemas import ProviderConfig
 from llmgateway.core.constants import ProviderType
 from llmgateway.core.models import CheckResult
+
+CREDENTIAL_HEADERS: Final = ("Authorization", "x-api-key", "x-goog-api-key", "Proxy-Authorization")
+"""Every header that may carry a client credential; none is ever forwarded upstream."""
 
 MAX_ERROR_BODY = 64 * 1024
 """At most this many bytes of an upstream error body are inspected."""

@@ -14,7 +14,6 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar, Final
-from urllib.parse import unquote_plus
 
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -25,16 +24,16 @@ from llmgateway.core.constants import ErrorReason
 from llmgateway.core.errors import ConfigError
 from llmgateway.core.masking import Masker
 from llmgateway.core.models import CHECK_OK, CheckResult
-from llmgateway.providers.base import MAX_ERROR_BODY, ErrorBody, ProbeRequest, ProviderAdapter
+from llmgateway.providers.base import (
+    CREDENTIAL_HEADERS,
+    MAX_ERROR_BODY,
+    ErrorBody,
+    ProbeRequest,
+    ProviderAdapter,
+)
 from llmgateway.providers.error_defaults import builtin_defaults
 from llmgateway.providers.error_rules import CompiledRules, first_text
 from llmgateway.providers.retry_after import Clock, header_retry_after
-
-CREDENTIAL_HEADERS: Final = ("Authorization", "x-api-key", "x-goog-api-key", "Proxy-Authorization")
-"""Every header that may carry a client credential; none is ever forwarded upstream."""
-
-CREDENTIAL_QUERY_PARAMS: Final = frozenset({"key"})
-"""Query parameters that may carry a client credential (Gemini's `?key=`)."""
 
 MAX_MESSAGE_CHARS: Final = 500
 """Messages kept in a CheckResult are cut to this length."""
@@ -51,18 +50,6 @@ def strip_credentials(headers: CIMultiDict[str]) -> None:
     """Remove every header that may carry a client credential (all occurrences)."""
     for name in CREDENTIAL_HEADERS:
         headers.popall(name, None)
-
-
-def strip_credential_params(query_string: str) -> str:
-    """The raw query string without its credential parameters, everything else verbatim."""
-    if not query_string:
-        return query_string
-    kept = [
-        part
-        for part in query_string.split("&")
-        if unquote_plus(part.partition("=")[0]) not in CREDENTIAL_QUERY_PARAMS
-    ]
-    return "&".join(kept)
 
 
 def parse_json(data: bytes) -> Any | None:

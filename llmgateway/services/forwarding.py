@@ -15,6 +15,7 @@ from urllib.parse import unquote, unquote_plus
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from llmgateway.core.errors import GatewayAuthError, NoToken
+from llmgateway.providers.base import CREDENTIAL_HEADERS
 
 AUTHORIZATION: Final = istr("Authorization")
 X_API_KEY: Final = istr("x-api-key")
@@ -41,8 +42,10 @@ Header names are compared lower-cased: `istr` compares and hashes like a plain
 `str`, so a set of `istr` would let `transfer-encoding` through.
 """
 
-DROPPED_UPSTREAM: Final = HOP_BY_HOP | frozenset(
-    ("host", "content-length", "accept-encoding", "authorization", "x-api-key", "x-goog-api-key")
+DROPPED_UPSTREAM: Final = (
+    HOP_BY_HOP
+    | frozenset(("host", "content-length", "accept-encoding"))
+    | frozenset(h.lower() for h in CREDENTIAL_HEADERS)
 )
 """Client headers never sent upstream: hop-by-hop, framing, and every credential carrier."""
 

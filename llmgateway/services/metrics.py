@@ -10,7 +10,7 @@ instances, models, statuses, reasons and HTTP codes only (issue 7).
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Final, final
@@ -271,10 +271,6 @@ class Metrics:
         """The cumulative requests, retries and failed attempts of `instance`."""
         requests, retries, failures = self._tallies.get(instance, (0, 0, 0))
         return RequestTally(requests, retries, failures)
-
-    def instances(self) -> Iterator[str]:
-        """The instances that have request-path counts."""
-        return iter(list(self._tallies))
 
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""

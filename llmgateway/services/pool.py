@@ -164,14 +164,6 @@ class _Slot:
                 return max(until - now, 0.0)
         return None
 
-    def cooling_now(self, now: float) -> int:
-        """How many usable entries are cooling down at `now`."""
-        return sum(
-            1
-            for until, _, entry in self.cooling
-            if entry.cool_until == until and until > now and entry.record.status.is_usable
-        )
-
     def explain(self, instance: str, model: str, now: float) -> str:
         """Why nothing can be picked: the statuses of the slot and the soonest return."""
         if self.why is not None and self.why[0] > now:
@@ -261,7 +253,6 @@ class KeyPool:
         self._streaks: dict[tuple[str, str, int], int] = {}
         self._guard = IncidentGuard(incident_window)
         self._subscribers: list[asyncio.Queue[PoolEvent]] = []
-        self._listeners: list[Callable[[StatusEvent], None]] = []
 
     # -- building ---------------------------------------------------------
 
@@ -636,7 +627,7 @@ class KeyPool:
         return True
 
     def _emit(self, old: KeyRecord, new: KeyRecord, at: datetime) -> None:
-        if not self._subscribers and not self._listeners:
+        if not self._subscribers:
             return
         event = StatusEvent(
             instance=new.instance,
@@ -648,8 +639,6 @@ class KeyPool:
             message=new.message[:200],
             at=at,
         )
-        for listener in self._listeners:
-            listener(event)
         self._publish(event)
 
     def _publish(self, event: PoolEvent) -> None:
@@ -680,10 +669,6 @@ class KeyPool:
         if queue in self._subscribers:
             self._subscribers.remove(queue)
 
-    def add_listener(self, listener: Callable[[StatusEvent], None]) -> None:
-        """Call `listener` synchronously on every status change (metrics)."""
-        self._listeners.append(listener)
-
     def records(self, instance: str | None = None) -> list[KeyRecord]:
         """A snapshot of every current record (one instance or all)."""
         return [
@@ -698,10 +683,3 @@ class KeyPool:
         slot = self._slots.get((instance, model))
         entry = slot.entries.get(key_id) if slot else None
         return entry.record if entry else None
-
-    def usable_count(self, instance: str, model: str) -> int:
-        """How many keys of the slot are usable and not cooling down now."""
-        slot = self._slots.get((instance, model))
-        if slot is None:
-            return 0
-        return slot.usable - slot.cooling_now(self._clock())

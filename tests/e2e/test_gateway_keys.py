@@ -220,7 +220,8 @@ async def test_more_dead_keys_than_the_retry_budget_still_reach_the_good_one(
 
     assert await ASK[OPENAI](gateway.url) == fake_upstream.text_for(MODELS[OPENAI])
     assert {key: fake_upstream.calls_by_key[key] for key in dead} == dict.fromkeys(dead, 1)
-    assert gateway.pool.usable_count(OPENAI, MODELS[OPENAI]) == 1
+    usable = [r for r in gateway.pool.records(OPENAI) if r.status.is_usable]
+    assert [r.key for r in usable] == [good]
 
 
 async def test_rate_limited_keys_use_the_retry_budget(

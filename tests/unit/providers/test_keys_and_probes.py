@@ -11,7 +11,6 @@ from llmgateway.config.schemas import ModelConfig
 from llmgateway.core.constants import ProviderType
 from llmgateway.providers import (
     CREDENTIAL_HEADERS,
-    strip_credential_params,
 )
 from tests.fixtures.provider_errors import ERRORS
 from tests.unit.providers.factory import headers_of, make_adapter
@@ -53,13 +52,6 @@ def test_apply_key_sets_only_the_real_key_the_providers_way(provider: ProviderTy
     assert not others & {h.lower() for h in headers}
     assert headers["Content-Type"] == "application/json"
     assert headers["anthropic-version"] == "2023-06-01"
-
-
-def test_key_query_parameter_is_stripped_and_the_rest_kept_verbatim() -> None:
-    """`key=` (raw or percent-encoded name) is removed; other parameters keep their bytes."""
-    query = "alt=sse&key=gw-token&%6Bey=gw-token2&keys=1&x=a%2Fb&key"
-    assert strip_credential_params(query) == "alt=sse&keys=1&x=a%2Fb"
-    assert strip_credential_params("") == ""
 
 
 @pytest.mark.parametrize("provider", list(ProviderType))
