@@ -262,5 +262,5 @@ async def test_every_log_line_of_a_request_carries_its_request_id(
         await fake_upstream.wait_for_connections(0)
 
     mine = [e for e in logs if e.get("request_id") == "rid-77"]
-    assert {e["event"] for e in mine} >= {"upstream stream broke off", "request"}
+    assert {e["event"] for e in mine} >= {"upstream_stream_broke_off", "request"}
     assert all(e.get("request_id") in (None, "rid-77") for e in logs)

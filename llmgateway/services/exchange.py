@@ -1,0 +1,109 @@
+"""The values one proxied request is made of: its instance's route, its state, an error answer.
+
+`Route` is built once per instance at start-up; `Exchange` is the mutable
+state of one client request (for logs, metrics and the point of no return);
+`UpstreamAnswer` is a non-success upstream answer kept to be relayed as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDictProxy
+
+from llmgateway.config.schemas import ProviderConfig, RetryBudget
+from llmgateway.core.constants import ErrorReason, ProviderType, StreamingMode
+from llmgateway.providers import build_adapter
+from llmgateway.providers.base import ProviderAdapter
+
+MAX_RELAYED_ERROR_BODY: Final = 1024 * 1024
+"""An upstream error body is returned as is up to this size; a larger one becomes a 502."""
+
+UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError)
+"""What talking to an upstream may raise (refused, reset, garbage, timeout)."""
+
+
+class RequestObserver(Protocol):
+    """Receives what the request path measures (implemented by the metrics)."""
+
+    def request_done(
+        self, instance: str, status: int, seconds: float, upstream_seconds: float
+    ) -> None:
+        """One client request ended with `status`; total and upstream wall time."""
+
+    def attempt_failed(self, instance: str, reason: ErrorReason) -> None:
+        """One upstream attempt failed with `reason` (a retry may follow)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Everything the request path needs of one instance, built at start-up."""
+
+    config: ProviderConfig
+    adapter: ProviderAdapter
+    base_url: str
+    streaming: bool
+    configured_models: frozenset[str]
+    key_retry: RetryBudget
+    server_retry: RetryBudget
+    retry_enabled: bool
+    client_timeout: aiohttp.ClientTimeout
+
+    @classmethod
+    def of(cls, config: ProviderConfig, adapter: ProviderAdapter) -> Route:
+        """The route of the instance `config`, served through `adapter`."""
+        policy = config.gateway_policy
+        return cls(
+            config=config,
+            adapter=adapter,
+            base_url=config.api_base_url.rstrip("/"),
+            streaming=policy.streaming_mode is StreamingMode.AUTO,
+            configured_models=frozenset(config.models),
+            key_retry=policy.retry.on_key_error,
+            server_retry=policy.retry.on_server_error,
+            retry_enabled=policy.retry.enabled,
+            client_timeout=aiohttp.ClientTimeout(
+                total=None, connect=config.timeouts.connect, sock_connect=config.timeouts.connect
+            ),
+        )
+
+
+def shape_adapter(provider_type: ProviderType) -> ProviderAdapter:
+    """An adapter used only for error shapes when no instance is known."""
+    return build_adapter(
+        ProviderConfig(
+            name="_", provider_type=provider_type, api_base_url="http://invalid", default_model=""
+        )
+    )
+
+
+@dataclass(slots=True)
+class Exchange:
+    """The mutable state of one client request, for logs and metrics."""
+
+    request_id: str
+    started: float
+    instance: str = "-"
+    model: str = ""
+    attempts: int = 0
+    keys: list[str] = field(default_factory=list)
+    upstream_seconds: float = 0.0
+    status: int = 0
+    body_read: bool = False
+    """The client's body has arrived whole (a timeout before that is the client's: 408)."""
+    prepared: web.StreamResponse | None = None
+    """The client's response once its headers went out (the point of no return)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAnswer:
+    """A non-success upstream response kept to be returned as is."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    complete: bool = True
+    """False when the body was larger than MAX_RELAYED_ERROR_BODY (and `body` only its start)."""
