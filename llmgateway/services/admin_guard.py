@@ -86,7 +86,7 @@ class AdminGuard:
                 raise
             return admin_error(exc.status, "http_error", exc.reason)
         except Exception:  # the admin surface's outermost guard: JSON 500, never plain text
-            log.exception("admin request failed", path=request.path)
+            log.exception("admin_request_failed", path=request.path)
             return admin_error(500, "internal_error", "the admin endpoint failed; see the log")
 
     def check(self, request: web.Request) -> web.Response | None:

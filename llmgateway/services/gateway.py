@@ -160,7 +160,7 @@ class Gateway:
             self._finish(exchange)
             raise
         except Exception:  # the request's outermost guard: a provider-shaped 500, never plain text
-            log.exception("request failed inside the gateway", instance=exchange.instance)
+            log.exception("request_failed_inside_gateway", instance=exchange.instance)
             failure = GatewayFailure("the gateway failed to handle this request")
             response = self._fail(request, route, failure, exchange)
         if not exchange.status:
@@ -334,7 +334,7 @@ class Gateway:
         """
         if exchange.prepared is None:
             return self._error(request, route, exc, exchange)
-        log.warning("stream ended by the gateway", instance=exchange.instance, reason=str(exc))
+        log.warning("stream_ended_by_gateway", instance=exchange.instance, reason=str(exc))
         exchange.status = int(getattr(exc, "status", 500))
         abort(request)
         return exchange.prepared

@@ -150,9 +150,7 @@ async def sync_instance_keys(
         return report
     if not read.ok:
         for problem in read.errors:
-            log.error(
-                "keys not synced: key files unreadable", instance=provider.name, problem=problem
-            )
+            log.error("keys_not_synced", instance=provider.name, problem=problem)
         return None
     report = await store.sync_keys(provider.name, read.keys, models, now)
     _log_report(provider.name, report)
@@ -162,7 +160,7 @@ async def sync_instance_keys(
 def _log_report(instance: str, report: KeySyncReport) -> None:
     if report.added or report.removed:
         log.info(
-            "keys synced",
+            "keys_synced",
             instance=instance,
             added=report.added,
             removed=report.removed,

@@ -46,7 +46,7 @@ class PoolSummary:
             last = self._last.get(instance, RequestTally())
             self._last[instance] = now
             log.info(
-                "pool summary",
+                "pool_summary",
                 instance=instance,
                 keys=sum(statuses.values()),
                 usable=sum(n for s, n in statuses.items() if s.is_usable),
@@ -64,4 +64,4 @@ class PoolSummary:
             try:
                 self.emit()
             except Exception:  # the loop's outermost guard: log, then the next round
-                log.exception("pool summary failed")
+                log.exception("pool_summary_failed")

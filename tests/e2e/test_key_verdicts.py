@@ -328,6 +328,6 @@ async def test_inline_keys_load_without_a_keys_folder(
     served = await serve_gateway(engine_config)
     assert await ask_openai(served.url) == fake_upstream.text_for(MODELS[OPENAI])
     output = served.output()
-    assert "keys not synced" not in output
+    assert "keys_not_synced" not in output
     assert "instance_has_no_keys" in output and str(tmp_path / "keys" / GEMINI) in output
     assert key not in output

@@ -50,7 +50,7 @@ def test_summary_gives_status_counts_and_deltas_since_the_last_line() -> None:
         summary.emit()
     assert first == [
         {
-            "event": "pool summary",
+            "event": "pool_summary",
             "log_level": "info",
             "instance": "oai",
             "keys": 3,
@@ -88,4 +88,4 @@ async def test_run_logs_and_continues_after_a_failed_round() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
     assert ticks[:3] == [1.0, 1.0, 1.0]
-    assert [e["event"] for e in logs][:2] == ["pool summary failed"] * 2
+    assert [e["event"] for e in logs][:2] == ["pool_summary_failed"] * 2
