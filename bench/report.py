@@ -19,7 +19,7 @@ from processes import REPO_DIR
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """One target of issue 8: the figure measured and whether it holds."""
+    """One performance target: the figure measured and whether it holds."""
 
     name: str
     value: str
@@ -127,7 +127,7 @@ def render(report: Report, machine: dict[str, str], title: str) -> str:
     out += ["", "## Settings", ""]
     out += [f"- {k}: {v}" for k, v in report.settings.items()]
     if report.checks:
-        out += ["", "## Targets (issue 8)", "", "| target | measured | holds |", "|---|---|---|"]
+        out += ["", "## Targets", "", "| target | measured | holds |", "|---|---|---|"]
         for c in report.checks:
             mark = "n/a" if c.passed is None else ("yes" if c.passed else "**NO**")
             out.append(f"| {c.name} | {c.value} | {mark} |")

@@ -1,4 +1,4 @@
-"""How long a key condemned in one process takes to leave another process's pool (issue 9).
+"""How long a key condemned in one process takes to leave another process's pool.
 
 Process A and process B are each a real store (own asyncpg pool), write-behind
 queue (the app's 0.2 s interval), live pool and follower (LISTEN connection),

@@ -1,4 +1,4 @@
-"""Store benchmark: syncing and loading a 100,000-key pool on SQLite and PostgreSQL (issue 3).
+"""Store benchmark: syncing and loading a 100,000-key pool on SQLite and PostgreSQL.
 
 Usage: .venv/bin/python bench/store_bench.py [--keys 100000] [--models 1] [--engine sqlite|postgres]
 PostgreSQL runs on a throw-away database created on 127.0.0.1:5432 (user postgres).

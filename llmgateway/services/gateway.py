@@ -330,7 +330,7 @@ class Gateway:
 
         A second response written after the first one's headers would be sent
         inside the chunked body and end it cleanly, so a started stream is only
-        aborted (issue 6: the client's response ends as an error).
+        aborted.
         """
         if exchange.prepared is None:
             return self._error(request, route, exc, exchange)

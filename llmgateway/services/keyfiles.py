@@ -2,7 +2,7 @@
 
 Key files are the source of truth (DESIGN "Keys"): `*.txt` files, one key
 per line. A folder or file that cannot be read is an error naming the path,
-never a crash, and never a reason to delete the keys already stored (issue 3).
+never a crash, and never a reason to delete the keys already stored.
 """
 
 from __future__ import annotations

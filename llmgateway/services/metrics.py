@@ -4,7 +4,7 @@
 per (instance, code) or (instance, reason) and cached, so a request costs a
 dictionary look-up and an increment. Key counts and the write-queue depth are
 computed only when `/metrics` is scraped. No label ever carries key material:
-instances, models, statuses, reasons and HTTP codes only (issue 7).
+instances, models, statuses, reasons and HTTP codes only.
 """
 
 from __future__ import annotations

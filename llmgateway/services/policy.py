@@ -2,7 +2,7 @@
 
 Both the keeper (after a probe) and the pool (after a gateway attempt) derive
 the new `KeyRecord` here, so `next_check_at`, `failing_since`, quarantine and
-cool-downs follow one rule set (issue 5).
+cool-downs follow one rule set.
 """
 
 from __future__ import annotations

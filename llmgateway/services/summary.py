@@ -3,7 +3,7 @@
 Each line gives the instance's key counts by status (from the live pool) and
 the requests, retries and failed upstream attempts since the previous line
 (from `Metrics`). The loop runs as an application background task: a failed
-round is logged and the loop goes on; cancellation propagates (issue 7).
+round is logged and the loop goes on; cancellation propagates.
 """
 
 from __future__ import annotations

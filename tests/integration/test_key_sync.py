@@ -1,4 +1,4 @@
-"""Syncing an instance's key files into a real store, on both engines (issue 3)."""
+"""Syncing an instance's key files into a real store, on both engines."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The store suite: every test runs against SQLite and a real PostgreSQL (issue 3)."""
+"""The store suite: every test runs against SQLite and a real PostgreSQL."""
 
 from __future__ import annotations
 

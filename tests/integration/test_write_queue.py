@@ -1,4 +1,4 @@
-"""The write-behind queue in front of a real store, on both engines (issue 3)."""
+"""The write-behind queue in front of a real store, on both engines."""
 
 from __future__ import annotations
 
