@@ -11,6 +11,7 @@ Any failure raises one `ConfigError` whose `problems` lists every mistake found.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -24,26 +25,11 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from llmgateway.config import defaults
 from llmgateway.config.fields import parse_duration
-from llmgateway.config.schemas import (
-    AccessControl,
-    AppConfig,
-    DatabaseConfig,
-    ErrorParsing,
-    ErrorRule,
-    GatewayPolicy,
-    HealthPolicy,
-    LoggingConfig,
-    ModelConfig,
-    ProviderConfig,
-    RetryBudget,
-    RetryPolicy,
-    ServerConfig,
-    Timeouts,
-    WorkerConfig,
-)
+from llmgateway.config.options import Leaf, ListOf, MapOf, Node, options_of
+from llmgateway.config.schemas import AppConfig
 from llmgateway.config.validator import Path as TreePath
 from llmgateway.config.validator import Problem, validate
-from llmgateway.core.constants import ErrorReason, ProviderType, StreamingMode
+from llmgateway.core.constants import ProviderType
 from llmgateway.core.errors import ConfigError
 
 __all__ = [
@@ -116,7 +102,8 @@ def load_config_text(text: str, env: Mapping[str, str], source: str = "<config>"
             f"{source}: {count} problem{'s' if count != 1 else ''} found",
             [str(p) for p in problems],
         )
-    return _build(typed)
+    _fill_models(typed)
+    return build(AppConfig, typed)
 
 
 def parse_yaml(text: str, source: str) -> Any:
@@ -259,53 +246,44 @@ def _merge_provider(name: str, user: Any) -> Any:
     return out
 
 
-def _build(tree: Mapping[str, Any]) -> AppConfig:
-    providers = {name: _build_provider(name, p) for name, p in tree["providers"].items()}
-    return AppConfig(
-        server=ServerConfig(**tree["server"]),
-        database=DatabaseConfig(**tree["database"]),
-        worker=WorkerConfig(**tree["worker"]),
-        logging=LoggingConfig(**tree["logging"]),
-        providers=providers,
-    )
+def build[T](kind: type[T], tree: Mapping[str, Any], **extra: Any) -> T:
+    """The dataclass `kind` from its validated, typed tree (options not in `tree` keep defaults).
+
+    An entry of a map keeps its key in the entry's `name` field when its class
+    has one that is not an option (a provider instance).
+    """
+    values = dict(extra)
+    for name, declared in options_of(kind).items():
+        if name in tree:
+            values[name] = _built(declared.node, tree[name])
+    return kind(**values)
 
 
-def _build_provider(name: str, p: Mapping[str, Any]) -> ProviderConfig:
-    models = {m: ModelConfig(**v) for m, v in p["models"].items()}
-    if not models:
-        models = {p["default_model"]: ModelConfig()}
-    policy = p["gateway_policy"]
-    parsing, retry = policy["error_parsing"], policy["retry"]
-    rules = tuple(
-        ErrorRule(**{**rule, "map_to": ErrorReason(rule["map_to"])}) for rule in parsing["rules"]
-    )
-    return ProviderConfig(
-        name=name,
-        provider_type=ProviderType(p["provider_type"]),
-        api_base_url=p["api_base_url"],
-        default_model=p["default_model"],
-        enabled=p["enabled"],
-        keys_path=p["keys_path"],
-        keys=tuple(p["keys"]),
-        shared_key_status=p["shared_key_status"],
-        models=models,
-        access_control=AccessControl(**p["access_control"]),
-        timeouts=Timeouts(**p["timeouts"]),
-        health_policy=HealthPolicy(**p["health_policy"]),
-        gateway_policy=GatewayPolicy(
-            streaming_mode=StreamingMode(policy["streaming_mode"]),
-            fast_status_mapping={
-                code: ErrorReason(reason) for code, reason in policy["fast_status_mapping"].items()
-            },
-            error_parsing=ErrorParsing(enabled=parsing["enabled"], rules=rules),
-            retry=RetryPolicy(
-                enabled=retry["enabled"],
-                on_key_error=RetryBudget(**retry["on_key_error"]),
-                on_server_error=RetryBudget(**retry["on_server_error"]),
-            ),
-            rate_limit_cooldown=policy["rate_limit_cooldown"],
-        ),
-    )
+def _built(node: Node, value: Any) -> Any:
+    if isinstance(node, Leaf):
+        return value
+    if isinstance(node, ListOf):
+        return tuple(_built(node.item, each) for each in value)
+    if isinstance(node, MapOf):
+        entry = node.value
+        if isinstance(entry, type) and _keeps_key(entry):
+            return {key: build(entry, item, name=key) for key, item in value.items()}
+        return {key: _built(entry, item) for key, item in value.items()}
+    return build(node, value)
+
+
+def _keeps_key(node: Node) -> bool:
+    """True for a section class with a `name` field that is not an option."""
+    if not isinstance(node, type) or "name" in options_of(node):
+        return False
+    return any(item.name == "name" for item in dataclasses.fields(node))
+
+
+def _fill_models(typed: Mapping[str, Any]) -> None:
+    """An instance without `models` serves and probes its `default_model`."""
+    for provider in typed["providers"].values():
+        if not provider["models"]:
+            provider["models"] = {provider["default_model"]: {}}
 
 
 def describe_problems(error: ConfigError) -> str:
