@@ -183,7 +183,7 @@ class ErrorRule:
     )
     error_path: str = field(
         metadata=declare(
-            Leaf(f.non_empty, 'a dot path into the JSON error body, e.g. "error.code"'),
+            Leaf(f.dot_path, 'a dot path into the JSON error body, e.g. "error.code"'),
             "dot path into the JSON error body",
             required=True,
         )

@@ -182,6 +182,19 @@ class TestValues:
         )
         assert "not a valid regular expression: unterminated character set at position 5" in line
 
+    @pytest.mark.parametrize("path", ["error..code", ".error", "error.", "."])
+    def test_error_path_segments(self, problems_of: Problems, path: str) -> None:
+        """An error_path with an empty segment is refused when the file loads, not later."""
+        text = PROVIDER + (
+            "    gateway_policy:\n      error_parsing:\n        rules:\n"
+            f'          - {{status_code: 400, error_path: "{path}", match_pattern: x, map_to: no_quota}}\n'
+        )
+        line = _one(problems_of(text))
+        assert line.startswith(
+            "providers.p.gateway_policy.error_parsing.rules[0].error_path (line 9)"
+        )
+        assert f"{path!r} is not a dot path like error.code" in line
+
     def test_fast_status_mapping(self, problems_of: Problems) -> None:
         """fast_status_mapping needs status-code keys and ErrorReason values."""
         text = (
