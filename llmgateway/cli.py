@@ -195,6 +195,8 @@ def config_check(config_option: str | None) -> None:
         f"OK {config_path}: {count} provider instance{'s' if count != 1 else ''} "
         f"({enabled} enabled), database {loaded.database.url.partition(':')[0]}"
     )
+    for text in loaded.deprecations:
+        click.echo(f"  warning: {text}")
     for provider in providers:
         models = ", ".join(provider.models)
         state = "" if provider.enabled else " (disabled)"

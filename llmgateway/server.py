@@ -1,7 +1,7 @@
 """Serving: load the configuration, install uvloop, run the application until a signal.
 
 Graceful shutdown on SIGTERM or SIGINT is aiohttp's `run_app` sequence, which
-this module relies on (issue 7):
+this module relies on:
 
 1. the listening sockets close (no new connection is accepted);
 2. `on_shutdown` runs: the admin module ends every `/-/events` stream;
@@ -78,6 +78,9 @@ def run_server(
     config = load_config(config_path)
     accessor = ConfigAccessor(config)
     masker = configure_logging(accessor.logging, accessor.secrets())
+    if worker_index is None:  # said once, by the process the user started
+        for text in accessor.deprecations:
+            log.warning("config_deprecated", detail=text)
     if not accessor.server.admin_token and worker_index is None:
         log.warning(
             "no admin token: /-/status, /-/events and /metrics answer loopback clients only",

@@ -60,7 +60,7 @@ TYPE_DEFAULTS: Final = MappingProxyType(
 
 
 def app_template() -> dict[str, Any]:
-    """A fresh tree of the top-level defaults (server, database, worker, logging, providers)."""
+    """A fresh tree of the top-level defaults (server, database, keeper, logging, providers)."""
     return template(AppConfig)
 
 

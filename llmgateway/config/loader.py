@@ -6,6 +6,9 @@
       → `validator.validate` (every problem, one report)
       → frozen dataclasses of `schemas`
 
+The old name `worker:` of the `keeper:` section is still read, with a
+deprecation warning in `AppConfig.deprecations`.
+
 Any failure raises one `ConfigError` whose `problems` lists every mistake found.
 """
 
@@ -45,6 +48,15 @@ DEFAULT_CONFIG_PATH: Final = Path("config/providers.yaml")
 
 CONFIG_ENV: Final = "LLMGW_CONFIG"
 """The environment variable naming the configuration file."""
+
+KEEPER_SECTION: Final = "keeper"
+OLD_KEEPER_SECTION: Final = "worker"
+"""The former name of the `keeper` section, still read with a deprecation warning."""
+
+KEEPER_RENAMED: Final = (
+    "the `worker:` section is now called `keeper:`; rename it "
+    "(`worker:` is still read, with this warning)"
+)
 
 _REFERENCE: Final = re.compile(
     r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<has_default>:-(?P<default>[^}]*))?\}|\$\{"
@@ -90,8 +102,12 @@ def load_config_text(text: str, env: Mapping[str, str], source: str = "<config>"
         resolved = {}
     if not isinstance(resolved, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    deprecations: list[str] = []
+    renamed = _rename_keeper(resolved, lines, problems, deprecations)
     merged = merge_over_defaults(resolved)
     typed, invalid = validate(merged, lines)
+    if renamed:
+        invalid = [_as_written(p) for p in invalid]
     # A value left empty by an unset variable is already reported once; don't cascade.
     unresolved = {p.path for p in problems}
     problems.extend(p for p in invalid if p.path not in unresolved)
@@ -103,7 +119,46 @@ def load_config_text(text: str, env: Mapping[str, str], source: str = "<config>"
             [str(p) for p in problems],
         )
     _fill_models(typed)
-    return build(AppConfig, typed)
+    return build(AppConfig, typed, deprecations=tuple(deprecations))
+
+
+def _rename_keeper(
+    tree: dict[Any, Any],
+    lines: dict[TreePath, int],
+    problems: list[Problem],
+    deprecations: list[str],
+) -> bool:
+    """Read the old `worker:` section as `keeper:`; True when it was renamed.
+
+    Both sections at once is a problem; the old one alone adds the deprecation
+    warning to `deprecations` and moves its line numbers under the new name.
+    """
+    if OLD_KEEPER_SECTION not in tree:
+        return False
+    where: TreePath = (OLD_KEEPER_SECTION,)
+    if KEEPER_SECTION in tree:
+        problems.append(
+            Problem(
+                where,
+                "is the old name of the `keeper` section, which is given too",
+                "one `keeper:` section",
+                lines.get(where),
+            )
+        )
+        del tree[OLD_KEEPER_SECTION]
+        return False
+    tree[KEEPER_SECTION] = tree.pop(OLD_KEEPER_SECTION)
+    for path in [p for p in lines if p[:1] == where]:
+        lines[(KEEPER_SECTION, *path[1:])] = lines.pop(path)
+    deprecations.append(KEEPER_RENAMED)
+    return True
+
+
+def _as_written(problem: Problem) -> Problem:
+    """`problem` with the path under the old `worker` name the user wrote."""
+    if problem.path[:1] != (KEEPER_SECTION,):
+        return problem
+    return dataclasses.replace(problem, path=(OLD_KEEPER_SECTION, *problem.path[1:]))
 
 
 def parse_yaml(text: str, source: str) -> Any:

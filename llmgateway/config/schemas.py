@@ -85,7 +85,7 @@ class DatabaseConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerConfig:
+class KeeperConfig:
     """The keeper: background probing of every key."""
 
     enabled: bool = option(True, BOOL, "false: no background probing")
@@ -303,14 +303,19 @@ class ProviderConfig:
 
 @dataclass(frozen=True, slots=True)
 class AppConfig:
-    """The whole configuration file."""
+    """The whole configuration file.
+
+    `deprecations` is not an option: it says what the file wrote in a way
+    still read but to be changed (shown by `config check`, logged by `serve`).
+    """
 
     server: ServerConfig = section(ServerConfig)
     database: DatabaseConfig = section(DatabaseConfig)
-    worker: WorkerConfig = section(WorkerConfig, "the keeper: background probing of every key")
+    keeper: KeeperConfig = section(KeeperConfig, "background probing of every key")
     logging: LoggingConfig = section(LoggingConfig)
     providers: dict[str, ProviderConfig] = mapping(
         ProviderConfig,
         "provider instances; a name is [a-z0-9][a-z0-9_-]*",
         key=Leaf(f.instance_name, f.INSTANCE_NAME_FORM),
     )
+    deprecations: tuple[str, ...] = field(default=(), compare=False)

@@ -11,10 +11,10 @@ from typing import final
 from llmgateway.config.schemas import (
     AppConfig,
     DatabaseConfig,
+    KeeperConfig,
     LoggingConfig,
     ProviderConfig,
     ServerConfig,
-    WorkerConfig,
 )
 from llmgateway.core.constants import ALL_MODELS_MARKER
 
@@ -46,14 +46,19 @@ class ConfigAccessor:
         return self._config.database
 
     @property
-    def worker(self) -> WorkerConfig:
-        """The `worker` section."""
-        return self._config.worker
+    def keeper(self) -> KeeperConfig:
+        """The `keeper` section."""
+        return self._config.keeper
 
     @property
     def logging(self) -> LoggingConfig:
         """The `logging` section."""
         return self._config.logging
+
+    @property
+    def deprecations(self) -> tuple[str, ...]:
+        """What the file says in a deprecated way (one warning each, to show or log)."""
+        return self._config.deprecations
 
     def providers(self) -> tuple[ProviderConfig, ...]:
         """Every configured provider instance, enabled or not, in file order."""

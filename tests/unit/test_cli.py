@@ -74,7 +74,7 @@ class TestConfigCreate:
         )
         assert result.exit_code == 0, result.output
         text = (tmp_path / "conf" / "p.yaml").read_text()
-        for section in ("server", "database", "worker", "logging", "providers"):
+        for section in ("server", "database", "keeper", "logging", "providers"):
             assert re.search(rf"^{section}:( +#.*)?$", text, re.MULTILINE), section
         assert (tmp_path / "keys" / "openai-main").is_dir()
         assert "keys/openai-main/*.txt" in result.output
@@ -120,8 +120,8 @@ class TestConfigCreate:
         "original",
         [
             "# only a comment\nserver:\n  port: 8080\n",
-            "server: {port: 8080}\nproviders: {}   # none yet\nworker: {enabled: false}\n",
-            "server: {port: 8080}\nproviders:\n# nothing here yet\nworker: {enabled: false}\n",
+            "server: {port: 8080}\nproviders: {}   # none yet\nkeeper: {enabled: false}\n",
+            "server: {port: 8080}\nproviders:\n# nothing here yet\nkeeper: {enabled: false}\n",
             "",
         ],
         ids=["no-providers-key", "empty-flow", "null", "empty-file"],
@@ -307,6 +307,16 @@ class TestConfigCheck:
         assert result.exit_code == 1
         assert path in result.output and "too short" in result.output
         assert (admin or token_env) not in result.output
+
+    def test_shows_the_old_worker_section_as_deprecated(
+        self, runner: CliRunner, tmp_path: Path
+    ) -> None:
+        """A file still saying `worker:` passes the check with a warning naming both names."""
+        path = tmp_path / "p.yaml"
+        path.write_text(HANDWRITTEN.replace("server: {port: 8080}", "worker: {enabled: false}"))
+        result = run(runner, "config", "check", "--config", str(path), env=ENV)
+        assert result.exit_code == 0, result.output
+        assert "warning: the `worker:` section is now called `keeper:`" in result.output
 
     def test_warns_about_missing_keys(self, runner: CliRunner, tmp_path: Path) -> None:
         """An instance without keys folder or inline keys passes with a warning naming the folder."""

@@ -14,11 +14,11 @@ from llmgateway.config.schemas import (
     ErrorRule,
     GatewayPolicy,
     HealthPolicy,
+    KeeperConfig,
     LoggingConfig,
     ModelConfig,
     ServerConfig,
     Timeouts,
-    WorkerConfig,
 )
 from llmgateway.core.constants import ErrorReason, ProviderType, StreamingMode
 from llmgateway.core.errors import ConfigError
@@ -102,7 +102,7 @@ class TestDefaults:
         provider = config.providers["openai-main"]
         assert config.server == ServerConfig()
         assert config.database == DatabaseConfig()
-        assert config.worker == WorkerConfig()
+        assert config.keeper == KeeperConfig()
         assert config.logging == LoggingConfig()
         assert provider.timeouts == Timeouts()
         assert provider.health_policy == HealthPolicy()
@@ -181,6 +181,33 @@ class TestDefaults:
         """A section left empty (`server:`) takes every default."""
         config = load_text("server:\nlogging:\nproviders:\n")
         assert config.server == ServerConfig() and config.providers == {}
+
+
+class TestKeeperSection:
+    def test_keeper_is_read_without_warning(self, load_text: LoadText) -> None:
+        """`keeper:` is the section's name: read as is, nothing deprecated."""
+        config = load_text("keeper: {enabled: false, check_interval: 2s}\n")
+        assert config.keeper == KeeperConfig(enabled=False, check_interval=2.0)
+        assert config.deprecations == ()
+
+    def test_old_worker_name_is_read_with_a_warning_naming_both(self, load_text: LoadText) -> None:
+        """The old `worker:` still configures the keeper, with one warning naming both names."""
+        config = load_text("worker: {enabled: false, check_interval: 2s}\n")
+        assert config.keeper == KeeperConfig(enabled=False, check_interval=2.0)
+        assert len(config.deprecations) == 1
+        assert "`worker:`" in config.deprecations[0] and "`keeper:`" in config.deprecations[0]
+
+    def test_problems_under_the_old_name_show_the_old_name(self, problems_of: Problems) -> None:
+        """A mistake inside `worker:` is reported where the user wrote it."""
+        problems = problems_of("server: {}\nworker:\n  enabled: maybe\n")
+        assert len(problems) == 1
+        assert problems[0].startswith("worker.enabled (line 3): 'maybe' is not true or false")
+
+    def test_both_names_at_once_is_an_error(self, problems_of: Problems) -> None:
+        """`worker:` and `keeper:` together are refused: which one counts would be a guess."""
+        problems = problems_of("keeper: {enabled: true}\nworker: {enabled: false}\n")
+        assert len(problems) == 1
+        assert problems[0].startswith("worker (line 2): is the old name of the `keeper` section")
 
 
 class TestProbeDefaults:

@@ -22,7 +22,7 @@ from llmgateway.config.options import (
     options_of,
 )
 from llmgateway.config.scaffold import render_example, scalar
-from llmgateway.config.schemas import AppConfig, RetryPolicy, ServerConfig, WorkerConfig
+from llmgateway.config.schemas import AppConfig, KeeperConfig, RetryPolicy, ServerConfig
 from llmgateway.core.constants import ProviderType
 
 REPO = Path(__file__).resolve().parents[3]
@@ -107,7 +107,7 @@ def test_the_example_writes_every_option_with_its_default_and_help(
 
 def test_option_keeps_the_default_as_written_and_parses_it_for_the_field() -> None:
     """The field default is the parsed value; the metadata keeps "60s", its leaf and its help."""
-    field = next(f for f in dataclasses.fields(WorkerConfig) if f.name == "keys_sync_interval")
+    field = next(f for f in dataclasses.fields(KeeperConfig) if f.name == "keys_sync_interval")
     option = field.metadata[OPTION]
     assert field.default == 60.0
     assert (option.default, option.help) == ("60s", "re-read keys files")
@@ -126,7 +126,7 @@ def test_the_templates_are_the_declared_defaults_as_written() -> None:
     """The loader's default tree holds the defaults as a user writes them ("30s", not 30.0)."""
     template = defaults.app_template()
     assert template["server"]["shutdown_timeout"] == "30s"
-    assert set(template) == {"server", "database", "worker", "logging", "providers"}
+    assert set(template) == {"server", "database", "keeper", "logging", "providers"}
     provider = defaults.provider_template(ProviderType.ANTHROPIC, "claude")
     assert provider["keys_path"] == "keys/claude/"
     assert provider["api_base_url"] == "https://api.anthropic.com"

@@ -67,14 +67,14 @@ class TestTypes:
             ("server: {port: abc}\n", "server.port (line 1)", "'abc' is not an integer"),
             ("server: {host: 5}\n", "server.host (line 1)", "5 is not a string"),
             (
-                "worker: {enabled: maybe}\n",
-                "worker.enabled (line 1)",
+                "keeper: {enabled: maybe}\n",
+                "keeper.enabled (line 1)",
                 "'maybe' is not true or false",
             ),
             ("server: 5\n", "server (line 1)", "5 is not a mapping"),
             (
-                "worker: {max_concurrent_probes: 2.5}\n",
-                "worker.max_concurrent_probes",
+                "keeper: {max_concurrent_probes: 2.5}\n",
+                "keeper.max_concurrent_probes",
                 "not an integer",
             ),
             ("server: {max_body_mb: lots}\n", "server.max_body_mb", "'lots' is not a number"),
