@@ -1,4 +1,4 @@
-"""Serving: load the configuration, install uvloop, run the application until a signal.
+"""Serving: the loaded configuration, uvloop, the application run until a signal.
 
 Graceful shutdown on SIGTERM or SIGINT is aiohttp's `run_app` sequence, which
 this module relies on:
@@ -28,7 +28,7 @@ import structlog
 from aiohttp import web
 
 from llmgateway.app import create_app
-from llmgateway.config.loader import load_config
+from llmgateway.config.schemas import AppConfig
 from llmgateway.core.accessor import ConfigAccessor
 from llmgateway.core.logs import configure_logging
 from llmgateway.core.masking import Masker
@@ -65,17 +65,17 @@ def run_server(
     port: int | None = None,
     workers: int | None = None,
     worker_index: int | None = None,
+    *,
+    config: AppConfig,
 ) -> None:
-    """Load the configuration and serve until SIGINT/SIGTERM, then shut down gracefully.
+    """Serve `config`, loaded from `config_path`, until SIGINT/SIGTERM, then shut down gracefully.
 
     `workers` (default `server.workers`) above 1 starts that many worker
-    processes under a supervisor; `worker_index` makes this process one of
-    them (it binds with SO_REUSEPORT). Raises ConfigError (with every
-    problem) before anything starts when the configuration does not load;
-    returns normally after a graceful shutdown, raises SystemExit(1) when a
-    worker died unexpectedly.
+    processes under a supervisor, each loading `config_path` itself;
+    `worker_index` makes this process one of them (it binds with
+    SO_REUSEPORT). Returns normally after a graceful shutdown, raises
+    SystemExit(1) when a worker died unexpectedly.
     """
-    config = load_config(config_path)
     accessor = ConfigAccessor(config)
     masker = configure_logging(accessor.logging, accessor.secrets())
     if worker_index is None:  # said once, by the process the user started

@@ -24,7 +24,7 @@ from llmgateway.config.loader import parse_yaml
 from llmgateway.config.options import UNSET, Leaf, ListOf, MapOf, Option, options_of, template
 from llmgateway.config.schemas import AppConfig, ProviderConfig
 from llmgateway.core.constants import ProviderType
-from llmgateway.core.errors import ConfigError
+from llmgateway.core.errors import ConfigError, ProviderNotAdded
 
 _COMMENT_COLUMN: Final = 44
 _ADMIN_TOKEN_FROM_ENV: Final = "${LLMGW_ADMIN_TOKEN:-}"
@@ -251,8 +251,9 @@ def render_example() -> str:
 def add_provider(text: str, provider_type: ProviderType, name: str, source: str) -> str:
     """`text` with a new provider section appended to its `providers` block.
 
-    Raises ConfigError when the YAML is invalid, `name` already exists, or the
-    file's shape leaves no safe place to insert the section.
+    Raises ConfigError when the file is not a usable configuration (invalid
+    YAML, no mapping at the top or under `providers`), ProviderNotAdded when
+    `name` already exists or the file's layout leaves no safe place for it.
     """
     data = parse_yaml(text, source)
     if data is None:
@@ -265,7 +266,7 @@ def add_provider(text: str, provider_type: ProviderType, name: str, source: str)
     if providers is not None and not isinstance(providers, CommentedMap):
         raise ConfigError(f"{source}: `providers` is not a mapping; cannot add a provider")
     if providers is not None and name in providers:
-        raise ConfigError(f"{source}: provider instance {name!r} already exists")
+        raise ProviderNotAdded(f"{source}: provider instance {name!r} already exists")
 
     if "providers" not in data:
         gap = [newline] if lines and lines[-1].strip() else []
@@ -280,13 +281,13 @@ def add_provider(text: str, provider_type: ProviderType, name: str, source: str)
             r"(providers\s*:)\s*(?:\{\s*\}|null|~)?(\s*#.*)?\s*$", lines[at].rstrip("\r\n")
         )
         if match is None:
-            raise ConfigError(
+            raise ProviderNotAdded(
                 f"{source}: cannot read the `providers:` line; add the section by hand"
             )
         lines[at] = match.group(1) + (match.group(2) or "") + newline
         at, section = at + 1, [render_provider(provider_type, name)]
     elif providers.fa.flow_style():
-        raise ConfigError(
+        raise ProviderNotAdded(
             f"{source}: `providers` is written in flow style {{...}}; add the section by hand"
         )
     else:
@@ -337,6 +338,6 @@ def _verify(
         or (added.get(name) or {}).get("provider_type") != provider_type.value
         or list(after) != list(before) + (["providers"] if "providers" not in before else [])
     ):
-        raise ConfigError(
+        raise ProviderNotAdded(
             f"{source}: the file's layout prevents a safe insertion; add the section by hand"
         )

@@ -178,12 +178,23 @@ class TestConfigCreate:
         )
 
     def test_refuses_broken_yaml(self, runner: CliRunner, tmp_path: Path) -> None:
-        """A file that is not valid YAML is left alone, exit 1."""
+        """A file that is not valid YAML is left alone: a configuration error, exit 2."""
         path = tmp_path / "p.yaml"
         path.write_text("providers: [\n")
         result = run(runner, "config", "create", "gemini:g", "--config", str(path))
-        assert result.exit_code == 1 and "invalid YAML" in result.output
+        assert result.exit_code == 2 and "invalid YAML" in result.output
         assert path.read_text() == "providers: [\n"
+
+    @pytest.mark.parametrize("text", ["- a list\n", "providers: [a, b]\n"])
+    def test_an_unusable_file_is_a_configuration_error(
+        self, runner: CliRunner, tmp_path: Path, text: str
+    ) -> None:
+        """A file that is no configuration (not a mapping where one belongs) exits 2, untouched."""
+        path = tmp_path / "p.yaml"
+        path.write_text(text)
+        result = run(runner, "config", "create", "gemini:g", "--config", str(path))
+        assert result.exit_code == 2 and "is not a mapping" in result.output
+        assert path.read_text() == text
 
     def test_default_path_and_environment(self, runner: CliRunner, tmp_path: Path) -> None:
         """Without --config the file is config/providers.yaml, or $LLMGW_CONFIG when set."""
@@ -206,11 +217,11 @@ class TestConfigCheck:
         assert "openai-main: openai_like, models: gpt-4o-mini" in result.output
 
     def test_every_problem_printed(self, runner: CliRunner, tmp_path: Path) -> None:
-        """An invalid file prints every problem with its path and exits 1."""
+        """An invalid file prints every problem with its path and exits 2."""
         path = tmp_path / "p.yaml"
         path.write_text("server: {port: 0, hots: x}\nlogging: {level: loud}\n")
         result = run(runner, "config", "check", "--config", str(path))
-        assert result.exit_code == 1
+        assert result.exit_code == 2
         assert "3 problems found" in result.output
         for fragment in ("server.port (line 1)", "server.hots (line 1)", "logging.level (line 2)"):
             assert fragment in result.output
@@ -220,12 +231,12 @@ class TestConfigCheck:
         path = tmp_path / "p.yaml"
         path.write_text(HANDWRITTEN)
         result = run(runner, "config", "check", "--config", str(path))
-        assert result.exit_code == 1 and "OPENAI_MAIN_TOKEN is not set" in result.output
+        assert result.exit_code == 2 and "OPENAI_MAIN_TOKEN is not set" in result.output
 
     def test_missing_file(self, runner: CliRunner) -> None:
-        """A missing file exits 1 and suggests `config create`."""
+        """A missing file exits 2 and suggests `config create`."""
         result = run(runner, "config", "check")
-        assert result.exit_code == 1
+        assert result.exit_code == 2
         assert (
             "config/providers.yaml" in result.output and "llmgateway config create" in result.output
         )
@@ -254,7 +265,7 @@ class TestConfigCheck:
             '    access_control: {gateway_access_token: "gw-secret-0123456789abcdef"}\n'
         )
         result = run(runner, "config", "check", "--config", str(path))
-        assert result.exit_code == 1
+        assert result.exit_code == 2
         assert "line 3, column 3" in result.output and "written twice" in result.output
         for secret in ("first-admin", "second-admin", "inline-secret", "gw-secret"):
             assert secret not in result.output
@@ -264,7 +275,7 @@ class TestConfigCheck:
         path = tmp_path / "p.yaml"
         path.write_text('server: {admin_token: "secret-with-bad-escape-\\q-0123456789"}\n')
         result = run(runner, "config", "check", "--config", str(path))
-        assert result.exit_code == 1 and "invalid YAML (line 1" in result.output
+        assert result.exit_code == 2 and "invalid YAML (line 1" in result.output
         assert "secret-with" not in result.output and "'q'" not in result.output
 
     def test_credentials_in_api_base_url_are_refused_without_being_shown(
@@ -278,7 +289,7 @@ class TestConfigCheck:
             )
         )
         result = run(runner, "config", "check", "--config", str(path), env=ENV)
-        assert result.exit_code == 1
+        assert result.exit_code == 2
         assert "providers.openai-main.api_base_url" in result.output
         assert "must not contain credentials (user:password@)" in result.output
         assert "https://***@api.openai.com/v1" in result.output
@@ -304,7 +315,7 @@ class TestConfigCheck:
         result = run(
             runner, "config", "check", "--config", str(file), env={"OPENAI_MAIN_TOKEN": token_env}
         )
-        assert result.exit_code == 1
+        assert result.exit_code == 2
         assert path in result.output and "too short" in result.output
         assert (admin or token_env) not in result.output
 
@@ -330,11 +341,11 @@ class TestConfigCheck:
 
 
 class TestServeAndStatus:
-    @pytest.mark.parametrize("command", [["serve"], ["status", "--json"]])
+    @pytest.mark.parametrize("command", [["serve"], ["status", "--json"], ["config", "check"]])
     def test_invalid_config_exits_2(
         self, runner: CliRunner, tmp_path: Path, command: list[str]
     ) -> None:
-        """serve and status print the whole report and exit 2 on an invalid configuration."""
+        """Every command prints the whole report and exits 2 on an invalid configuration."""
         path = tmp_path / "p.yaml"
         path.write_text("server: {port: 0}\nlogging: {level: loud}\n")
         result = run(runner, *command, "--config", str(path))
