@@ -103,7 +103,7 @@ def serve(
 ) -> None:
     """Run the gateway and the key keeper (in N processes sharing the port with --workers N)."""
     config_path = resolve_config_path(config_option, os.environ)
-    loaded = _load_or_exit(config_path)
+    accessor = ConfigAccessor(_load_or_exit(config_path))
     run_server = _lazy(("llmgateway.server", "llmgateway.app"), "run_server", "the server")
     extra: dict[str, Any] = {}
     if workers is not None:
@@ -117,7 +117,7 @@ def serve(
     if worker_index is not None and "worker_index" in inspect.signature(run_server).parameters:
         extra["worker_index"] = worker_index
     try:
-        run_server(config_path, host, port, config=loaded, **extra)
+        run_server(config_path, host, port, accessor=accessor, **extra)
     except ConfigError as exc:
         raise _config_error_exit(exc) from None
 

@@ -28,7 +28,6 @@ import structlog
 from aiohttp import web
 
 from llmgateway.app import create_app
-from llmgateway.config.schemas import AppConfig
 from llmgateway.core.accessor import ConfigAccessor
 from llmgateway.core.logs import configure_logging
 from llmgateway.core.masking import Masker
@@ -66,9 +65,9 @@ def run_server(
     workers: int | None = None,
     worker_index: int | None = None,
     *,
-    config: AppConfig,
+    accessor: ConfigAccessor,
 ) -> None:
-    """Serve `config`, loaded from `config_path`, until SIGINT/SIGTERM, then shut down gracefully.
+    """Serve the configuration loaded from `config_path` until SIGINT/SIGTERM, then stop gracefully.
 
     `workers` (default `server.workers`) above 1 starts that many worker
     processes under a supervisor, each loading `config_path` itself;
@@ -76,7 +75,6 @@ def run_server(
     SO_REUSEPORT). Returns normally after a graceful shutdown, raises
     SystemExit(1) when a worker died unexpectedly.
     """
-    accessor = ConfigAccessor(config)
     masker = configure_logging(accessor.logging, accessor.secrets())
     if worker_index is None:  # said once, by the process the user started
         for text in accessor.deprecations:
