@@ -1,4 +1,4 @@
-"""Throughput of `llmgateway serve --workers 1` vs `--workers 2` on one host (issue 9, Measure).
+"""Throughput of `llmgateway serve --workers 1` vs `--workers 2` on one host.
 
 The gateway (SQLite default store, keeper disabled, logging `warning`, no
 access log: the config bench/setup_files.py writes) forwards non-streamed

@@ -2,7 +2,7 @@
 
 One builder serves both: `/-/status` feeds it the live pool's records, the CLI
 the store's, so `llmgateway status --json` prints exactly what `/-/status`
-answers (issue 7). Keys are masked here and nowhere else in this output.
+answers. Keys are masked here and nowhere else in this output.
 """
 
 from __future__ import annotations
