@@ -2,13 +2,14 @@
 #   make run    install into .venv/ (Python 3.13) and serve on the embedded SQLite store
 #   make test   install, then ruff, black --check, mypy --strict, pytest with coverage
 #   make bench  the performance harness (installs nginx and wrk from Debian packages)
+#   make example  regenerate config/example_full.yaml from the option declarations
 
 PYTHON ?= $(shell command -v python3.13 || pyenv which python3.13 2>/dev/null || echo python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= $(or $(LLMGW_CONFIG),config/providers.yaml)
 
-.PHONY: install run test lint typecheck pytest bench lock clean
+.PHONY: install run test lint typecheck pytest bench example lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +60,11 @@ test: lint typecheck pytest
 
 bench: install
 	$(BIN)/python bench/run.py
+
+# After changing an option's declaration (llmgateway/config/schemas.py): regenerate the full
+# example, which a test compares with what the declarations render.
+example: install
+	$(BIN)/python -c 'from llmgateway.config.scaffold import render_example; print(render_example(), end="")' > config/example_full.yaml
 
 # Maintainers: rewrite poetry.lock, then the hash-pinned requirement files pip installs from
 # (needs poetry and poetry-plugin-export).

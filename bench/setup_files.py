@@ -84,7 +84,7 @@ def write_gateway_files(
     config = {
         "server": {"host": "127.0.0.1", "port": port, "admin_token": ""},
         "database": {"url": f"sqlite:///{workdir / 'data' / 'bench.db'}"},
-        "worker": {"enabled": False},
+        "keeper": {"enabled": False},
         "logging": {"level": "warning", "format": "console", "access_log": False},
         "providers": providers,
     }

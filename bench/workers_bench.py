@@ -275,7 +275,7 @@ class WorkersBench:
         out += [
             f"- command: `{' '.join(['.venv/bin/python bench/workers_bench.py', *sys.argv[1:]])}`",
             "- gateway: `llmgateway serve --workers N`, not pinned (any core); SQLite store, "
-            "worker.enabled false, logging warning, access_log false, one key",
+            "keeper.enabled false, logging warning, access_log false, one key",
             f"- load: wrk (1 thread) and nginx pinned to CPU {self.load_cpu}",
             f"- non-streamed JSON, {self.warmup:g} s warm-up at {max(self.connections)} "
             f"connections per gateway start, then {self.duration:g} s per run",

@@ -8,7 +8,7 @@ and the write queue is flushed before the store closes.
 Several processes may share the database (`--workers N`, or several hosts):
 the start-up key sync runs under the store's `keysync` lock, the follower
 applies what the other processes record to this process's pool, and the
-keeper leases its due checks (issue 9).
+keeper leases its due checks.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     async with store.exclusive("keysync", wait=True):
         for provider in providers:
             await sync_instance_keys(store, provider, now)
-    keeper = accessor.worker
+    keeper = accessor.keeper
     pool = KeyPool(
         providers,
         sink=app[WRITE_QUEUE].put,
@@ -160,7 +160,7 @@ async def _follower_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _keeper_ctx(app: web.Application) -> AsyncIterator[None]:
     accessor = app[ACCESSOR]
-    if not accessor.worker.enabled:
+    if not accessor.keeper.enabled:
         yield
         return
     adapters: dict[str, ProviderAdapter] = app[ADAPTERS]
@@ -178,7 +178,7 @@ async def _keeper_ctx(app: web.Application) -> AsyncIterator[None]:
     app[KEEPER] = keeper
     await keeper.start()
     yield
-    await keeper.stop(accessor.worker.shutdown_timeout)
+    await keeper.stop(accessor.keeper.shutdown_timeout)
 
 
 async def _healthy(request: web.Request) -> web.Response:
@@ -224,7 +224,7 @@ def create_app(
     masker.add(accessor.secrets())
     app[MASKER] = masker
     app[AUTH_FAILURES] = AuthFailures(accessor.server.auth_failures_per_minute)
-    # admin reads this module's AppKeys, so it is imported here, not at the top (issue 7).
+    # admin reads this module's AppKeys, so it is imported here, not at the top.
     from llmgateway.services.admin import install_admin, metrics_ctx, summary_ctx
 
     app.cleanup_ctx.extend(

@@ -1,8 +1,10 @@
 """The `llmgateway` command line: serve, status, config create, config check.
 
-Exit codes: 0 success; 1 a refused or failed command (bad arguments, invalid
-configuration in `config check`, a part not available); 2 an invalid
-configuration when starting `serve` or `status`.
+Exit codes, the same for every command: 0 success; 2 the configuration cannot
+be used (missing or unreadable file, invalid YAML, any problem the validator
+finds), and click's usage errors; 1 any other failure (a refused
+`config create`, no store yet, the store failing, a worker process dying).
+Each command loads the configuration file once and hands it on.
 """
 
 from __future__ import annotations
@@ -26,11 +28,15 @@ from llmgateway.config.scaffold import (
     token_variable,
 )
 from llmgateway.config.schemas import AppConfig
+from llmgateway.core.accessor import ConfigAccessor
 from llmgateway.core.constants import ProviderType
-from llmgateway.core.errors import ConfigError
+from llmgateway.core.errors import ConfigError, ProviderNotAdded
 
-EXIT_INVALID_CONFIG = 2
-"""Exit code of `serve` and `status` when the configuration does not load."""
+EXIT_CONFIG_ERROR = 2
+"""Exit code of every command when the configuration cannot be used."""
+
+EXIT_FAILURE = 1
+"""Exit code of every other failure."""
 
 _CONFIG_HELP = "Configuration file (default: $LLMGW_CONFIG, else config/providers.yaml)."
 
@@ -47,12 +53,17 @@ def _report(error: ConfigError) -> str:
     return f"Error: {describe_problems(error)}"
 
 
-def _load_or_exit(config_path: Path, code: int) -> AppConfig:
+def _config_error_exit(error: ConfigError) -> SystemExit:
+    """Print the whole report of `error` on stderr; the exit of an unusable configuration."""
+    click.echo(_report(error), err=True)
+    return SystemExit(EXIT_CONFIG_ERROR)
+
+
+def _load_or_exit(config_path: Path) -> AppConfig:
     try:
         return load_config(config_path)
     except ConfigError as exc:
-        click.echo(_report(exc), err=True)
-        raise SystemExit(code) from None
+        raise _config_error_exit(exc) from None
 
 
 def _lazy(modules: tuple[str, ...], name: str, what: str) -> Callable[..., Any]:
@@ -92,7 +103,7 @@ def serve(
 ) -> None:
     """Run the gateway and the key keeper (in N processes sharing the port with --workers N)."""
     config_path = resolve_config_path(config_option, os.environ)
-    _load_or_exit(config_path, EXIT_INVALID_CONFIG)
+    accessor = ConfigAccessor(_load_or_exit(config_path))
     run_server = _lazy(("llmgateway.server", "llmgateway.app"), "run_server", "the server")
     extra: dict[str, Any] = {}
     if workers is not None:
@@ -105,7 +116,10 @@ def serve(
             )
     if worker_index is not None and "worker_index" in inspect.signature(run_server).parameters:
         extra["worker_index"] = worker_index
-    run_server(config_path, host, port, **extra)
+    try:
+        run_server(config_path, host, port, accessor=accessor, **extra)
+    except ConfigError as exc:
+        raise _config_error_exit(exc) from None
 
 
 @main.command()
@@ -115,9 +129,11 @@ def serve(
 def status(config_option: str | None, as_json: bool, show_keys: bool) -> None:
     """Show the stored status of every key (what /-/status shows)."""
     config_path = resolve_config_path(config_option, os.environ)
-    _load_or_exit(config_path, EXIT_INVALID_CONFIG)
+    accessor = ConfigAccessor(_load_or_exit(config_path))
+    for text in accessor.deprecations:
+        click.echo(f"Warning: {text}", err=True)
     print_status = _lazy(("llmgateway.services.stats",), "print_status", "the status command")
-    raise SystemExit(print_status(config_path, as_json, show_keys))
+    raise SystemExit(print_status(accessor, as_json, show_keys))
 
 
 @main.group()
@@ -160,7 +176,9 @@ def config_create(spec: str, config_option: str | None) -> None:
             created = True
         _write_atomically(config_path, updated)
     except ConfigError as exc:
-        raise click.ClickException(_report(exc).removeprefix("Error: ")) from None
+        raise _config_error_exit(exc) from None
+    except ProviderNotAdded as exc:
+        raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot write {config_path}: {exc}") from None
     keys_dir = Path("keys") / name
@@ -187,14 +205,16 @@ def _write_atomically(path: Path, text: str) -> None:
 def config_check(config_option: str | None) -> None:
     """Load and validate the configuration and print every problem found."""
     config_path = resolve_config_path(config_option, os.environ)
-    loaded = _load_or_exit(config_path, 1)
-    providers = loaded.providers.values()
-    enabled = sum(1 for p in providers if p.enabled)
-    count = len(loaded.providers)
+    accessor = ConfigAccessor(_load_or_exit(config_path))
+    providers = accessor.providers()
+    enabled = len(accessor.enabled_providers())
+    count = len(providers)
     click.echo(
         f"OK {config_path}: {count} provider instance{'s' if count != 1 else ''} "
-        f"({enabled} enabled), database {loaded.database.url.partition(':')[0]}"
+        f"({enabled} enabled), database {accessor.database.url.partition(':')[0]}"
     )
+    for text in accessor.deprecations:
+        click.echo(f"  warning: {text}")
     for provider in providers:
         models = ", ".join(provider.models)
         state = "" if provider.enabled else " (disabled)"

@@ -1,7 +1,7 @@
-"""Serving: load the configuration, install uvloop, run the application until a signal.
+"""Serving: the loaded configuration, uvloop, the application run until a signal.
 
 Graceful shutdown on SIGTERM or SIGINT is aiohttp's `run_app` sequence, which
-this module relies on (issue 7):
+this module relies on:
 
 1. the listening sockets close (no new connection is accepted);
 2. `on_shutdown` runs: the admin module ends every `/-/events` stream;
@@ -28,7 +28,6 @@ import structlog
 from aiohttp import web
 
 from llmgateway.app import create_app
-from llmgateway.config.loader import load_config
 from llmgateway.core.accessor import ConfigAccessor
 from llmgateway.core.logs import configure_logging
 from llmgateway.core.masking import Masker
@@ -65,19 +64,21 @@ def run_server(
     port: int | None = None,
     workers: int | None = None,
     worker_index: int | None = None,
+    *,
+    accessor: ConfigAccessor,
 ) -> None:
-    """Load the configuration and serve until SIGINT/SIGTERM, then shut down gracefully.
+    """Serve the configuration loaded from `config_path` until SIGINT/SIGTERM, then stop gracefully.
 
     `workers` (default `server.workers`) above 1 starts that many worker
-    processes under a supervisor; `worker_index` makes this process one of
-    them (it binds with SO_REUSEPORT). Raises ConfigError (with every
-    problem) before anything starts when the configuration does not load;
-    returns normally after a graceful shutdown, raises SystemExit(1) when a
-    worker died unexpectedly.
+    processes under a supervisor, each loading `config_path` itself;
+    `worker_index` makes this process one of them (it binds with
+    SO_REUSEPORT). Returns normally after a graceful shutdown, raises
+    SystemExit(1) when a worker died unexpectedly.
     """
-    config = load_config(config_path)
-    accessor = ConfigAccessor(config)
     masker = configure_logging(accessor.logging, accessor.secrets())
+    if worker_index is None:  # said once, by the process the user started
+        for text in accessor.deprecations:
+            log.warning("config_deprecated", detail=text)
     if not accessor.server.admin_token and worker_index is None:
         log.warning(
             "no admin token: /-/status, /-/events and /metrics answer loopback clients only",

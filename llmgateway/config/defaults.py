@@ -1,20 +1,23 @@
-"""The single source of default configuration values.
+"""Default trees for the loader, and the defaults that are not options: those of a provider type.
 
-The loader merges the user's file over `app_template()` and every provider over
-`provider_template()`; the per-type values (upstream, default model, probe) live
-here too, and the provider adapters build their probes with
-`default_probe_path` / `default_probe_payload` / `default_probe_headers`.
-Durations are written as the user would write them (`"24h"`).
+Every option's default is declared on its schema field; `app_template()`,
+`provider_template()`, `model_template()` and `rule_template()` are derived
+from those declarations, as a user would write them (`"24h"`), and the loader
+merges the user's file over them. What differs between API families (upstream,
+default model, probe path, payload and headers) lives here; the provider
+adapters build their probes with `default_probe_path` / `default_probe_payload`
+/ `default_probe_headers`.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final, assert_never
 from urllib.parse import quote
 
+from llmgateway.config.options import template
+from llmgateway.config.schemas import AppConfig, ErrorRule, ModelConfig, ProviderConfig
 from llmgateway.core.constants import ProviderType
 
 ANTHROPIC_VERSION: Final = "2023-06-01"
@@ -22,77 +25,6 @@ ANTHROPIC_VERSION: Final = "2023-06-01"
 
 PROBE_PROMPT: Final = "hi"
 """The one-word prompt of every default probe."""
-
-_SERVER: Final[dict[str, Any]] = {
-    "host": "0.0.0.0",
-    "port": 55300,
-    "admin_token": "",
-    "max_body_mb": 32,
-    "max_event_subscribers": 100,
-    "auth_failures_per_minute": 60,
-    "workers": 1,
-    "shutdown_timeout": "30s",
-}
-_DATABASE: Final[dict[str, Any]] = {
-    "url": "sqlite:///data/llmgateway.db",
-    "pool_min_size": 1,
-    "pool_max_size": 10,
-}
-_WORKER: Final[dict[str, Any]] = {
-    "enabled": True,
-    "max_concurrent_probes": 10,
-    "max_concurrent_probes_per_instance": 5,
-    "keys_sync_interval": "60s",
-    "check_interval": "5s",
-    "shutdown_timeout": "10s",
-    "confirm_within": "30s",
-    "server_error_cooldown": "30s",
-    "incident_window": "10s",
-}
-_LOGGING: Final[dict[str, Any]] = {
-    "level": "info",
-    "format": "console",
-    "summary_interval": "30m",
-    "access_log": True,
-}
-_TIMEOUTS: Final[dict[str, Any]] = {
-    "connect": "5s",
-    "first_byte": "60s",
-    "idle": "120s",
-    "total": "10m",
-}
-_HEALTH_POLICY: Final[dict[str, Any]] = {
-    "on_success": "24h",
-    "on_rate_limit": "1h",
-    "on_no_quota": "6h",
-    "on_server_error": "30m",
-    "on_overload": "30m",
-    "on_invalid_key": "10d",
-    "on_no_access": "10d",
-    "on_no_model": "10d",
-    "on_other_error": "1h",
-    "quarantine_after": "30d",
-    "quarantine_recheck": "10d",
-    "stop_checking_after": "90d",
-    "verification_attempts": 3,
-    "verification_delay": "65s",
-}
-_GATEWAY_POLICY: Final[dict[str, Any]] = {
-    "streaming_mode": "auto",
-    "fast_status_mapping": {},
-    "error_parsing": {"enabled": True, "rules": []},
-    "retry": {
-        "enabled": True,
-        "on_key_error": {"attempts": 3, "backoff": "0.1s", "backoff_factor": 1.5},
-        "on_server_error": {"attempts": 2, "backoff": "0.5s", "backoff_factor": 2.0},
-    },
-    "rate_limit_cooldown": "60s",
-}
-_MODEL: Final[dict[str, Any]] = {"probe_path": None, "test_payload": None}
-_RULE: Final[dict[str, Any]] = {"priority": 0, "description": ""}
-
-KEYS_PATH_PATTERN: Final = "keys/{name}/"
-"""Default `keys_path` of an instance, relative to the working directory."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,45 +60,31 @@ TYPE_DEFAULTS: Final = MappingProxyType(
 
 
 def app_template() -> dict[str, Any]:
-    """A fresh copy of the top-level defaults (server, database, worker, logging, providers)."""
-    return {
-        "server": copy.deepcopy(_SERVER),
-        "database": copy.deepcopy(_DATABASE),
-        "worker": copy.deepcopy(_WORKER),
-        "logging": copy.deepcopy(_LOGGING),
-        "providers": {},
-    }
+    """A fresh tree of the top-level defaults (server, database, keeper, logging, providers)."""
+    return template(AppConfig)
 
 
 def provider_template(provider_type: ProviderType, name: str) -> dict[str, Any]:
-    """A fresh copy of every default of one provider instance of `provider_type`.
+    """A fresh tree of every default of one provider instance of `provider_type` called `name`.
 
     `provider_type` itself is not part of the template: the user must name it.
     """
     kind = TYPE_DEFAULTS[provider_type]
-    return {
-        "enabled": True,
-        "api_base_url": kind.api_base_url,
-        "keys_path": KEYS_PATH_PATTERN.format(name=name),
-        "keys": [],
-        "default_model": kind.default_model,
-        "shared_key_status": False,
-        "models": {},
-        "access_control": {"gateway_access_token": ""},
-        "timeouts": copy.deepcopy(_TIMEOUTS),
-        "health_policy": copy.deepcopy(_HEALTH_POLICY),
-        "gateway_policy": copy.deepcopy(_GATEWAY_POLICY),
-    }
+    out = template(ProviderConfig)
+    out["keys_path"] = out["keys_path"].format(name=name)
+    out["api_base_url"] = kind.api_base_url
+    out["default_model"] = kind.default_model
+    return out
 
 
 def model_template() -> dict[str, Any]:
-    """A fresh copy of the defaults of one entry of `models`."""
-    return dict(_MODEL)
+    """A fresh tree of the defaults of one entry of `models`."""
+    return template(ModelConfig)
 
 
 def rule_template() -> dict[str, Any]:
-    """A fresh copy of the defaults of one `error_parsing.rules` entry."""
-    return dict(_RULE)
+    """A fresh tree of the defaults of one `error_parsing.rules` entry."""
+    return template(ErrorRule)
 
 
 def render_probe_path(template: str, model: str) -> str:

@@ -165,6 +165,14 @@ def choice(values: list[str]) -> Parser:
     return parse
 
 
+def dot_path(value: Any) -> str:
+    """A dot path into a JSON document ("error.code", "error.details.*.reason"): no empty segment."""
+    text = non_empty(value)
+    if any(not part for part in text.split(".")):
+        raise ValueError("is not a dot path like error.code")
+    return text
+
+
 def regex(value: Any) -> str:
     """A string that compiles as a Python regular expression."""
     text = string(value)

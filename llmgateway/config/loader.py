@@ -6,11 +6,15 @@
       → `validator.validate` (every problem, one report)
       → frozen dataclasses of `schemas`
 
+The old name `worker:` of the `keeper:` section is still read, with a
+deprecation warning in `AppConfig.deprecations`.
+
 Any failure raises one `ConfigError` whose `problems` lists every mistake found.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -24,26 +28,11 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from llmgateway.config import defaults
 from llmgateway.config.fields import parse_duration
-from llmgateway.config.schemas import (
-    AccessControl,
-    AppConfig,
-    DatabaseConfig,
-    ErrorParsing,
-    ErrorRule,
-    GatewayPolicy,
-    HealthPolicy,
-    LoggingConfig,
-    ModelConfig,
-    ProviderConfig,
-    RetryBudget,
-    RetryPolicy,
-    ServerConfig,
-    Timeouts,
-    WorkerConfig,
-)
+from llmgateway.config.options import Leaf, ListOf, MapOf, Node, options_of
+from llmgateway.config.schemas import AppConfig
 from llmgateway.config.validator import Path as TreePath
 from llmgateway.config.validator import Problem, validate
-from llmgateway.core.constants import ErrorReason, ProviderType, StreamingMode
+from llmgateway.core.constants import ProviderType
 from llmgateway.core.errors import ConfigError
 
 __all__ = [
@@ -59,6 +48,15 @@ DEFAULT_CONFIG_PATH: Final = Path("config/providers.yaml")
 
 CONFIG_ENV: Final = "LLMGW_CONFIG"
 """The environment variable naming the configuration file."""
+
+KEEPER_SECTION: Final = "keeper"
+OLD_KEEPER_SECTION: Final = "worker"
+"""The former name of the `keeper` section, still read with a deprecation warning."""
+
+KEEPER_RENAMED: Final = (
+    "the `worker:` section is now called `keeper:`; rename it "
+    "(`worker:` is still read, with this warning)"
+)
 
 _REFERENCE: Final = re.compile(
     r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<has_default>:-(?P<default>[^}]*))?\}|\$\{"
@@ -104,8 +102,12 @@ def load_config_text(text: str, env: Mapping[str, str], source: str = "<config>"
         resolved = {}
     if not isinstance(resolved, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    deprecations: list[str] = []
+    renamed = _rename_keeper(resolved, lines, problems, deprecations)
     merged = merge_over_defaults(resolved)
     typed, invalid = validate(merged, lines)
+    if renamed:
+        invalid = [_as_written(p) for p in invalid]
     # A value left empty by an unset variable is already reported once; don't cascade.
     unresolved = {p.path for p in problems}
     problems.extend(p for p in invalid if p.path not in unresolved)
@@ -116,7 +118,47 @@ def load_config_text(text: str, env: Mapping[str, str], source: str = "<config>"
             f"{source}: {count} problem{'s' if count != 1 else ''} found",
             [str(p) for p in problems],
         )
-    return _build(typed)
+    _fill_models(typed)
+    return build(AppConfig, typed, deprecations=tuple(deprecations))
+
+
+def _rename_keeper(
+    tree: dict[Any, Any],
+    lines: dict[TreePath, int],
+    problems: list[Problem],
+    deprecations: list[str],
+) -> bool:
+    """Read the old `worker:` section as `keeper:`; True when it was renamed.
+
+    Both sections at once is a problem; the old one alone adds the deprecation
+    warning to `deprecations` and moves its line numbers under the new name.
+    """
+    if OLD_KEEPER_SECTION not in tree:
+        return False
+    where: TreePath = (OLD_KEEPER_SECTION,)
+    if KEEPER_SECTION in tree:
+        problems.append(
+            Problem(
+                where,
+                "is the old name of the `keeper` section, which is given too",
+                "one `keeper:` section",
+                lines.get(where),
+            )
+        )
+        del tree[OLD_KEEPER_SECTION]
+        return False
+    tree[KEEPER_SECTION] = tree.pop(OLD_KEEPER_SECTION)
+    for path in [p for p in lines if p[:1] == where]:
+        lines[(KEEPER_SECTION, *path[1:])] = lines.pop(path)
+    deprecations.append(KEEPER_RENAMED)
+    return True
+
+
+def _as_written(problem: Problem) -> Problem:
+    """`problem` with the path under the old `worker` name the user wrote."""
+    if problem.path[:1] != (KEEPER_SECTION,):
+        return problem
+    return dataclasses.replace(problem, path=(OLD_KEEPER_SECTION, *problem.path[1:]))
 
 
 def parse_yaml(text: str, source: str) -> Any:
@@ -259,53 +301,44 @@ def _merge_provider(name: str, user: Any) -> Any:
     return out
 
 
-def _build(tree: Mapping[str, Any]) -> AppConfig:
-    providers = {name: _build_provider(name, p) for name, p in tree["providers"].items()}
-    return AppConfig(
-        server=ServerConfig(**tree["server"]),
-        database=DatabaseConfig(**tree["database"]),
-        worker=WorkerConfig(**tree["worker"]),
-        logging=LoggingConfig(**tree["logging"]),
-        providers=providers,
-    )
+def build[T](kind: type[T], tree: Mapping[str, Any], **extra: Any) -> T:
+    """The dataclass `kind` from its validated, typed tree (options not in `tree` keep defaults).
+
+    An entry of a map keeps its key in the entry's `name` field when its class
+    has one that is not an option (a provider instance).
+    """
+    values = dict(extra)
+    for name, declared in options_of(kind).items():
+        if name in tree:
+            values[name] = _built(declared.node, tree[name])
+    return kind(**values)
 
 
-def _build_provider(name: str, p: Mapping[str, Any]) -> ProviderConfig:
-    models = {m: ModelConfig(**v) for m, v in p["models"].items()}
-    if not models:
-        models = {p["default_model"]: ModelConfig()}
-    policy = p["gateway_policy"]
-    parsing, retry = policy["error_parsing"], policy["retry"]
-    rules = tuple(
-        ErrorRule(**{**rule, "map_to": ErrorReason(rule["map_to"])}) for rule in parsing["rules"]
-    )
-    return ProviderConfig(
-        name=name,
-        provider_type=ProviderType(p["provider_type"]),
-        api_base_url=p["api_base_url"],
-        default_model=p["default_model"],
-        enabled=p["enabled"],
-        keys_path=p["keys_path"],
-        keys=tuple(p["keys"]),
-        shared_key_status=p["shared_key_status"],
-        models=models,
-        access_control=AccessControl(**p["access_control"]),
-        timeouts=Timeouts(**p["timeouts"]),
-        health_policy=HealthPolicy(**p["health_policy"]),
-        gateway_policy=GatewayPolicy(
-            streaming_mode=StreamingMode(policy["streaming_mode"]),
-            fast_status_mapping={
-                code: ErrorReason(reason) for code, reason in policy["fast_status_mapping"].items()
-            },
-            error_parsing=ErrorParsing(enabled=parsing["enabled"], rules=rules),
-            retry=RetryPolicy(
-                enabled=retry["enabled"],
-                on_key_error=RetryBudget(**retry["on_key_error"]),
-                on_server_error=RetryBudget(**retry["on_server_error"]),
-            ),
-            rate_limit_cooldown=policy["rate_limit_cooldown"],
-        ),
-    )
+def _built(node: Node, value: Any) -> Any:
+    if isinstance(node, Leaf):
+        return value
+    if isinstance(node, ListOf):
+        return tuple(_built(node.item, each) for each in value)
+    if isinstance(node, MapOf):
+        entry = node.value
+        if isinstance(entry, type) and _keeps_key(entry):
+            return {key: build(entry, item, name=key) for key, item in value.items()}
+        return {key: _built(entry, item) for key, item in value.items()}
+    return build(node, value)
+
+
+def _keeps_key(node: Node) -> bool:
+    """True for a section class with a `name` field that is not an option."""
+    if not isinstance(node, type) or "name" in options_of(node):
+        return False
+    return any(item.name == "name" for item in dataclasses.fields(node))
+
+
+def _fill_models(typed: Mapping[str, Any]) -> None:
+    """An instance without `models` serves and probes its `default_model`."""
+    for provider in typed["providers"].values():
+        if not provider["models"]:
+            provider["models"] = {provider["default_model"]: {}}
 
 
 def describe_problems(error: ConfigError) -> str:

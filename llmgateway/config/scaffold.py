@@ -1,4 +1,8 @@
-"""Text generation for `llmgateway config create`: a commented provider section, a base file.
+"""Text generation from the option declarations: `config create` and `config/example_full.yaml`.
+
+Every option is written with its help text as comment (see `render_options`);
+`config create` writes a commented provider section, and a base file when
+there is none; `render_example` writes the full example.
 
 The new section is inserted into the existing text at the end of the
 `providers` block, located with ruamel.yaml's round-trip positions: every byte
@@ -10,47 +14,68 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any, Final
 
 from ruamel.yaml.comments import CommentedMap
 
 from llmgateway.config import defaults
 from llmgateway.config.loader import parse_yaml
+from llmgateway.config.options import UNSET, Leaf, ListOf, MapOf, Option, options_of, template
+from llmgateway.config.schemas import AppConfig, ProviderConfig
 from llmgateway.core.constants import ProviderType
-from llmgateway.core.errors import ConfigError
+from llmgateway.core.errors import ConfigError, ProviderNotAdded
 
 _COMMENT_COLUMN: Final = 44
-_RULE_EXAMPLE: Final = (
-    'status_code: 400, error_path: "error.code", match_pattern: "insufficient_quota", '
-    'map_to: "no_quota", priority: 10, description: "quota exhausted"'
-)
+_ADMIN_TOKEN_FROM_ENV: Final = "${LLMGW_ADMIN_TOKEN:-}"
+_POLICIES: Final = ("timeouts", "health_policy", "gateway_policy")
+"""The provider sections `config create` writes commented out, with their defaults."""
 
-_COMMENTS: Final[dict[str, str]] = {
-    "server.host": "listen address",
-    "server.port": "listen port",
-    "server.admin_token": "guards /-/*, /metrics; unset: loopback clients only",
-    "server.max_body_mb": "larger request bodies get 413",
-    "server.max_event_subscribers": "open /-/events streams at most (then 503)",
-    "server.auth_failures_per_minute": "wrong tokens per client address, then 429 for 1m",
-    "server.workers": "worker processes sharing the port",
-    "server.shutdown_timeout": "grace period for in-flight requests on stop",
-    "database.url": "embedded default; or postgresql://user:pass@host:5432/db",
-    "database.pool_min_size": "PostgreSQL connection pool bounds",
-    "database.pool_max_size": "",
-    "worker.enabled": "the keeper: background probing of every key",
-    "worker.max_concurrent_probes": "probes in flight at once, all instances",
-    "worker.max_concurrent_probes_per_instance": "probes in flight at once, per instance",
-    "worker.keys_sync_interval": "re-read keys files",
-    "worker.check_interval": "how often due keys are looked for",
-    "worker.shutdown_timeout": "wait for running probes on stop",
-    "worker.confirm_within": "a key error seen on traffic is probed within this",
-    "worker.server_error_cooldown": "after 3 server errors in a row, traffic prefers other keys",
-    "worker.incident_window": "many working keys failing alike within this: an incident",
-    "logging.level": "debug | info | warning | error | critical",
-    "logging.format": '"console" or "json"',
-    "logging.summary_interval": "periodic pool summary line",
-    "logging.access_log": "one line per proxied request",
+_EXAMPLE_HEADER: Final = """\
+# llmgateway: every option, with its default value unless its comment says otherwise.
+# Generated from the option declarations in llmgateway/config/schemas.py: `make example`.
+#
+# Strings may use ${VAR} (an unset variable is an error) or ${VAR:-default};
+# write $$ for a literal "$". Durations are seconds as a number, or a string
+# with a unit: "250ms", "90s", "30m", "24h", "10d". Relative paths (keys_path,
+# the SQLite file) are resolved against the working directory.
+# Check a file with: llmgateway config check --config <file>
+"""
+_EXAMPLE_MODELS: Final = {
+    "gpt-4o-mini": {},
+    "gpt-4.1-mini": {
+        "probe_path": "/v1/chat/completions",
+        "test_payload": {
+            "model": "gpt-4.1-mini",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 1,
+        },
+    },
 }
+_EXAMPLE_RULE: Final = {
+    "status_code": 400,
+    "error_path": "error.code",
+    "match_pattern": "insufficient_quota",
+    "map_to": "no_quota",
+    "priority": 10,
+    "description": "quota exhausted reported as a bad request",
+}
+_EXAMPLE_TAIL: Final = """\
+
+  claude:                                   # everything not written takes its default
+    provider_type: "anthropic"
+    access_control:
+      gateway_access_token: "${CLAUDE_TOKEN}"
+
+  gemini:
+    provider_type: "gemini"
+    shared_key_status: true                 # one status per key for all its models
+    models:
+      gemini-2.0-flash: {}
+      gemini-2.5-flash: {}
+    access_control:
+      gateway_access_token: "${GEMINI_TOKEN}"
+"""
 
 
 def token_variable(name: str) -> str:
@@ -87,110 +112,148 @@ def _line(indent: int, text: str, comment: str = "", *, hash_at: int | None = No
     return body.rstrip() + "\n"
 
 
-def _block(
-    indent: int, values: dict[str, Any], *, step: int = 2, hash_at: int | None = None
+def _comment(declared: Option, value: Any, default: Any) -> str:
+    """The option's help, plus its default when a value other than the default is written."""
+    if not isinstance(declared.node, Leaf) or default in (UNSET, None) or value == default:
+        return declared.help
+    note = f"default: {scalar(default)}"
+    return f"{declared.help}; {note}" if declared.help else note
+
+
+def render_options(
+    kind: type,
+    values: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    indent: int,
+    step: int = 2,
+    *,
+    hash_at: int | None = None,
 ) -> str:
-    """Nested mappings as block YAML; flat sub-mappings of scalars as flow mappings."""
-    out = ""
-    for key, value in values.items():
-        nested = isinstance(value, dict) and any(isinstance(v, dict | list) for v in value.values())
-        if nested:
-            out += _line(indent, f"{key}:", hash_at=hash_at)
-            out += _block(indent + step, value, step=step, hash_at=hash_at)
-        else:
-            out += _line(indent, f"{key}: {scalar(value)}", hash_at=hash_at)
-    return out
+    """The options of `kind` given in `values` as block YAML, each with its help as comment.
+
+    `defaults` are the values a comment names when another value is written;
+    with `hash_at`, every line is commented out at that column.
+    """
+    rows = _rows(kind, values, defaults, indent, step)
+    return "".join(_line(column, text, note, hash_at=hash_at) for (column, text), note in rows)
+
+
+Row = tuple[tuple[int, str], str]
+"""One line to write: (column, text) and its comment."""
+
+
+def _option(
+    name: str, declared: Option, value: Any, default: Any, indent: int, step: int
+) -> list[Row]:
+    """The lines of one option: ((column, text), comment) each."""
+    node = declared.node
+    head = ((indent, f"{name}:"), declared.help)
+    entries: list[Row] = []
+    if isinstance(node, type):
+        inner = default if isinstance(default, dict) else {}
+        return [head, *_rows(node, value, inner, indent + step, step)]
+    if isinstance(node, MapOf) and isinstance(node.value, type) and value:
+        for key, entry in value.items():
+            if not entry:
+                entries.append(((indent + step, f"{key}: {{}}"), ""))
+                continue
+            entries.append(((indent + step, f"{key}:"), ""))
+            entries += _rows(node.value, entry, template(node.value), indent + 2 * step, step)
+        return [head, *entries]
+    if isinstance(node, ListOf) and isinstance(node.item, type) and value:
+        for entry in value:
+            rows = _rows(node.item, entry, template(node.item), indent + step + 2, step)
+            (column, text), comment = rows[0]
+            entries += [((column - 2, "- " + text), comment), *rows[1:]]
+        return [head, *entries]
+    return [((indent, f"{name}: {scalar(value)}"), _comment(declared, value, default))]
+
+
+def _rows(
+    kind: type, values: Mapping[str, Any], defaults: Mapping[str, Any], indent: int, step: int
+) -> list[Row]:
+    rows: list[Row] = []
+    for name, declared in options_of(kind).items():
+        if name in values:
+            rows += _option(name, declared, values[name], defaults.get(name, UNSET), indent, step)
+    return rows
+
+
+def _provider_values(provider_type: ProviderType, name: str) -> dict[str, Any]:
+    """What a new instance writes: its type, the defaults, its default model and token."""
+    values = defaults.provider_template(provider_type, name)
+    values["provider_type"] = provider_type.value
+    values["models"] = {values["default_model"]: {}}
+    values["access_control"]["gateway_access_token"] = f"${{{token_variable(name)}}}"
+    return values
 
 
 def render_provider(provider_type: ProviderType, name: str, indent: int = 2, step: int = 2) -> str:
     """A commented provider section for `name` of `provider_type` at column `indent`.
 
-    Nested levels are `step` further in (the file's own indentation).
-
-    The settings a user must look at are written out; the policies are shown
-    commented out with their defaults (from `defaults.py`), ready to uncomment.
+    Nested levels are `step` further in (the file's own indentation). The
+    settings a user must look at are written out; the policies are shown
+    commented out with their defaults, ready to uncomment.
     """
-    t = defaults.provider_template(provider_type, name)
-    i, j, k = indent, indent + step, indent + 2 * step
-    types = " | ".join(p.value for p in ProviderType)
-    out = _line(i, f"{name}:", "instance name: [a-z0-9][a-z0-9_-]*")
-    out += _line(j, f"provider_type: {scalar(provider_type.value)}", types)
-    out += _line(j, f"enabled: {scalar(t['enabled'])}")
-    out += _line(j, f"api_base_url: {scalar(t['api_base_url'])}", "origin (+ optional prefix)")
-    out += _line(
-        j, f"keys_path: {scalar(t['keys_path'])}", "*.txt files, one key per line, '#' comments"
-    )
-    out += _line(j, "keys: []", "optional inline keys, may use ${VAR}")
-    out += _line(
-        j,
-        f"default_model: {scalar(t['default_model'])}",
-        "probed for shared keys; pool for unknown models",
-    )
-    out += _line(
-        j,
-        f"shared_key_status: {scalar(t['shared_key_status'])}",
-        "true: one status per key for all models",
-    )
-    out += _line(j, "models:", "probed and served; each may set probe_path, test_payload")
-    out += _line(k, f"{scalar(t['default_model'])}: {{}}")
-    out += _line(j, "access_control:")
-    out += _line(
-        k,
-        f'gateway_access_token: "${{{token_variable(name)}}}"',
-        "clients send this, not a real key",
-    )
+    values = _provider_values(provider_type, name)
+    base = defaults.provider_template(provider_type, name)
+    written = {k: v for k, v in values.items() if k not in _POLICIES}
+    policies = {k: v for k, v in values.items() if k in _POLICIES}
+    j = indent + step
+    out = _line(indent, f"{name}:", _providers_help())
+    out += render_options(ProviderConfig, written, base, j, step)
     out += _line(
         j, "# Defaults below; uncomment a line to change it. Durations: 250ms, 90s, 30m, 24h, 10d."
     )
-    out += _line(
-        j,
-        "timeouts:",
-        "first_byte: until response headers; idle: gap between chunks",
-        hash_at=j,
-    )
-    out += _block(k, t["timeouts"], step=step, hash_at=j)
-    out += _line(j, "health_policy:", "when a key is checked again after each outcome", hash_at=j)
-    out += _block(k, t["health_policy"], step=step, hash_at=j)
-    policy = t["gateway_policy"]
-    out += _line(j, "gateway_policy:", hash_at=j)
-    out += _line(
-        k,
-        f"streaming_mode: {scalar(policy['streaming_mode'])}",
-        "auto | disabled",
-        hash_at=j,
-    )
-    out += _line(k, "fast_status_mapping: {}", 'e.g. {418: "no_quota"}, no body read', hash_at=j)
-    out += _line(k, "error_parsing:", hash_at=j)
-    out += _block(k + step, policy["error_parsing"], step=step, hash_at=j)
-    out += _line(k + step, "# e.g. - {" + _RULE_EXAMPLE + "}", hash_at=j)
-    out += _block(k, {"retry": policy["retry"]}, step=step, hash_at=j)
-    out += _line(
-        k,
-        f"rate_limit_cooldown: {scalar(policy['rate_limit_cooldown'])}",
-        "when no Retry-After is sent",
-        hash_at=j,
-    )
+    return out + render_options(ProviderConfig, policies, base, j, step, hash_at=j)
+
+
+def _providers_help() -> str:
+    return options_of(AppConfig)["providers"].help
+
+
+def _base_sections() -> str:
+    """Every section of the file but `providers`, each option at its default with its help."""
+    values = defaults.app_template()
+    values["server"]["admin_token"] = _ADMIN_TOKEN_FROM_ENV
+    base = defaults.app_template()
+    out = ""
+    for name, declared in options_of(AppConfig).items():
+        if isinstance(declared.node, type):
+            out += "\n" + render_options(AppConfig, {name: values[name]}, base, 0)
     return out
+
+
+def _providers_line(*, with_help: bool) -> str:
+    return "\n" + _line(0, "providers:", _providers_help() if with_help else "")
 
 
 def render_base_file(provider_section: str = "") -> str:
     """A new configuration file: every base section with its defaults, then `providers:`."""
-    template = defaults.app_template()
-    template["server"]["admin_token"] = "${LLMGW_ADMIN_TOKEN:-}"
     out = "# llmgateway configuration. Check it with `llmgateway config check`.\n"
     out += "# Add a provider instance with `llmgateway config create <type>:<name>`.\n"
-    for section in ("server", "database", "worker", "logging"):
-        out += f"\n{section}:\n"
-        for key, value in template[section].items():
-            out += _line(2, f"{key}: {scalar(value)}", _COMMENTS.get(f"{section}.{key}", ""))
-    return out + "\nproviders:\n" + provider_section
+    # The help goes on the instance's line, which `config create` writes into any file.
+    return out + _base_sections() + _providers_line(with_help=False) + provider_section
+
+
+def render_example() -> str:
+    """The text of `config/example_full.yaml`: every option, with its help and default."""
+    values = _provider_values(ProviderType.OPENAI_LIKE, "openai-main")
+    values["models"] = _EXAMPLE_MODELS
+    values["gateway_policy"]["error_parsing"]["rules"] = [_EXAMPLE_RULE]
+    base = defaults.provider_template(ProviderType.OPENAI_LIKE, "openai-main")
+    out = _EXAMPLE_HEADER + _base_sections() + _providers_line(with_help=True)
+    out += _line(2, "openai-main:")
+    out += render_options(ProviderConfig, values, base, 4)
+    return out + _EXAMPLE_TAIL
 
 
 def add_provider(text: str, provider_type: ProviderType, name: str, source: str) -> str:
     """`text` with a new provider section appended to its `providers` block.
 
-    Raises ConfigError when the YAML is invalid, `name` already exists, or the
-    file's shape leaves no safe place to insert the section.
+    Raises ConfigError when the file is not a usable configuration (invalid
+    YAML, no mapping at the top or under `providers`), ProviderNotAdded when
+    `name` already exists or the file's layout leaves no safe place for it.
     """
     data = parse_yaml(text, source)
     if data is None:
@@ -203,7 +266,7 @@ def add_provider(text: str, provider_type: ProviderType, name: str, source: str)
     if providers is not None and not isinstance(providers, CommentedMap):
         raise ConfigError(f"{source}: `providers` is not a mapping; cannot add a provider")
     if providers is not None and name in providers:
-        raise ConfigError(f"{source}: provider instance {name!r} already exists")
+        raise ProviderNotAdded(f"{source}: provider instance {name!r} already exists")
 
     if "providers" not in data:
         gap = [newline] if lines and lines[-1].strip() else []
@@ -218,13 +281,13 @@ def add_provider(text: str, provider_type: ProviderType, name: str, source: str)
             r"(providers\s*:)\s*(?:\{\s*\}|null|~)?(\s*#.*)?\s*$", lines[at].rstrip("\r\n")
         )
         if match is None:
-            raise ConfigError(
+            raise ProviderNotAdded(
                 f"{source}: cannot read the `providers:` line; add the section by hand"
             )
         lines[at] = match.group(1) + (match.group(2) or "") + newline
         at, section = at + 1, [render_provider(provider_type, name)]
     elif providers.fa.flow_style():
-        raise ConfigError(
+        raise ProviderNotAdded(
             f"{source}: `providers` is written in flow style {{...}}; add the section by hand"
         )
     else:
@@ -275,6 +338,6 @@ def _verify(
         or (added.get(name) or {}).get("provider_type") != provider_type.value
         or list(after) != list(before) + (["providers"] if "providers" not in before else [])
     ):
-        raise ConfigError(
+        raise ProviderNotAdded(
             f"{source}: the file's layout prevents a safe insertion; add the section by hand"
         )

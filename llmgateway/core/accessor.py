@@ -1,22 +1,20 @@
 """ConfigAccessor: the only way application code reads the configuration.
 
-It owns the loaded `AppConfig` and the look-up tables built from it once at
-start-up (token → instance), so request handlers resolve an instance in O(1).
+It owns the loaded `AppConfig`: services receive the accessor (or what it
+hands out) instead of loading or walking the configuration themselves.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from types import MappingProxyType
 from typing import final
 
 from llmgateway.config.schemas import (
     AppConfig,
     DatabaseConfig,
+    KeeperConfig,
     LoggingConfig,
     ProviderConfig,
     ServerConfig,
-    WorkerConfig,
 )
 from llmgateway.core.constants import ALL_MODELS_MARKER
 
@@ -25,23 +23,16 @@ from llmgateway.core.constants import ALL_MODELS_MARKER
 class ConfigAccessor:
     """Read-only access to a validated configuration.
 
-    Built once from an `AppConfig`; every look-up the request path needs is a
-    dictionary access.
+    Built once from an `AppConfig`. The request path resolves tokens in the
+    gateway's own table, built from `enabled_providers()` at start-up.
     """
 
-    __slots__ = ("_config", "_enabled", "_by_token")
+    __slots__ = ("_config", "_enabled")
 
     def __init__(self, config: AppConfig) -> None:
         self._config = config
         self._enabled: tuple[ProviderConfig, ...] = tuple(
             p for p in config.providers.values() if p.enabled
-        )
-        self._by_token: Mapping[str, ProviderConfig] = MappingProxyType(
-            {
-                p.access_control.gateway_access_token: p
-                for p in self._enabled
-                if p.access_control.gateway_access_token
-            }
         )
 
     @property
@@ -55,14 +46,19 @@ class ConfigAccessor:
         return self._config.database
 
     @property
-    def worker(self) -> WorkerConfig:
-        """The `worker` section."""
-        return self._config.worker
+    def keeper(self) -> KeeperConfig:
+        """The `keeper` section."""
+        return self._config.keeper
 
     @property
     def logging(self) -> LoggingConfig:
         """The `logging` section."""
         return self._config.logging
+
+    @property
+    def deprecations(self) -> tuple[str, ...]:
+        """What the file says in a deprecated way (one warning each, to show or log)."""
+        return self._config.deprecations
 
     def providers(self) -> tuple[ProviderConfig, ...]:
         """Every configured provider instance, enabled or not, in file order."""
@@ -75,10 +71,6 @@ class ConfigAccessor:
     def get_provider(self, name: str) -> ProviderConfig | None:
         """The provider instance called `name`, or None."""
         return self._config.providers.get(name)
-
-    def provider_by_token(self, token: str) -> ProviderConfig | None:
-        """The enabled instance whose gateway token is `token`, or None (O(1))."""
-        return self._by_token.get(token)
 
     def secrets(self) -> frozenset[str]:
         """Every key and token written in the configuration (for log masking)."""

@@ -2,6 +2,7 @@
 
     GatewayError                  base of everything raised on purpose
     ├── ConfigError               the configuration cannot be loaded or is invalid
+    ├── ProviderNotAdded          `config create` refuses: the name exists, or no safe place
     ├── StoreError                the database failed or holds an unexpected schema
     │   └── SchemaTooNew          the database was migrated by a newer llmgateway
     ├── ClientRequestError        the client's request is refused before going upstream
@@ -36,6 +37,10 @@ class ConfigError(GatewayError):
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
         super().__init__(message)
         self.problems: list[str] = problems if problems is not None else [message]
+
+
+class ProviderNotAdded(GatewayError):
+    """`config create` leaves a valid file alone: the instance exists, or no safe place to add it."""
 
 
 class StoreError(GatewayError):

@@ -22,7 +22,7 @@ import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from llmgateway.config.schemas import LoggingConfig
+from llmgateway.config.schemas import LOG_FORMATS, LOG_LEVELS, LoggingConfig
 from llmgateway.core.masking import Masker, mask_key
 
 __all__ = [
@@ -37,15 +37,11 @@ __all__ = [
 ]
 
 LEVELS: Final[dict[str, int]] = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-    "critical": logging.CRITICAL,
+    name: logging.getLevelNamesMapping()[name.upper()] for name in LOG_LEVELS
 }
 """The accepted `logging.level` values and their stdlib numbers."""
 
-FORMATS: Final = ("console", "json")
+FORMATS: Final = LOG_FORMATS
 """The accepted `logging.format` values."""
 
 MALFORMED_LINES_PER_MINUTE: Final = 10

@@ -54,8 +54,7 @@ def build_adapter(
 ) -> ProviderAdapter:
     """The adapter of `config.provider_type`, its error rules compiled now.
 
-    Raises ConfigError when the instance's `error_parsing` rules are invalid
-    (bad regex, empty path, unknown reason). `clock` (Unix seconds) turns
+    `config` is validated (its rules were checked when it was loaded). `clock` (Unix seconds) turns
     absolute reset times into waits. With `masker`, every message the adapter
     takes from an upstream answer is masked before it leaves the adapter, and
     every key is added to the masker before it is set on a request.

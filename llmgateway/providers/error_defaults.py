@@ -181,21 +181,20 @@ GEMINI_STATUS_REASONS: Final[Mapping[int, R]] = MappingProxyType(
 
 def builtin_defaults(provider_type: ProviderType) -> BuiltinDefaults:
     """Compile the built-in error tables of `provider_type` (call once per adapter)."""
-    where = f"built-in {provider_type.value} rules"
     match provider_type:
         case ProviderType.OPENAI_LIKE:
             return BuiltinDefaults(
-                CompiledRules(OPENAI_RULES, where=where), OPENAI_SYMBOLS, COMMON_STATUS_REASONS
+                CompiledRules(OPENAI_RULES), OPENAI_SYMBOLS, COMMON_STATUS_REASONS
             )
         case ProviderType.ANTHROPIC:
             return BuiltinDefaults(
-                CompiledRules(ANTHROPIC_RULES, where=where),
+                CompiledRules(ANTHROPIC_RULES),
                 ANTHROPIC_SYMBOLS,
                 COMMON_STATUS_REASONS,
             )
         case ProviderType.GEMINI:
             return BuiltinDefaults(
-                CompiledRules(GEMINI_RULES, where=where), GEMINI_SYMBOLS, GEMINI_STATUS_REASONS
+                CompiledRules(GEMINI_RULES), GEMINI_SYMBOLS, GEMINI_STATUS_REASONS
             )
         case _:
             assert_never(provider_type)

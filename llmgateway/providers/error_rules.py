@@ -19,7 +19,6 @@ from typing import Final, final
 
 from llmgateway.config.schemas import ErrorRule
 from llmgateway.core.constants import ErrorReason
-from llmgateway.core.errors import ConfigError
 
 WILDCARD: Final = "*"
 """A path segment that fans out over every element of a list (or value of an object)."""
@@ -93,21 +92,15 @@ class CompiledRule:
 class CompiledRules:
     """Rules indexed by status code, each bucket sorted by priority (ties: given order).
 
-    Build once from the config's `ErrorRule`s; an invalid regex, an empty path
-    or an unknown reason raises ConfigError listing every bad rule.
+    Build once from the config's `ErrorRule`s, which the configuration
+    validator has checked (status, dot path, regex, reason); the built-in
+    rules are checked by their tests.
     """
 
     __slots__ = ("_by_status", "_count")
 
-    def __init__(self, rules: Iterable[ErrorRule] = (), *, where: str = "rules") -> None:
-        problems: list[str] = []
-        compiled: list[CompiledRule] = []
-        for index, source in enumerate(rules):
-            built = _compile_rule(source, f"{where}[{index}]", problems)
-            if built is not None:
-                compiled.append(built)
-        if problems:
-            raise ConfigError(f"invalid error_parsing rules in {where}", problems)
+    def __init__(self, rules: Iterable[ErrorRule] = ()) -> None:
+        compiled = [_compile_rule(rule) for rule in rules]
         # sorted() is stable: equal priorities keep their order in the file.
         ordered = sorted(compiled, key=lambda rule: -rule.priority)
         buckets: dict[int, list[CompiledRule]] = {}
@@ -133,31 +126,12 @@ class CompiledRules:
         return None
 
 
-def _compile_rule(rule: ErrorRule, where: str, problems: list[str]) -> CompiledRule | None:
-    ok = True
-    if not rule.error_path or any(not part for part in rule.error_path.split(".")):
-        problems.append(
-            f"{where}.error_path: {rule.error_path!r} is not a dot path like error.code"
-        )
-        ok = False
-    try:
-        reason = ErrorReason(rule.map_to)
-    except ValueError:
-        allowed = ", ".join(member.value for member in ErrorReason)
-        problems.append(f"{where}.map_to: {rule.map_to!r} is not one of {allowed}")
-        ok = False
-    try:
-        pattern = re.compile(rule.match_pattern)
-    except re.error as exc:
-        problems.append(f"{where}.match_pattern: invalid regex {rule.match_pattern!r}: {exc}")
-        ok = False
-    if not ok:
-        return None
+def _compile_rule(rule: ErrorRule) -> CompiledRule:
     return CompiledRule(
         status_code=rule.status_code,
         path=split_path(rule.error_path),
-        pattern=pattern,
-        reason=reason,
+        pattern=re.compile(rule.match_pattern),
+        reason=rule.map_to,
         priority=rule.priority,
         description=rule.description,
     )

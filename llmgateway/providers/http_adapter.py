@@ -21,7 +21,6 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from llmgateway.config.defaults import TYPE_DEFAULTS, default_probe_payload, render_probe_path
 from llmgateway.config.schemas import ProviderConfig
 from llmgateway.core.constants import ErrorReason
-from llmgateway.core.errors import ConfigError
 from llmgateway.core.masking import Masker
 from llmgateway.core.models import CHECK_OK, CheckResult
 from llmgateway.providers.base import (
@@ -90,12 +89,11 @@ class HttpAdapter(ProviderAdapter):
         self._clock = clock
         self._masker = masker
         policy = config.gateway_policy
-        self._fast_status = _fast_mapping(config)
-        parsing = policy.error_parsing
-        self._user_rules = CompiledRules(
-            parsing.rules if parsing.enabled else (),
-            where=f"providers.{config.name}.gateway_policy.error_parsing.rules",
+        self._fast_status: Mapping[int, ErrorReason] = MappingProxyType(
+            dict(policy.fast_status_mapping)
         )
+        parsing = policy.error_parsing
+        self._user_rules = CompiledRules(parsing.rules if parsing.enabled else ())
         self._defaults = builtin_defaults(self.provider_type)
         self._probe_headers: Mapping[str, str] = MappingProxyType(self.probe_headers())
         models = {config.default_model, *config.models} - {""}
@@ -226,21 +224,6 @@ class HttpAdapter(ProviderAdapter):
             headers["Retry-After"] = str(max(0, math.ceil(retry_after)))
         body = orjson.dumps(self.error_json(status, message, retry_after))
         return ErrorBody(status=status, body=body, headers=headers)
-
-
-def _fast_mapping(config: ProviderConfig) -> Mapping[int, ErrorReason]:
-    """`fast_status_mapping` as an immutable table; a bad entry is a ConfigError."""
-    table: dict[int, ErrorReason] = {}
-    problems: list[str] = []
-    for status, reason in config.gateway_policy.fast_status_mapping.items():
-        try:
-            table[int(status)] = ErrorReason(reason)
-        except ValueError:
-            where = f"providers.{config.name}.gateway_policy.fast_status_mapping.{status}"
-            problems.append(f"{where}: {reason!r} is not an error reason")
-    if problems:
-        raise ConfigError("invalid fast_status_mapping", problems)
-    return MappingProxyType(table)
 
 
 def _message(status: int, parsed: Any | None, data: bytes, mask: Callable[[str], str]) -> str:

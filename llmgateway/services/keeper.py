@@ -4,7 +4,7 @@ One `Keeper` per application, started and stopped by `app.py` around the
 gateway. Each round fetches the (key, model) rows due for a check, probes
 them over the shared ClientSession with bounded concurrency, and hands each
 classified result to `KeyPool.report(..., probe=True)`, which derives the next
-record from the health policy and queues it for the store (issue 5).
+record from the health policy and queues it for the store.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ process takes the check over.
 """
 
 LEASE_WAVES: Final = 4
-"""Rows leased at a time, in multiples of `worker.max_concurrent_probes`."""
+"""Rows leased at a time, in multiples of `keeper.max_concurrent_probes`."""
 
 
 class ProbeObserver(Protocol):
@@ -71,8 +71,8 @@ class Keeper:
     """Probes due keys on a schedule and keeps the live pool and the store up to date.
 
     `run()` is the background loop (key sync at start and every
-    `worker.keys_sync_interval`, then rounds of probes, sleeping
-    `worker.check_interval` when nothing is due); `run_once()` is one round.
+    `keeper.keys_sync_interval`, then rounds of probes, sleeping
+    `keeper.check_interval` when nothing is due); `run_once()` is one round.
     The clock and the sleep are injectable so tests drive time themselves;
     `observer` (the app's Metrics) counts recorded probes.
 
@@ -81,7 +81,7 @@ class Keeper:
     across them; the key sync runs in one process at a time (the store's
     `keysync` lock). A `solo` keeper (SQLite workers of one host) probes only
     while it holds the store's `keeper` lock, for its whole life; the others
-    wait, retrying every `worker.check_interval`, and follow the statuses
+    wait, retrying every `keeper.check_interval`, and follow the statuses
     through their change feed.
     """
 
@@ -106,7 +106,7 @@ class Keeper:
         self._lease_seconds = lease_seconds
         self._solo = solo
         self._lease_batch = min(
-            DUE_BATCH, LEASE_WAVES * max(accessor.worker.max_concurrent_probes, 1)
+            DUE_BATCH, LEASE_WAVES * max(accessor.keeper.max_concurrent_probes, 1)
         )
         self.active = not solo
         """False while a solo keeper waits for another process to give up probing."""
@@ -117,10 +117,10 @@ class Keeper:
         self._adapters = adapters
         self._clock = clock
         self._sleep = sleep
-        worker = accessor.worker
-        self._probe_slots = asyncio.Semaphore(max(worker.max_concurrent_probes, 1))
+        settings = accessor.keeper
+        self._probe_slots = asyncio.Semaphore(max(settings.max_concurrent_probes, 1))
         self._instance_slots: dict[str, asyncio.Semaphore] = {
-            p.name: asyncio.Semaphore(max(worker.max_concurrent_probes_per_instance, 1))
+            p.name: asyncio.Semaphore(max(settings.max_concurrent_probes_per_instance, 1))
             for p in accessor.enabled_providers()
         }
         self._loaded: set[str] = set()
@@ -181,7 +181,7 @@ class Keeper:
                         return
             except StoreError as exc:
                 log.error("keeper_lock_failed", error=str(exc))
-            await self._idle_sleep(self._accessor.worker.check_interval)
+            await self._idle_sleep(self._accessor.keeper.check_interval)
 
     async def _idle_sleep(self, seconds: float) -> None:
         self._idle = True
@@ -197,19 +197,19 @@ class Keeper:
                 await self.sync_keys()
 
     async def _rounds(self) -> None:
-        worker = self._accessor.worker
+        settings = self._accessor.keeper
         while not self._stopping:
             probed = 0
             try:
                 if self._clock() >= self._next_sync:
-                    self._next_sync = self._clock() + worker.keys_sync_interval
+                    self._next_sync = self._clock() + settings.keys_sync_interval
                     await self._sync_exclusively()
                 probed = await self.run_once()
             except Exception:  # the loop's outermost guard: log, then the next round
                 log.exception("keeper_round_failed")
             if probed or self._stopping:
                 continue
-            await self._idle_sleep(worker.check_interval)
+            await self._idle_sleep(settings.check_interval)
 
     # -- key sync ---------------------------------------------------------
 

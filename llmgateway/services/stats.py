@@ -2,7 +2,7 @@
 
 One builder serves both: `/-/status` feeds it the live pool's records, the CLI
 the store's, so `llmgateway status --json` prints exactly what `/-/status`
-answers (issue 7). Keys are masked here and nowhere else in this output.
+answers. Keys are masked here and nowhere else in this output.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Final
 import click
 import orjson
 
-from llmgateway.config.loader import describe_problems, load_config
+from llmgateway.config.loader import describe_problems
 from llmgateway.config.schemas import ProviderConfig
 from llmgateway.core.accessor import ConfigAccessor
 from llmgateway.core.constants import Status
@@ -248,7 +248,7 @@ async def _load_document(accessor: ConfigAccessor) -> dict[str, Any]:
     return build_status_document(accessor.enabled_providers(), records, mask=masker.mask_text)
 
 
-def print_status(config_path: Path, as_json: bool, show_keys: bool) -> int:
+def print_status(accessor: ConfigAccessor, as_json: bool, show_keys: bool) -> int:
     """`llmgateway status`: read the store directly (no server needed) and print the pool.
 
     Prints the table (with the masked key list when `show_keys`) or, with
@@ -256,7 +256,6 @@ def print_status(config_path: Path, as_json: bool, show_keys: bool) -> int:
     configuration error (whole report on stderr), 1 when the store fails.
     """
     try:
-        accessor = ConfigAccessor(load_config(config_path))
         document = asyncio.run(_load_document(accessor))
     except ConfigError as exc:
         click.echo(describe_problems(exc), err=True)

@@ -56,7 +56,7 @@ server:
   host: "127.0.0.1"
   port: {port}
   shutdown_timeout: "90s"
-worker:
+keeper:
   enabled: false
 logging:
   level: "info"

@@ -6,7 +6,7 @@ adjusts it with `GatewayConfig.set`, then starts the gateway either
 in-process (`start_gateway`: aiohttp's TestServer on `create_app`, fast, with
 the live pool at hand) or as a real process (`serve_gateway`:
 `python -m llmgateway serve --config ...`, waiting for `/-/healthy`).
-The keeper is off unless a test turns `worker.enabled` on.
+The keeper is off unless a test turns `keeper.enabled` on.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def build_config(
     tree: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": free_port(), "max_body_mb": 4},
         "database": {"url": f"sqlite:///{tmp_path / 'data' / 'llmgateway.db'}"},
-        "worker": {"enabled": False},
+        "keeper": {"enabled": False},
         "logging": {"level": "warning", "format": "console"},
         "providers": providers,
     }

@@ -372,7 +372,7 @@ async def credentials_in_url(
     app_config = AppConfig(
         server=loaded.server,
         database=loaded.database,
-        worker=loaded.worker,
+        keeper=loaded.keeper,
         logging=loaded.logging,
         providers=providers,
     )

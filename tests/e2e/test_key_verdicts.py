@@ -74,9 +74,9 @@ async def engine_config(
 
 def with_keeper(config: GatewayConfig, confirm_within: str = "1s") -> None:
     """Turn the keeper on, looking for due checks often."""
-    config.set("worker.enabled", True)
-    config.set("worker.check_interval", "50ms")
-    config.set("worker.confirm_within", confirm_within)
+    config.set("keeper.enabled", True)
+    config.set("keeper.check_interval", "50ms")
+    config.set("keeper.confirm_within", confirm_within)
 
 
 def record_of(gateway: RunningGateway, instance: str, key: str) -> KeyRecord:

@@ -226,8 +226,8 @@ async def test_no_key_or_token_leaves_the_process_in_any_form(
     config.set("server.admin_token", ADMIN_TOKEN)
     config.set("logging.level", "debug")
     config.set("logging.access_log", True)
-    config.set("worker.enabled", True)
-    config.set("worker.check_interval", "100ms")
+    config.set("keeper.enabled", True)
+    config.set("keeper.check_interval", "100ms")
     secrets = [*keys, *tokens, ADMIN_TOKEN]
 
     gateway = await serve_gateway(config)

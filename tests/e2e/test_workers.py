@@ -86,7 +86,7 @@ async def test_two_workers_share_the_port_follow_each_other_and_exit_0(
         fake_upstream.set_key(key)
     gateway_config.keys[OPENAI] = list(KEYS)
     gateway_config.set("server.workers", 2)
-    gateway_config.set("worker.enabled", True)
+    gateway_config.set("keeper.enabled", True)
     served = await serve_gateway(gateway_config)
 
     def all_valid(document: dict[str, Any]) -> bool:
@@ -140,3 +140,18 @@ async def test_a_worker_dying_stops_the_others_and_serve_exits_1(
     assert "worker died" in served.output()
     with pytest.raises(ProcessLookupError):
         os.kill(pids[1], 0)
+
+
+async def test_the_old_worker_section_is_warned_about_once(
+    fake_upstream: FakeUpstream, gateway_config: GatewayConfig, serve_gateway: ServeGateway
+) -> None:
+    """`worker:` still configures the keeper; the warning is logged once, not once per worker."""
+    fake_upstream.set_key(KEYS[0])
+    gateway_config.keys[OPENAI] = [KEYS[0]]
+    gateway_config.tree["worker"] = gateway_config.tree.pop("keeper")
+    gateway_config.set("server.workers", 2)
+    served = await serve_gateway(gateway_config)
+    await _by_pid(served)
+    output = served.output()
+    assert output.count("config_deprecated") == 1, output
+    assert "`worker:`" in output and "`keeper:`" in output

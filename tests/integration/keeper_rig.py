@@ -139,13 +139,13 @@ class Rig:
         return provider_section(self.fake, self.keys_dir(instance), provider_type, **options)
 
     async def build(
-        self, providers: Mapping[str, Mapping[str, Any]], worker: Mapping[str, Any] | None = None
+        self, providers: Mapping[str, Mapping[str, Any]], keeper: Mapping[str, Any] | None = None
     ) -> Keeper:
         """Load the config from a YAML file and wire pool, write queue, adapters and keeper."""
         for name in providers:
             self.keys_dir(name).mkdir(parents=True, exist_ok=True)
         document = {
-            "worker": {"max_concurrent_probes": 10, **(worker or {})},
+            "keeper": {"max_concurrent_probes": 10, **(keeper or {})},
             "providers": dict(providers),
         }
         path = self.tmp_path / "providers.yaml"

@@ -234,7 +234,7 @@ async def test_keeper_probes_are_counted_by_result(
     fake_upstream.set_key(busy, Behaviour.RATE_LIMITED)
     fake_upstream.set_key(flaky, Behaviour.SERVER_ERROR)
     config = _config(tmp_path, fake_upstream, [BAD_KEY, GOOD_KEY, busy, flaky])
-    config.set("worker.enabled", True)
+    config.set("keeper.enabled", True)
     client = await _client(aiohttp_client, config)
     wanted = {
         ("llmgateway_probes_total", frozenset({("instance", OPENAI), ("result", result)})): 1

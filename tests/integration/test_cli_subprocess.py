@@ -37,7 +37,7 @@ def test_create_then_check(tmp_path: Path) -> None:
     assert duplicate.returncode == 1 and "already exists" in duplicate.stderr
 
     unset = _run(["config", "check"], tmp_path, {})
-    assert unset.returncode == 1
+    assert unset.returncode == 2
     assert "OPENAI_MAIN_TOKEN is not set" in unset.stderr
 
     checked = _run(["config", "check"], tmp_path, {"OPENAI_MAIN_TOKEN": "tok-0123456789abcdef"})

@@ -233,7 +233,7 @@ async def test_invalid_key_is_probed_once_for_all_its_models(rig: Rig) -> None:
     models = ["model-a", "model-b", "model-c"]
     keeper = await rig.build(
         {"p": rig.section("p", models=models)},
-        worker={"max_concurrent_probes_per_instance": 1},
+        keeper={"max_concurrent_probes_per_instance": 1},
     )
     await keeper.sync_keys()
     assert await rig.round() == 1 + len(models)

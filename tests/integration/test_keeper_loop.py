@@ -44,7 +44,7 @@ async def test_crashing_probes_do_not_stop_the_others(rig: Rig) -> None:
         rig.fake.set_key(key_for("p", label))
     rig.write_keys("p", [key_for("p", label) for label in [*behaviours, *good]])
     section = rig.section("p", models=["model-a"], timeouts={"first_byte": "300ms"})
-    keeper = await rig.build({"p": section}, worker={"max_concurrent_probes": 3})
+    keeper = await rig.build({"p": section}, keeper={"max_concurrent_probes": 3})
     await keeper.sync_keys()
     with capture_logs() as logs:
         assert await rig.round() == len(behaviours) + len(good)
@@ -85,9 +85,9 @@ async def test_thousands_of_untested_keys_in_one_round(rig: Rig) -> None:
     trace.on_request_exception.append(ended)
     async with aiohttp.ClientSession(trace_configs=[trace]) as session:
         rig.session = session
-        worker = {"max_concurrent_probes": 12, "max_concurrent_probes_per_instance": 8}
+        limits = {"max_concurrent_probes": 12, "max_concurrent_probes_per_instance": 8}
         keeper = await rig.build(
-            {name: rig.section(name, models=["model-a"]) for name in keys}, worker=worker
+            {name: rig.section(name, models=["model-a"]) for name in keys}, keeper=limits
         )
         await keeper.sync_keys()
         assert await rig.round() == 2 * per_instance
@@ -107,7 +107,7 @@ async def test_background_loop_syncs_files_and_stops(rig: Rig) -> None:
     rig.write_keys("p", [first])
     keeper = await rig.build(
         {"p": rig.section("p", models=["model-a"])},
-        worker={"keys_sync_interval": "60s", "check_interval": "10ms"},
+        keeper={"keys_sync_interval": "60s", "check_interval": "10ms"},
     )
     rig.keeper = keeper = rig.new_keeper(sleep=asyncio.sleep)  # a real 10 ms idle sleep
     await keeper.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -73,8 +74,8 @@ class TestConfigCreate:
         )
         assert result.exit_code == 0, result.output
         text = (tmp_path / "conf" / "p.yaml").read_text()
-        for section in ("server:", "database:", "worker:", "logging:", "providers:"):
-            assert f"\n{section}\n" in text
+        for section in ("server", "database", "keeper", "logging", "providers"):
+            assert re.search(rf"^{section}:( +#.*)?$", text, re.MULTILINE), section
         assert (tmp_path / "keys" / "openai-main").is_dir()
         assert "keys/openai-main/*.txt" in result.output
         assert "OPENAI_MAIN_TOKEN" in result.output and "config check" in result.output
@@ -119,8 +120,8 @@ class TestConfigCreate:
         "original",
         [
             "# only a comment\nserver:\n  port: 8080\n",
-            "server: {port: 8080}\nproviders: {}   # none yet\nworker: {enabled: false}\n",
-            "server: {port: 8080}\nproviders:\n# nothing here yet\nworker: {enabled: false}\n",
+            "server: {port: 8080}\nproviders: {}   # none yet\nkeeper: {enabled: false}\n",
+            "server: {port: 8080}\nproviders:\n# nothing here yet\nkeeper: {enabled: false}\n",
             "",
         ],
         ids=["no-providers-key", "empty-flow", "null", "empty-file"],
@@ -177,12 +178,23 @@ class TestConfigCreate:
         )
 
     def test_refuses_broken_yaml(self, runner: CliRunner, tmp_path: Path) -> None:
-        """A file that is not valid YAML is left alone, exit 1."""
+        """A file that is not valid YAML is left alone: a configuration error, exit 2."""
         path = tmp_path / "p.yaml"
         path.write_text("providers: [\n")
         result = run(runner, "config", "create", "gemini:g", "--config", str(path))
-        assert result.exit_code == 1 and "invalid YAML" in result.output
+        assert result.exit_code == 2 and "invalid YAML" in result.output
         assert path.read_text() == "providers: [\n"
+
+    @pytest.mark.parametrize("text", ["- a list\n", "providers: [a, b]\n"])
+    def test_an_unusable_file_is_a_configuration_error(
+        self, runner: CliRunner, tmp_path: Path, text: str
+    ) -> None:
+        """A file that is no configuration (not a mapping where one belongs) exits 2, untouched."""
+        path = tmp_path / "p.yaml"
+        path.write_text(text)
+        result = run(runner, "config", "create", "gemini:g", "--config", str(path))
+        assert result.exit_code == 2 and "is not a mapping" in result.output
+        assert path.read_text() == text
 
     def test_default_path_and_environment(self, runner: CliRunner, tmp_path: Path) -> None:
         """Without --config the file is config/providers.yaml, or $LLMGW_CONFIG when set."""
@@ -205,11 +217,11 @@ class TestConfigCheck:
         assert "openai-main: openai_like, models: gpt-4o-mini" in result.output
 
     def test_every_problem_printed(self, runner: CliRunner, tmp_path: Path) -> None:
-        """An invalid file prints every problem with its path and exits 1."""
+        """An invalid file prints every problem with its path and exits 2."""
         path = tmp_path / "p.yaml"
         path.write_text("server: {port: 0, hots: x}\nlogging: {level: loud}\n")
         result = run(runner, "config", "check", "--config", str(path))
-        assert result.exit_code == 1
+        assert result.exit_code == 2
         assert "3 problems found" in result.output
         for fragment in ("server.port (line 1)", "server.hots (line 1)", "logging.level (line 2)"):
             assert fragment in result.output
@@ -219,12 +231,12 @@ class TestConfigCheck:
         path = tmp_path / "p.yaml"
         path.write_text(HANDWRITTEN)
         result = run(runner, "config", "check", "--config", str(path))
-        assert result.exit_code == 1 and "OPENAI_MAIN_TOKEN is not set" in result.output
+        assert result.exit_code == 2 and "OPENAI_MAIN_TOKEN is not set" in result.output
 
     def test_missing_file(self, runner: CliRunner) -> None:
-        """A missing file exits 1 and suggests `config create`."""
+        """A missing file exits 2 and suggests `config create`."""
         result = run(runner, "config", "check")
-        assert result.exit_code == 1
+        assert result.exit_code == 2
         assert (
             "config/providers.yaml" in result.output and "llmgateway config create" in result.output
         )
@@ -253,7 +265,7 @@ class TestConfigCheck:
             '    access_control: {gateway_access_token: "gw-secret-0123456789abcdef"}\n'
         )
         result = run(runner, "config", "check", "--config", str(path))
-        assert result.exit_code == 1
+        assert result.exit_code == 2
         assert "line 3, column 3" in result.output and "written twice" in result.output
         for secret in ("first-admin", "second-admin", "inline-secret", "gw-secret"):
             assert secret not in result.output
@@ -263,7 +275,7 @@ class TestConfigCheck:
         path = tmp_path / "p.yaml"
         path.write_text('server: {admin_token: "secret-with-bad-escape-\\q-0123456789"}\n')
         result = run(runner, "config", "check", "--config", str(path))
-        assert result.exit_code == 1 and "invalid YAML (line 1" in result.output
+        assert result.exit_code == 2 and "invalid YAML (line 1" in result.output
         assert "secret-with" not in result.output and "'q'" not in result.output
 
     def test_credentials_in_api_base_url_are_refused_without_being_shown(
@@ -277,7 +289,7 @@ class TestConfigCheck:
             )
         )
         result = run(runner, "config", "check", "--config", str(path), env=ENV)
-        assert result.exit_code == 1
+        assert result.exit_code == 2
         assert "providers.openai-main.api_base_url" in result.output
         assert "must not contain credentials (user:password@)" in result.output
         assert "https://***@api.openai.com/v1" in result.output
@@ -303,9 +315,19 @@ class TestConfigCheck:
         result = run(
             runner, "config", "check", "--config", str(file), env={"OPENAI_MAIN_TOKEN": token_env}
         )
-        assert result.exit_code == 1
+        assert result.exit_code == 2
         assert path in result.output and "too short" in result.output
         assert (admin or token_env) not in result.output
+
+    def test_shows_the_old_worker_section_as_deprecated(
+        self, runner: CliRunner, tmp_path: Path
+    ) -> None:
+        """A file still saying `worker:` passes the check with a warning naming both names."""
+        path = tmp_path / "p.yaml"
+        path.write_text(HANDWRITTEN.replace("server: {port: 8080}", "worker: {enabled: false}"))
+        result = run(runner, "config", "check", "--config", str(path), env=ENV)
+        assert result.exit_code == 0, result.output
+        assert "warning: the `worker:` section is now called `keeper:`" in result.output
 
     def test_warns_about_missing_keys(self, runner: CliRunner, tmp_path: Path) -> None:
         """An instance without keys folder or inline keys passes with a warning naming the folder."""
@@ -319,11 +341,11 @@ class TestConfigCheck:
 
 
 class TestServeAndStatus:
-    @pytest.mark.parametrize("command", [["serve"], ["status", "--json"]])
+    @pytest.mark.parametrize("command", [["serve"], ["status", "--json"], ["config", "check"]])
     def test_invalid_config_exits_2(
         self, runner: CliRunner, tmp_path: Path, command: list[str]
     ) -> None:
-        """serve and status print the whole report and exit 2 on an invalid configuration."""
+        """Every command prints the whole report and exits 2 on an invalid configuration."""
         path = tmp_path / "p.yaml"
         path.write_text("server: {port: 0}\nlogging: {level: loud}\n")
         result = run(runner, *command, "--config", str(path))

@@ -57,7 +57,7 @@ class TestDurationsInConfig:
     def test_loaded_as_seconds(self, load_text: LoadText) -> None:
         """Durations in the file reach the dataclasses as float seconds."""
         config = load_text("""
-            worker: {keys_sync_interval: "250ms"}
+            keeper: {keys_sync_interval: "250ms"}
             logging: {summary_interval: 90}
             providers:
               p:
@@ -66,7 +66,7 @@ class TestDurationsInConfig:
                 timeouts: {total: "2h"}
                 health_policy: {on_invalid_key: "3d"}
             """)
-        assert config.worker.keys_sync_interval == 0.25
+        assert config.keeper.keys_sync_interval == 0.25
         assert config.logging.summary_interval == 90.0
         assert config.providers["p"].timeouts.total == 7200.0
         assert config.providers["p"].health_policy.on_invalid_key == 3 * 86400.0

@@ -67,14 +67,14 @@ class TestTypes:
             ("server: {port: abc}\n", "server.port (line 1)", "'abc' is not an integer"),
             ("server: {host: 5}\n", "server.host (line 1)", "5 is not a string"),
             (
-                "worker: {enabled: maybe}\n",
-                "worker.enabled (line 1)",
+                "keeper: {enabled: maybe}\n",
+                "keeper.enabled (line 1)",
                 "'maybe' is not true or false",
             ),
             ("server: 5\n", "server (line 1)", "5 is not a mapping"),
             (
-                "worker: {max_concurrent_probes: 2.5}\n",
-                "worker.max_concurrent_probes",
+                "keeper: {max_concurrent_probes: 2.5}\n",
+                "keeper.max_concurrent_probes",
                 "not an integer",
             ),
             ("server: {max_body_mb: lots}\n", "server.max_body_mb", "'lots' is not a number"),
@@ -181,6 +181,19 @@ class TestValues:
             "providers.p.gateway_policy.error_parsing.rules[0].match_pattern (line 11)"
         )
         assert "not a valid regular expression: unterminated character set at position 5" in line
+
+    @pytest.mark.parametrize("path", ["error..code", ".error", "error.", "."])
+    def test_error_path_segments(self, problems_of: Problems, path: str) -> None:
+        """An error_path with an empty segment is refused when the file loads, not later."""
+        text = PROVIDER + (
+            "    gateway_policy:\n      error_parsing:\n        rules:\n"
+            f'          - {{status_code: 400, error_path: "{path}", match_pattern: x, map_to: no_quota}}\n'
+        )
+        line = _one(problems_of(text))
+        assert line.startswith(
+            "providers.p.gateway_policy.error_parsing.rules[0].error_path (line 9)"
+        )
+        assert f"{path!r} is not a dot path like error.code" in line
 
     def test_fast_status_mapping(self, problems_of: Problems) -> None:
         """fast_status_mapping needs status-code keys and ErrorReason values."""

@@ -12,7 +12,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from llmgateway.core.constants import ErrorReason, ProviderType
-from llmgateway.core.errors import ConfigError
 from llmgateway.core.models import CHECK_OK
 from tests.fixtures.provider_errors import ERRORS
 from tests.unit.providers.factory import headers_of, make_adapter
@@ -92,9 +91,3 @@ async def test_fast_mapping_decides_before_any_body_byte_arrives(
         assert response.content.total_bytes == 0
         release.set()
     assert result is not None and result.reason is ErrorReason.NO_QUOTA
-
-
-def test_bad_fast_mapping_is_a_config_error() -> None:
-    """A fast_status_mapping value that is no reason fails when the adapter is built."""
-    with pytest.raises(ConfigError, match="fast_status_mapping"):
-        make_adapter("openai_like", fast={418: "teapot"})
