@@ -87,6 +87,7 @@ async def test_two_workers_share_the_port_follow_each_other_and_exit_0(
     gateway_config.keys[OPENAI] = list(KEYS)
     gateway_config.set("server.workers", 2)
     gateway_config.set("keeper.enabled", True)
+    gateway_config.set("keeper.confirm_within", "1s")
     served = await serve_gateway(gateway_config)
 
     def all_valid(document: dict[str, Any]) -> bool:
@@ -111,7 +112,7 @@ async def test_two_workers_share_the_port_follow_each_other_and_exit_0(
                 headers={"Authorization": f"Bearer {TOKENS[OPENAI]}"},
             ) as response:
                 assert response.status == 200
-    # ... and both workers' pools learn it.
+    # ... and both workers' pools learn it, once a probe confirmed what traffic suspected.
     masked = revoked[:4] + "..." + revoked[-4:]
 
     def condemned(document: dict[str, Any]) -> bool:
