@@ -306,6 +306,27 @@ class KeyPool:
             self._emit(old, new, reason, new.last_checked_at or datetime.now(UTC))
         return True
 
+    def remove_keys(self, instance: str, key_ids: Iterable[int]) -> int:
+        """Drop the keys `key_ids` of `instance` for every model (deleted from the store).
+
+        Returns the number of (key, model) entries dropped; unknown ids are ignored.
+        """
+        gone = set(key_ids)
+        dropped = 0
+        for (name, model), slot in list(self._slots.items()):
+            if name != instance:
+                continue
+            hits = [key_id for key_id in gone if slot.entries.pop(key_id, None) is not None]
+            if not hits:
+                continue
+            dropped += len(hits)
+            slot.ring = deque(e for e in slot.ring if e.record.key_id in slot.entries)
+            slot.cooling = [c for c in slot.cooling if c[1] in slot.entries]
+            heapq.heapify(slot.cooling)
+            if not slot.entries:
+                del self._slots[(name, model)]
+        return dropped
+
     def _announce(self, old: KeyRecord, new: KeyRecord, result: CheckResult, at: datetime) -> None:
         self._emit(old, new, result.message or new.status.value, at)
 
