@@ -22,6 +22,7 @@ from aiohttp_sse import EventSourceResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from llmgateway.app import ACCESSOR, CLOCK, FOLLOWER, KEEPER, POOL, WORKER_INDEX, WRITE_QUEUE
+from llmgateway.db.write_queue import WriteQueue
 from llmgateway.services.metrics import METRICS, Metrics
 from llmgateway.services.pool import KeyPool, StatusEvent
 from llmgateway.services.stats import ProcessInfo, build_status_document
@@ -95,7 +96,11 @@ def _store_view(app: web.Application) -> dict[str, Any] | None:
 
 
 async def events_handler(request: web.Request) -> web.StreamResponse:
-    """`GET /-/events`: one SSE `data:` JSON object per key status change, plus heartbeats."""
+    """`GET /-/events`: one SSE `data:` JSON object per key status change, plus heartbeats.
+
+    A change is announced once it is stored: what a client saw announced is
+    in the store even if this process is killed the moment after.
+    """
     app = request.app
     pool = app.get(POOL)
     if pool is None:
@@ -107,7 +112,9 @@ async def events_handler(request: web.Request) -> web.StreamResponse:
     try:
         await response.prepare(request)
         streams.add(response)
-        pump = asyncio.create_task(_pump(response, queue), name="llmgateway-events")
+        pump = asyncio.create_task(
+            _pump(response, queue, app.get(WRITE_QUEUE)), name="llmgateway-events"
+        )
         pump.add_done_callback(lambda _: _stop(response))
         try:
             await response.wait()  # until the client leaves or the server shuts down
@@ -120,10 +127,17 @@ async def events_handler(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _pump(response: EventSourceResponse, queue: asyncio.Queue[StatusEvent]) -> None:
-    """Send every event of `queue` until the connection breaks."""
+async def _pump(
+    response: EventSourceResponse,
+    queue: asyncio.Queue[StatusEvent],
+    writes: WriteQueue | None,
+) -> None:
+    """Send every event of `queue`, each once the writes queued before it are stored."""
     while True:
         event = await queue.get()
+        if writes is not None:
+            # The pool queued the event's record before announcing it: this mark covers it.
+            await writes.written_through(writes.mark())
         try:
             await response.send(_dumps(event.as_dict()))
         except (ConnectionResetError, RuntimeError):  # client gone, or the response ended
