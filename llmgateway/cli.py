@@ -28,7 +28,7 @@ from llmgateway.config.scaffold import (
 from llmgateway.config.schemas import AppConfig
 from llmgateway.core.constants import ProviderType
 from llmgateway.core.errors import ConfigError
-from llmgateway.lifecycle import StopSignals
+from llmgateway.stop_signals import process_stop_signals
 
 EXIT_INVALID_CONFIG = 2
 """Exit code of `serve` and `status` when the configuration does not load."""
@@ -94,9 +94,9 @@ def serve(
     supervisor_pid: int | None = None,
 ) -> None:
     """Run the gateway and the key keeper (in N processes sharing the port with --workers N)."""
-    # From here on a SIGTERM or SIGINT stops the server gracefully, whatever it is doing.
-    signals = StopSignals()
-    signals.capture()
+    # From here on (from the start of the process when launched as `llmgateway serve`) a
+    # SIGTERM or SIGINT stops the server gracefully, whatever it is doing.
+    signals = process_stop_signals()
     config_path = resolve_config_path(config_option, os.environ)
     try:
         _load_or_exit(config_path, EXIT_INVALID_CONFIG)

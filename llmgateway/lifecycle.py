@@ -1,16 +1,10 @@
-"""Stopping a serving process at any moment: stop signals, the shutdown's deadline, a watchdog.
+"""Stopping a serving process at any moment: the shutdown's deadline, a watchdog.
 
-A `serve` process may receive SIGTERM or SIGINT at any point of its life: while
-its interpreter starts, while the store migrates, while keys sync, while the
-pool loads, while it serves, or while it is already shutting down.
+A `serve` process may receive SIGTERM or SIGINT (see `llmgateway.stop_signals`)
+at any point of its life: while its interpreter starts, while the store
+migrates, while keys sync, while the pool loads, while it serves, or while it
+is already shutting down.
 
-- `StopSignals` captures both signals from the first line of `serve` on: a
-  Python handler records them until the event loop runs, the loop's own
-  handlers while it does, the Python handler again after it stopped. A signal
-  is never lost and never kills the process with the default action. Worker
-  processes start with both signals blocked (see `llmgateway.parent`), so one
-  sent while their interpreter is still starting waits, pending, until
-  `capture()` unblocks it.
 - `ShutdownClock` says how long each remaining step of a shutdown may take.
   The first signal begins it: in-flight requests get `server.shutdown_timeout`
   seconds, then everything else shares what is left of `EXIT_MARGIN` more
@@ -19,6 +13,7 @@ pool loads, while it serves, or while it is already shutting down.
 - `Watchdog` ends the process if a shutdown ever overruns those bounds (a
   thread that never finishes, a step that ignores its budget): it logs the
   overrun and exits 1.
+- `interruptible_sleep` lets a background loop's waits end at its stop.
 """
 
 from __future__ import annotations
@@ -26,23 +21,16 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import signal
 import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from types import FrameType
-from typing import Any, Final, final
+from typing import Final, final
 
 import structlog
 
 log = structlog.get_logger("llmgateway.lifecycle")
-
-type _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
-
-STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
-"""The signals that stop a `serve` process (its supervisor's included)."""
 
 EXIT_MARGIN: Final = 4.0
 """Seconds after `server.shutdown_timeout` by which a shutdown has done everything."""
@@ -58,65 +46,6 @@ MIN_STEP: Final = 0.1
 
 EXIT_OVERRUN: Final = 1
 """Exit code of a process the watchdog ended."""
-
-
-@final
-class StopSignals:
-    """SIGTERM and SIGINT of this process, recorded from `capture()` until it exits.
-
-    `received` lists the signal numbers in arrival order; every listener is
-    called once per signal, in the main thread (the loop's thread while it runs).
-    """
-
-    def __init__(self) -> None:
-        self.received: list[int] = []
-        self._listeners: list[Callable[[int], None]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._before: dict[int, _Handler] = {}
-
-    @property
-    def requested(self) -> bool:
-        """True once a stop signal arrived."""
-        return bool(self.received)
-
-    def capture(self) -> None:
-        """Handle both signals with a recording handler, then unblock them (pending ones arrive now)."""
-        for sig in STOP_SIGNALS:
-            self._before.setdefault(sig, signal.signal(sig, self._on_python_signal))
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-
-    def release(self) -> None:
-        """Give both signals back to the handlers they had before `capture()`."""
-        for sig, handler in self._before.items():
-            signal.signal(sig, handler)
-        self._before.clear()
-
-    def on_signal(self, listener: Callable[[int], None]) -> None:
-        """Call `listener(signum)` for every stop signal from now on."""
-        self._listeners.append(listener)
-
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Let `loop` handle both signals while it runs (wakes it at once)."""
-        for sig in STOP_SIGNALS:
-            loop.add_signal_handler(sig, self._record, sig)
-        self._loop = loop
-
-    def detach(self) -> None:
-        """Hand both signals back to the recording Python handler (the loop is ending)."""
-        loop, self._loop = self._loop, None
-        if loop is None:
-            return
-        for sig in STOP_SIGNALS:
-            loop.remove_signal_handler(sig)  # restores the default action ...
-            signal.signal(sig, self._on_python_signal)  # ... which must never run
-
-    def _on_python_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self._record(signum)
-
-    def _record(self, signum: int) -> None:
-        self.received.append(signum)
-        for listener in list(self._listeners):
-            listener(signum)
 
 
 @final

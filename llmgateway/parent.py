@@ -31,7 +31,7 @@ from typing import Final, final
 
 import structlog
 
-from llmgateway.lifecycle import STOP_SIGNALS
+from llmgateway.stop_signals import STOP_SIGNALS
 
 log = structlog.get_logger("llmgateway.parent")
 

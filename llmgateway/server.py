@@ -1,6 +1,6 @@
 """Serving: load the configuration, run the application on uvloop until a stop signal, shut down.
 
-A stop signal (SIGTERM or SIGINT, see `llmgateway.lifecycle`) may come at any
+A stop signal (SIGTERM or SIGINT, see `llmgateway.stop_signals`) may come at any
 moment; whatever the process was doing, it ends within
 `server.shutdown_timeout` + 5 s with exit code 0:
 
@@ -48,8 +48,9 @@ from llmgateway.config.loader import load_config
 from llmgateway.core.accessor import ConfigAccessor
 from llmgateway.core.errors import StoreError
 from llmgateway.core.logs import configure_logging
-from llmgateway.lifecycle import WATCHDOG_SLACK, ShutdownClock, StopSignals, Watchdog
+from llmgateway.lifecycle import WATCHDOG_SLACK, ShutdownClock, Watchdog
 from llmgateway.parent import ParentWatch
+from llmgateway.stop_signals import StopSignals
 
 log = structlog.get_logger("llmgateway.server")
 

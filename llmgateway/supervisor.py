@@ -38,8 +38,8 @@ from typing import Final, final
 
 import structlog
 
-from llmgateway.lifecycle import StopSignals
 from llmgateway.parent import child_setup
+from llmgateway.stop_signals import STOP_SIGNALS, StopSignals
 
 log = structlog.get_logger("llmgateway.supervisor")
 
@@ -104,9 +104,7 @@ def supervise(
     for index in range(workers):
         if signals.requested:
             break
-        command = worker_command(config_path, index, host, port, supervisor)
-        process = subprocess.Popen(command, process_group=0, preexec_fn=child_setup(supervisor))
-        running.append(_Worker(index, process))
+        running.append(_Worker(index, _start(config_path, index, host, port, supervisor)))
     log.info("workers started", workers=len(running), pids=[w.process.pid for w in running])
     # SIGTERM to every worker once one died on its own (appended to the received signals).
     own_orders: list[int] = []
@@ -136,6 +134,24 @@ def supervise(
             failed = True
     log.info("workers stopped", failed=failed)
     return EXIT_WORKER_FAILED if failed else 0
+
+
+def _start(
+    config_path: Path, index: int, host: str | None, port: int | None, supervisor: int
+) -> subprocess.Popen[bytes]:
+    """Start worker `index` with the stop signals blocked from its very fork on.
+
+    They are blocked here, around the fork, so the child never runs a moment
+    with them deliverable: one sent to it before its exec is still pending
+    when the worker starts handling them. The supervisor's own signals wait
+    meanwhile, and arrive when they are unblocked.
+    """
+    command = worker_command(config_path, index, host, port, supervisor)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return subprocess.Popen(command, process_group=0, preexec_fn=child_setup(supervisor))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def _kill(workers: list[_Worker], waited: float) -> None:

@@ -17,10 +17,10 @@ from llmgateway.lifecycle import (
     HURRY_LIMIT,
     MIN_STEP,
     ShutdownClock,
-    StopSignals,
     interruptible_sleep,
 )
 from llmgateway.parent import PR_SET_PDEATHSIG, ParentWatch, child_setup, load_prctl
+from llmgateway.stop_signals import StopSignals
 
 PR_GET_PDEATHSIG = 2
 
