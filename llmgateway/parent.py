@@ -29,11 +29,7 @@ import sys
 from collections.abc import Callable
 from typing import Final, final
 
-import structlog
-
 from llmgateway.stop_signals import STOP_SIGNALS
-
-log = structlog.get_logger("llmgateway.parent")
 
 PR_SET_PDEATHSIG: Final = 1
 """`prctl` option: the signal this process gets when its parent dies (linux/prctl.h)."""
@@ -98,5 +94,4 @@ class ParentWatch:
         """Call `on_orphaned()` once the supervisor is gone (polls; the fallback of the signal)."""
         while not self.orphaned():  # noqa: ASYNC110 (no event exists for a parent's death)
             await asyncio.sleep(self._interval)
-        log.warning("supervisor gone, shutting down", supervisor=self.supervisor)
         on_orphaned()

@@ -122,7 +122,7 @@ def run_server(
     watchdog = Watchdog()
     shutdown.on_change(lambda: watchdog.arm(shutdown.deadline + WATCHDOG_SLACK, "serve"))
     if parent is not None and parent.orphaned():
-        shutdown.hurry()
+        orphaned(shutdown, parent, "start-up")
     if shutdown.begun:
         log.info("stopped before start-up", worker_index=worker_index)
         return
@@ -148,7 +148,9 @@ def _follow_signals(
     """The first stop signal begins the shutdown; a later one, or an orphan's, hurries it."""
 
     def on_signal(signum: int) -> None:
-        if shutdown.begun or (parent is not None and parent.orphaned()):
+        if parent is not None and parent.orphaned():
+            orphaned(shutdown, parent, "parent-death signal")
+        elif shutdown.begun:
             shutdown.hurry()
         else:
             shutdown.begin()
@@ -156,6 +158,15 @@ def _follow_signals(
     signals.on_signal(on_signal)
     for signum in signals.received:  # arrived before this process knew how to stop
         on_signal(signum)
+
+
+def orphaned(shutdown: ShutdownClock, parent: ParentWatch, noticed_by: str) -> None:
+    """The supervisor is gone: nobody waits for this worker any more, hurry (logged once)."""
+    if not shutdown.hurried:
+        log.warning(
+            "supervisor gone, shutting down", supervisor=parent.supervisor, noticed_by=noticed_by
+        )
+    shutdown.hurry()
 
 
 async def _serve(
@@ -177,7 +188,10 @@ async def _serve(
     signals.attach(asyncio.get_running_loop())
     watcher = None
     if parent is not None:
-        watcher = asyncio.create_task(parent.watch(shutdown.hurry), name="llmgateway-parent")
+        watcher = asyncio.create_task(
+            parent.watch(lambda: orphaned(shutdown, parent, "parent watch")),
+            name="llmgateway-parent",
+        )
     runner = web.AppRunner(
         app,
         handle_signals=False,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import io
 import os
 import signal
 import socket
@@ -105,21 +106,33 @@ class GatewayConfig:
         return section
 
     def write(self) -> Path:
-        """Write the key files and the configuration; returns the configuration's path."""
+        """Write the key files and the configuration; returns the configuration's path.
+
+        Each file is replaced whole (written aside, then renamed), so a running
+        gateway never reads one half-written.
+        """
         for instance, keys in self.keys.items():
             folder = self.tmp_path / "keys" / instance
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "keys.txt").write_text("".join(f"{k}\n" for k in keys), encoding="utf-8")
+            _replace(folder / "keys.txt", "".join(f"{k}\n" for k in keys))
         path = self.tmp_path / "providers.yaml"
         yaml = YAML(typ="safe", pure=True)
         yaml.default_flow_style = False
-        with path.open("w", encoding="utf-8") as out:
-            yaml.dump(copy.deepcopy(self.tree), out)
+        text = io.StringIO()
+        yaml.dump(copy.deepcopy(self.tree), text)
+        _replace(path, text.getvalue())
         return path
 
     def accessor(self) -> ConfigAccessor:
         """Write, then load the configuration the way `serve` does."""
         return ConfigAccessor(load_config(self.write(), self.env))
+
+
+def _replace(path: Path, text: str) -> None:
+    """Make `text` the content of `path` in one rename (the name aside matches no `*.txt`)."""
+    aside = path.with_name(f".{path.name}.new")
+    aside.write_text(text, encoding="utf-8")
+    aside.replace(path)
 
 
 def build_config(
