@@ -50,7 +50,7 @@ from llmgateway.core.errors import StoreError
 from llmgateway.core.logs import configure_logging
 from llmgateway.lifecycle import WATCHDOG_SLACK, ShutdownClock, Watchdog
 from llmgateway.parent import ParentWatch
-from llmgateway.stop_signals import StopSignals
+from llmgateway.stop_signals import StopSignals, process_stop_signals
 
 log = structlog.get_logger("llmgateway.server")
 
@@ -97,12 +97,12 @@ def run_server(
     it must not outlive. `signals` are the stop signals captured since the
     command began (captured here when not given). Raises ConfigError (with
     every problem) before anything starts when the configuration does not
-    load; returns normally after a stop signal, raises SystemExit(1) when a
-    worker died unexpectedly or the start-up failed.
+    load; returns normally after a stop signal; raises SystemExit(1) when a
+    worker died unexpectedly, and the start-up's own error when it failed
+    (after stopping whatever it had started).
     """
     if signals is None:
-        signals = StopSignals()
-        signals.capture()
+        signals = process_stop_signals()
     config = load_config(config_path)
     accessor = ConfigAccessor(config)
     configure_logging(accessor.logging, accessor.secrets())
@@ -117,10 +117,10 @@ def run_server(
             raise SystemExit(code)
         return
     shutdown = ShutdownClock(accessor.server.shutdown_timeout)
-    parent = ParentWatch(supervisor_pid) if supervisor_pid is not None else None
-    _follow_signals(signals, shutdown, parent)
     watchdog = Watchdog()
     shutdown.on_change(lambda: watchdog.arm(shutdown.deadline + WATCHDOG_SLACK, "serve"))
+    parent = ParentWatch(supervisor_pid) if supervisor_pid is not None else None
+    _follow_signals(signals, shutdown, parent)
     if parent is not None and parent.orphaned():
         orphaned(shutdown, parent, "start-up")
     if shutdown.begun:

@@ -92,9 +92,15 @@ class StopSignals:
         loop, self._loop = self._loop, None
         if loop is None:
             return
-        for sig in STOP_SIGNALS:
-            loop.remove_signal_handler(sig)  # restores the default action ...
-            signal.signal(sig, self._on_python_signal)  # ... which must never run
+        # Removing the loop's handler restores the default action for a moment, which
+        # must never run: the signals wait, blocked, until the Python handler is back.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+                signal.signal(sig, self._on_python_signal)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def _on_python_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._record(signum)
