@@ -441,7 +441,9 @@ class PostgresStore:
 
         Yields True when this process got it, False when another holds it
         (with `wait`, waits for it and always yields True). The lock lives on
-        a connection of its own, closed on exit: a dead holder frees it.
+        a connection of its own, closed on exit: a dead holder frees it. A
+        wait or a body that is cancelled or fails drops the connection at once
+        (the server then frees the lock) rather than closing it politely.
         """
         with _translated(f"taking lock {name}"):
             conn = await asyncpg.connect(self.dsn)
@@ -455,9 +457,13 @@ class PostgresStore:
                         await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_id(name))
                     )
             yield got
+        except BaseException:
+            conn.terminate()
+            raise
         finally:
-            with suppress(*_LOCK_RELEASE_FAILURES):
-                await conn.close(timeout=5.0)
+            if not conn.is_closed():
+                with suppress(*_LOCK_RELEASE_FAILURES):
+                    await conn.close(timeout=5.0)
 
     def change_feed(self) -> PgListener:
         """A listener delivering the statuses other processes record (see `PgListener`)."""
