@@ -63,10 +63,13 @@ WRITE_QUEUE_CLOSE_TIMEOUT = 10.0
 """Seconds the final flush of the write queue may take at most (less when the deadline is near)."""
 
 STORE_CLOSE_TIMEOUT = 2.0
-"""Seconds closing the store may take at most; kept free for it by the steps before."""
+"""Seconds closing the store may take at most (it takes milliseconds when the store answers)."""
 
-SHUTDOWN_RESERVE = 1.0
-"""Seconds of the shutdown's deadline kept for the steps after the keeper (flush, close)."""
+STORE_CLOSE_RESERVE = 0.3
+"""Seconds of the shutdown's deadline the final flush leaves for closing the store."""
+
+FLUSH_RESERVE = 1.0
+"""Seconds of the shutdown's deadline the keeper's stop leaves for the final flush."""
 
 
 class _KeeperStop:
@@ -97,7 +100,7 @@ async def _write_queue_ctx(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(queue.run(), name="write-queue")
     app[WRITE_QUEUE] = queue
     yield
-    await queue.close(app[SHUTDOWN].allow(WRITE_QUEUE_CLOSE_TIMEOUT, keep=STORE_CLOSE_TIMEOUT))
+    await queue.close(app[SHUTDOWN].allow(WRITE_QUEUE_CLOSE_TIMEOUT, keep=STORE_CLOSE_RESERVE))
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 
@@ -182,23 +185,32 @@ async def _keeper_ctx(app: web.Application) -> AsyncIterator[None]:
     if stop.task is None:  # the shutdown did not go through on_shutdown (a cancelled start-up)
         await keeper.stop(_keeper_grace(app))
     else:
-        await stop.task
+        await asyncio.gather(stop.task, return_exceptions=True)  # cancelled when hurried
 
 
 def _keeper_grace(app: web.Application) -> float:
     """What the keeper's in-flight probes get: `worker.shutdown_timeout`, within the deadline."""
     shutdown = app[SHUTDOWN]
     wanted = min(app[ACCESSOR].worker.shutdown_timeout, shutdown.grace)
-    return shutdown.allow(wanted, keep=SHUTDOWN_RESERVE + STORE_CLOSE_TIMEOUT)
+    return shutdown.allow(wanted, keep=FLUSH_RESERVE + STORE_CLOSE_RESERVE)
 
 
 async def _begin_shutdown(app: web.Application) -> None:
     """on_shutdown, first: the deadline starts (if no signal started it), the keeper stops probing."""
-    app[SHUTDOWN].begin()
+    shutdown = app[SHUTDOWN]
+    shutdown.begin()
     stop = app.get(KEEPER_STOP)
     keeper = app.get(KEEPER)
-    if stop is not None and keeper is not None:
-        stop.task = asyncio.create_task(keeper.stop(_keeper_grace(app)), name="keeper-stop")
+    if stop is None or keeper is None:
+        return
+    task = asyncio.create_task(keeper.stop(_keeper_grace(app)), name="keeper-stop")
+    stop.task = task
+
+    def hurried() -> None:
+        if shutdown.hurried:
+            task.cancel()  # in-flight probes are given up at once
+
+    shutdown.on_change(hurried)
 
 
 async def _healthy(request: web.Request) -> web.Response:

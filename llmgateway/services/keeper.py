@@ -145,9 +145,9 @@ class Keeper:
 
         An idle loop is cancelled at once, and a check waiting to probe again
         (verification delay) gives up at once. Probes still running at the
-        deadline are cancelled; what they had not reported is simply not
-        recorded (those keys stay due). Flushing the write queue is the
-        caller's next step.
+        deadline (or when this call is cancelled) are cancelled; what they
+        had not reported is simply not recorded (those keys stay due).
+        Flushing the write queue is the caller's next step.
         """
         task, self._task = self._task, None
         if task is None:
@@ -156,7 +156,12 @@ class Keeper:
         self._stop_requested.set()
         if self._idle:
             task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=timeout)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+        except asyncio.CancelledError:  # the caller gives up waiting: no probe outlives it
+            task.cancel()
+            await asyncio.wait({task})
+            raise
         if not done:
             log.warning("keeper_stop_deadline", timeout=timeout)
             task.cancel()

@@ -371,14 +371,22 @@ async def test_a_frozen_worker_is_killed_after_the_deadline_and_serve_exits_1(
 async def test_a_second_sigterm_hurries_a_shutdown_waiting_for_a_stream(
     fake_upstream: FakeUpstream, gateway_config: GatewayConfig, spawn_gateway: SpawnGateway
 ) -> None:
-    """Shutdown waits for a slow stream; a second SIGTERM cuts it and the process exits 0 at once."""
+    """Shutdown waits for a slow stream and a hanging probe; a second SIGTERM cuts both: exit 0.
+
+    Everything the hurried shutdown does fits in its short deadline: no
+    watchdog fires.
+    """
     fake_upstream.chunk_delay = 1.0  # a 20 s stream
     fake_upstream.set_key(KEYS[0])
-    gateway_config.keys[OPENAI] = [KEYS[0]]
+    fake_upstream.set_key(KEYS[1], Behaviour.HANG)
+    gateway_config.keys[OPENAI] = [KEYS[0], KEYS[1]]
     gateway_config.set("server.shutdown_timeout", "120s")
+    gateway_config.set("worker.enabled", True)
+    gateway_config.set("worker.shutdown_timeout", "60s")
     gateway_config.set("logging.level", "info")
     served = await spawn_gateway(gateway_config)
     await wait_healthy(served)
+    await fake_upstream.wait_for_requests(2, within=WAIT)  # both probes sent, one hangs
     async with openai_client(served.url) as client:
         stream = await client.chat.completions.create(
             model=MODELS[OPENAI], messages=[{"role": "user", "content": "hi"}], stream=True
@@ -392,6 +400,7 @@ async def test_a_second_sigterm_hurries_a_shutdown_waiting_for_a_stream(
             async for _ in chunks:
                 pass
     assert await _exit_code(served, within=WAIT) == 0, served.output()
+    assert "overran" not in served.output()
 
 
 @pytest.mark.postgres
