@@ -41,6 +41,8 @@ from aiohttp import web
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 TOKEN = "bench-faults-token-0123456789"
 MODEL = "gpt-4o-mini"
+BOUND = 60.0
+"""Seconds any one measurement may take before the bench gives up (something is broken)."""
 
 
 def _free_port() -> int:
@@ -135,7 +137,7 @@ providers:
 """,
             encoding="utf-8",
         )
-        self.keys = [f"sk-bench-faults-{i:04d}-0123456789" for i in range(20)]
+        self.keys = [_key() for _ in range(20)]
         self.write_keys()
         self.process: asyncio.subprocess.Process | None = None
         self.log = folder / "serve.log"
@@ -203,6 +205,12 @@ async def _until(predicate: Callable[[], bool]) -> None:
         await asyncio.sleep(0.005)
 
 
+def _key() -> str:
+    """A key whose mask (first and last four characters) no other key shares."""
+    tag = uuid.uuid4().hex
+    return f"{tag[:4]}-bench-faults-0123456789-{tag[4:8]}"
+
+
 def _mask(key: str) -> str:
     return key[:4] + "..." + key[-4:]
 
@@ -212,7 +220,7 @@ async def _propagation(rig: Rig, remove: bool) -> float:
     if remove:
         key = rig.keys.pop(0)
     else:
-        key = f"sk-bench-faults-{uuid.uuid4().hex[:4]}-0123456789"
+        key = _key()
         rig.keys.append(key)
 
     def done(shown: set[str]) -> bool:
@@ -235,7 +243,8 @@ async def _propagation(rig: Rig, remove: bool) -> float:
 
 async def _supervisor_killed(rig: Rig) -> tuple[float, float]:
     process = await rig.start()
-    await rig.healthy()
+    async with asyncio.timeout(BOUND):
+        await rig.healthy()
     workers = _children(process.pid)
     killed = time.monotonic()
     process.kill()
@@ -275,12 +284,17 @@ async def bench_engine(engine: str, count: int, upstream: str, rng: random.Rando
             await admin.execute(f'CREATE DATABASE "{database}"')
             await admin.close()
             url = f"postgresql://postgres@127.0.0.1:5432/{database}"
+        rig = Rig(folder, upstream, url)
         try:
-            rig = Rig(folder, upstream, url)
             await rig.start()
-            await rig.healthy()
-            removed = [await _propagation(rig, remove=True) for _ in range(count)]
-            added = [await _propagation(rig, remove=False) for _ in range(count)]
+            async with asyncio.timeout(BOUND):
+                await rig.healthy()
+            removed, added = [], []
+            for _ in range(count):
+                async with asyncio.timeout(BOUND):
+                    removed.append(await _propagation(rig, remove=True))
+                async with asyncio.timeout(BOUND):
+                    added.append(await _propagation(rig, remove=False))
             await rig.stop()
             print(f"[{engine}] {_summary('key removed, sync -> both workers', removed)}")
             print(f"[{engine}] {_summary('key added, sync -> both workers', added)}")
@@ -298,6 +312,9 @@ async def bench_engine(engine: str, count: int, upstream: str, rng: random.Rando
                 f"exit codes {codes}"
             )
         finally:
+            if rig.process is not None and rig.process.returncode is None:
+                rig.process.kill()
+                await rig.process.wait()
             if database:
                 admin = await asyncpg.connect(PG_ADMIN)
                 await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
