@@ -1,5 +1,5 @@
 """`python -m llmgateway`: the same click CLI as the `llmgateway` command."""
 
-from llmgateway.cli import main
+from llmgateway.launch import run
 
-main(prog_name="llmgateway")
+run()

@@ -3,7 +3,11 @@
 Each resource has one cleanup-context generator, appended in start-up order
 (store → write queue → HTTP session → pool and gateway → follower → keeper);
 shutdown runs them in reverse, so the keeper stops before the session closes
-and the write queue is flushed before the store closes.
+and the write queue is flushed before the store closes. Every step of the
+shutdown takes at most what the application's `ShutdownClock` still allows
+(the process must be gone `server.shutdown_timeout` + 5 s after its stop
+signal); the keeper starts stopping as soon as the shutdown begins, while
+in-flight requests finish.
 
 Several processes may share the database (`--workers N`, or several hosts):
 the start-up key sync runs under the store's `keysync` lock, the follower
@@ -29,6 +33,7 @@ from llmgateway.core.masking import Masker
 from llmgateway.db import SqliteStore, open_store
 from llmgateway.db.store import Store
 from llmgateway.db.write_queue import WriteQueue
+from llmgateway.lifecycle import ShutdownClock
 from llmgateway.providers import build_adapter
 from llmgateway.providers.base import ProviderAdapter
 from llmgateway.services.auth_failures import AuthFailures
@@ -54,11 +59,34 @@ FOLLOWER: web.AppKey[PoolFollower] = web.AppKey("follower")
 WORKER_INDEX: web.AppKey[int | None] = web.AppKey("worker_index")
 MASKER: web.AppKey[Masker] = web.AppKey("masker")
 AUTH_FAILURES: web.AppKey[AuthFailures] = web.AppKey("auth_failures")
+SHUTDOWN: web.AppKey[ShutdownClock] = web.AppKey("shutdown")
 
 CONNECTION_LIMIT = 1000
 """Upstream connections kept open at most (keep-alive pool across every provider)."""
 
 WRITE_QUEUE_CLOSE_TIMEOUT = 10.0
+"""Seconds the final flush of the write queue may take at most (less when the deadline is near)."""
+
+STORE_CLOSE_TIMEOUT = 2.0
+"""Seconds closing the store may take at most (it takes milliseconds when the store answers)."""
+
+STORE_CLOSE_RESERVE = 0.3
+"""Seconds of the shutdown's deadline the final flush leaves for closing the store."""
+
+FLUSH_RESERVE = 1.0
+"""Seconds of the shutdown's deadline the keeper's stop leaves for the final flush."""
+
+
+class _KeeperStop:
+    """The keeper's stop, started when the shutdown begins and awaited by its cleanup."""
+
+    __slots__ = ("task",)
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+
+
+KEEPER_STOP: web.AppKey[_KeeperStop] = web.AppKey("keeper_stop")
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -66,7 +94,10 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.open()
     app[STORE] = store
     yield
-    await store.close()
+    try:
+        await store.close(app[SHUTDOWN].allow(STORE_CLOSE_TIMEOUT))
+    except StoreError as exc:  # the connections are dropped anyway when the process exits
+        log.warning("store closed uncleanly", error=str(exc))
 
 
 async def _write_queue_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -74,7 +105,7 @@ async def _write_queue_ctx(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(queue.run(), name="write-queue")
     app[WRITE_QUEUE] = queue
     yield
-    await queue.close(WRITE_QUEUE_CLOSE_TIMEOUT)
+    await queue.close(app[SHUTDOWN].allow(WRITE_QUEUE_CLOSE_TIMEOUT, keep=STORE_CLOSE_RESERVE))
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 
@@ -176,9 +207,38 @@ async def _keeper_ctx(app: web.Application) -> AsyncIterator[None]:
         solo=isinstance(app[STORE], SqliteStore),
     )
     app[KEEPER] = keeper
+    stop = app[KEEPER_STOP] = _KeeperStop()
     await keeper.start()
     yield
-    await keeper.stop(accessor.keeper.shutdown_timeout)
+    if stop.task is None:  # the shutdown did not go through on_shutdown (a cancelled start-up)
+        await keeper.stop(_keeper_grace(app))
+    else:
+        await asyncio.gather(stop.task, return_exceptions=True)  # cancelled when hurried
+
+
+def _keeper_grace(app: web.Application) -> float:
+    """What the keeper's in-flight probes get: `keeper.shutdown_timeout`, within the deadline."""
+    shutdown = app[SHUTDOWN]
+    wanted = min(app[ACCESSOR].keeper.shutdown_timeout, shutdown.grace)
+    return shutdown.allow(wanted, keep=FLUSH_RESERVE + STORE_CLOSE_RESERVE)
+
+
+async def _begin_shutdown(app: web.Application) -> None:
+    """on_shutdown, first: the deadline starts (if no signal started it), the keeper stops probing."""
+    shutdown = app[SHUTDOWN]
+    shutdown.begin()
+    stop = app.get(KEEPER_STOP)
+    keeper = app.get(KEEPER)
+    if stop is None or keeper is None:
+        return
+    task = asyncio.create_task(keeper.stop(_keeper_grace(app)), name="keeper-stop")
+    stop.task = task
+
+    def hurried() -> None:
+        if shutdown.hurried:
+            task.cancel()  # in-flight probes are given up at once
+
+    shutdown.on_change(hurried)
 
 
 async def _healthy(request: web.Request) -> web.Response:
@@ -206,6 +266,7 @@ def create_app(
     clock: Clock = time.time,
     worker_index: int | None = None,
     masker: Masker | None = None,
+    shutdown: ShutdownClock | None = None,
 ) -> web.Application:
     """Build the application: lifecycles in order, reserved routes, then the catch-all proxy.
 
@@ -213,7 +274,9 @@ def create_app(
     `/-/status`). `masker` holds the process's secrets (default: the logging
     configuration's, so that logs and answers mask the same set; a new one
     when logging is not configured); the configuration's tokens and keys are
-    added to it here, every stored key when the pool loads.
+    added to it here, every stored key when the pool loads. `shutdown` is
+    the process's shutdown clock (the server begins it at the stop signal;
+    by default the application's own, begun by `on_shutdown`).
     """
     app = web.Application(client_max_size=int(accessor.server.max_body_mb * 1024 * 1024) + 1)
     app[ACCESSOR] = accessor
@@ -224,6 +287,8 @@ def create_app(
     masker.add(accessor.secrets())
     app[MASKER] = masker
     app[AUTH_FAILURES] = AuthFailures(accessor.server.auth_failures_per_minute)
+    app[SHUTDOWN] = shutdown or ShutdownClock(accessor.server.shutdown_timeout)
+    app.on_shutdown.append(_begin_shutdown)
     # admin reads this module's AppKeys, so it is imported here, not at the top.
     from llmgateway.services.admin import install_admin, metrics_ctx, summary_ctx
 

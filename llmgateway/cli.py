@@ -31,6 +31,7 @@ from llmgateway.config.schemas import AppConfig
 from llmgateway.core.accessor import ConfigAccessor
 from llmgateway.core.constants import ProviderType
 from llmgateway.core.errors import ConfigError, ProviderNotAdded
+from llmgateway.stop_signals import process_stop_signals
 
 EXIT_CONFIG_ERROR = 2
 """Exit code of every command when the configuration cannot be used."""
@@ -94,28 +95,40 @@ def main() -> None:
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Listen port.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes.")
 @click.option("--worker-index", type=click.IntRange(min=0), default=None, hidden=True)
+@click.option("--supervisor-pid", type=click.IntRange(min=1), default=None, hidden=True)
 def serve(
     config_option: str | None,
     host: str | None,
     port: int | None,
     workers: int | None,
     worker_index: int | None = None,
+    supervisor_pid: int | None = None,
 ) -> None:
     """Run the gateway and the key keeper (in N processes sharing the port with --workers N)."""
+    # From here on (from the start of the process when launched as `llmgateway serve`) a
+    # SIGTERM or SIGINT stops the server gracefully, whatever it is doing.
+    signals = process_stop_signals()
     config_path = resolve_config_path(config_option, os.environ)
-    accessor = ConfigAccessor(_load_or_exit(config_path))
+    try:
+        accessor = ConfigAccessor(_load_or_exit(config_path))
+    except SystemExit:  # nothing started: the signals are handled as they were before
+        signals.release()
+        raise
     run_server = _lazy(("llmgateway.server", "llmgateway.app"), "run_server", "the server")
-    extra: dict[str, Any] = {}
+    parameters = inspect.signature(run_server).parameters
+    extra: dict[str, Any] = {"signals": signals} if "signals" in parameters else {}
     if workers is not None:
-        if "workers" in inspect.signature(run_server).parameters:
+        if "workers" in parameters:
             extra["workers"] = workers
         else:
             click.echo(
                 "Warning: --workers is not supported by this build; serving in one process",
                 err=True,
             )
-    if worker_index is not None and "worker_index" in inspect.signature(run_server).parameters:
+    if worker_index is not None and "worker_index" in parameters:
         extra["worker_index"] = worker_index
+    if supervisor_pid is not None and "supervisor_pid" in parameters:
+        extra["supervisor_pid"] = supervisor_pid
     try:
         run_server(config_path, host, port, accessor=accessor, **extra)
     except ConfigError as exc:

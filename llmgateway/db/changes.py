@@ -1,17 +1,33 @@
-"""Change feeds: how one gateway process learns the statuses other processes recorded.
+"""Change feeds: how one gateway process learns what other processes changed in the store.
 
 Several processes (or hosts) share one database; each keeps its own live pool.
-Every batch a process records is announced to the others: on PostgreSQL by
-`NOTIFY` in the same transaction as the write (see `PgListener`), on SQLite by
-`PRAGMA data_version` moving, after which the rows whose `version` grew are
-read (see `SqlitePoller`). A feed hands the records to a `Deliver` callback
-and asks for a full `Resync` whenever it may have missed something.
+Two kinds of change travel between them, both published in the very
+transaction that makes them, so a change is announced exactly when it is
+committed:
 
-The notification payload is JSON: `{"o": origin, "r": [[key_id, instance,
-model, status, last_checked_at, next_check_at, failing_since,
+- statuses: every batch `Store.record()` writes;
+- key sets: keys added to or removed from an instance (`KeySetChange`). A key
+  sync publishes one whenever a key file gained or lost keys, and so must
+  every other edit of the keys (an operator adding, deleting or disabling
+  keys through an API: a disabled key is a status, an added or deleted one a
+  key-set change), through the same engine helpers.
+
+On PostgreSQL the announcement is a `NOTIFY` (see `PgListener`); on SQLite it
+is the change counter: status rows and newly inserted rows carry the counter
+value of their write, removed keys leave a row in `removed_keys`, and a
+process that sees `PRAGMA data_version` move reads what grew (see
+`SqlitePoller`). A feed hands each batch to a `Deliver` callback as one
+`Changes`, and asks for a full `Resync` whenever it may have missed something
+(and once when it starts, for what changed between the pool's load and the
+feed's start).
+
+A status notification's payload is JSON: `{"o": origin, "r": [[key_id,
+instance, model, status, last_checked_at, next_check_at, failing_since,
 consecutive_failures, status_code, message, response_ms, cooldown_until,
-reason], ...]}` with times as epoch seconds; the key itself never travels (records
-arrive with `key=""`; the pool keeps its own copy).
+reason], ...]}` with times as epoch seconds; a key-set notification's is `{"o": origin,
+"k": [[instance, [added key ids], [removed key ids], reload], ...]}`. The key
+itself never travels (status records arrive with `key=""`, the pool keeps its
+own copy; added keys are read from the store by id).
 """
 
 from __future__ import annotations
@@ -32,7 +48,10 @@ from llmgateway.db.rows import from_epoch, parse_reason, parse_status, to_epoch
 log = structlog.get_logger(__name__)
 
 CHANNEL: Final = "llmgateway_status"
-"""The PostgreSQL notification channel of recorded statuses."""
+"""The PostgreSQL notification channel of recorded statuses and key-set changes."""
+
+KEY_IDS_PER_CHANGE: Final = 500
+"""Key ids a key-set notification lists at most; beyond, it asks for a reload of the instance."""
 
 MAX_PAYLOAD: Final = 7000
 """Bytes per notification payload at most (PostgreSQL refuses 8000 and more)."""
@@ -40,8 +59,47 @@ MAX_PAYLOAD: Final = 7000
 MESSAGE_CHARS: Final = 200
 """Characters of a record's message carried by a notification."""
 
-Deliver = Callable[[list[KeyRecord]], None]
-"""Receives the records another process wrote (key values blank on PostgreSQL)."""
+
+@dataclass(frozen=True, slots=True)
+class KeySetChange:
+    """Keys that joined or left one instance's key set.
+
+    `added` names new keys by id: the receiver reads their rows from the
+    store (a feed that already delivers their rows, with their keys, leaves it
+    empty). `reload` says that too many changed to list them: the receiver
+    reloads the whole instance.
+    """
+
+    instance: str
+    added: tuple[int, ...] = ()
+    removed: tuple[int, ...] = ()
+    reload: bool = False
+
+    @property
+    def needs_store(self) -> bool:
+        """True when applying it takes a read of the store (added keys, a reload)."""
+        return bool(self.added) or self.reload
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """One delivery of a feed: status records, then key-set changes, in commit order."""
+
+    records: Sequence[KeyRecord] = ()
+    keys: Sequence[KeySetChange] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.records or self.keys)
+
+    @property
+    def count(self) -> int:
+        """Records plus listed key changes (for the feed's counters)."""
+        listed = sum(len(c.added) + len(c.removed) + c.reload for c in self.keys)
+        return len(self.records) + listed
+
+
+Deliver = Callable[[Changes], None]
+"""Receives what another process changed (status records' keys blank on PostgreSQL)."""
 
 Resync = Callable[[], Awaitable[None]]
 """Reloads everything from the store (after a reconnect, when changes may have been missed)."""
@@ -77,20 +135,20 @@ class FeedState:
 
 
 class ChangeFeed(Protocol):
-    """A source of the records other processes write to the shared store."""
+    """A source of the changes other processes make to the shared store."""
 
     state: FeedState
 
     async def run(self, deliver: Deliver, resync: Resync) -> None:
-        """Deliver other processes' records until cancelled; call `resync` after any gap."""
+        """Deliver other processes' changes until cancelled; call `resync` after any gap."""
 
 
 @dataclass(frozen=True, slots=True)
 class Notification:
-    """One decoded notification: who sent it and what it recorded."""
+    """One decoded notification: who sent it and what it changed."""
 
     origin: str
-    records: list[KeyRecord]
+    changes: Changes
 
 
 def encode_notifications(origin: str, records: Sequence[KeyRecord]) -> list[str]:
@@ -111,13 +169,39 @@ def encode_notifications(origin: str, records: Sequence[KeyRecord]) -> list[str]
     return payloads
 
 
+def encode_key_changes(origin: str, changes: Sequence[KeySetChange]) -> list[str]:
+    """The payloads announcing `changes`, one per change; long id lists become a reload."""
+    payloads: list[str] = []
+    for change in changes:
+        if change.reload or len(change.added) + len(change.removed) > KEY_IDS_PER_CHANGE:
+            row: list[Any] = [change.instance, [], [], True]
+        else:
+            row = [change.instance, list(change.added), list(change.removed), False]
+        payloads.append(orjson.dumps({"o": origin, "k": [row]}).decode())
+    return payloads
+
+
 def decode_notification(payload: str) -> Notification:
     """The notification in `payload`; raises ValueError when it is not one of ours."""
     try:
         document = orjson.loads(payload)
-        return Notification(str(document["o"]), [_record(row) for row in document["r"]])
-    except (orjson.JSONDecodeError, KeyError, TypeError, IndexError) as exc:
-        raise ValueError(f"not a status notification: {exc}") from exc
+        origin = str(document["o"])
+        if "k" in document:
+            keys = [_key_change(row) for row in document["k"]]
+            return Notification(origin, Changes(keys=keys))
+        return Notification(origin, Changes(records=[_record(row) for row in document["r"]]))
+    except (orjson.JSONDecodeError, KeyError, TypeError, IndexError, ValueError) as exc:
+        raise ValueError(f"not a change notification: {exc}") from exc
+
+
+def _key_change(row: list[Any]) -> KeySetChange:
+    instance, added, removed, reload = row
+    return KeySetChange(
+        str(instance),
+        tuple(int(i) for i in added),
+        tuple(int(i) for i in removed),
+        bool(reload),
+    )
 
 
 def _payload(origin: str, rows: list[bytes]) -> str:
@@ -170,8 +254,8 @@ class VersionedStore(Protocol):
     async def change_version(self) -> int:
         """The current value of the change counter."""
 
-    async def changes_since(self, version: int) -> tuple[int, list[KeyRecord]]:
-        """The counter now and every record written after `version`."""
+    async def changes_since(self, version: int) -> tuple[int, Changes]:
+        """The counter now, and every record written and key removed after `version`."""
 
 
 @final
@@ -180,8 +264,10 @@ class SqlitePoller:
 
     Every `interval` seconds it asks `PRAGMA data_version` (a read of the
     connection's own state, no I/O when nothing changed); when it moved, the
-    rows recorded since the last version seen are read and delivered. Records
-    this process wrote come back too: the pool ignores what is not newer.
+    rows written (status records and new keys' rows, with their keys) and the
+    keys removed since the last version seen are read and delivered. What this
+    process wrote comes back too: the pool ignores what is not newer, and a
+    key removed twice is removed once.
     """
 
     def __init__(self, store: VersionedStore, interval: float = 0.5) -> None:
@@ -190,30 +276,35 @@ class SqlitePoller:
         self.state = FeedState("sqlite-data-version")
 
     async def run(self, deliver: Deliver, resync: Resync) -> None:
-        """Poll until cancelled; a failed poll is logged, then a resync follows the recovery."""
+        """Poll until cancelled; a failed poll is logged, then a resync follows the recovery.
+
+        The first resync comes at once: what changed between the pool's load
+        and the first version read here is reloaded.
+        """
         since = await self._store.change_version()
         seen = await self._store.data_version()
         self.state.connected = True
-        missed = False
+        missed = True
         while True:
             await asyncio.sleep(self._interval)
             try:
                 if missed:
-                    await resync()
+                    if not self.state.connected:
+                        self.state.reconnects += 1
                     since = await self._store.change_version()
+                    await resync()
                     missed = False
-                    self.state.reconnects += 1
                 current = await self._store.data_version()
                 if current == seen:
                     continue
                 seen = current
-                since, records = await self._store.changes_since(since)
+                since, changes = await self._store.changes_since(since)
             except StoreError as exc:
                 self.state.connected = False
                 missed = True
                 log.warning("change_poll_failed", error=str(exc))
                 continue
             self.state.connected = True
-            if records:
-                self.state.got(len(records))
-                deliver(records)
+            if changes:
+                self.state.got(changes.count)
+                deliver(changes)

@@ -1,13 +1,16 @@
 """The PostgreSQL change feed: `LISTEN llmgateway_status` on a dedicated connection.
 
-`PostgresStore.record()` sends `pg_notify` in the same transaction as the
-write, so a notification exists exactly when the statuses were committed. The
+`PostgresStore.record()` and every change of a key set (`sync_keys`,
+`delete_instance`) send `pg_notify` in the same transaction as the write, so
+a notification exists exactly when the change was committed. The
 listener holds one connection of its own (not from the store's pool: a pooled
 connection could be recycled under it), named by `application_name` so an
 operator can find it in `pg_stat_activity`. A dropped connection (server
 restart, `pg_terminate_backend`, network) is noticed by asyncpg's termination
 callback or by a periodic `SELECT 1`, reopened with exponential backoff, and
-followed by a resync, since notifications sent meanwhile are lost.
+followed by a resync, since notifications sent meanwhile are lost. The first
+connection is followed by a resync too: it covers what changed between the
+pool's load and the start of listening.
 """
 
 from __future__ import annotations
@@ -40,11 +43,11 @@ _CONNECT_FAILURES: Final = (
 
 @final
 class PgListener:
-    """Delivers the statuses other processes record, from PostgreSQL notifications.
+    """Delivers the changes other processes make, from PostgreSQL notifications.
 
     Notifications whose origin is `origin` (this process's store) are
-    ignored. `run()` loops until cancelled: connect, listen, resync when it is
-    a reconnection, wait for the connection to drop, back off, again.
+    ignored. `run()` loops until cancelled: connect, listen, resync, wait for
+    the connection to drop, back off, again.
     """
 
     def __init__(
@@ -87,11 +90,11 @@ class PgListener:
                 if connected_before:
                     self.state.reconnects += 1
                     log.info("listener_reconnected", reconnects=self.state.reconnects)
-                    # Whatever was notified while disconnected is lost: reload it all.
-                    try:
-                        await resync()
-                    except StoreError as exc:  # the periodic reconciliation heals it later
-                        log.warning("listener_resync_failed", error=str(exc))
+                # Whatever was notified while not listening is lost: reload it all.
+                try:
+                    await resync()
+                except StoreError as exc:  # the periodic reconciliation heals it later
+                    log.warning("listener_resync_failed", error=str(exc))
                 connected_before = True
                 backoff = self._min_backoff
                 await self._until_lost(conn, lost)
@@ -126,8 +129,8 @@ class PgListener:
             return
         if notification.origin == self._origin or self._deliver is None:
             return
-        self.state.got(len(notification.records))
-        self._deliver(notification.records)
+        self.state.got(notification.changes.count)
+        self._deliver(notification.changes)
 
 
 def _setter(event: asyncio.Event) -> Callable[[object], None]:

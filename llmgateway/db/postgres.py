@@ -26,7 +26,12 @@ from asyncpg.pool import PoolConnectionProxy
 from llmgateway.core.constants import ProviderType, Status
 from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
-from llmgateway.db.changes import CHANNEL, encode_notifications
+from llmgateway.db.changes import (
+    CHANNEL,
+    KeySetChange,
+    encode_key_changes,
+    encode_notifications,
+)
 from llmgateway.db.migrations import Engine, Migration, engine_migrations, plan
 from llmgateway.db.pg_listener import PgListener
 from llmgateway.db.rows import (
@@ -38,7 +43,7 @@ from llmgateway.db.rows import (
     unique_keys,
 )
 from llmgateway.db.scrub import SCRUB_KEY_MESSAGES, scrubbed_messages
-from llmgateway.db.store import KeySyncReport, StatusCount
+from llmgateway.db.store import CLOSE_TIMEOUT, KeySyncReport, StatusCount
 
 type _Conn = PoolConnectionProxy[asyncpg.Record]
 
@@ -181,14 +186,19 @@ class PostgresStore:
             await self.close()
             raise
 
-    async def close(self) -> None:
-        """Close the pool, terminating it if a graceful close fails (idempotent)."""
+    async def close(self, timeout: float = CLOSE_TIMEOUT) -> None:  # noqa: ASYNC109
+        """Close the pool within `timeout` seconds, else terminate it (idempotent).
+
+        Raises StoreError when the graceful close failed or timed out (the
+        connections are terminated).
+        """
         pool, self._pool = self._pool, None
         if pool is None:
             return
         try:
             with _translated("closing the pool"):
-                await pool.close()
+                async with asyncio.timeout(timeout):
+                    await pool.close()
         except StoreError:
             pool.terminate()
             raise
@@ -262,25 +272,22 @@ class PostgresStore:
         async def run(conn: _Conn) -> KeySyncReport:
             if await conn.fetchval("SELECT 1 FROM providers WHERE name = $1", instance) is None:
                 raise StoreError(f"unknown instance {instance!r}: sync_providers first")
-            removed = _count(
-                await conn.execute(
-                    "DELETE FROM api_keys AS a WHERE a.instance = $1 AND NOT EXISTS "
-                    "(SELECT 1 FROM unnest($2::text[]) AS w(v) WHERE w.v = a.key_value)",
-                    instance,
-                    wanted,
-                )
+            removed = await conn.fetch(
+                "DELETE FROM api_keys AS a WHERE a.instance = $1 AND NOT EXISTS "
+                "(SELECT 1 FROM unnest($2::text[]) AS w(v) WHERE w.v = a.key_value) "
+                "RETURNING a.id",
+                instance,
+                wanted,
             )
-            added = _count(
-                await conn.execute(
-                    "INSERT INTO api_keys (instance, key_value, added_at) "
-                    "SELECT $1, w.v, $3 FROM unnest($2::text[]) WITH ORDINALITY AS w(v, n) "
-                    "WHERE NOT EXISTS (SELECT 1 FROM api_keys AS a "
-                    "WHERE a.instance = $1 AND a.key_value = w.v) "
-                    "ORDER BY w.n ON CONFLICT (instance, key_value) DO NOTHING",
-                    instance,
-                    wanted,
-                    at,
-                )
+            added = await conn.fetch(
+                "INSERT INTO api_keys (instance, key_value, added_at) "
+                "SELECT $1, w.v, $3 FROM unnest($2::text[]) WITH ORDINALITY AS w(v, n) "
+                "WHERE NOT EXISTS (SELECT 1 FROM api_keys AS a "
+                "WHERE a.instance = $1 AND a.key_value = w.v) "
+                "ORDER BY w.n ON CONFLICT (instance, key_value) DO NOTHING RETURNING id",
+                instance,
+                wanted,
+                at,
             )
             await conn.execute(
                 "DELETE FROM key_model_status AS s USING api_keys AS k "
@@ -300,7 +307,12 @@ class PostgresStore:
                 Status.UNTESTED.value,
                 at,
             )
-            return KeySyncReport(added=added, removed=removed, total=len(wanted))
+            if added or removed:
+                change = KeySetChange(
+                    instance, tuple(r[0] for r in added), tuple(r[0] for r in removed)
+                )
+                await self._publish_keys(conn, [change])
+            return KeySyncReport(added=len(added), removed=len(removed), total=len(wanted))
 
         report = await self._write(f"syncing keys of {instance}", run)
         if report.added + report.removed >= ANALYZE_AFTER:
@@ -432,13 +444,37 @@ class PostgresStore:
 
         return _to_records(await self._write("leasing due keys", run))
 
+    async def renew_leases(
+        self, owner: str, rows: Sequence[tuple[int, str]], until: datetime
+    ) -> int:
+        """Extend to `until` the leases `owner` still holds on `rows`; return how many."""
+        if not rows:
+            return 0
+
+        async def run(conn: _Conn) -> int:
+            return _count(
+                await conn.execute(
+                    "UPDATE key_model_status AS s SET lease_until = $4 "
+                    "FROM unnest($1::bigint[], $2::text[]) AS r(key_id, model) "
+                    "WHERE s.key_id = r.key_id AND s.model = r.model AND s.lease_owner = $3",
+                    [key_id for key_id, _ in rows],
+                    [model for _, model in rows],
+                    owner,
+                    as_utc(until),
+                )
+            )
+
+        return await self._write("renewing leases", run)
+
     @asynccontextmanager
     async def exclusive(self, name: str, *, wait: bool = False) -> AsyncIterator[bool]:
         """Hold the advisory lock `name` for the body, across every process on this database.
 
         Yields True when this process got it, False when another holds it
         (with `wait`, waits for it and always yields True). The lock lives on
-        a connection of its own, closed on exit: a dead holder frees it.
+        a connection of its own, closed on exit: a dead holder frees it. A
+        wait or a body that is cancelled or fails drops the connection at once
+        (the server then frees the lock) rather than closing it politely.
         """
         with _translated(f"taking lock {name}"):
             conn = await asyncpg.connect(self.dsn)
@@ -452,9 +488,13 @@ class PostgresStore:
                         await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_id(name))
                     )
             yield got
+        except BaseException:
+            conn.terminate()
+            raise
         finally:
-            with suppress(*_LOCK_RELEASE_FAILURES):
-                await conn.close(timeout=5.0)
+            if not conn.is_closed():
+                with suppress(*_LOCK_RELEASE_FAILURES):
+                    await conn.close(timeout=5.0)
 
     def change_feed(self) -> PgListener:
         """A listener delivering the statuses other processes record (see `PgListener`)."""
@@ -468,6 +508,8 @@ class PostgresStore:
                 await conn.execute("DELETE FROM api_keys WHERE instance = $1", instance)
             )
             await conn.execute("DELETE FROM providers WHERE name = $1", instance)
+            if deleted:
+                await self._publish_keys(conn, [KeySetChange(instance, reload=True)])
             return deleted
 
         return await self._write(f"deleting {instance}", run)
@@ -490,6 +532,29 @@ class PostgresStore:
                 "JOIN api_keys AS k ON k.id = s.key_id GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
             )
         return [StatusCount(str(r[0]), str(r[1]), parse_status(str(r[2])), int(r[3])) for r in rows]
+
+    async def load_key_records(self, key_ids: Sequence[int]) -> list[KeyRecord]:
+        """Every (key, model) record of the keys `key_ids` (the ones still stored)."""
+        if not key_ids:
+            return []
+        pool = self._require("loading keys")
+        with _translated("loading keys"):
+            rows = await pool.fetch(
+                _SELECT_RECORDS + " WHERE s.key_id = ANY($1::bigint[]) ORDER BY s.key_id, s.model",
+                list(key_ids),
+            )
+        return _to_records(rows)
+
+    async def _publish_keys(self, conn: _Conn, changes: Sequence[KeySetChange]) -> None:
+        """Announce key-set changes to the other processes, on commit of `conn`'s transaction.
+
+        Every edit of an instance's keys calls this inside its transaction.
+        """
+        await conn.execute(
+            "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+            CHANNEL,
+            encode_key_changes(self.origin, changes),
+        )
 
     def _require(self, action: str) -> asyncpg.Pool[asyncpg.Record]:
         if self._pool is None:

@@ -1,4 +1,4 @@
-"""The data step of migration 4: masking keys in the messages earlier releases stored.
+"""The data step of migration 5: masking keys in the messages earlier releases stored.
 
 Before every upstream text went through the masker, a provider that quoted a
 key in its error (Gemini's "Consumer 'api_key:AIza…' has been suspended") had

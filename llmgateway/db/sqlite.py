@@ -24,7 +24,7 @@ import orjson
 from llmgateway.core.constants import ProviderType, Status
 from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
-from llmgateway.db.changes import SqlitePoller
+from llmgateway.db.changes import Changes, KeySetChange, SqlitePoller
 from llmgateway.db.migrations import Engine, Migration, engine_migrations, plan
 from llmgateway.db.rows import (
     RECORD_COLUMNS,
@@ -37,13 +37,19 @@ from llmgateway.db.rows import (
     unique_keys,
 )
 from llmgateway.db.scrub import SCRUB_KEY_MESSAGES, scrubbed_messages
-from llmgateway.db.store import KeySyncReport, StatusCount
+from llmgateway.db.store import CLOSE_TIMEOUT, KeySyncReport, StatusCount
 
 MEMORY: Final = ":memory:"
 """The path of a private in-memory database (tests)."""
 
 BUSY_TIMEOUT_MS: Final = 5000
 """How long a write waits for another process's lock on the file before failing."""
+
+REMOVED_KEYS_TTL: Final = 86400.0
+"""Seconds a removed key stays noted in `removed_keys` for the other workers' feeds."""
+
+LOCK_POLL_INTERVAL: Final = 0.05
+"""Seconds between two attempts at a named lock another process holds (`exclusive(wait=True)`)."""
 
 _SELECT_RECORDS: Final = (
     f"SELECT {RECORD_COLUMNS} FROM key_model_status AS s JOIN api_keys AS k ON k.id = s.key_id"
@@ -109,13 +115,24 @@ class SqliteStore:
             await self.close()
             raise
 
-    async def close(self) -> None:
-        """Close the connection (idempotent)."""
+    async def close(self, timeout: float = CLOSE_TIMEOUT) -> None:  # noqa: ASYNC109
+        """Close the connection and end its thread (idempotent).
+
+        The close waits for a statement still running (at most the busy
+        timeout); after `timeout` seconds it raises StoreError, and the
+        thread ends as soon as that statement returns.
+        """
         conn, self._conn = self._conn, None
-        if conn is not None:
-            async with self._lock:
-                with _translated("closing"):
-                    await conn.close()
+        if conn is None:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._lock:
+                    with _translated("closing"):
+                        await conn.close()
+        except TimeoutError as exc:
+            conn.stop()  # queued behind the running statement: the thread then ends
+            raise StoreError(f"sqlite: closing timed out after {timeout} s") from exc
 
     async def ping(self) -> None:
         """Raise StoreError unless the database answers."""
@@ -175,12 +192,15 @@ class SqliteStore:
             cursor = await conn.execute("SELECT 1 FROM providers WHERE name = ?", (instance,))
             if await cursor.fetchone() is None:
                 raise StoreError(f"unknown instance {instance!r}: sync_providers first")
-            cursor = await conn.execute(
-                "DELETE FROM api_keys WHERE instance = ? "
-                "AND key_value NOT IN (SELECT value FROM json_each(?))",
+            # What this sync inserts or deletes carries the next counter value (see changes.py).
+            version = await _counter(conn) + 1
+            removed = await _remove_keys(
+                conn,
+                "instance = ? AND key_value NOT IN (SELECT value FROM json_each(?))",
                 (instance, keys_json),
+                version,
+                time.time(),
             )
-            removed = cursor.rowcount
             cursor = await conn.execute(
                 # Filtering first keeps ignored rows from consuming AUTOINCREMENT ids.
                 "INSERT OR IGNORE INTO api_keys (instance, key_value, added_at) "
@@ -196,12 +216,15 @@ class SqliteStore:
                 "AND model NOT IN (SELECT value FROM json_each(?))",
                 (instance, models_json),
             )
-            await conn.execute(
-                "INSERT OR IGNORE INTO key_model_status (key_id, model, status, next_check_at) "
-                "SELECT k.id, m.value, ?, ? FROM api_keys AS k, json_each(?) AS m "
+            cursor = await conn.execute(
+                "INSERT OR IGNORE INTO key_model_status "
+                "(key_id, model, status, next_check_at, version) "
+                "SELECT k.id, m.value, ?, ?, ? FROM api_keys AS k, json_each(?) AS m "
                 "WHERE k.instance = ?",
-                (Status.UNTESTED.value, at, models_json, instance),
+                (Status.UNTESTED.value, at, version, models_json, instance),
             )
+            if removed or cursor.rowcount:
+                await _bump(conn)
         return KeySyncReport(added=added, removed=removed, total=len(wanted))
 
     async def load_records(self, instance: str | None = None) -> list[KeyRecord]:
@@ -290,6 +313,22 @@ class SqliteStore:
             )
         return _to_records(rows)
 
+    async def renew_leases(
+        self, owner: str, rows: Sequence[tuple[int, str]], until: datetime
+    ) -> int:
+        """Extend to `until` the leases `owner` still holds on `rows`; return how many."""
+        if not rows:
+            return 0
+        pairs = orjson.dumps([[key_id, model] for key_id, model in rows]).decode()
+        async with self._transaction("renewing leases") as conn:
+            cursor = await conn.execute(
+                "UPDATE key_model_status SET lease_until = ? WHERE lease_owner = ? "
+                "AND (key_id, model) IN (SELECT json_extract(value, '$[0]'), "
+                "json_extract(value, '$[1]') FROM json_each(?))",
+                (to_epoch(until), owner, pairs),
+            )
+            return int(cursor.rowcount)
+
     @asynccontextmanager
     async def exclusive(self, name: str, *, wait: bool = False) -> AsyncIterator[bool]:
         """Hold the lock `name` for the body, across every process using this file.
@@ -307,7 +346,11 @@ class SqliteStore:
             handle = await asyncio.to_thread(_open_lock_file, lock_path)
         try:
             with _translated(f"taking lock {name}"):
-                got = await asyncio.to_thread(_try_flock, handle, wait)
+                got = _try_flock(handle)
+                # Polled, not a blocking flock on a thread: a cancelled wait ends at once.
+                while wait and not got:
+                    await asyncio.sleep(LOCK_POLL_INTERVAL)
+                    got = _try_flock(handle)
             yield got
         finally:
             handle.close()  # closing the file releases the lock
@@ -320,19 +363,46 @@ class SqliteStore:
         return int(row[0]) if row else 0
 
     async def change_version(self) -> int:
-        """The change counter: bumped by every `record()` batch."""
+        """The change counter: bumped by every `record()` batch and every change of a key set."""
         async with self._locked("reading the change counter") as conn:
             return await _counter(conn)
 
-    async def changes_since(self, version: int) -> tuple[int, list[KeyRecord]]:
-        """The change counter now, and every record written after counter value `version`."""
+    async def changes_since(self, version: int) -> tuple[int, Changes]:
+        """The change counter now, and what was written after counter value `version`.
+
+        The records (with their keys) of every row recorded or inserted, and
+        the keys removed, per instance.
+        """
         async with self._locked("reading changes") as conn:
             current = await _counter(conn)
             cursor = await conn.execute(
                 _SELECT_RECORDS + " WHERE s.version > ? ORDER BY s.version", (version,)
             )
             rows = await cursor.fetchall()
-        return current, _to_records(rows)
+            cursor = await conn.execute(
+                "SELECT instance, key_id FROM removed_keys WHERE version > ? "
+                "ORDER BY instance, key_id",
+                (version,),
+            )
+            removed: dict[str, list[int]] = {}
+            for instance, key_id in await cursor.fetchall():
+                removed.setdefault(str(instance), []).append(int(key_id))
+        keys = [KeySetChange(name, removed=tuple(ids)) for name, ids in removed.items()]
+        return current, Changes(_to_records(rows), keys)
+
+    async def load_key_records(self, key_ids: Sequence[int]) -> list[KeyRecord]:
+        """Every (key, model) record of the keys `key_ids` (the ones still stored)."""
+        if not key_ids:
+            return []
+        ids = orjson.dumps(list(key_ids)).decode()
+        async with self._locked("loading keys") as conn:
+            cursor = await conn.execute(
+                _SELECT_RECORDS + " WHERE s.key_id IN (SELECT value FROM json_each(?)) "
+                "ORDER BY s.key_id, s.model",
+                (ids,),
+            )
+            rows = await cursor.fetchall()
+        return _to_records(rows)
 
     def change_feed(self, interval: float = 0.5) -> SqlitePoller:
         """A feed delivering what other processes record, polled every `interval` seconds."""
@@ -341,9 +411,11 @@ class SqliteStore:
     async def delete_instance(self, instance: str) -> int:
         """Delete the instance's provider row, keys and statuses; return the keys deleted."""
         async with self._transaction(f"deleting {instance}") as conn:
-            cursor = await conn.execute("DELETE FROM api_keys WHERE instance = ?", (instance,))
-            deleted = cursor.rowcount
+            version = await _counter(conn) + 1
+            deleted = await _remove_keys(conn, "instance = ?", (instance,), version, time.time())
             await conn.execute("DELETE FROM providers WHERE name = ?", (instance,))
+            if deleted:
+                await _bump(conn)
         return deleted
 
     async def key_counts(self) -> dict[str, int]:
@@ -431,6 +503,25 @@ async def _bump(conn: aiosqlite.Connection) -> int:
     return int(row[0])
 
 
+async def _remove_keys(
+    conn: aiosqlite.Connection, where: str, args: tuple[Any, ...], version: int, at: float
+) -> int:
+    """Delete the api_keys rows matching `where` (statuses cascade) and note each in removed_keys.
+
+    Part of the caller's write transaction, which bumps the change counter to
+    `version` when anything changed; returns the number of keys deleted.
+    Notes older than REMOVED_KEYS_TTL are pruned on the way.
+    """
+    await conn.execute("DELETE FROM removed_keys WHERE removed_at < ?", (at - REMOVED_KEYS_TTL,))
+    await conn.execute(
+        "INSERT OR REPLACE INTO removed_keys (key_id, instance, version, removed_at) "
+        f"SELECT id, instance, ?, ? FROM api_keys WHERE {where}",
+        (version, at, *args),
+    )
+    cursor = await conn.execute(f"DELETE FROM api_keys WHERE {where}", args)
+    return int(cursor.rowcount)
+
+
 async def _counter(conn: aiosqlite.Connection) -> int:
     cursor = await conn.execute("SELECT value FROM change_counter WHERE id = 1")
     row = await cursor.fetchone()
@@ -442,10 +533,10 @@ def _open_lock_file(path: Path) -> IO[bytes]:
     return path.open("a+b")
 
 
-def _try_flock(handle: IO[bytes], wait: bool) -> bool:
-    """Lock `handle` exclusively; without `wait`, False at once when another holds it."""
+def _try_flock(handle: IO[bytes]) -> bool:
+    """Lock `handle` exclusively if nobody holds it (never blocks); True when locked."""
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     return True

@@ -16,6 +16,9 @@ from llmgateway.core.constants import ProviderType, Status
 from llmgateway.core.models import KeyRecord
 from llmgateway.db.changes import ChangeFeed
 
+CLOSE_TIMEOUT = 10.0
+"""Seconds `Store.close()` waits for the connections in use by default."""
+
 
 @dataclass(frozen=True, slots=True)
 class KeySyncReport:
@@ -46,8 +49,12 @@ class Store(Protocol):
     async def open(self) -> None:
         """Connect and apply pending migrations (raises SchemaTooNew if the db is newer)."""
 
-    async def close(self) -> None:
-        """Release every connection."""
+    async def close(self, timeout: float = CLOSE_TIMEOUT) -> None:  # noqa: ASYNC109
+        """Release every connection, within `timeout` seconds (then drop them).
+
+        Raises StoreError when they could not be closed cleanly in time; they
+        are released anyway.
+        """
 
     async def ping(self) -> None:
         """Raise StoreError unless the database answers."""
@@ -62,11 +69,15 @@ class Store(Protocol):
 
         New keys get `untested` rows due at `now`; keys not in `keys` are
         deleted with their statuses; rows of models not in `models` are
-        deleted and missing ones created `untested`.
+        deleted and missing ones created `untested`. Keys added or removed
+        are announced to the other processes' change feeds.
         """
 
     async def load_records(self, instance: str | None = None) -> list[KeyRecord]:
         """Every (key, model) record, of one instance or all."""
+
+    async def load_key_records(self, key_ids: Sequence[int]) -> list[KeyRecord]:
+        """Every (key, model) record of the keys `key_ids` (ids no longer stored are skipped)."""
 
     async def fetch_due(
         self, instances: Sequence[str], now: datetime, limit: int
@@ -91,6 +102,15 @@ class Store(Protocol):
         callers (other processes, other hosts) never get the same row.
         Recording a status for a row ends its lease; an expired lease (its
         holder died) is taken over.
+        """
+
+    async def renew_leases(
+        self, owner: str, rows: Sequence[tuple[int, str]], until: datetime
+    ) -> int:
+        """Extend to `until` the leases `owner` still holds on `rows` ((key_id, model) pairs).
+
+        Rows whose lease ended (their status was recorded) or passed to
+        another owner are left alone. Returns the number of leases extended.
         """
 
     async def record(self, records: Sequence[KeyRecord]) -> None:

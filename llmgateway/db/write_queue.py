@@ -3,7 +3,12 @@
 `put()` is synchronous and never waits for the database; a background loop
 (`run()`) writes what accumulated, one `store.record()` round trip per batch.
 A failed write is kept and retried with backoff, never dropped; `close()`
-writes everything left before the process exits (issue 3).
+writes everything left before the process exits.
+
+Whoever must not speak of a change before it is stored (`/-/events`: a
+process killed right after announcing a status must not leave the store
+without it) takes `mark()` and awaits `written_through(mark)`: it returns
+once every record put before the mark is in the store.
 """
 
 from __future__ import annotations
@@ -65,6 +70,9 @@ class WriteQueue:
         self._write_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
+        self._puts = 0
+        self._written = 0
+        self._advanced = asyncio.Event()
 
     @property
     def depth(self) -> int:
@@ -91,8 +99,21 @@ class WriteQueue:
             )
             return
         self._pending[(record.key_id, record.model)] = record
+        self._puts += 1
         if len(self._pending) >= self._max_batch:
             self._wake.set()
+
+    def mark(self) -> int:
+        """A mark for `written_through`: the number of records put so far."""
+        return self._puts
+
+    async def written_through(self, mark: int) -> None:
+        """Return once every record put before `mark` is stored (or replaced by a stored newer one).
+
+        Waits as long as the store refuses the writes; cancel it to give up.
+        """
+        while self._written < mark:
+            await self._advanced.wait()
 
     async def flush(self) -> None:
         """Write everything queued now, batch by batch.
@@ -187,6 +208,8 @@ class WriteQueue:
 
         The caller holds `_write_lock`, so batches of one row are written in order.
         """
+        # Taking everything pending: once written, every record put until now is stored.
+        through = self._puts if len(self._pending) <= self._max_batch else None
         keys = list(itertools.islice(self._pending, self._max_batch))
         batch = [self._pending.pop(k) for k in keys]
         self._in_flight = len(batch)
@@ -199,6 +222,10 @@ class WriteQueue:
             raise
         finally:
             self._in_flight = 0
+        if through is not None and through > self._written:
+            self._written = through
+            advanced, self._advanced = self._advanced, asyncio.Event()
+            advanced.set()
 
     @staticmethod
     async def _wait(event: asyncio.Event, seconds: float) -> None:

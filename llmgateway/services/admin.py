@@ -35,6 +35,7 @@ from llmgateway.app import (
     WRITE_QUEUE,
 )
 from llmgateway.core.masking import Masker
+from llmgateway.db.write_queue import WriteQueue
 from llmgateway.services.admin_guard import AdminGuard, admin_error
 from llmgateway.services.metrics import METRICS, Metrics
 from llmgateway.services.pool import KeyPool, PoolEvent
@@ -88,7 +89,9 @@ def _store_view(app: Mapping[Any, Any]) -> dict[str, Any] | None:
 async def events_handler(request: web.Request) -> web.StreamResponse:
     """`GET /-/events`: one SSE `data:` JSON object per key status change, plus heartbeats.
 
-    At most `server.max_event_subscribers` streams are open at once; one more gets 503.
+    At most `server.max_event_subscribers` streams are open at once; one more
+    gets 503. A change is announced once it is stored: what a client saw
+    announced is in the store even if this process is killed the moment after.
     """
     app = request.config_dict
     pool = app.get(POOL)
@@ -110,7 +113,9 @@ async def events_handler(request: web.Request) -> web.StreamResponse:
     queue = pool.subscribe()
     try:
         await response.prepare(request)
-        pump = asyncio.create_task(_pump(response, queue, app[MASKER]), name="llmgateway-events")
+        pump = asyncio.create_task(
+            _pump(response, queue, app[MASKER], app.get(WRITE_QUEUE)), name="llmgateway-events"
+        )
         pump.add_done_callback(lambda _: _stop(response))
         try:
             await response.wait()  # until the client leaves or the server shuts down
@@ -124,11 +129,17 @@ async def events_handler(request: web.Request) -> web.StreamResponse:
 
 
 async def _pump(
-    response: EventSourceResponse, queue: asyncio.Queue[PoolEvent], masker: Masker
+    response: EventSourceResponse,
+    queue: asyncio.Queue[PoolEvent],
+    masker: Masker,
+    writes: WriteQueue | None,
 ) -> None:
-    """Send every event of `queue`, masked, until the connection breaks."""
+    """Send every event of `queue`, masked, each once the writes queued before it are stored."""
     while True:
         event = await queue.get()
+        if writes is not None:
+            # The pool queued the event's record before announcing it: this mark covers it.
+            await writes.written_through(writes.mark())
         try:
             await response.send(masker.mask_text(_dumps(event.as_dict())))
         except (ConnectionResetError, RuntimeError):  # client gone, or the response ended

@@ -1,19 +1,24 @@
 """The pool follower: keeps this process's live pool in step with the other processes.
 
 Several gateway processes (workers of one host, or hosts) share one database
-and each has its own `KeyPool`. A status one of them records reaches the
-others through the store's change feed (PostgreSQL `LISTEN/NOTIFY`, or the
-SQLite change counter), within a second; a periodic reconciliation reloads the
-whole store, heals any notification missed, and picks up keys another
-process's key sync added or removed. A record is only applied when it is newer
-than the pool's own (`KeyPool.apply_remote`).
+and each has its own `KeyPool`. What one of them changes reaches the others
+through the store's change feed (PostgreSQL `LISTEN/NOTIFY`, or the SQLite
+change counter) within a second: the statuses it records, and the keys a key
+sync (or any other edit of the keys) added or removed. A record is only
+applied when it is newer than the pool's own (`KeyPool.apply_remote`).
+
+Changes are applied in the order they were committed. Most need no store
+access and are applied as they arrive; a change naming added keys (or asking
+for an instance's reload) needs their rows read first, so it and everything
+after it wait in a backlog, applied by one task in order. A periodic
+reconciliation reloads the whole store and heals anything missed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, final
@@ -23,6 +28,7 @@ import structlog
 from llmgateway.core.errors import StoreError
 from llmgateway.core.logs import update_secrets
 from llmgateway.core.models import KeyRecord
+from llmgateway.db.changes import Changes
 from llmgateway.db.store import Store
 from llmgateway.services.pool import Clock, KeyPool
 
@@ -67,13 +73,16 @@ class PoolFollower:
         self.reconciliations = 0
         self.last_reconciled_at: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._backlog: deque[Changes] = deque()
+        self._backlog_ready = asyncio.Event()
 
     async def start(self) -> None:
-        """Start the feed and the periodic reconciliation (once)."""
+        """Start the feed, the backlog and the periodic reconciliation (once)."""
         if self._tasks:
             return
         self._tasks = [
             asyncio.create_task(self._run_feed(), name="llmgateway-change-feed"),
+            asyncio.create_task(self._run_backlog(), name="llmgateway-change-backlog"),
             asyncio.create_task(self._reconcile_loop(), name="llmgateway-reconcile"),
         ]
 
@@ -84,11 +93,71 @@ class PoolFollower:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def deliver(self, records: list[KeyRecord]) -> None:
-        """Apply records another process wrote (the feed's callback)."""
+    def deliver(self, changes: Changes) -> None:
+        """Apply what another process changed (the feed's callback), in commit order.
+
+        Applied at once unless it needs rows from the store or earlier
+        changes still wait for theirs: then it joins the backlog.
+        """
+        if self._backlog or any(change.needs_store for change in changes.keys):
+            self._backlog.append(changes)
+            self._backlog_ready.set()
+            return
+        self._apply(changes)
+
+    def _apply(self, changes: Changes, loaded: Sequence[KeyRecord] = ()) -> None:
+        """Apply `loaded` (rows of added keys), the records, then the removals."""
+        records = [*loaded, *changes.records]
+        fresh = {
+            r.key
+            for r in records
+            if r.key and self._pool.get(r.instance, r.model, r.key_id) is None
+        }
+        if fresh:
+            update_secrets(fresh)  # masked in logs before the pool can pick them
         for record in records:
             if self._pool.apply_remote(record):
                 self.applied += 1
+        for change in changes.keys:
+            if change.removed:
+                self.applied += self._pool.remove_keys(change.instance, change.removed)
+
+    async def _run_backlog(self) -> None:
+        """Apply the backlog in order, reading the rows its key-set changes need."""
+        while True:
+            await self._backlog_ready.wait()
+            self._backlog_ready.clear()
+            while self._backlog:
+                changes = self._backlog[0]
+                try:
+                    loaded = await self._load(changes)
+                except StoreError as exc:  # the resync below reloads everything instead
+                    log.warning("change_apply_failed", error=str(exc))
+                    self._backlog.clear()
+                    await self._resync_quietly()
+                    break
+                self._apply(changes, loaded)
+                self._backlog.popleft()
+
+    async def _load(self, changes: Changes) -> list[KeyRecord]:
+        """The rows of the keys `changes` added (reloading instances that asked for it)."""
+        added: list[int] = []
+        for change in changes.keys:
+            if change.instance not in self._instances:
+                continue
+            if change.reload:
+                stored = await self._store.load_records(change.instance)
+                update_secrets({r.key for r in stored})
+                self._pool.sync_instance(change.instance, stored)
+                self.applied += sum(self._pool.apply_remote(r) for r in stored)
+            added.extend(change.added)
+        return await self._store.load_key_records(added)
+
+    async def _resync_quietly(self) -> None:
+        try:
+            await self._resync()
+        except StoreError as exc:  # the periodic reconciliation heals it later
+            log.warning("pool_resync_failed", error=str(exc))
 
     async def reconcile(self) -> int:
         """Reload every record of the served instances; return how many were applied.

@@ -30,9 +30,11 @@ from llmgateway.core.errors import StoreError
 from llmgateway.core.logs import mask_key, update_secrets
 from llmgateway.core.models import CheckResult, KeyRecord
 from llmgateway.db.store import Store
+from llmgateway.lifecycle import interruptible_sleep
 from llmgateway.providers import classify_exception
 from llmgateway.providers.base import MAX_ERROR_BODY, ProviderAdapter, read_bounded
 from llmgateway.services.keyfiles import sync_instance_keys
+from llmgateway.services.leases import LeaseRenewer, lease_length
 from llmgateway.services.pool import Clock, KeyPool
 
 log = structlog.get_logger(__name__)
@@ -42,14 +44,6 @@ Sleep = Callable[[float], Awaitable[None]]
 
 DUE_BATCH: Final = 5000
 """At most this many due (key, model) rows are fetched and probed per round."""
-
-LEASE_SECONDS: Final = 300.0
-"""How long a leased due check stays reserved for the keeper that leased it.
-
-Recording the result ends the lease at once; the lease only runs out when its
-holder died (or spent longer than this on one wave of probes), and then another
-process takes the check over.
-"""
 
 LEASE_WAVES: Final = 4
 """Rows leased at a time, in multiples of `keeper.max_concurrent_probes`."""
@@ -77,8 +71,10 @@ class Keeper:
     `observer` (the app's Metrics) counts recorded probes.
 
     Several processes may run keepers on one database: due checks are leased
-    (`Store.lease_due`, as `owner`, for `lease_seconds`), so each runs once
-    across them; the key sync runs in one process at a time (the store's
+    (`Store.lease_due`, as `owner`, for `lease_seconds`, by default
+    `leases.lease_length` of the instances) and the leases renewed while the
+    checks run, so each runs once across them and a dead keeper's checks are
+    soon taken over; the key sync runs in one process at a time (the store's
     `keysync` lock). A `solo` keeper (SQLite workers of one host) probes only
     while it holds the store's `keeper` lock, for its whole life; the others
     wait, retrying every `keeper.check_interval`, and follow the statuses
@@ -97,13 +93,17 @@ class Keeper:
         *,
         observer: ProbeObserver | None = None,
         owner: str | None = None,
-        lease_seconds: float = LEASE_SECONDS,
+        lease_seconds: float | None = None,
         solo: bool = False,
     ) -> None:
         self._accessor = accessor
         self.owner = owner or f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
         """The name this keeper leases due checks under."""
+        if lease_seconds is None:
+            lease_seconds = lease_length(accessor.enabled_providers())
         self._lease_seconds = lease_seconds
+        self.leases = LeaseRenewer(store, self.owner, lease_seconds, clock)
+        """Renews the leases of the checks running now."""
         self._solo = solo
         self._lease_batch = min(
             DUE_BATCH, LEASE_WAVES * max(accessor.keeper.max_concurrent_probes, 1)
@@ -116,7 +116,9 @@ class Keeper:
         self._session = session
         self._adapters = adapters
         self._clock = clock
-        self._sleep = sleep
+        self._stop_requested = asyncio.Event()
+        # Every wait (idle, verification delay) ends as soon as the keeper is asked to stop.
+        self._sleep = interruptible_sleep(sleep, self._stop_requested)
         settings = accessor.keeper
         self._probe_slots = asyncio.Semaphore(max(settings.max_concurrent_probes, 1))
         self._instance_slots: dict[str, asyncio.Semaphore] = {
@@ -135,23 +137,31 @@ class Keeper:
         """Start the background loop as a task (once; later calls do nothing)."""
         if self._task is None:
             self._stopping = False
+            self._stop_requested.clear()
             self._task = asyncio.create_task(self.run(), name="llmgateway-keeper")
 
     async def stop(self, timeout: float) -> None:  # noqa: ASYNC109 (app.py's deadline)
         """Stop the loop: no new probe starts; in-flight ones get `timeout` seconds.
 
-        An idle loop is cancelled at once. Probes still running at the
-        deadline are cancelled; what they had not reported is simply not
-        recorded (those keys stay due). Flushing the write queue is the
-        caller's next step.
+        An idle loop is cancelled at once, and a check waiting to probe again
+        (verification delay) gives up at once. Probes still running at the
+        deadline (or when this call is cancelled) are cancelled; what they
+        had not reported is simply not recorded (those keys stay due).
+        Flushing the write queue is the caller's next step.
         """
         task, self._task = self._task, None
         if task is None:
             return
         self._stopping = True
+        self._stop_requested.set()
         if self._idle:
             task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=timeout)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+        except asyncio.CancelledError:  # the caller gives up waiting: no probe outlives it
+            task.cancel()
+            await asyncio.wait({task})
+            raise
         if not done:
             log.warning("keeper_stop_deadline", timeout=timeout)
             task.cancel()
@@ -265,7 +275,7 @@ class Keeper:
                     self._pool.apply_remote(record)
             todo = [record for record in due if self._is_due(record, now)]
             if todo:
-                async with asyncio.TaskGroup() as group:
+                async with self.leases.holding(todo), asyncio.TaskGroup() as group:
                     checks = [group.create_task(self._check(record)) for record in todo]
                 recorded += sum(1 for check in checks if check.result())
         return recorded

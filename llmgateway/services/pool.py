@@ -626,6 +626,29 @@ class KeyPool:
             self._emit(old, new, new.last_checked_at or datetime.now(UTC))
         return True
 
+    def remove_keys(self, instance: str, key_ids: Iterable[int]) -> int:
+        """Drop the keys `key_ids` of `instance` for every model (deleted from the store).
+
+        Returns the number of (key, model) entries dropped; unknown ids are ignored.
+        """
+        gone = set(key_ids)
+        dropped = 0
+        for (name, model), slot in list(self._slots.items()):
+            if name != instance:
+                continue
+            hits = [key_id for key_id in gone if key_id in slot.entries]
+            if not hits:
+                continue
+            for key_id in hits:
+                slot.count(slot.entries.pop(key_id).record, -1)
+            dropped += len(hits)
+            slot.ring = deque(e for e in slot.ring if e.record.key_id in slot.entries)
+            slot.cooling = [c for c in slot.cooling if c[1] in slot.entries]
+            heapq.heapify(slot.cooling)
+            if not slot.entries:
+                del self._slots[(name, model)]
+        return dropped
+
     def _emit(self, old: KeyRecord, new: KeyRecord, at: datetime) -> None:
         if not self._subscribers:
             return

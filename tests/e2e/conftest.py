@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import io
 import os
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -40,6 +40,7 @@ from llmgateway.core.accessor import ConfigAccessor
 from llmgateway.db.store import Store
 from llmgateway.db.write_queue import WriteQueue
 from llmgateway.services.pool import KeyPool
+from tests.e2e.processes import kill_all, serve_command
 from tests.fakes.upstream import FakeUpstream
 
 OPENAI: Final = "oai"
@@ -105,21 +106,33 @@ class GatewayConfig:
         return section
 
     def write(self) -> Path:
-        """Write the key files and the configuration; returns the configuration's path."""
+        """Write the key files and the configuration; returns the configuration's path.
+
+        Each file is replaced whole (written aside, then renamed), so a running
+        gateway never reads one half-written.
+        """
         for instance, keys in self.keys.items():
             folder = self.tmp_path / "keys" / instance
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "keys.txt").write_text("".join(f"{k}\n" for k in keys), encoding="utf-8")
+            _replace(folder / "keys.txt", "".join(f"{k}\n" for k in keys))
         path = self.tmp_path / "providers.yaml"
         yaml = YAML(typ="safe", pure=True)
         yaml.default_flow_style = False
-        with path.open("w", encoding="utf-8") as out:
-            yaml.dump(copy.deepcopy(self.tree), out)
+        text = io.StringIO()
+        yaml.dump(copy.deepcopy(self.tree), text)
+        _replace(path, text.getvalue())
         return path
 
     def accessor(self) -> ConfigAccessor:
         """Write, then load the configuration the way `serve` does."""
         return ConfigAccessor(load_config(self.write(), self.env))
+
+
+def _replace(path: Path, text: str) -> None:
+    """Make `text` the content of `path` in one rename (the name aside matches no `*.txt`)."""
+    aside = path.with_name(f".{path.name}.new")
+    aside.write_text(text, encoding="utf-8")
+    aside.replace(path)
 
 
 def build_config(
@@ -239,36 +252,40 @@ class ServedGateway:
 type ServeGateway = Callable[[GatewayConfig], Awaitable[ServedGateway]]
 
 
-@pytest.fixture
-async def serve_gateway() -> AsyncIterator[ServeGateway]:
-    """Run `python -m llmgateway serve --config ...` and wait until `/-/healthy` answers."""
-    served: list[ServedGateway] = []
+type SpawnGateway = Callable[..., Awaitable[ServedGateway]]
+"""`await spawn_gateway(config, *extra_args, log_name="serve.log")`: started, not waited for."""
 
-    async def serve(config: GatewayConfig) -> ServedGateway:
+
+@pytest.fixture
+async def spawn_gateway() -> AsyncIterator[SpawnGateway]:
+    """Start `python -m llmgateway serve --config ...` without waiting for it.
+
+    On teardown a process still running gets SIGTERM (then SIGKILL after 15 s),
+    and any process of the gateway left behind (an orphaned worker) is killed.
+    """
+    served: list[tuple[ServedGateway, Path]] = []
+
+    async def spawn(
+        config: GatewayConfig, *extra: str, log_name: str = "serve.log"
+    ) -> ServedGateway:
         path = config.write()
         port = int(config.tree["server"]["port"])
-        log_path = config.tmp_path / "serve.log"
+        log_path = config.tmp_path / log_name
         env = {**os.environ, **config.env, "PYTHONUNBUFFERED": "1"}
-        with log_path.open("wb") as sink:
+        with log_path.open("ab") as sink:
             process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "llmgateway",
-                "serve",
-                "--config",
-                str(path),
+                *serve_command(path, *extra),
                 cwd=str(config.tmp_path),
                 env=env,
                 stdout=sink,
                 stderr=asyncio.subprocess.STDOUT,
             )
         gateway = ServedGateway(f"http://127.0.0.1:{port}", process, log_path)
-        served.append(gateway)
-        await _wait_healthy(gateway)
+        served.append((gateway, path))
         return gateway
 
-    yield serve
-    for gateway in served:
+    yield spawn
+    for gateway, _ in served:
         if gateway.process.returncode is None:
             gateway.process.send_signal(signal.SIGTERM)
             try:
@@ -276,9 +293,23 @@ async def serve_gateway() -> AsyncIterator[ServeGateway]:
             except TimeoutError:
                 gateway.process.kill()
                 await gateway.process.wait()
+    for _, path in served:
+        kill_all(path)
 
 
-async def _wait_healthy(gateway: ServedGateway) -> None:
+@pytest.fixture
+async def serve_gateway(spawn_gateway: SpawnGateway) -> ServeGateway:
+    """Run `python -m llmgateway serve --config ...` and wait until `/-/healthy` answers."""
+
+    async def serve(config: GatewayConfig) -> ServedGateway:
+        gateway = await spawn_gateway(config)
+        await wait_healthy(gateway)
+        return gateway
+
+    return serve
+
+
+async def wait_healthy(gateway: ServedGateway) -> None:
     """Poll `/-/healthy` until 200; fail with the process output if it exits or never answers."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + STARTUP_TIMEOUT

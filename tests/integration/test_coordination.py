@@ -8,7 +8,7 @@ share one database and one fake upstream.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -41,7 +41,7 @@ WAIT = 10.0
 class Peer:
     """One gateway process's parts on the shared database."""
 
-    def __init__(self, rig: Rig, store: Store, *, solo: bool = False) -> None:
+    def __init__(self, rig: Rig, store: Store, *, solo: bool = False, lease: float = LEASE) -> None:
         self.store = store
         self.queue = WriteQueue(store)
         self.pool = KeyPool(rig.accessor.enabled_providers(), sink=self.queue.put, clock=rig.clock)
@@ -57,7 +57,7 @@ class Peer:
             rig.clock,
             _short_sleep,
             solo=solo,
-            lease_seconds=LEASE,
+            lease_seconds=lease,
         )
         names = [p.name for p in rig.accessor.enabled_providers()]
         self.follower = PoolFollower(store, self.pool, names, reconcile_interval=3600.0)
@@ -107,13 +107,19 @@ async def rig(
 
 
 async def _peers(
-    rig: Rig, database: Database, stack: AsyncExitStack, count: int, **options: bool
+    rig: Rig,
+    database: Database,
+    stack: AsyncExitStack,
+    count: int,
+    *,
+    lease: float = LEASE,
+    **options: bool,
 ) -> list[Peer]:
     peers: list[Peer] = []
     for _ in range(count):
         store = database.new_store()
         await store.open()
-        peer = Peer(rig, store, solo=options.get("solo", False))
+        peer = Peer(rig, store, solo=options.get("solo", False), lease=lease)
         stack.push_async_callback(peer.stop)
         await peer.start(follow=options.get("follow", True))
         peers.append(peer)
@@ -271,3 +277,90 @@ async def test_sqlite_exclusive_lock_is_held_by_one_store_at_a_time(tmp_path: Pa
     finally:
         await first.close()
         await second.close()
+
+
+async def _until(predicate: Callable[[], bool], what: str) -> None:
+    """Wait (bounded) until `predicate()` holds."""
+    try:
+        async with asyncio.timeout(WAIT):
+            while not predicate():  # noqa: ASYNC110 (a state, no event)
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        pytest.fail(f"not within {WAIT} s: {what}")
+
+
+@pytest.mark.parametrize("database", POSTGRES + SQLITE, indirect=True)
+async def test_keys_a_sync_adds_and_removes_reach_the_other_pool_through_the_feed(
+    rig: Rig, database: Database
+) -> None:
+    """A key-file sync in process A: B's pool drops the removed key and gains the new one.
+
+    B's periodic reconciliation is an hour away: only its change feed can bring them.
+    """
+    keys = await _setup_keys(rig, 3)
+    async with AsyncExitStack() as stack:
+        a, b = await _peers(rig, database, stack, 2)
+        await _until(lambda: b.follower.reconciliations >= 1, "B's feed started and caught up")
+        added = key_for("p", "new")
+        rig.fake.set_key(added)
+        rig.write_keys("p", [*keys[1:], added])
+        await a.keeper.sync_keys()
+
+        def b_keys() -> set[str]:
+            return {r.key for r in b.pool.records("p")}
+
+        await _until(lambda: b_keys() == {*keys[1:], added}, "B's pool follows the key file")
+        picked = {b.pool.pick("p", "model-a").key for _ in range(30)}
+        assert picked == {*keys[1:], added}
+        assert b.follower.reconciliations == 1  # the first one only: the feed brought them
+
+
+@pytest.mark.parametrize("database", POSTGRES + SQLITE, indirect=True)
+async def test_a_deleted_instance_leaves_the_other_pool(rig: Rig, database: Database) -> None:
+    """An instance deleted from the store by A is emptied in B's pool through the feed."""
+    await _setup_keys(rig, 3)
+    async with AsyncExitStack() as stack:
+        a, b = await _peers(rig, database, stack, 2)
+        await _until(lambda: b.follower.reconciliations >= 1, "B's feed started and caught up")
+        assert await a.store.delete_instance("p") == 3
+        await _until(lambda: not b.pool.records("p"), "B's pool drops the deleted instance")
+
+
+@pytest.mark.parametrize("database", POSTGRES + SQLITE, indirect=True)
+async def test_a_check_outlasting_its_lease_is_renewed_not_taken_over(
+    rig: Rig, database: Database
+) -> None:
+    """The holder renews the lease while its probe runs: another keeper never runs the check too."""
+    (key,) = await _setup_keys(rig, 1)
+    rig.fake.set_key(key, Behaviour.SLOW_FIRST_BYTE, delay=3.0)
+    async with AsyncExitStack() as stack:
+        holder, other = await _peers(rig, database, stack, 2, lease=0.6, follow=False)
+        checking = asyncio.create_task(holder.keeper.run_once())
+        await rig.fake.wait_for_requests(1, within=WAIT)
+        # Far past the lease as first granted; then a renewal lands.
+        rig.clock.advance(10.0)
+        renewed = holder.keeper.leases.renewals
+        await _until(lambda: holder.keeper.leases.renewals > renewed, "a renewal after the leap")
+        assert await other.keeper.run_once() == 0
+        assert await checking == 1
+        assert rig.fake.calls_by_key[key] == 1
+
+
+@pytest.mark.parametrize("database", POSTGRES + SQLITE, indirect=True)
+async def test_renewal_stops_with_its_holder_and_the_check_is_taken_over(
+    rig: Rig, database: Database
+) -> None:
+    """A holder that dies mid-probe renews nothing more: after one lease, the check moves on."""
+    (key,) = await _setup_keys(rig, 1)
+    rig.fake.set_key(key, Behaviour.HANG)
+    async with AsyncExitStack() as stack:
+        dying, survivor = await _peers(rig, database, stack, 2, lease=0.6, follow=False)
+        checking = asyncio.create_task(dying.keeper.run_once())
+        await rig.fake.wait_for_requests(1, within=WAIT)
+        checking.cancel()
+        await asyncio.gather(checking, return_exceptions=True)
+        rig.fake.set_key(key)
+        assert await survivor.keeper.run_once() == 0  # the lease still holds
+        rig.clock.advance(0.6 + 0.1)
+        assert await survivor.keeper.run_once() == 1
+        assert rig.fake.calls_by_key[key] == 2

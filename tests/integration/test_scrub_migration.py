@@ -1,4 +1,4 @@
-"""Migration 4 on both engines: messages stored by earlier releases lose every form of a key."""
+"""Migration 5 on both engines: messages stored by earlier releases lose every form of a key."""
 
 from __future__ import annotations
 
@@ -37,13 +37,13 @@ async def test_messages_stored_before_masking_are_scrubbed_once(
     """An old database opened by this release has no key left in any stored message."""
     old_sql = tmp_path / "sql-before" / database.engine
     old_sql.mkdir(parents=True)
-    for path in sorted((REPO_SQL / database.engine).glob("000[123]_*.sql")):
+    for path in sorted((REPO_SQL / database.engine).glob("000[1234]_*.sql")):
         shutil.copy(path, old_sql)
     monkeypatch.setenv(SQL_DIR_ENV, str(old_sql.parent))
     old = database.new_store()
     await old.open()
     try:
-        assert await old.applied_versions() == [1, 2, 3]
+        assert await old.applied_versions() == [1, 2, 3, 4]
         await old.sync_providers([("gem", ProviderType.GEMINI)])
         await old.sync_keys("gem", KEYS, ["m1", "m2", "m3", "m4"], NOW)
         records = await old.load_records()
@@ -70,7 +70,7 @@ async def test_messages_stored_before_masking_are_scrubbed_once(
     finally:
         await new.close()
 
-    assert versions == [1, 2, 3, 4]
+    assert versions == [1, 2, 3, 4, 5]
     assert len(stored) == 8
     for record in stored:
         assert all(form not in record.message for k in KEYS for form in key_forms(k).values())

@@ -101,11 +101,11 @@ def test_an_unknown_data_step_is_refused(tmp_path: Path) -> None:
 
 
 def test_the_scrub_migration_is_shipped_for_both_engines() -> None:
-    """Version 4 of each engine is the data step that masks stored messages."""
+    """Version 5 of each engine is the data step that masks stored messages."""
     for engine in Engine:
-        fourth = engine_migrations(engine)[3]
-        assert (fourth.version, fourth.step, fourth.has_statements) == (
-            4,
+        fifth = engine_migrations(engine)[4]
+        assert (fifth.version, fifth.step, fifth.has_statements) == (
+            5,
             "scrub_key_messages",
             False,
         )
