@@ -72,6 +72,9 @@ FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::timesta
     AS u(key_id, model, status, last_checked_at, next_check_at, failing_since,
          consecutive_failures, status_code, message, response_ms, cooldown_until, reason)
 WHERE s.key_id = u.key_id AND s.model = u.model
+  -- Newest wins: a status observed earlier than the stored one never replaces it.
+  AND (s.last_checked_at IS NULL OR u.last_checked_at IS NULL
+       OR s.last_checked_at <= u.last_checked_at)
 """
 
 

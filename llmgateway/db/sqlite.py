@@ -58,7 +58,10 @@ _UPDATE_STATUS: Final = (
     "UPDATE key_model_status SET status = ?, last_checked_at = ?, next_check_at = ?, "
     "failing_since = ?, consecutive_failures = ?, status_code = ?, message = ?, "
     "response_ms = ?, cooldown_until = ?, reason = ?, lease_owner = NULL, lease_until = NULL, version = ? "
-    "WHERE key_id = ? AND model = ?"
+    "WHERE key_id = ? AND model = ? "
+    # Newest wins: a status observed earlier than the stored one (another process's queue
+    # flushing late) never replaces it.
+    "AND (last_checked_at IS NULL OR ? IS NULL OR last_checked_at <= ?)"
 )
 _DUE: Final = (
     f"SELECT {RECORD_COLUMNS} FROM key_model_status AS s CROSS JOIN api_keys AS k "
@@ -275,7 +278,12 @@ class SqliteStore:
         async with self._transaction("recording statuses") as conn:
             version = await _bump(conn)
             await conn.executemany(
-                _UPDATE_STATUS, [(*_status_values(r), version, r.key_id, r.model) for r in rows]
+                _UPDATE_STATUS,
+                [
+                    (*values, version, r.key_id, r.model, values[1], values[1])
+                    for r in rows
+                    for values in (_status_values(r),)
+                ],
             )
 
     async def lease_due(

@@ -319,3 +319,16 @@ class TestSummaries:
         await store.close()
         with pytest.raises(StoreError):
             await store.ping()
+
+
+async def test_an_older_status_never_replaces_a_newer_one(store: AnyStore) -> None:
+    """Newest wins: a record observed before the stored one (a late queue) is not written."""
+    await store.sync_providers([("p", ProviderType.OPENAI_LIKE)])
+    await store.sync_keys("p", ["sk-newest-wins-0001"], ["m"], NOW)
+    (row,) = await store.load_records()
+    confirmed = replace(row, status=Status.NO_QUOTA, last_checked_at=NOW + timedelta(seconds=20))
+    suspected = replace(row, status=Status.VERIFYING, last_checked_at=NOW + timedelta(seconds=5))
+    await store.record([confirmed])
+    await store.record([suspected])
+    (stored,) = await store.load_records()
+    assert stored.status is Status.NO_QUOTA
