@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import openai
 import pytest
 from aiohttp import web
@@ -41,8 +39,7 @@ from tests.e2e.conftest import (
 )
 from tests.fakes.family import Behaviour
 from tests.fakes.upstream import FakeUpstream
-
-PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "postgres"}
+from tests.support.databases import postgres_database
 
 WAIT = 30.0
 """The longest any wait below may take before the test fails (never a timing assertion)."""
@@ -61,15 +58,8 @@ async def engine_config(
     if request.param == "sqlite":
         yield gateway_config
         return
-    name = f"llmgw_e2e_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(**PG_ADMIN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        gateway_config.set("database.url", f"postgresql://postgres@127.0.0.1:5432/{name}")
+    async with postgres_database("llmgw_e2e", gateway_config):
         yield gateway_config
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def with_keeper(config: GatewayConfig, confirm_within: str = "1s") -> None:

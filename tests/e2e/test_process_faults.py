@@ -12,7 +12,6 @@ import asyncio
 import fcntl
 import os
 import signal
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -45,6 +44,7 @@ from tests.e2e.processes import (
 )
 from tests.fakes.family import Behaviour
 from tests.fakes.upstream import FakeUpstream
+from tests.support.databases import postgres_database as fresh_database
 
 pytestmark = pytest.mark.slow
 
@@ -175,16 +175,8 @@ async def test_a_worker_stopped_in_start_up_exits_and_none_outlives_a_killed_sup
 @asynccontextmanager
 async def _postgres(config: GatewayConfig) -> AsyncIterator[str]:
     """A fresh PostgreSQL database as the gateway's store, dropped afterwards; yields its name."""
-    name = f"llmgw_faults_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(PG_ADMIN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        config.set("database.url", f"postgresql://postgres@127.0.0.1:5432/{name}")
-        config.set("database.pool_max_size", 4)
-        yield name
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with fresh_database("llmgw_faults", config, pool_max_size=4) as dsn:
+        yield dsn.rsplit("/", 1)[1]
 
 
 @pytest.fixture

@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 
 from tests.e2e.conftest import MODELS, OPENAI, TOKENS, GatewayConfig, ServedGateway, ServeGateway
 from tests.fakes.family import Behaviour
 from tests.fakes.upstream import FakeUpstream
+from tests.support.databases import postgres_database
 
 pytestmark = pytest.mark.slow
 
@@ -26,9 +25,6 @@ WAIT = 20.0
 """Seconds a bounded wait on the workers gets before the test fails."""
 
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def engine(
     request: pytest.FixtureRequest, gateway_config: GatewayConfig
@@ -37,16 +33,8 @@ async def engine(
     if request.param == "sqlite":
         yield "sqlite"
         return
-    name = f"llmgw_workers_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(PG_ADMIN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        gateway_config.set("database.url", f"postgresql://postgres@127.0.0.1:5432/{name}")
-        gateway_config.set("database.pool_max_size", 4)
+    async with postgres_database("llmgw_workers", gateway_config, pool_max_size=4):
         yield "postgres"
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def _status(url: str) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Helpers shared by the test packages (not fixtures: plain functions and classes)."""
