@@ -158,8 +158,25 @@ class Chaos:
     def fail(self, problem: str) -> None:
         pytest.fail(
             f"{problem}\n[chaos {self.engine}: seed={self.seed} round={self.round}; "
-            f"replay with {SEED_ENV}={self.seed}]\n" + "\n".join(self.log[-30:])
+            f"replay with {SEED_ENV}={self.seed}]\n"
+            + "\n".join(self.log[-40:])
+            + "\n-- warnings and errors of every round --\n"
+            + "\n".join(self._troubles()[-60:])
+            + f"\n-- the end of round {self.round}'s log --\n"
+            + self._round_log(self.round)[-6000:]
         )
+
+    def _round_log(self, number: int) -> str:
+        path = self.config.tmp_path / f"round-{number:02d}.log"
+        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+    def _troubles(self) -> list[str]:
+        return [
+            f"round {number}: {line}"
+            for number in range(1, self.round + 1)
+            for line in self._round_log(number).splitlines()
+            if "[warning" in line or "[error" in line or "Traceback" in line
+        ]
 
     def note(self, line: str) -> None:
         self.log.append(f"round {self.round}: {line}")
@@ -217,7 +234,10 @@ class Chaos:
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
-        self.note(f"hit pid {hit}, serve exited {code}")
+        self.note(
+            f"hit pid {hit}, serve exited {code}; {self.heard_this_round} events heard, "
+            f"{self.ledger.requests_ok} requests served so far"
+        )
         expected = {
             ("supervisor", signal.SIGTERM): 0,
             ("supervisor", signal.SIGKILL): -signal.SIGKILL,
