@@ -538,7 +538,8 @@ class KeyPool:
                 status_code=result.status_code,
                 message=result.message[:200],
             )
-            self._emit(old, new, datetime.fromtimestamp(self._clock(), UTC))
+            # `at` is when the status was observed, as stored: the newest observation wins.
+            self._emit(old, new, new.last_checked_at or datetime.fromtimestamp(self._clock(), UTC))
 
     def _replace(self, slot: _Slot, entry: _Entry, new: KeyRecord) -> None:
         old = entry.record
