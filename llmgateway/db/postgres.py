@@ -345,7 +345,7 @@ class PostgresStore:
         if not instances or limit <= 0:
             return []
         # Two index-ordered scans that stop at `limit` (untested, then the rest)
-        # instead of sorting every due row (issue 3: 100,000-key pools).
+        # instead of sorting every due row (100,000-key pools).
         due = (
             f"(SELECT {RECORD_COLUMNS}, {{rank}} AS rank FROM key_model_status AS s "
             "JOIN api_keys AS k ON k.id = s.key_id "

@@ -250,7 +250,7 @@ class SqliteStore:
         if not instances or limit <= 0:
             return []
         # Two index-ordered scans that stop at `limit` (untested, then the rest)
-        # instead of sorting every due row (issue 3: 100,000-key pools).
+        # instead of sorting every due row (100,000-key pools).
         # CROSS JOIN makes SQLite walk key_model_status_due first (its join-order hint).
         due = (
             f"SELECT {RECORD_COLUMNS} FROM key_model_status AS s CROSS JOIN api_keys AS k "

@@ -1,4 +1,4 @@
-"""Several gateway processes on one database (issue 9): leases, locks, change feeds.
+"""Several gateway processes on one database: leases, locks, change feeds.
 
 Each "process" is a `Peer`: its own store connection(s), write queue, live
 pool, keeper and follower, as one `serve` process would have them; the peers
