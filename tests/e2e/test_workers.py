@@ -53,7 +53,13 @@ async def _by_pid(served: ServedGateway, predicate: Any = None) -> dict[int, dic
     seen: dict[int, dict[str, Any]] = {}
     async with asyncio.timeout(WAIT):
         while len(seen) < 2:
-            document = await _status(served.url)
+            try:
+                document = await _status(served.url)
+            except aiohttp.ClientConnectionError:
+                # Seen once in 20 runs right after start-up: a refused connection while
+                # the second worker joins the port. Asked again, as `/-/healthy` is.
+                await asyncio.sleep(0.05)
+                continue
             if predicate is None or predicate(document):
                 seen[document["process"]["pid"]] = document
     return seen
