@@ -24,7 +24,6 @@ RUN apt-get update \
 COPY requirements.txt /src/
 RUN /opt/venv/bin/pip install --require-hashes -r /src/requirements.txt
 COPY pyproject.toml README.md /src/
-COPY sql /src/sql
 COPY llmgateway /src/llmgateway
 # The package alone on top, then pip itself goes (the image never installs anything later)
 # and the compiled extensions lose their debug symbols (about two thirds of their size).

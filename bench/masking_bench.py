@@ -52,7 +52,7 @@ from processes import (
 )
 from setup_files import VALID_KEY, make_keys, write_gateway_files
 
-from llmgateway.services.forwarding import downstream_headers
+from llmgateway.web.forwarding import downstream_headers
 
 PATH = "/v1/chat/completions"
 

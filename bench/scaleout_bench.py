@@ -24,10 +24,10 @@ import asyncpg
 from llmgateway.config.schemas import ModelConfig, ProviderConfig
 from llmgateway.core.constants import ErrorReason, ProviderType, Status
 from llmgateway.core.models import CheckResult
-from llmgateway.db.postgres import PostgresStore
-from llmgateway.db.write_queue import WriteQueue
-from llmgateway.services.follower import PoolFollower
-from llmgateway.services.pool import KeyPool
+from llmgateway.keeper.follower import PoolFollower
+from llmgateway.pool.key_pool import KeyPool
+from llmgateway.store.postgres import PostgresStore
+from llmgateway.store.write_queue import WriteQueue
 
 MODEL = "m"
 

@@ -21,8 +21,8 @@ from typing import Any
 import asyncpg
 
 from llmgateway.core.constants import ProviderType, Status
-from llmgateway.db.postgres import PostgresStore
-from llmgateway.db.sqlite import SqliteStore
+from llmgateway.store.postgres import PostgresStore
+from llmgateway.store.sqlite import SqliteStore
 
 INSTANCE = "bench"
 

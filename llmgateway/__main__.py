@@ -1,5 +1,5 @@
 """`python -m llmgateway`: the same click CLI as the `llmgateway` command."""
 
-from llmgateway.launch import run
+from llmgateway.cli.launch import run
 
 run()

@@ -5,7 +5,7 @@ type, parser (a `Leaf`) and help text (see `llmgateway.config.options`). The
 validator, the loader's defaults, `config create` and `config/example_full.yaml`
 are derived from these declarations. The loader builds these dataclasses from
 the merged YAML; application code reads them only through
-`llmgateway.core.accessor.ConfigAccessor`. Durations are float seconds.
+`llmgateway.config.accessor.ConfigAccessor`. Durations are float seconds.
 """
 
 from __future__ import annotations

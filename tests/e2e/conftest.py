@@ -34,12 +34,12 @@ from google.genai import types as genai_types
 from openai.types.chat import ChatCompletionMessageParam
 from ruamel.yaml import YAML
 
-from llmgateway.app import POOL, STORE, WRITE_QUEUE, create_app
+from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.config.loader import load_config
-from llmgateway.core.accessor import ConfigAccessor
-from llmgateway.db.store import Store
-from llmgateway.db.write_queue import WriteQueue
-from llmgateway.services.pool import KeyPool
+from llmgateway.pool.key_pool import KeyPool
+from llmgateway.store.protocol import Store
+from llmgateway.store.write_queue import WriteQueue
+from llmgateway.web.app import POOL, STORE, WRITE_QUEUE, create_app
 from tests.e2e.processes import kill_all, serve_command
 from tests.fakes.upstream import FakeUpstream
 

@@ -38,8 +38,8 @@ import asyncpg
 import openai
 import pytest
 
-from llmgateway.db.postgres import PostgresStore
-from llmgateway.db.sqlite import SqliteStore
+from llmgateway.store.postgres import PostgresStore
+from llmgateway.store.sqlite import SqliteStore
 from tests.e2e.conftest import (
     INSTANCES,
     MODELS,

@@ -19,11 +19,11 @@ import pytest
 from aiohttp import web
 from google.genai import errors as genai_errors
 
-from llmgateway.app import create_app
+from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.config.schemas import AppConfig
-from llmgateway.core.accessor import ConfigAccessor
 from llmgateway.core.constants import Status
 from llmgateway.core.masking import mask_key, same_length_mask
+from llmgateway.web.app import create_app
 from tests.e2e.conftest import (
     ANTHROPIC,
     ASK,

@@ -22,7 +22,7 @@ from google.genai import errors as genai_errors
 
 from llmgateway.core.constants import ErrorReason, Status
 from llmgateway.core.models import KeyRecord
-from llmgateway.services.pool import IncidentEvent, PoolEvent
+from llmgateway.pool.key_pool import IncidentEvent, PoolEvent
 from tests.e2e.conftest import (
     GEMINI,
     MODELS,

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from llmgateway.core.constants import Status
-from llmgateway.db.sqlite import SqliteStore
+from llmgateway.store.sqlite import SqliteStore
 from tests.e2e.conftest import MODELS, OPENAI, TOKENS, GatewayConfig, ServeGateway
 from tests.fakes.family import Behaviour
 from tests.fakes.upstream import FakeUpstream

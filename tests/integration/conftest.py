@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +16,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from llmgateway.db.postgres import PostgresStore
-from llmgateway.db.sqlite import SqliteStore
+from llmgateway.store.migrations import Migration
+from llmgateway.store.postgres import PostgresStore
+from llmgateway.store.sqlite import SqliteStore
 
 PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "postgres"}
 
@@ -31,11 +32,13 @@ class Database:
     engine: str
     location: str  # the SQLite file, or the PostgreSQL DSN
 
-    def new_store(self) -> SqliteStore | PostgresStore:
-        """A new, unopened store on this database."""
+    def new_store(
+        self, migrations: Sequence[Migration] | None = None
+    ) -> SqliteStore | PostgresStore:
+        """A new, unopened store on this database (`migrations`: the schema to reach)."""
         if self.engine == "sqlite":
-            return SqliteStore(Path(self.location))
-        return PostgresStore(self.location, min_size=1, max_size=4)
+            return SqliteStore(Path(self.location), migrations=migrations)
+        return PostgresStore(self.location, min_size=1, max_size=4, migrations=migrations)
 
     async def execute(self, sql: str) -> None:
         """Run `sql` on a connection of its own, outside any store (test set-up)."""

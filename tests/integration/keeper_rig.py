@@ -17,15 +17,15 @@ from typing import Any
 
 import aiohttp
 
+from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.config.loader import load_config
-from llmgateway.core.accessor import ConfigAccessor
 from llmgateway.core.constants import ProviderType, Status
 from llmgateway.core.models import KeyRecord
-from llmgateway.db.store import Store
-from llmgateway.db.write_queue import WriteQueue
+from llmgateway.keeper.keeper import Keeper, ProbeObserver, Sleep
+from llmgateway.pool.key_pool import KeyPool
 from llmgateway.providers import build_adapter
-from llmgateway.services.keeper import Keeper, ProbeObserver, Sleep
-from llmgateway.services.pool import KeyPool
+from llmgateway.store.protocol import Store
+from llmgateway.store.write_queue import WriteQueue
 from tests.fakes.upstream import FakeUpstream
 
 START = 1_800_000_000.0

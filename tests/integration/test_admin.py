@@ -13,8 +13,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmgateway.app import FOLLOWER, POOL, create_app
-from llmgateway.services.admin import HEARTBEAT
+from llmgateway.web.admin import HEARTBEAT
+from llmgateway.web.app import FOLLOWER, POOL, create_app
 from tests.e2e.conftest import MODELS, OPENAI, TOKENS, GatewayConfig, build_config
 from tests.fakes.family import Behaviour
 from tests.fakes.upstream import FakeUpstream

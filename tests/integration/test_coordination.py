@@ -17,14 +17,14 @@ import pytest
 
 from llmgateway.core.constants import ErrorReason, Status
 from llmgateway.core.models import CheckResult
-from llmgateway.db.pg_listener import APPLICATION_NAME
-from llmgateway.db.sqlite import SqliteStore
-from llmgateway.db.store import Store
-from llmgateway.db.write_queue import WriteQueue
+from llmgateway.keeper.follower import PoolFollower
+from llmgateway.keeper.keeper import Keeper
+from llmgateway.pool.key_pool import KeyPool, StatusEvent
 from llmgateway.providers import build_adapter
-from llmgateway.services.follower import PoolFollower
-from llmgateway.services.keeper import Keeper
-from llmgateway.services.pool import KeyPool, StatusEvent
+from llmgateway.store.pg_listener import APPLICATION_NAME
+from llmgateway.store.protocol import Store
+from llmgateway.store.sqlite import SqliteStore
+from llmgateway.store.write_queue import WriteQueue
 from tests.fakes.family import Behaviour
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.conftest import Database

@@ -23,9 +23,9 @@ SCRIPT = textwrap.dedent("""
     from llmgateway.config.schemas import LoggingConfig, ModelConfig, ProviderConfig
     from llmgateway.core.constants import ProviderType
     from llmgateway.core.logs import configure_logging
-    from llmgateway.db.postgres import PostgresStore
-    from llmgateway.db.sqlite import SqliteStore
-    from llmgateway.services.keyfiles import sync_instance_keys, sync_providers
+    from llmgateway.store.postgres import PostgresStore
+    from llmgateway.store.sqlite import SqliteStore
+    from llmgateway.keeper.keyfiles import sync_instance_keys, sync_providers
 
     engine, location, folder = sys.argv[1:4]
 

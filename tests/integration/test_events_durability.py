@@ -18,10 +18,10 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from llmgateway.app import STORE, create_app
 from llmgateway.core.constants import ProviderType, Status
-from llmgateway.db.sqlite import SqliteStore
-from llmgateway.db.write_queue import WriteQueue
+from llmgateway.store.sqlite import SqliteStore
+from llmgateway.store.write_queue import WriteQueue
+from llmgateway.web.app import STORE, create_app
 from tests.e2e.conftest import OPENAI, build_config
 from tests.fakes.family import Behaviour
 from tests.fakes.upstream import FakeUpstream

@@ -16,8 +16,8 @@ import pytest
 
 from llmgateway.core.constants import ALL_MODELS_MARKER, ProviderType, Status
 from llmgateway.core.models import KeyRecord
-from llmgateway.db.store import Store
-from llmgateway.services.pool import AllKeysTried, KeyPool
+from llmgateway.pool.key_pool import AllKeysTried, KeyPool
+from llmgateway.store.protocol import Store
 from tests.fakes.family import Behaviour
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.keeper_rig import DAY, MODELS, Rig, key_for, open_rig

@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 from llmgateway.core.constants import Status
 from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
-from llmgateway.db.store import Store
+from llmgateway.store.protocol import Store
 from tests.fakes.family import Behaviour
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.keeper_rig import Rig, key_for, open_rig

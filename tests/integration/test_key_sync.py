@@ -11,10 +11,10 @@ from structlog.testing import capture_logs
 
 from llmgateway.config.schemas import ModelConfig, ProviderConfig
 from llmgateway.core.constants import ALL_MODELS_MARKER, ProviderType
-from llmgateway.db.postgres import PostgresStore
-from llmgateway.db.sqlite import SqliteStore
-from llmgateway.db.store import KeySyncReport
-from llmgateway.services.keyfiles import sync_instance_keys, sync_providers
+from llmgateway.keeper.keyfiles import sync_instance_keys, sync_providers
+from llmgateway.store.postgres import PostgresStore
+from llmgateway.store.protocol import KeySyncReport
+from llmgateway.store.sqlite import SqliteStore
 
 type AnyStore = SqliteStore | PostgresStore
 

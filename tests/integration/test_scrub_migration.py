@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,11 +10,10 @@ import pytest
 
 from llmgateway.core.constants import ProviderType, Status
 from llmgateway.core.masking import mask_key
-from llmgateway.db.migrations import SQL_DIR_ENV
+from llmgateway.store.migrations import Engine, engine_migrations
 from tests.fakes.hostile_upstream import key_forms
 from tests.integration.conftest import Database
 
-REPO_SQL = Path(__file__).resolve().parents[2] / "sql"
 KEYS = ["AIzaSyMigrationKeyNumberOne0123456789", "sk-proj-migration-key-two-0123456789ab"]
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -35,12 +33,8 @@ async def test_messages_stored_before_masking_are_scrubbed_once(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An old database opened by this release has no key left in any stored message."""
-    old_sql = tmp_path / "sql-before" / database.engine
-    old_sql.mkdir(parents=True)
-    for path in sorted((REPO_SQL / database.engine).glob("000[1234]_*.sql")):
-        shutil.copy(path, old_sql)
-    monkeypatch.setenv(SQL_DIR_ENV, str(old_sql.parent))
-    old = database.new_store()
+    shipped = engine_migrations(Engine(database.engine))
+    old = database.new_store(migrations=[m for m in shipped if m.version <= 4])
     await old.open()
     try:
         assert await old.applied_versions() == [1, 2, 3, 4]
@@ -60,7 +54,6 @@ async def test_messages_stored_before_masking_are_scrubbed_once(
         )
     finally:
         await old.close()
-    monkeypatch.delenv(SQL_DIR_ENV)
 
     new = database.new_store()
     await new.open()

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from llmgateway.cli import main
+from llmgateway.cli.main import main
+from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.config.loader import load_config
-from llmgateway.core.accessor import ConfigAccessor
 from llmgateway.core.constants import ProviderType, Status
-from llmgateway.db import open_store
-from llmgateway.services.stats import build_status_document
+from llmgateway.store import open_store
+from llmgateway.web.status import build_status_document
 from tests.e2e.conftest import ANTHROPIC, MODELS, OPENAI, GatewayConfig, build_config
 
 KEYS = [

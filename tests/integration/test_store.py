@@ -11,9 +11,9 @@ import pytest
 from llmgateway.core.constants import ALL_MODELS_MARKER, ProviderType, Status
 from llmgateway.core.errors import SchemaTooNew, StoreError
 from llmgateway.core.models import KeyRecord
-from llmgateway.db.postgres import PostgresStore
-from llmgateway.db.sqlite import SqliteStore
-from llmgateway.db.store import KeySyncReport, StatusCount
+from llmgateway.store.postgres import PostgresStore
+from llmgateway.store.protocol import KeySyncReport, StatusCount
+from llmgateway.store.sqlite import SqliteStore
 from tests.integration.conftest import Database
 
 type AnyStore = SqliteStore | PostgresStore

@@ -13,9 +13,9 @@ from structlog.testing import capture_logs
 from llmgateway.core.constants import ProviderType, Status
 from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
-from llmgateway.db.postgres import PostgresStore
-from llmgateway.db.sqlite import SqliteStore
-from llmgateway.db.write_queue import WriteQueue
+from llmgateway.store.postgres import PostgresStore
+from llmgateway.store.sqlite import SqliteStore
+from llmgateway.store.write_queue import WriteQueue
 
 type AnyStore = SqliteStore | PostgresStore
 

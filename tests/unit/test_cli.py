@@ -9,7 +9,7 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from llmgateway.cli import _lazy, main
+from llmgateway.cli.main import _lazy, main
 from llmgateway.config.loader import load_config
 
 ENV = {"OPENAI_MAIN_TOKEN": "tok-openai-0123456789", "CLAUDE_TOKEN": "tok-claude-0123456789"}

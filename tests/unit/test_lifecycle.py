@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from llmgateway.lifecycle import (
+from llmgateway.process.lifecycle import (
     EXIT_MARGIN,
     EXIT_OVERRUN,
     HURRY_LIMIT,
@@ -19,8 +19,8 @@ from llmgateway.lifecycle import (
     ShutdownClock,
     interruptible_sleep,
 )
-from llmgateway.parent import PR_SET_PDEATHSIG, ParentWatch, child_setup, load_prctl
-from llmgateway.stop_signals import StopSignals
+from llmgateway.process.parent import PR_SET_PDEATHSIG, ParentWatch, child_setup, load_prctl
+from llmgateway.process.stop_signals import StopSignals
 
 PR_GET_PDEATHSIG = 2
 
@@ -149,7 +149,7 @@ def test_the_watchdog_ends_an_overrunning_process_with_exit_1() -> None:
             sys.executable,
             "-c",
             "import time\n"
-            "from llmgateway.lifecycle import Watchdog\n"
+            "from llmgateway.process.lifecycle import Watchdog\n"
             "Watchdog().arm(time.monotonic() + 0.2, 'a test step')\n"
             "time.sleep(60)\n",
         ],

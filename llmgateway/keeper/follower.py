@@ -1,0 +1,226 @@
+"""The pool follower: keeps this process's live pool in step with the other processes.
+
+Several gateway processes (workers of one host, or hosts) share one database
+and each has its own `KeyPool`. What one of them changes reaches the others
+through the store's change feed (PostgreSQL `LISTEN/NOTIFY`, or the SQLite
+change counter) within a second: the statuses it records, and the keys a key
+sync (or any other edit of the keys) added or removed. A record is only
+applied when it is newer than the pool's own (`KeyPool.apply_remote`).
+
+Changes are applied in the order they were committed. Most need no store
+access and are applied as they arrive; a change naming added keys (or asking
+for an instance's reload) needs their rows read first, so it and everything
+after it wait in a backlog, applied by one task in order. A periodic
+reconciliation reloads the whole store and heals anything missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict, deque
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Final, final
+
+import structlog
+
+from llmgateway.core.errors import StoreError
+from llmgateway.core.logs import update_secrets
+from llmgateway.core.models import KeyRecord
+from llmgateway.pool.key_pool import Clock, KeyPool
+from llmgateway.store.changes import Changes
+from llmgateway.store.protocol import Store
+
+log = structlog.get_logger(__name__)
+
+RECONCILE_INTERVAL: Final = 30.0
+"""Seconds between two full reloads of the store into the pool."""
+
+YIELD_EVERY: Final = 2000
+"""A reconciliation hands the event loop back after applying this many records."""
+
+FEED_RESTART_DELAY: Final = 1.0
+"""Seconds before a crashed feed is started again."""
+
+
+@final
+class PoolFollower:
+    """Applies what other processes record to `pool`: feed at once, full reload periodically.
+
+    `instances` are the instances this process serves (the pool's);
+    `start()` runs the feed and the reconciliation loop as tasks, `stop()`
+    cancels them. `view()` is the follower's part of `/-/status`.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        pool: KeyPool,
+        instances: Sequence[str],
+        *,
+        reconcile_interval: float = RECONCILE_INTERVAL,
+        clock: Clock = time.time,
+    ) -> None:
+        self._store = store
+        self._pool = pool
+        self._instances = tuple(instances)
+        self._interval = reconcile_interval
+        self._clock = clock
+        self.feed = store.change_feed()
+        self.applied = 0
+        """Records of other processes applied to the pool (feed and reconciliations)."""
+        self.reconciliations = 0
+        self.last_reconciled_at: float | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._backlog: deque[Changes] = deque()
+        self._backlog_ready = asyncio.Event()
+
+    async def start(self) -> None:
+        """Start the feed, the backlog and the periodic reconciliation (once)."""
+        if self._tasks:
+            return
+        self._tasks = [
+            asyncio.create_task(self._run_feed(), name="llmgateway-change-feed"),
+            asyncio.create_task(self._run_backlog(), name="llmgateway-change-backlog"),
+            asyncio.create_task(self._reconcile_loop(), name="llmgateway-reconcile"),
+        ]
+
+    async def stop(self) -> None:
+        """Cancel the feed and the reconciliation and wait for them."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def deliver(self, changes: Changes) -> None:
+        """Apply what another process changed (the feed's callback), in commit order.
+
+        Applied at once unless it needs rows from the store or earlier
+        changes still wait for theirs: then it joins the backlog.
+        """
+        if self._backlog or any(change.needs_store for change in changes.keys):
+            self._backlog.append(changes)
+            self._backlog_ready.set()
+            return
+        self._apply(changes)
+
+    def _apply(self, changes: Changes, loaded: Sequence[KeyRecord] = ()) -> None:
+        """Apply `loaded` (rows of added keys), the records, then the removals."""
+        records = [*loaded, *changes.records]
+        fresh = {
+            r.key
+            for r in records
+            if r.key and self._pool.get(r.instance, r.model, r.key_id) is None
+        }
+        if fresh:
+            update_secrets(fresh)  # masked in logs before the pool can pick them
+        for record in records:
+            if self._pool.apply_remote(record):
+                self.applied += 1
+        for change in changes.keys:
+            if change.removed:
+                self.applied += self._pool.remove_keys(change.instance, change.removed)
+
+    async def _run_backlog(self) -> None:
+        """Apply the backlog in order, reading the rows its key-set changes need."""
+        while True:
+            await self._backlog_ready.wait()
+            self._backlog_ready.clear()
+            while self._backlog:
+                changes = self._backlog[0]
+                try:
+                    loaded = await self._load(changes)
+                except StoreError as exc:  # the resync below reloads everything instead
+                    log.warning("change_apply_failed", error=str(exc))
+                    self._backlog.clear()
+                    await self._resync_quietly()
+                    break
+                self._apply(changes, loaded)
+                self._backlog.popleft()
+
+    async def _load(self, changes: Changes) -> list[KeyRecord]:
+        """The rows of the keys `changes` added (reloading instances that asked for it)."""
+        added: list[int] = []
+        for change in changes.keys:
+            if change.instance not in self._instances:
+                continue
+            if change.reload:
+                stored = await self._store.load_records(change.instance)
+                update_secrets({r.key for r in stored})
+                self._pool.sync_instance(change.instance, stored)
+                self.applied += sum(self._pool.apply_remote(r) for r in stored)
+            added.extend(change.added)
+        return await self._store.load_key_records(added)
+
+    async def _resync_quietly(self) -> None:
+        try:
+            await self._resync()
+        except StoreError as exc:  # the periodic reconciliation heals it later
+            log.warning("pool_resync_failed", error=str(exc))
+
+    async def reconcile(self) -> int:
+        """Reload every record of the served instances; return how many were applied.
+
+        Keys added or removed in the store (another process's key sync)
+        join or leave the pool; newer statuses replace the pool's.
+        """
+        records = await self._store.load_records()
+        by_instance: defaultdict[str, list[KeyRecord]] = defaultdict(list)
+        for record in records:
+            by_instance[record.instance].append(record)
+        applied = 0
+        for name in self._instances:
+            stored = by_instance.get(name, [])
+            update_secrets({r.key for r in stored})
+            self._pool.sync_instance(name, stored)
+            for index, record in enumerate(stored, 1):
+                applied += self._pool.apply_remote(record)
+                if index % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # let requests run between slices of a large pool
+        self.applied += applied
+        self.reconciliations += 1
+        self.last_reconciled_at = self._clock()
+        return applied
+
+    def view(self) -> dict[str, Any]:
+        """The pool's view of the store, for `/-/status`."""
+        last = self.last_reconciled_at
+        return {
+            **self.feed.state.as_dict(),
+            "records_applied": self.applied,
+            "reconciliations": self.reconciliations,
+            "last_reconciled_at": _iso(last),
+            "last_received_at": _iso(self.feed.state.last_received_at),
+        }
+
+    async def _run_feed(self) -> None:
+        while True:
+            try:
+                await self.feed.run(self.deliver, self._resync)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the feed task's outermost guard: log, start it again
+                log.exception("change_feed_crashed")
+            await asyncio.sleep(FEED_RESTART_DELAY)
+
+    async def _resync(self) -> None:
+        applied = await self.reconcile()
+        log.info("pool_resynced", applied=applied)
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.reconcile()
+            except StoreError as exc:
+                log.warning("pool_reconcile_failed", error=str(exc))
+            except Exception:  # the loop's outermost guard: log, try again next time
+                log.exception("pool_reconcile_crashed")
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    text = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")

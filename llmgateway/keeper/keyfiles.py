@@ -1,0 +1,191 @@
+"""Key files: reading an instance's keys from `keys_path` and syncing them into the store.
+
+Key files are the source of truth (DESIGN "Keys"): `*.txt` files, one key
+per line. A folder or file that cannot be read is an error naming the path,
+never a crash, and never a reason to delete the keys already stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import structlog
+
+from llmgateway.config.accessor import ConfigAccessor
+from llmgateway.config.schemas import ProviderConfig
+from llmgateway.core.logs import update_secrets
+from llmgateway.store.protocol import KeySyncReport, Store
+
+log = structlog.get_logger(__name__)
+
+KEY_FILE_PATTERN = "*.txt"
+"""The files of `keys_path` that hold keys."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFileRead:
+    """The keys read for an instance, and every problem met while reading them.
+
+    `keys` are unique, in first-seen order. When `errors` is not empty the
+    keys are incomplete and must not replace the stored ones. `missing` says
+    the keys folder does not exist (its keys, if any, are unknown).
+    """
+
+    keys: tuple[str, ...]
+    errors: tuple[str, ...] = ()
+    missing: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when every file could be read."""
+        return not self.errors
+
+
+def parse_key_lines(lines: Iterable[str]) -> list[str]:
+    """The keys of a key file's lines, in order (repeats kept).
+
+    Whitespace is trimmed; blank lines and lines starting with `#` are
+    skipped; a `#` after whitespace starts a trailing comment (keys hold no
+    whitespace, so `sk-abc  # team A` is the key `sk-abc`).
+    """
+    keys: list[str] = []
+    for line in lines:
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        for mark in (" #", "\t#"):
+            cut = text.find(mark)
+            if cut != -1:
+                text = text[:cut].rstrip()
+        keys.append(text)
+    return keys
+
+
+def read_key_files(path: Path) -> KeyFileRead:
+    """Read every `*.txt` file of the folder `path`, in sorted file-name order (blocking).
+
+    Keys are trimmed and de-duplicated keeping the first occurrence. A
+    missing folder, a folder that cannot be listed, or a file that cannot be
+    read or decoded as UTF-8 adds an error naming the path; the other files
+    are still read.
+    """
+    if not path.exists():
+        return KeyFileRead((), (f"keys folder {path} does not exist",), missing=True)
+    if not path.is_dir():
+        return KeyFileRead((), (f"keys path {path} is not a folder",))
+    try:
+        files = sorted(p for p in path.glob(KEY_FILE_PATTERN) if not p.is_dir())
+    except OSError as exc:
+        return KeyFileRead((), (f"cannot list keys folder {path}: {exc.strerror or exc}",))
+    keys: list[str] = []
+    errors: list[str] = []
+    for file in files:
+        try:
+            text = file.read_text(encoding="utf-8-sig")
+        except OSError as exc:
+            errors.append(f"cannot read key file {file}: {exc.strerror or exc}")
+            continue
+        except UnicodeDecodeError:
+            errors.append(f"cannot read key file {file}: not UTF-8 text")
+            continue
+        keys.extend(parse_key_lines(text.splitlines()))
+    return KeyFileRead(tuple(dict.fromkeys(keys)), tuple(errors))
+
+
+def resolve_keys_path(keys_path: str, cwd: Path | None = None) -> Path:
+    """`keys_path` as an absolute path, a relative one taken from `cwd` (default: the working dir)."""
+    path = Path(keys_path).expanduser()
+    return path if path.is_absolute() else (cwd or Path.cwd()) / path
+
+
+async def load_keys(provider: ProviderConfig, cwd: Path | None = None) -> KeyFileRead:
+    """The keys of `provider`: its `keys_path` files (read off the event loop), then inline `keys`.
+
+    An empty `keys_path` means inline keys only. Keys are unique, first seen first.
+    They are added to the log masker at once, before the store or anything
+    else sees them.
+    """
+    from_files = KeyFileRead(())
+    if provider.keys_path:
+        folder = resolve_keys_path(provider.keys_path, cwd)
+        from_files = await asyncio.to_thread(read_key_files, folder)
+    inline = parse_key_lines(provider.keys)
+    keys = tuple(dict.fromkeys((*from_files.keys, *inline)))
+    # Known to the log masker before anything (the store's debug log included) handles them.
+    update_secrets(keys)
+    return KeyFileRead(keys, from_files.errors, from_files.missing)
+
+
+async def sync_instance_keys(
+    store: Store, provider: ProviderConfig, now: datetime, cwd: Path | None = None
+) -> KeySyncReport | None:
+    """Read `provider`'s keys and make the store match them.
+
+    Returns the sync report, or None when a key file or the folder could not
+    be read: that is logged as an error naming the path, and the stored keys
+    are left as they are (a missing folder must not wipe an instance).
+    Raises StoreError when the store fails.
+    """
+    read = await load_keys(provider, cwd)
+    models = ConfigAccessor.status_models(provider)
+    if read.missing and len(read.errors) == 1:
+        # No folder (yet): the inline keys still load. Keys stored earlier stay, since a
+        # folder that vanished (an unmounted volume) must not wipe the instance.
+        stored = [r.key for r in await store.load_records(provider.name)]
+        kept = set(stored) - set(read.keys)
+        if kept:
+            log.warning(
+                "keys_folder_missing",
+                instance=provider.name,
+                problem=read.errors[0],
+                kept=len(kept),
+            )
+        keys = tuple(dict.fromkeys((*read.keys, *stored)))
+        report = await store.sync_keys(provider.name, keys, models, now)
+        _log_report(provider.name, report)
+        return report
+    if not read.ok:
+        for problem in read.errors:
+            log.error("keys_not_synced", instance=provider.name, problem=problem)
+        return None
+    report = await store.sync_keys(provider.name, read.keys, models, now)
+    _log_report(provider.name, report)
+    return report
+
+
+def _log_report(instance: str, report: KeySyncReport) -> None:
+    if report.added or report.removed:
+        log.info(
+            "keys_synced",
+            instance=instance,
+            added=report.added,
+            removed=report.removed,
+            total=report.total,
+        )
+
+
+def warn_if_keyless(provider: ProviderConfig, total: int, cwd: Path | None = None) -> None:
+    """Log, for an instance without any key, where its keys go (a first-time user's question)."""
+    if total:
+        return
+    folder = resolve_keys_path(provider.keys_path, cwd) if provider.keys_path else None
+    log.warning(
+        "instance_has_no_keys",
+        instance=provider.name,
+        keys_folder=str(folder) if folder is not None else None,
+        hint=(
+            f"put *.txt files with one key per line in {folder}, "
+            if folder is not None
+            else "set keys_path to a folder of *.txt key files, "
+        )
+        + f"or list keys inline under providers.{provider.name}.keys",
+    )
+
+
+async def sync_providers(store: Store, providers: Sequence[ProviderConfig]) -> None:
+    """Write one provider row (name, type) per configured instance."""
+    await store.sync_providers([(p.name, p.provider_type) for p in providers])

@@ -1,0 +1,67 @@
+"""The periodic pool summary: one log line per instance every `logging.summary_interval`.
+
+Each line gives the instance's key counts by status (from the live pool) and
+the requests, retries and failed upstream attempts since the previous line
+(from `Metrics`). The loop runs as an application background task: a failed
+round is logged and the loop goes on; cancellation propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final, final
+
+import structlog
+
+from llmgateway.core.constants import Status
+from llmgateway.pool.key_pool import KeyPool
+from llmgateway.web.metrics import Metrics, RequestTally
+
+log = structlog.get_logger("llmgateway.summary")
+
+Sleep = Callable[[float], Awaitable[None]]
+"""Waits the given number of seconds (asyncio.sleep); injectable for tests."""
+
+MIN_INTERVAL: Final = 1.0
+"""A shorter configured interval is raised to this (a zero would spin)."""
+
+
+@final
+class PoolSummary:
+    """Writes the summary lines of some instances; remembers the last counts for the deltas."""
+
+    def __init__(self, instances: Sequence[str], pool: KeyPool, metrics: Metrics | None) -> None:
+        self._instances = tuple(instances)
+        self._pool = pool
+        self._metrics = metrics
+        self._last: dict[str, RequestTally] = {}
+
+    def emit(self) -> None:
+        """Log one `pool summary` line per instance."""
+        for instance in self._instances:
+            statuses: Counter[Status] = Counter(r.status for r in self._pool.records(instance))
+            now = self._metrics.tally(instance) if self._metrics else RequestTally()
+            last = self._last.get(instance, RequestTally())
+            self._last[instance] = now
+            log.info(
+                "pool_summary",
+                instance=instance,
+                keys=sum(statuses.values()),
+                usable=sum(n for s, n in statuses.items() if s.is_usable),
+                statuses={s.value: statuses[s] for s in Status if statuses[s]},
+                requests=now.requests - last.requests,
+                retries=now.retries - last.retries,
+                failures=now.failures - last.failures,
+            )
+
+    async def run(self, interval: float, sleep: Sleep = asyncio.sleep) -> None:
+        """Every `interval` seconds, `emit()`; errors are logged, cancellation ends the loop."""
+        interval = max(interval, MIN_INTERVAL)
+        while True:
+            await sleep(interval)
+            try:
+                self.emit()
+            except Exception:  # the loop's outermost guard: log, then the next round
+                log.exception("pool_summary_failed")

@@ -1,0 +1,10 @@
+-- llmgateway schema, version 5 (SQLite): no change to the tables.
+--
+-- Releases before this one stored upstream error messages as the upstream wrote them, and a
+-- provider may quote the key it was sent (raw, JSON \u-escaped, percent-encoded or base64).
+-- SQL cannot recognise those forms, so this migration is a data step run by llmgateway in the
+-- migration's own transaction, before version 5 is recorded: every non-empty
+-- key_model_status.message is masked with every key of api_keys (llmgateway/store/scrub.py).
+-- It runs once, like any migration; messages stored from then on are masked when they are made.
+--
+-- step: scrub_key_messages

@@ -1,0 +1,214 @@
+"""The operator endpoints `/-/status`, `/-/events` and `/metrics`, and their lifecycles.
+
+`install_admin(app)` mounts the admin sub-application at `/-/` (every path
+there but the health probes, registered before it) and adds `/metrics`, all
+behind the one `AdminGuard` (see `admin_guard`); nothing under `/-/` is ever
+proxied. `metrics_ctx` creates the `Metrics` before the gateway exists (so it
+can observe it) and `summary_ctx` runs the periodic summary line. On
+shutdown every `/-/events` stream is ended first so that open dashboards never
+hold the graceful shutdown until its deadline. Whatever these endpoints show
+goes through the process's masker once more before it leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+import structlog
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from llmgateway.core.masking import Masker
+from llmgateway.pool.key_pool import KeyPool, PoolEvent
+from llmgateway.pool.summary import PoolSummary
+from llmgateway.store.write_queue import WriteQueue
+from llmgateway.web.admin_guard import AdminGuard, admin_error
+from llmgateway.web.app import (
+    ACCESSOR,
+    AUTH_FAILURES,
+    CLOCK,
+    FOLLOWER,
+    KEEPER,
+    MASKER,
+    POOL,
+    WORKER_INDEX,
+    WRITE_QUEUE,
+)
+from llmgateway.web.metrics import METRICS, Metrics
+from llmgateway.web.status import ProcessInfo, build_status_document
+
+log = structlog.get_logger("llmgateway.admin")
+
+HEARTBEAT_INTERVAL: Final = 15.0
+"""Seconds between two `: ping` comments on an idle `/-/events` stream."""
+
+PROCESS = web.AppKey("process", ProcessInfo)
+HEARTBEAT = web.AppKey("events_heartbeat", float)
+EVENT_STREAMS = web.AppKey[set[EventSourceResponse]]("event_streams")
+SUMMARY = web.AppKey("summary", PoolSummary)
+
+
+def _dumps(obj: object) -> str:
+    return orjson.dumps(obj).decode()
+
+
+async def status_handler(request: web.Request) -> web.Response:
+    """`GET /-/status`: the status document of the live pool (503 while starting)."""
+    app = request.config_dict
+    pool = app.get(POOL)
+    if pool is None:
+        return web.json_response({"status": "starting"}, status=503)
+    masker = app[MASKER]
+    document = build_status_document(
+        app[ACCESSOR].enabled_providers(),
+        pool.records(),
+        app.get(PROCESS),
+        _store_view(app),
+        now=datetime.fromtimestamp(app[CLOCK](), UTC),
+        incidents=[incident.as_dict() for incident in pool.incidents()],
+        mask=masker.mask_text,
+    )
+    return web.json_response(document, dumps=_dumps)
+
+
+def _store_view(app: Mapping[Any, Any]) -> dict[str, Any] | None:
+    """What this process knows of the shared store: its change feed and its keeper's role."""
+    follower = app.get(FOLLOWER)
+    if follower is None:
+        return None
+    keeper = app.get(KEEPER)
+    role = "off" if keeper is None else ("probing" if keeper.active else "standby")
+    return {**follower.view(), "keeper": role}
+
+
+async def events_handler(request: web.Request) -> web.StreamResponse:
+    """`GET /-/events`: one SSE `data:` JSON object per key status change, plus heartbeats.
+
+    At most `server.max_event_subscribers` streams are open at once; one more
+    gets 503. A change is announced once it is stored: what a client saw
+    announced is in the store even if this process is killed the moment after.
+    """
+    app = request.config_dict
+    pool = app.get(POOL)
+    if pool is None:
+        return web.json_response({"status": "starting"}, status=503)
+    streams = app[EVENT_STREAMS]
+    limit = app[ACCESSOR].server.max_event_subscribers
+    if len(streams) >= limit:
+        return admin_error(
+            503,
+            "too_many_subscribers",
+            f"{limit} /-/events subscribers are connected already "
+            "(server.max_event_subscribers); retry later",
+            **{"Retry-After": "30"},
+        )
+    response = EventSourceResponse(headers={"X-Accel-Buffering": "no"})
+    response.ping_interval = app.get(HEARTBEAT, HEARTBEAT_INTERVAL)
+    streams.add(response)  # counted from now on: a slow prepare() holds its place too
+    queue = pool.subscribe()
+    try:
+        await response.prepare(request)
+        pump = asyncio.create_task(
+            _pump(response, queue, app[MASKER], app.get(WRITE_QUEUE)), name="llmgateway-events"
+        )
+        pump.add_done_callback(lambda _: _stop(response))
+        try:
+            await response.wait()  # until the client leaves or the server shuts down
+        finally:
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
+    finally:
+        streams.discard(response)
+        pool.unsubscribe(queue)
+    return response
+
+
+async def _pump(
+    response: EventSourceResponse,
+    queue: asyncio.Queue[PoolEvent],
+    masker: Masker,
+    writes: WriteQueue | None,
+) -> None:
+    """Send every event of `queue`, masked, each once the writes queued before it are stored."""
+    while True:
+        event = await queue.get()
+        if writes is not None:
+            # The pool queued the event's record before announcing it: this mark covers it.
+            await writes.written_through(writes.mark())
+        try:
+            await response.send(masker.mask_text(_dumps(event.as_dict())))
+        except (ConnectionResetError, RuntimeError):  # client gone, or the response ended
+            return
+
+
+def _stop(response: EventSourceResponse) -> None:
+    if response.is_connected():
+        response.stop_streaming()
+
+
+async def _end_event_streams(app: web.Application) -> None:
+    """on_shutdown: end every `/-/events` stream so shutdown does not wait for them."""
+    streams = app[EVENT_STREAMS]
+    for response in list(streams):
+        _stop(response)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """`GET /metrics`: the Prometheus text exposition of this application."""
+    metrics = request.config_dict.get(METRICS)
+    body = metrics.render() if metrics is not None else b""
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def not_found_handler(request: web.Request) -> web.Response:
+    """Any other path under `/-/`: a JSON 404 (reserved for the gateway, never proxied)."""
+    return admin_error(404, "not_found", f"no admin endpoint at {request.path}")
+
+
+def install_admin(app: web.Application) -> None:
+    """Mount the guarded admin surface on `app`: `/-/…` and `/metrics`.
+
+    Call after the public `/-/healthy` and `/-/ready` routes (they stay open)
+    and before the catch-all proxy route.
+    """
+    guard = AdminGuard(app[ACCESSOR].server.admin_token, app[AUTH_FAILURES])
+    admin = web.Application(middlewares=[guard])
+    admin.router.add_get("/status", status_handler)
+    admin.router.add_get("/events", events_handler)
+    admin.router.add_route("*", "/{tail:.*}", not_found_handler)
+    app[EVENT_STREAMS] = set()
+    app.add_subapp("/-/", admin)
+    app.router.add_get("/metrics", guard.wrap(metrics_handler))
+    app.on_shutdown.append(_end_event_streams)
+
+
+async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Cleanup context creating `app[METRICS]` (must run before the gateway is built)."""
+    app[PROCESS] = ProcessInfo.current(
+        datetime.fromtimestamp(app[CLOCK](), UTC), app.get(WORKER_INDEX)
+    )
+    app[METRICS] = Metrics(
+        pool=lambda: app.get(POOL),
+        queue=lambda: app.get(WRITE_QUEUE),
+        auth=lambda: app.get(AUTH_FAILURES),
+    )
+    yield
+
+
+async def summary_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Cleanup context running the periodic pool summary (after the pool is loaded)."""
+    accessor = app[ACCESSOR]
+    pool: KeyPool = app[POOL]
+    summary = PoolSummary([p.name for p in accessor.enabled_providers()], pool, app.get(METRICS))
+    app[SUMMARY] = summary
+    task = asyncio.create_task(
+        summary.run(accessor.logging.summary_interval), name="llmgateway-summary"
+    )
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

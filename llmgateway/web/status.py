@@ -1,0 +1,270 @@
+"""The pool summary: the `/-/status` JSON document and the `llmgateway status` table.
+
+One builder serves both: `/-/status` feeds it the live pool's records, the CLI
+the store's, so `llmgateway status --json` prints exactly what `/-/status`
+answers. Keys are masked here and nowhere else in this output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import click
+import orjson
+
+from llmgateway.config.accessor import ConfigAccessor
+from llmgateway.config.loader import describe_problems
+from llmgateway.config.schemas import ProviderConfig
+from llmgateway.core.constants import Status
+from llmgateway.core.errors import ConfigError, StoreError
+from llmgateway.core.masking import Masker, mask_key
+from llmgateway.core.models import KeyRecord
+from llmgateway.store import open_store, sqlite_path
+
+EXIT_OK: Final = 0
+EXIT_STORE_ERROR: Final = 1
+EXIT_CONFIG_ERROR: Final = 2
+
+_STATUS_ORDER: Final = {status: index for index, status in enumerate(Status)}
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """Which serving process answered `/-/status` (several may share one database)."""
+
+    pid: int
+    started_at: datetime
+    worker_index: int | None = None
+    """Its number among the workers of `serve --workers N` (None: not given)."""
+
+    @classmethod
+    def current(cls, started_at: datetime, worker_index: int | None = None) -> ProcessInfo:
+        """This process, started at `started_at`."""
+        return cls(pid=os.getpid(), started_at=started_at, worker_index=worker_index)
+
+
+def iso_utc(moment: datetime | None) -> str | None:
+    """`moment` as ISO-8601 UTC to the second with a `Z` suffix (None stays None)."""
+    if moment is None:
+        return None
+    text = moment.astimezone(UTC).replace(microsecond=0).isoformat()
+    return text.replace("+00:00", "Z")
+
+
+def build_status_document(
+    providers: Sequence[ProviderConfig],
+    records: Iterable[KeyRecord],
+    process: ProcessInfo | None = None,
+    store_view: Mapping[str, Any] | None = None,
+    *,
+    now: datetime | None = None,
+    incidents: Iterable[Mapping[str, Any]] = (),
+    mask: Callable[[str], str] | None = None,
+) -> dict[str, Any]:
+    """The status document of `providers` from `records`.
+
+    Every instance of `providers` appears (in their order) with its
+    `provider_type`, `keys_total` (distinct keys), `models` (per status model,
+    the count of each status present, in `Status` order), `usable` (per
+    status model, the keys in the pool at `now`: usable status, not cooling
+    down), `incidents` (the ongoing incidents of the instance, from the live
+    pool) and `keys` (one entry per (key, model), key masked, sorted by model
+    then key id; a `verifying` key carries its suspected `reason`).
+    Records of instances not in `providers` are ignored. With `process`, a
+    top-level `"process": {"pid", "started_at"}` says which process answered,
+    plus its `worker_index` when known and, with `store_view`, the pool's view
+    of the shared store (`store_view`: feed, notifications, reconciliations).
+    Each stored message goes through `mask` (the process's masker) when given.
+    """
+    by_instance: dict[str, list[KeyRecord]] = {p.name: [] for p in providers}
+    for record in records:
+        bucket = by_instance.get(record.instance)
+        if bucket is not None:
+            bucket.append(record)
+    moment = now or datetime.now(UTC)
+    by_incident: dict[str, list[dict[str, Any]]] = {}
+    for incident in incidents:
+        by_incident.setdefault(str(incident["instance"]), []).append(dict(incident))
+    document: dict[str, Any] = {
+        "providers": {
+            p.name: _instance_document(
+                p, by_instance[p.name], moment, by_incident.get(p.name, []), mask
+            )
+            for p in providers
+        }
+    }
+    if process is not None:
+        about: dict[str, Any] = {"pid": process.pid, "started_at": iso_utc(process.started_at)}
+        if process.worker_index is not None:
+            about["worker_index"] = process.worker_index
+        if store_view is not None:
+            about["store_view"] = dict(store_view)
+        document["process"] = about
+    return document
+
+
+def _instance_document(
+    provider: ProviderConfig,
+    records: list[KeyRecord],
+    now: datetime,
+    incidents: list[dict[str, Any]],
+    mask: Callable[[str], str] | None,
+) -> dict[str, Any]:
+    records.sort(key=lambda r: (r.model, r.key_id))
+    models = ConfigAccessor.status_models(provider)
+    counts: dict[str, Counter[Status]] = {model: Counter() for model in models}
+    usable: dict[str, int] = dict.fromkeys(models, 0)
+    for record in records:
+        counts.setdefault(record.model, Counter())[record.status] += 1
+        in_pool = record.status.is_usable and (
+            record.cooldown_until is None or record.cooldown_until <= now
+        )
+        usable[record.model] = usable.get(record.model, 0) + in_pool
+    return {
+        "provider_type": provider.provider_type.value,
+        "keys_total": len({r.key_id for r in records}),
+        "models": {
+            model: {
+                status.value: count
+                for status, count in sorted(tally.items(), key=lambda i: _STATUS_ORDER[i[0]])
+            }
+            for model, tally in counts.items()
+        },
+        "usable": usable,
+        "incidents": incidents,
+        "keys": [_key_document(r, mask) for r in records],
+    }
+
+
+def _key_document(record: KeyRecord, mask: Callable[[str], str] | None) -> dict[str, Any]:
+    return {
+        "key": mask_key(record.key),
+        "model": record.model,
+        "status": record.status.value,
+        "reason": record.reason.value if record.reason is not None else None,
+        "last_checked_at": iso_utc(record.last_checked_at),
+        "next_check_at": iso_utc(record.next_check_at),
+        "failing_since": iso_utc(record.failing_since),
+        "status_code": record.status_code,
+        "message": mask(record.message) if mask is not None and record.message else record.message,
+    }
+
+
+# -- `llmgateway status` ----------------------------------------------------------------------
+
+
+def render_table(document: dict[str, Any], show_keys: bool = False) -> str:
+    """The status document as a readable text table: one row per instance and model.
+
+    Columns are the keys usable now, then the statuses present anywhere (in
+    `Status` order); ongoing incidents follow the table; with `show_keys`
+    each instance is followed by its masked per-key list, a key being
+    verified showing its suspected reason.
+    """
+    providers: dict[str, Any] = document["providers"]
+    seen = {status for p in providers.values() for m in p["models"].values() for status in m}
+    statuses = [s.value for s in Status if s.value in seen]
+    header = ["INSTANCE", "MODEL", "TOTAL", "USABLE", *(s.upper() for s in statuses)]
+    rows: list[list[str]] = []
+    for name, instance in providers.items():
+        models: dict[str, dict[str, int]] = instance["models"] or {"-": {}}
+        usable: dict[str, int] = instance.get("usable", {})
+        for model, tally in models.items():
+            rows.append(
+                [
+                    name,
+                    model,
+                    str(sum(tally.values())),
+                    str(usable.get(model, 0)),
+                    *(str(tally.get(s, 0)) for s in statuses),
+                ]
+            )
+    lines = _columns([header, *rows])
+    lines.append("")
+    lines.extend(
+        f"{name} ({p['provider_type']}): {p['keys_total']} keys" for name, p in providers.items()
+    )
+    for instance in providers.values():
+        lines.extend(f"INCIDENT: {i['message']}" for i in instance.get("incidents", []))
+    if show_keys:
+        for name, instance in providers.items():
+            lines.extend(["", f"{name} keys:"])
+            key_rows = [["KEY", "MODEL", "STATUS", "CODE", "LAST CHECKED", "NEXT CHECK", "MESSAGE"]]
+            key_rows.extend(
+                [
+                    k["key"],
+                    k["model"],
+                    _status_text(k),
+                    "-" if k["status_code"] is None else str(k["status_code"]),
+                    k["last_checked_at"] or "-",
+                    k["next_check_at"] or "-",
+                    (k["message"] or "")[:60],
+                ]
+                for k in instance["keys"]
+            )
+            lines.extend("  " + line for line in _columns(key_rows))
+    return "\n".join(lines)
+
+
+def _status_text(key: Mapping[str, Any]) -> str:
+    """A key row's status, with the suspected reason while it is being verified."""
+    status = str(key["status"])
+    if status == Status.VERIFYING.value and key.get("reason"):
+        return f"{status} ({key['reason']})"
+    return status
+
+
+def _columns(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+async def _load_document(accessor: ConfigAccessor) -> dict[str, Any]:
+    url = accessor.database.url
+    if url.startswith("sqlite:"):
+        path = sqlite_path(url)
+        if isinstance(path, Path) and not path.exists():
+            # Reading must not create an empty database where the gateway has never run.
+            raise StoreError(f"no store at {path} yet: start `llmgateway serve` first")
+    store = open_store(accessor.database)
+    await store.open()
+    try:
+        records = await store.load_records()
+    finally:
+        await store.close()
+    # What is printed goes through a masker holding every key and token, like /-/status.
+    masker = Masker(accessor.secrets())
+    masker.add(r.key for r in records)
+    return build_status_document(accessor.enabled_providers(), records, mask=masker.mask_text)
+
+
+def print_status(accessor: ConfigAccessor, as_json: bool, show_keys: bool) -> int:
+    """`llmgateway status`: read the store directly (no server needed) and print the pool.
+
+    Prints the table (with the masked key list when `show_keys`) or, with
+    `as_json`, the `/-/status` document. Returns the exit code: 0, 2 for a
+    configuration error (whole report on stderr), 1 when the store fails.
+    """
+    try:
+        document = asyncio.run(_load_document(accessor))
+    except ConfigError as exc:
+        click.echo(describe_problems(exc), err=True)
+        return EXIT_CONFIG_ERROR
+    except StoreError as exc:
+        click.echo(f"cannot read the key store: {exc}", err=True)
+        return EXIT_STORE_ERROR
+    if as_json:
+        click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(render_table(document, show_keys))
+    return EXIT_OK
