@@ -189,7 +189,7 @@ def _masking_record_factory(masker: Masker) -> Any:
 def _log_uncaught(
     kind: type[BaseException], value: BaseException, tb: TracebackType | None
 ) -> None:
-    logging.getLogger("llmgateway").critical("uncaught exception", exc_info=(kind, value, tb))
+    logging.getLogger("llmgateway").critical("uncaught_exception", exc_info=(kind, value, tb))
 
 
 def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:

@@ -138,7 +138,7 @@ class Watchdog:
 
 
 def _overrun(what: str) -> None:
-    log.error("shutdown overran its deadline, exiting now", step=what)
+    log.error("shutdown_overran", step=what)
     for stream in (sys.stdout, sys.stderr):
         with suppress(OSError, ValueError):  # closed or broken: nothing more to say there
             stream.flush()

@@ -78,7 +78,7 @@ def build_server_app(
     timeout = accessor.server.shutdown_timeout
 
     async def announce(_: web.Application) -> None:
-        log.info("shutting down: waiting for in-flight requests", deadline_seconds=timeout)
+        log.info("shutting_down", deadline_seconds=timeout)
 
     app.on_shutdown.append(announce)
     return app
@@ -115,7 +115,7 @@ def run_server(
             log.warning("config_deprecated", detail=text)
     if not accessor.server.admin_token and worker_index is None:
         log.warning(
-            "no admin token: /-/status, /-/events and /metrics answer loopback clients only",
+            "admin_surface_loopback_only",
             hint=TOKEN_HINT,
         )
     count = workers if workers is not None else accessor.server.workers
@@ -136,7 +136,7 @@ def run_server(
     if parent is not None and parent.orphaned():
         orphaned(shutdown, parent, "start-up")
     if shutdown.begun:
-        log.info("stopped before start-up", worker_index=worker_index)
+        log.info("stopped_before_startup", worker_index=worker_index)
         return
     app = build_server_app(accessor, worker_index, shutdown, masker)
     serving = _serve(
@@ -175,9 +175,7 @@ def _follow_signals(
 def orphaned(shutdown: ShutdownClock, parent: ParentWatch, noticed_by: str) -> None:
     """The supervisor is gone: nobody waits for this worker any more, hurry (logged once)."""
     if not shutdown.hurried:
-        log.warning(
-            "supervisor gone, shutting down", supervisor=parent.supervisor, noticed_by=noticed_by
-        )
+        log.warning("supervisor_gone", supervisor=parent.supervisor, noticed_by=noticed_by)
     shutdown.hurry()
 
 
@@ -245,13 +243,13 @@ async def _unless_stopping(step: Awaitable[None], stopping: asyncio.Event, what:
     if task.done():
         task.result()
         return True
-    log.info("stopping during start-up", step=what)
+    log.info("stopping_during_startup", step=what)
     task.cancel()
     with suppress(asyncio.CancelledError):
         try:
             await task
         except (StoreError, OSError) as exc:  # unwinding a cancelled step: log, go on stopping
-            log.warning("start-up step failed while cancelled", step=what, error=repr(exc))
+            log.warning("startup_step_failed_while_cancelled", step=what, error=repr(exc))
     return False
 
 

@@ -105,7 +105,7 @@ def supervise(
         if signals.requested:
             break
         running.append(_Worker(index, _start(config_path, index, host, port, supervisor)))
-    log.info("workers started", workers=len(running), pids=[w.process.pid for w in running])
+    log.info("workers_started", workers=len(running), pids=[w.process.pid for w in running])
     # SIGTERM to every worker once one died on its own (appended to the received signals).
     own_orders: list[int] = []
     stop_since: float | None = None
@@ -123,16 +123,16 @@ def supervise(
                 continue
             running.remove(worker)
             if not (signals.received or own_orders):
-                log.error("worker died, stopping the others", pid=worker.process.pid, code=code)
+                log.error("worker_died", pid=worker.process.pid, code=code)
                 failed = True
                 own_orders.append(signal.SIGTERM)
             elif code != 0:
-                log.error("worker exited with an error", pid=worker.process.pid, code=code)
+                log.error("worker_failed", pid=worker.process.pid, code=code)
                 failed = True
         if running and stop_since is not None and clock() >= stop_since + grace + ESCALATE_AFTER:
             _kill(running, clock() - stop_since)
             failed = True
-    log.info("workers stopped", failed=failed)
+    log.info("workers_stopped", failed=failed)
     return EXIT_WORKER_FAILED if failed else 0
 
 
@@ -158,7 +158,7 @@ def _kill(workers: list[_Worker], waited: float) -> None:
     """SIGKILL every worker still running (they overran their shutdown) and reap them."""
     for worker in workers:
         log.error(
-            "worker did not stop in time, killing it",
+            "worker_killed",
             pid=worker.process.pid,
             worker_index=worker.index,
             waited_seconds=round(waited, 1),

@@ -92,7 +92,7 @@ class WriteQueue:
         """
         if self._stop.is_set():
             log.error(
-                "write queue closed, status update dropped",
+                "write_queue_update_dropped",
                 key_id=record.key_id,
                 instance=record.instance,
                 model=record.model,
@@ -144,13 +144,13 @@ class WriteQueue:
                 await self.flush()
             except StoreError as exc:
                 log.warning(
-                    "write queue flush failed, will retry",
+                    "write_queue_flush_failed",
                     pending=self.depth,
                     retry_in=delay,
                     error=str(exc),
                 )
             except Exception:  # outermost guard of a background task: log and keep going
-                log.exception("write queue flush crashed, will retry", pending=self.depth)
+                log.exception("write_queue_flush_crashed", pending=self.depth)
             else:
                 delay = self._retry_delay
                 continue
@@ -175,13 +175,13 @@ class WriteQueue:
             except TimeoutError:
                 break
             except StoreError as exc:
-                log.warning("write queue final flush failed, retrying", error=str(exc))
+                log.warning("write_queue_final_flush_failed", error=str(exc))
                 await asyncio.sleep(max(0.0, min(delay, deadline - loop.time())))
                 delay = min(delay * 2, self._max_retry_delay)
         lost = self.depth
         if lost:
             log.error(
-                "write queue closed with unwritten status updates",
+                "write_queue_closed_with_unwritten",
                 lost=lost,
                 instances=sorted({r.instance for r in self._pending.values()}),
                 timeout=timeout,

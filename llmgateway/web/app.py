@@ -97,7 +97,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         await store.close(app[SHUTDOWN].allow(STORE_CLOSE_TIMEOUT))
     except StoreError as exc:  # the connections are dropped anyway when the process exits
-        log.warning("store closed uncleanly", error=str(exc))
+        log.warning("store_closed_uncleanly", error=str(exc))
 
 
 async def _write_queue_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -168,7 +168,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         auth_failures=app[AUTH_FAILURES],
     )
     log.info(
-        "key pool loaded",
+        "key_pool_loaded",
         instances=len(providers),
         records=len(records),
     )

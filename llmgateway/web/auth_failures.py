@@ -105,7 +105,7 @@ class AuthFailures:
         client.blocked_until = now + WINDOW
         client.window_start, client.failures = client.blocked_until, 0
         log.warning(
-            "client blocked after too many failed token attempts",
+            "client_blocked",
             client=key,
             surface=surface,
             failures_per_minute=self._per_minute,

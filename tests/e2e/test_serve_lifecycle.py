@@ -80,7 +80,7 @@ async def test_sigterm_lets_a_stream_finish_flushes_statuses_and_exits_0(
         GOOD_KEY: Status.VALID,
     }
     assert "unwritten" not in output
-    assert "shutting down" in output
+    assert "shutting_down" in output
 
 
 def test_a_broken_config_exits_2_with_the_whole_report(tmp_path: Path) -> None:
