@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import click
 import pytest
 from click.testing import CliRunner, Result
 
-from llmgateway.cli.main import _lazy, main
+from llmgateway.cli.main import main
 from llmgateway.config.loader import load_config
 
 ENV = {"OPENAI_MAIN_TOKEN": "tok-openai-0123456789", "CLAUDE_TOKEN": "tok-claude-0123456789"}
@@ -351,11 +350,6 @@ class TestServeAndStatus:
         result = run(runner, *command, "--config", str(path))
         assert result.exit_code == 2
         assert "server.port (line 1)" in result.output and "logging.level (line 2)" in result.output
-
-    def test_missing_part_is_reported(self) -> None:
-        """A part not built yet gives a clear "not available yet" error instead of a traceback."""
-        with pytest.raises(click.ClickException, match="not available yet"):
-            _lazy(("llmgateway.no_such_module",), "run_server", "the server")
 
     def test_help_lists_commands(self, runner: CliRunner) -> None:
         """The top-level help lists serve, status and config."""

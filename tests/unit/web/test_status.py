@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
+from llmgateway.cli.status import render_table
 from llmgateway.config.schemas import ModelConfig, ProviderConfig
 from llmgateway.core.constants import ALL_MODELS_MARKER, ProviderType, Status
 from llmgateway.core.models import KeyRecord
@@ -11,7 +12,6 @@ from llmgateway.web.status import (
     ProcessInfo,
     build_status_document,
     iso_utc,
-    render_table,
 )
 
 KEY_A = "sk-aaaa-0123456789-9f3k"
