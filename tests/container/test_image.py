@@ -34,9 +34,9 @@ from tests.container.conftest import (
     skip_reason,
     wait_ready,
 )
-from tests.e2e.conftest import MODELS, OPENAI, TOKENS, ask_openai, free_port
 from tests.fakes.family import Behaviour
 from tests.fakes.upstream import FakeUpstream
+from tests.support.gateway import MODELS, OPENAI, TOKENS, ask_openai, free_port
 
 pytestmark = [
     pytest.mark.slow,

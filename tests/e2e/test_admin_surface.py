@@ -19,7 +19,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import (
+from tests.fakes.upstream import FakeUpstream
+from tests.support.gateway import (
     ASK,
     OPENAI,
     TOKENS,
@@ -29,7 +30,6 @@ from tests.e2e.conftest import (
     build_config,
     openai_client,
 )
-from tests.fakes.upstream import FakeUpstream
 
 KEY: Final = "sk-admin-surface-0123456789abcdef"
 ADMIN_TOKEN: Final = "admin-token-0123456789abcdef"

@@ -40,7 +40,9 @@ import pytest
 
 from llmgateway.store.postgres import PostgresStore
 from llmgateway.store.sqlite import SqliteStore
-from tests.e2e.conftest import (
+from tests.fakes.family import Behaviour
+from tests.fakes.upstream import FakeUpstream
+from tests.support.gateway import (
     INSTANCES,
     MODELS,
     OPENAI,
@@ -49,9 +51,7 @@ from tests.e2e.conftest import (
     SpawnGateway,
     openai_client,
 )
-from tests.e2e.processes import gateway_pids, workers_of
-from tests.fakes.family import Behaviour
-from tests.fakes.upstream import FakeUpstream
+from tests.support.processes import gateway_pids, workers_of
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,9 @@ from typing import Any, Final
 import aiohttp
 
 from llmgateway.core.constants import Status
-from tests.e2e.conftest import (
+from tests.fakes.family import Behaviour
+from tests.fakes.upstream import FakeUpstream
+from tests.support.gateway import (
     ANTHROPIC,
     GEMINI,
     INSTANCES,
@@ -28,8 +30,6 @@ from tests.e2e.conftest import (
     GatewayConfig,
     StartGateway,
 )
-from tests.fakes.family import Behaviour
-from tests.fakes.upstream import FakeUpstream
 
 REQUESTS: Final = 240
 UNKNOWN_MODELS: Final = ("gpt-99-turbo", "claude-0", "gemini-9.9-pro", "models", "..", "%2e%2e")

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from llmgateway.core.logs import mask_key
-from tests.e2e.conftest import (
+from tests.support.gateway import (
     GEMINI,
     MODELS,
     OPENAI,

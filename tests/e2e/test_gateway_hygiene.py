@@ -15,7 +15,9 @@ from google.genai import errors as genai_errors
 from yarl import URL
 
 from llmgateway.core.constants import Status
-from tests.e2e.conftest import (
+from tests.fakes.family import Behaviour
+from tests.fakes.upstream import FakeUpstream
+from tests.support.gateway import (
     ANTHROPIC,
     ASK,
     GEMINI,
@@ -28,8 +30,6 @@ from tests.e2e.conftest import (
     StartGateway,
     inline_upstream,
 )
-from tests.fakes.family import Behaviour
-from tests.fakes.upstream import FakeUpstream
 
 REAL = {
     OPENAI: "sk-proj-real-openai-0123456789abcdef",

@@ -10,7 +10,9 @@ import pytest
 from google.genai import errors as genai_errors
 
 from llmgateway.core.constants import ErrorReason, Status
-from tests.e2e.conftest import (
+from tests.fakes.family import Behaviour
+from tests.fakes.upstream import FakeUpstream
+from tests.support.gateway import (
     ANTHROPIC,
     ASK,
     GEMINI,
@@ -22,8 +24,6 @@ from tests.e2e.conftest import (
     GatewayConfig,
     StartGateway,
 )
-from tests.fakes.family import Behaviour
-from tests.fakes.upstream import FakeUpstream
 
 BAD = (Behaviour.INVALID_KEY, Behaviour.NO_QUOTA, Behaviour.RATE_LIMITED)
 

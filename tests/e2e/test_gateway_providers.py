@@ -10,7 +10,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.e2e.conftest import (
+from tests.fakes.upstream import FakeUpstream
+from tests.support.gateway import (
     ASK,
     GEMINI,
     INSTANCES,
@@ -22,7 +23,6 @@ from tests.e2e.conftest import (
     build_config,
     inline_upstream,
 )
-from tests.fakes.upstream import FakeUpstream
 
 GOOD_KEYS = {
     OPENAI: ["sk-openai-good-0001"],

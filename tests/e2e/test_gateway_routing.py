@@ -9,7 +9,9 @@ import openai
 import pytest
 
 from llmgateway.core.constants import Status
-from tests.e2e.conftest import (
+from tests.fakes.family import Behaviour
+from tests.fakes.upstream import FakeUpstream
+from tests.support.gateway import (
     MODELS,
     OPENAI,
     TOKENS,
@@ -18,8 +20,6 @@ from tests.e2e.conftest import (
     StartGateway,
     openai_client,
 )
-from tests.fakes.family import Behaviour
-from tests.fakes.upstream import FakeUpstream
 
 FIRST = "sk-route-first-0123456789abcdef"
 SECOND = "sk-route-second-0123456789abcdef"

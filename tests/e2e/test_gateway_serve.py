@@ -7,7 +7,9 @@ import asyncio
 import aiohttp
 import pytest
 
-from tests.e2e.conftest import (
+from tests.fakes.family import Behaviour
+from tests.fakes.upstream import FakeUpstream
+from tests.support.gateway import (
     ASK,
     INSTANCES,
     MODELS,
@@ -16,8 +18,6 @@ from tests.e2e.conftest import (
     GatewayConfig,
     ServeGateway,
 )
-from tests.fakes.family import Behaviour
-from tests.fakes.upstream import FakeUpstream
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,10 @@ from google.genai import errors as genai_errors
 from structlog.contextvars import merge_contextvars
 
 from llmgateway.core.constants import Status
-from tests.e2e.conftest import (
+from tests.fakes.family import Behaviour
+from tests.fakes.fixtures import CuttingProxyFactory
+from tests.fakes.upstream import FakeUpstream
+from tests.support.gateway import (
     ANTHROPIC,
     ASK,
     INSTANCES,
@@ -25,9 +28,6 @@ from tests.e2e.conftest import (
     StartGateway,
     anthropic_client,
 )
-from tests.fakes.family import Behaviour
-from tests.fakes.fixtures import CuttingProxyFactory
-from tests.fakes.upstream import FakeUpstream
 
 KEY = "sk-stream-key-0123456789abcdef"
 CHAT = {"model": MODELS[OPENAI], "messages": [{"role": "user", "content": "hi"}], "stream": True}

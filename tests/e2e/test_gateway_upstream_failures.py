@@ -12,7 +12,9 @@ from aiohttp import web
 from google.genai import errors as genai_errors
 
 from llmgateway.core.constants import Status
-from tests.e2e.conftest import (
+from tests.fakes.family import Behaviour
+from tests.fakes.upstream import FakeUpstream
+from tests.support.gateway import (
     ANTHROPIC,
     ASK,
     GEMINI,
@@ -25,8 +27,6 @@ from tests.e2e.conftest import (
     StartGateway,
     inline_upstream,
 )
-from tests.fakes.family import Behaviour
-from tests.fakes.upstream import FakeUpstream
 
 KEY = "sk-upstream-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKENS[OPENAI]}"}

@@ -24,7 +24,13 @@ from llmgateway.config.schemas import AppConfig
 from llmgateway.core.constants import Status
 from llmgateway.core.masking import mask_key, same_length_mask
 from llmgateway.web.app import create_app
-from tests.e2e.conftest import (
+from tests.fakes.hostile_upstream import (
+    HUGE_ERROR_SIZE,
+    HostileUpstream,
+    Hostility,
+    key_forms,
+)
+from tests.support.gateway import (
     ANTHROPIC,
     ASK,
     GEMINI,
@@ -36,12 +42,6 @@ from tests.e2e.conftest import (
     RunningGateway,
     StartGateway,
     build_config,
-)
-from tests.fakes.hostile_upstream import (
-    HUGE_ERROR_SIZE,
-    HostileUpstream,
-    Hostility,
-    key_forms,
 )
 
 SDK_ERRORS: Final = {

@@ -23,7 +23,10 @@ from google.genai import errors as genai_errors
 from llmgateway.core.constants import ErrorReason, Status
 from llmgateway.core.models import KeyRecord
 from llmgateway.pool.key_pool import IncidentEvent, PoolEvent
-from tests.e2e.conftest import (
+from tests.fakes.family import Behaviour
+from tests.fakes.upstream import FakeUpstream
+from tests.support.databases import postgres_database
+from tests.support.gateway import (
     GEMINI,
     MODELS,
     OPENAI,
@@ -37,9 +40,6 @@ from tests.e2e.conftest import (
     inline_upstream,
     openai_client,
 )
-from tests.fakes.family import Behaviour
-from tests.fakes.upstream import FakeUpstream
-from tests.support.databases import postgres_database
 
 WAIT = 30.0
 """The longest any wait below may take before the test fails (never a timing assertion)."""

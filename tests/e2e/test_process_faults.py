@@ -23,7 +23,10 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.conftest import (
+from tests.fakes.family import Behaviour
+from tests.fakes.upstream import FakeUpstream
+from tests.support.databases import postgres_database as fresh_database
+from tests.support.gateway import (
     INSTANCES,
     MODELS,
     OPENAI,
@@ -34,7 +37,7 @@ from tests.e2e.conftest import (
     openai_client,
     wait_healthy,
 )
-from tests.e2e.processes import (
+from tests.support.processes import (
     gateway_pids,
     holds_file,
     is_zombie_or_gone,
@@ -42,9 +45,6 @@ from tests.e2e.processes import (
     wait_until,
     workers_of,
 )
-from tests.fakes.family import Behaviour
-from tests.fakes.upstream import FakeUpstream
-from tests.support.databases import postgres_database as fresh_database
 
 pytestmark = pytest.mark.slow
 

@@ -25,7 +25,8 @@ from typing import Any, Final
 import aiohttp
 import pytest
 
-from tests.e2e.conftest import (
+from tests.fakes.hostile_upstream import HostileUpstream, Hostility, key_forms
+from tests.support.gateway import (
     ANTHROPIC,
     GEMINI,
     INSTANCES,
@@ -37,7 +38,6 @@ from tests.e2e.conftest import (
     genai_client,
     openai_client,
 )
-from tests.fakes.hostile_upstream import HostileUpstream, Hostility, key_forms
 
 ADMIN_TOKEN: Final = "admin-leak-test-0123456789abcdef"
 FAMILIES: Final = {OPENAI: "openai_like", ANTHROPIC: "anthropic", GEMINI: "gemini"}

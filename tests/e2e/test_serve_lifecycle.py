@@ -14,9 +14,9 @@ import pytest
 
 from llmgateway.core.constants import Status
 from llmgateway.store.sqlite import SqliteStore
-from tests.e2e.conftest import MODELS, OPENAI, TOKENS, GatewayConfig, ServeGateway
 from tests.fakes.family import Behaviour
 from tests.fakes.upstream import FakeUpstream
+from tests.support.gateway import MODELS, OPENAI, TOKENS, GatewayConfig, ServeGateway
 
 pytestmark = pytest.mark.slow
 

@@ -11,10 +11,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.conftest import MODELS, OPENAI, TOKENS, GatewayConfig, ServedGateway, ServeGateway
 from tests.fakes.family import Behaviour
 from tests.fakes.upstream import FakeUpstream
 from tests.support.databases import postgres_database
+from tests.support.gateway import MODELS, OPENAI, TOKENS, GatewayConfig, ServedGateway, ServeGateway
 
 pytestmark = pytest.mark.slow
 

@@ -15,9 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llmgateway.web.admin import HEARTBEAT
 from llmgateway.web.app import FOLLOWER, POOL, create_app
-from tests.e2e.conftest import MODELS, OPENAI, TOKENS, GatewayConfig, build_config
 from tests.fakes.family import Behaviour
 from tests.fakes.upstream import FakeUpstream
+from tests.support.gateway import MODELS, OPENAI, TOKENS, GatewayConfig, build_config
 
 GOOD_KEY = "sk-good-0123456789-aaaa"
 BAD_KEY = "sk-bad-0123456789-bbbbb"

@@ -22,10 +22,10 @@ from llmgateway.core.constants import ProviderType, Status
 from llmgateway.store.sqlite import SqliteStore
 from llmgateway.store.write_queue import WriteQueue
 from llmgateway.web.app import STORE, create_app
-from tests.e2e.conftest import OPENAI, build_config
 from tests.fakes.family import Behaviour
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.test_admin import BAD_KEY, GOOD_KEY, _chat, _next_data
+from tests.support.gateway import OPENAI, build_config
 
 ClientFactory = Any  # pytest-aiohttp's aiohttp_client fixture
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

@@ -16,7 +16,7 @@ from llmgateway.config.loader import load_config
 from llmgateway.core.constants import ProviderType, Status
 from llmgateway.store import open_store
 from llmgateway.web.status import build_status_document
-from tests.e2e.conftest import ANTHROPIC, MODELS, OPENAI, GatewayConfig, build_config
+from tests.support.gateway import ANTHROPIC, MODELS, OPENAI, GatewayConfig, build_config
 
 KEYS = [
     "sk-valid-0123456789-aaaa",
