@@ -49,7 +49,12 @@ from llmgateway.core.logs import configure_logging
 from llmgateway.core.masking import Masker
 from llmgateway.process.lifecycle import WATCHDOG_SLACK, ShutdownClock, Watchdog
 from llmgateway.process.parent import ParentWatch
-from llmgateway.process.stop_signals import StopSignals, process_stop_signals
+from llmgateway.process.stop_signals import (
+    ReloadSignals,
+    StopSignals,
+    process_reload_signals,
+    process_stop_signals,
+)
 from llmgateway.web.admin_guard import TOKEN_HINT
 from llmgateway.web.app import create_app
 
@@ -94,6 +99,7 @@ def run_server(
     signals: StopSignals | None = None,
     *,
     accessor: ConfigAccessor,
+    reloads: ReloadSignals | None = None,
 ) -> None:
     """Serve the configuration loaded from `config_path` until SIGINT/SIGTERM, then stop gracefully.
 
@@ -102,13 +108,15 @@ def run_server(
     `worker_index` makes this process one of them (it binds with
     SO_REUSEPORT), `supervisor_pid` names the supervisor it must not
     outlive. `signals` are the stop signals captured since the command
-    began (captured here when not given). Returns normally after a stop
-    signal; raises SystemExit(1) when a worker died unexpectedly, and the
-    start-up's own error when it failed (after stopping whatever it had
-    started).
+    began (captured here when not given), `reloads` its SIGHUPs (likewise).
+    Returns normally after a stop signal; raises SystemExit(1) when a worker
+    died unexpectedly, and the start-up's own error when it failed (after
+    stopping whatever it had started).
     """
     if signals is None:
         signals = process_stop_signals()
+    if reloads is None:
+        reloads = process_reload_signals()
     masker = configure_logging(accessor.logging, accessor.secrets())
     if worker_index is None:  # said once, by the process the user started
         for text in accessor.deprecations:
@@ -123,7 +131,13 @@ def run_server(
         from llmgateway.process.supervisor import supervise
 
         code = supervise(
-            config_path, count, host, port, signals=signals, grace=accessor.server.shutdown_timeout
+            config_path,
+            count,
+            host,
+            port,
+            signals=signals,
+            reloads=reloads,
+            grace=accessor.server.shutdown_timeout,
         )
         if code:
             raise SystemExit(code)
