@@ -5,7 +5,7 @@
 token, rules, policies, `enabled`...); every other option that differs is
 listed in `settings`. An option the running application cannot take over
 without a restart (`RESTART_ONLY`: the listening address, the worker count,
-the shutdown grace, the whole `database` section) makes the reload an error:
+the shutdown grace, the whole `database` section, ...) makes the reload an error:
 it is listed in `errors`, and a reload with errors changes nothing.
 
 Differences are named by their YAML path (`server.admin_token`,
@@ -28,8 +28,18 @@ RESTART_ONLY: Final[tuple[Path, ...]] = (
     ("server", "workers"),
     ("server", "shutdown_timeout"),
     ("database",),
+    ("keeper", "enabled"),
+    ("keeper", "max_concurrent_probes"),
+    ("keeper", "max_concurrent_probes_per_instance"),
+    ("logging", "level"),
+    ("logging", "format"),
 )
-"""Options (or whole sections) fixed for the life of a serving process."""
+"""Options (or whole sections) fixed for the life of a serving process.
+
+The listener, the store, the keeper's existence and concurrency limits, and
+the log pipeline are built once at start-up; everything else is read from
+the configuration in effect at the start of each unit of work.
+"""
 
 RESTART_HINT: Final = "cannot change while serving; restart llmgateway to apply it"
 

@@ -113,9 +113,11 @@ def test_live_settings_are_listed_without_errors(load_text: LoadText) -> None:
 
 
 def test_options_fixed_while_serving_are_errors(load_text: LoadText) -> None:
-    """Port, workers, shutdown grace and the database need a restart: each one is an error."""
-    new = BASE.replace("port: 55300", "port: 55301\n  workers: 2\n  shutdown_timeout: 5s").replace(
-        "sqlite:///a.db", "sqlite:///b.db"
+    """Port, workers, shutdown grace, database, log pipeline need a restart: each is an error."""
+    new = (
+        BASE.replace("port: 55300", "port: 55301\n  workers: 2\n  shutdown_timeout: 5s")
+        .replace("sqlite:///a.db", "sqlite:///b.db")
+        .replace("level: info", "level: debug\nkeeper:\n  enabled: false")
     )
     diff = diff_configs(load_text(BASE), load_text(new))
     assert diff.errors == (
@@ -123,6 +125,8 @@ def test_options_fixed_while_serving_are_errors(load_text: LoadText) -> None:
         f"server.workers {RESTART_HINT}",
         f"server.shutdown_timeout {RESTART_HINT}",
         f"database.url {RESTART_HINT}",
+        f"keeper.enabled {RESTART_HINT}",
+        f"logging.level {RESTART_HINT}",
     )
 
 
