@@ -13,7 +13,8 @@ from llmgateway.core.errors import KeysCoolingDown, NoUsableKey
 from llmgateway.core.models import CheckResult, KeyRecord
 from llmgateway.pool.key_pool import KeyPool
 from llmgateway.providers import build_adapter
-from llmgateway.web.exchange import Route, UpstreamAnswer
+from llmgateway.providers.upstream import UpstreamAnswer
+from llmgateway.web.exchange import Route
 from llmgateway.web.relay import BUFFERED_BODY, SSE, buffered
 from llmgateway.web.rotation import Rotation, names_model
 
@@ -57,12 +58,12 @@ def setup(
     return Route.of(config, build_adapter(config)), pool, records
 
 
-def answer(body: bytes, status: int = 404) -> UpstreamAnswer:
-    return UpstreamAnswer(status, CIMultiDictProxy(CIMultiDict()), body)
-
-
 def fail(reason: ErrorReason) -> CheckResult:
     return CheckResult(reason=reason, status_code=400, message=reason.value)
+
+
+def answer(body: bytes, status: int = 404) -> UpstreamAnswer:
+    return UpstreamAnswer(fail(ErrorReason.NO_MODEL), status, CIMultiDictProxy(CIMultiDict()), body)
 
 
 class TestFailed:
