@@ -107,13 +107,13 @@ class Rotation:
             return pool.pick(instance, slot_model, self.excluded())
         except AllKeysTried:
             pass
-        await self.reuse_tried()
+        await self._reuse_tried()
         try:
             return pool.pick(instance, slot_model, self.spent)
         except AllKeysTried:
             raise self.exhausted(instance, slot_model) from None
 
-    async def reuse_tried(self) -> None:
+    async def _reuse_tried(self) -> None:
         """Every untried key is used up: sleep the owed backoff, then allow the tried ones."""
         if self.owed is not None:
             await self.owed.wait()
