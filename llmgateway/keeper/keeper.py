@@ -15,7 +15,6 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from contextlib import suppress
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Final, Protocol, final
@@ -34,7 +33,8 @@ from llmgateway.keeper.leases import LeaseRenewer, lease_length
 from llmgateway.pool.key_pool import Clock, KeyPool
 from llmgateway.process.lifecycle import interruptible_sleep
 from llmgateway.providers import classify_exception
-from llmgateway.providers.base import MAX_ERROR_BODY, ProviderAdapter, read_bounded
+from llmgateway.providers.base import ProviderAdapter
+from llmgateway.providers.upstream import CallLimits, call_upstream
 from llmgateway.store.protocol import Store
 
 log = structlog.get_logger(__name__)
@@ -371,38 +371,12 @@ async def probe_once(
     The connection must open within `timeouts.connect` and the headers
     arrive `timeouts.first_byte` after the request went out (never later
     than their sum in all); at most MAX_ERROR_BODY bytes of the body are
-    read, within `timeouts.idle`. Redirects are not followed. Wire failures
+    classified, within `timeouts.idle`. Redirects are not followed. Wire failures
     raise (aiohttp.ClientError, TimeoutError, ...): the caller classifies them.
     """
     probe = adapter.probe_request(model, key)
-    timeouts = provider.timeouts
     url = provider.api_base_url.rstrip("/") + probe.path
-    # aiohttp bounds the connection and each socket read (the header wait among
-    # them); the asyncio deadline is the hard cap on the whole wait for headers.
-    client_timeout = aiohttp.ClientTimeout(
-        total=None,
-        connect=timeouts.connect,
-        sock_connect=timeouts.connect,
-        sock_read=timeouts.first_byte,
-    )
-    async with asyncio.timeout(timeouts.connect + timeouts.first_byte):
-        response = await session.request(
-            probe.method,
-            url,
-            headers={"Accept-Encoding": "identity", **probe.headers},
-            data=probe.body,
-            allow_redirects=False,
-            timeout=client_timeout,
-        )
-    async with response:
-        result = adapter.classify_status(response.status, response.headers)
-        if result is not None:
-            # Decided by the status line; the body is read only so the connection
-            # can be reused, and a failure reading it changes nothing.
-            with suppress(*PROBE_FAILURES):
-                async with asyncio.timeout(timeouts.idle):
-                    await read_bounded(response.content, MAX_ERROR_BODY)
-            return result
-        async with asyncio.timeout(timeouts.idle):
-            body = await read_bounded(response.content, MAX_ERROR_BODY)
-        return adapter.classify_body(response.status, response.headers, body)
+    headers = {"Accept-Encoding": "identity", **probe.headers}
+    limits = CallLimits.for_probe(provider.timeouts)
+    answer = await call_upstream(session, adapter, probe.method, url, headers, probe.body, limits)
+    return answer.result

@@ -38,28 +38,31 @@ from llmgateway.process.lifecycle import ShutdownClock
 from llmgateway.providers import build_adapter
 from llmgateway.providers.base import ProviderAdapter
 from llmgateway.store import SqliteStore, open_store
-from llmgateway.store.protocol import Store
 from llmgateway.store.write_queue import WriteQueue
+from llmgateway.web.admin import install_admin, metrics_ctx, summary_ctx
 from llmgateway.web.auth_failures import AuthFailures
 from llmgateway.web.gateway import Gateway
-from llmgateway.web.metrics import METRICS
+from llmgateway.web.keys import (
+    ACCESSOR,
+    ADAPTERS,
+    AUTH_FAILURES,
+    CLOCK,
+    FOLLOWER,
+    GATEWAY,
+    KEEPER,
+    KEEPER_STOP,
+    MASKER,
+    METRICS,
+    POOL,
+    SESSION,
+    SHUTDOWN,
+    STORE,
+    WORKER_INDEX,
+    WRITE_QUEUE,
+)
+from llmgateway.web.keys import KeeperStop as _KeeperStop
 
 log = structlog.get_logger("llmgateway.web.app")
-
-ACCESSOR: web.AppKey[ConfigAccessor] = web.AppKey("accessor")
-CLOCK: web.AppKey[Clock] = web.AppKey("clock")
-STORE: web.AppKey[Store] = web.AppKey("store")
-WRITE_QUEUE: web.AppKey[WriteQueue] = web.AppKey("write_queue")
-SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session")
-ADAPTERS: web.AppKey[dict[str, ProviderAdapter]] = web.AppKey("adapters")
-POOL: web.AppKey[KeyPool] = web.AppKey("pool")
-GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
-KEEPER: web.AppKey[Keeper] = web.AppKey("keeper")
-FOLLOWER: web.AppKey[PoolFollower] = web.AppKey("follower")
-WORKER_INDEX: web.AppKey[int | None] = web.AppKey("worker_index")
-MASKER: web.AppKey[Masker] = web.AppKey("masker")
-AUTH_FAILURES: web.AppKey[AuthFailures] = web.AppKey("auth_failures")
-SHUTDOWN: web.AppKey[ShutdownClock] = web.AppKey("shutdown")
 
 CONNECTION_LIMIT = 1000
 """Upstream connections kept open at most (keep-alive pool across every provider)."""
@@ -75,18 +78,6 @@ STORE_CLOSE_RESERVE = 0.3
 
 FLUSH_RESERVE = 1.0
 """Seconds of the shutdown's deadline the keeper's stop leaves for the final flush."""
-
-
-class _KeeperStop:
-    """The keeper's stop, started when the shutdown begins and awaited by its cleanup."""
-
-    __slots__ = ("task",)
-
-    def __init__(self) -> None:
-        self.task: asyncio.Task[None] | None = None
-
-
-KEEPER_STOP: web.AppKey[_KeeperStop] = web.AppKey("keeper_stop")
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -241,21 +232,6 @@ async def _begin_shutdown(app: web.Application) -> None:
     shutdown.on_change(hurried)
 
 
-async def _healthy(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def _ready(request: web.Request) -> web.Response:
-    app = request.app
-    if STORE not in app or GATEWAY not in app:
-        return web.json_response({"status": "starting"}, status=503)
-    try:
-        await asyncio.wait_for(app[STORE].ping(), timeout=2.0)
-    except (StoreError, TimeoutError) as exc:
-        return web.json_response({"status": "store unavailable", "detail": str(exc)}, status=503)
-    return web.json_response({"status": "ready"})
-
-
 async def _proxy(request: web.Request) -> web.StreamResponse:
     return await request.app[GATEWAY].handle(request)
 
@@ -289,9 +265,6 @@ def create_app(
     app[AUTH_FAILURES] = AuthFailures(accessor.server.auth_failures_per_minute)
     app[SHUTDOWN] = shutdown or ShutdownClock(accessor.server.shutdown_timeout)
     app.on_shutdown.append(_begin_shutdown)
-    # admin reads this module's AppKeys, so it is imported here, not at the top.
-    from llmgateway.web.admin import install_admin, metrics_ctx, summary_ctx
-
     app.cleanup_ctx.extend(
         [
             _store_ctx,
@@ -304,8 +277,6 @@ def create_app(
             summary_ctx,
         ]
     )
-    app.router.add_get("/-/healthy", _healthy)
-    app.router.add_get("/-/ready", _ready)
     install_admin(app)
     app.router.add_route("*", "/{tail:.*}", _proxy)
     return app
