@@ -4,7 +4,7 @@
 there but the health probes, registered before it) and adds `/metrics`, all
 behind the one `AdminGuard` (see `admin_guard`); nothing under `/-/` is ever
 proxied. `metrics_ctx` creates the `Metrics` before the gateway exists (so it
-can observe it) and `summary_ctx` runs the periodic summary line. On
+can observe it). On
 shutdown every `/-/events` stream is ended first so that open dashboards never
 hold the graceful shutdown until its deadline. Whatever these endpoints show
 goes through the process's masker once more before it leaves.
@@ -24,8 +24,7 @@ from aiohttp_sse import EventSourceResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from llmgateway.core.masking import Masker
-from llmgateway.pool.key_pool import KeyPool, PoolEvent
-from llmgateway.pool.summary import PoolSummary
+from llmgateway.pool.key_pool import PoolEvent
 from llmgateway.store.write_queue import WriteQueue
 from llmgateway.web.admin_guard import AdminGuard, admin_error
 from llmgateway.web.app import (
@@ -50,7 +49,6 @@ HEARTBEAT_INTERVAL: Final = 15.0
 PROCESS = web.AppKey("process", ProcessInfo)
 HEARTBEAT = web.AppKey("events_heartbeat", float)
 EVENT_STREAMS = web.AppKey[set[EventSourceResponse]]("event_streams")
-SUMMARY = web.AppKey("summary", PoolSummary)
 
 
 def _dumps(obj: object) -> str:
@@ -198,17 +196,3 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
         auth=lambda: app.get(AUTH_FAILURES),
     )
     yield
-
-
-async def summary_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Cleanup context running the periodic pool summary (after the pool is loaded)."""
-    accessor = app[ACCESSOR]
-    pool: KeyPool = app[POOL]
-    summary = PoolSummary([p.name for p in accessor.enabled_providers()], pool, app.get(METRICS))
-    app[SUMMARY] = summary
-    task = asyncio.create_task(
-        summary.run(accessor.logging.summary_interval), name="llmgateway-summary"
-    )
-    yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
