@@ -66,7 +66,9 @@ class KeyPool:
         self._slots = self._table.slots
         self._hub = EventHub()
         self._writer = StatusWriter(self._table, clock, sink, self._hub, accessor.serves)
-        self._verdicts = Verdicts(accessor, self._table, self._writer, self._hub, clock, rng, observer)
+        self._verdicts = Verdicts(
+            accessor, self._table, self._writer, self._hub, clock, rng, observer
+        )
         self._guard = self._verdicts.guard
         self._streaks = self._verdicts.bench.streaks
 

@@ -122,9 +122,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     accessor = app[ACCESSOR]
     masker = app[MASKER]
     adapters = {p.name: build_adapter(p, masker=masker) for p in accessor.enabled_providers()}
-    pool = KeyPool(
-        accessor, sink=app[WRITE_QUEUE].put, clock=app[CLOCK], observer=app.get(METRICS)
-    )
+    pool = KeyPool(accessor, sink=app[WRITE_QUEUE].put, clock=app[CLOCK], observer=app.get(METRICS))
     key_sync = KeySync(accessor, app[STORE], pool, masker, app[CLOCK])
     await key_sync.initial()
     app[ADAPTERS] = adapters

@@ -16,6 +16,7 @@ from llmgateway.providers import build_adapter
 from llmgateway.web.exchange import Route, UpstreamAnswer
 from llmgateway.web.relay import BUFFERED_BODY, SSE, buffered
 from llmgateway.web.rotation import Rotation, names_model
+from tests.support.config import accessor_of
 
 MODEL = "gpt-4o-mini"
 NOW = 1_800_000_000.0
@@ -42,7 +43,7 @@ def setup(
     count: int = 3, retry_enabled: bool = True, status: Status = Status.VALID
 ) -> tuple[Route, KeyPool, list[KeyRecord]]:
     config = provider(retry_enabled)
-    pool = KeyPool([config], clock=lambda: NOW, rng=lambda: 0.5)
+    pool = KeyPool(accessor_of(config), clock=lambda: NOW, rng=lambda: 0.5)
     records = [
         KeyRecord(
             key_id=i,
