@@ -57,16 +57,18 @@ class KeySync:
         self._loaded: set[str] = set()
 
     async def initial(self) -> None:
-        """Start-up: sync every enabled instance, then load the whole store into the pool.
+        """Start-up: provider rows, then every enabled instance's keys, then the pool from the store.
 
-        Waits for the `keysync` lock (workers starting together sync one at a
-        time; the later ones find nothing to change). A store failure raises.
+        The keys are synced under the `keysync` lock, waited for (workers
+        starting together sync one at a time; the later ones find nothing to
+        change). A store failure raises.
         """
         enabled = self._accessor.enabled_providers()
         now = self._now()
+        await self._store.sync_providers(
+            [(p.name, p.provider_type) for p in self._accessor.providers()]
+        )
         async with self._store.exclusive("keysync", wait=True):
-            rows = [(p.name, p.provider_type) for p in self._accessor.providers()]
-            await self._store.sync_providers(rows)
             for provider in enabled:
                 await self._sync_instance(provider, now)
         records = await self._store.load_records()
