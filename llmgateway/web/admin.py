@@ -5,7 +5,7 @@ one `AdminGuard` (see `admin_guard`): every path there is guarded but the two
 public health probes, and nothing under `/-/` is ever proxied. `/metrics`
 stays at the root path, behind the same guard. The handlers read the root
 application's objects through `request.config_dict`. `metrics_ctx` creates the `Metrics` before the gateway exists (so it
-can observe it) and `summary_ctx` runs the periodic summary line. On
+can observe it). On
 shutdown every `/-/events` stream is ended first so that open dashboards never
 hold the graceful shutdown until its deadline. Whatever these endpoints show
 goes through the process's masker once more before it leaves.
@@ -26,8 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from llmgateway.core.errors import StoreError
 from llmgateway.core.masking import Masker
-from llmgateway.pool.key_pool import KeyPool, PoolEvent
-from llmgateway.pool.summary import PoolSummary
+from llmgateway.pool.key_pool import PoolEvent
 from llmgateway.store.write_queue import WriteQueue
 from llmgateway.web.admin_guard import AdminGuard, admin_error
 from llmgateway.web.keys import (
@@ -44,7 +43,6 @@ from llmgateway.web.keys import (
     POOL,
     PROCESS,
     STORE,
-    SUMMARY,
     WORKER_INDEX,
     WRITE_QUEUE,
 )
@@ -227,17 +225,3 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
         auth=lambda: app.get(AUTH_FAILURES),
     )
     yield
-
-
-async def summary_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Cleanup context running the periodic pool summary (after the pool is loaded)."""
-    accessor = app[ACCESSOR]
-    pool: KeyPool = app[POOL]
-    summary = PoolSummary([p.name for p in accessor.enabled_providers()], pool, app.get(METRICS))
-    app[SUMMARY] = summary
-    task = asyncio.create_task(
-        summary.run(accessor.logging.summary_interval), name="llmgateway-summary"
-    )
-    yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)

@@ -3,12 +3,11 @@
 The root application holds them all; the `/-/` sub-application's handlers read
 them through `request.config_dict`, which looks in the sub-application first,
 then in the root. The lifecycles that fill each key are in `app` (start-up
-order there) and `admin` (`METRICS`, `PROCESS`, `SUMMARY`).
+order there) and `admin` (`METRICS`, `PROCESS`).
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Final
 
 import aiohttp
@@ -19,8 +18,8 @@ from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.core.masking import Masker
 from llmgateway.keeper.follower import PoolFollower
 from llmgateway.keeper.keeper import Keeper
+from llmgateway.keeper.key_sync import KeySync
 from llmgateway.pool.key_pool import Clock, KeyPool
-from llmgateway.pool.summary import PoolSummary
 from llmgateway.process.lifecycle import ShutdownClock
 from llmgateway.providers.base import ProviderAdapter
 from llmgateway.store.protocol import Store
@@ -29,16 +28,6 @@ from llmgateway.web.auth_failures import AuthFailures
 from llmgateway.web.gateway import Gateway
 from llmgateway.web.metrics import Metrics
 from llmgateway.web.status import ProcessInfo
-
-
-class KeeperStop:
-    """The keeper's stop, started when the shutdown begins and awaited by its cleanup."""
-
-    __slots__ = ("task",)
-
-    def __init__(self) -> None:
-        self.task: asyncio.Task[None] | None = None
-
 
 # Set by `create_app` before start-up.
 ACCESSOR: Final = web.AppKey("accessor", ConfigAccessor)
@@ -57,11 +46,10 @@ METRICS: Final = web.AppKey("metrics", Metrics)
 """The application's `Metrics` (created before the gateway, which reports to it)."""
 ADAPTERS: Final = web.AppKey[dict[str, ProviderAdapter]]("adapters")
 POOL: Final = web.AppKey("pool", KeyPool)
+KEY_SYNC: Final = web.AppKey("key_sync", KeySync)
 GATEWAY: Final = web.AppKey("gateway", Gateway)
 FOLLOWER: Final = web.AppKey("follower", PoolFollower)
 KEEPER: Final = web.AppKey("keeper", Keeper)
-KEEPER_STOP: Final = web.AppKey("keeper_stop", KeeperStop)
-SUMMARY: Final = web.AppKey("summary", PoolSummary)
 
 # The `/-/` sub-application's own.
 EVENT_STREAMS: Final = web.AppKey[set[EventSourceResponse]]("event_streams")

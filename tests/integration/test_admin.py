@@ -191,10 +191,10 @@ async def test_events_announce_an_invalidated_key(
     events.close()
     pool = app[POOL]
     for _ in range(100):  # the handler unsubscribes once it sees the disconnect
-        if not pool._subscribers:
+        if not pool._hub._subscribers:
             break
         await asyncio.sleep(0.01)
-    assert pool._subscribers == []
+    assert pool._hub._subscribers == []
 
 
 async def test_events_send_heartbeats(

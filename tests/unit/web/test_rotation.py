@@ -22,6 +22,7 @@ from llmgateway.providers.upstream import UpstreamAnswer
 from llmgateway.web.exchange import Route
 from llmgateway.web.relay import BUFFERED_BODY, SSE, buffered
 from llmgateway.web.rotation import Rotation, names_model
+from tests.support.config import accessor_of
 
 MODEL = "gpt-4o-mini"
 NOW = 1_800_000_000.0
@@ -48,7 +49,7 @@ def setup(
     count: int = 3, retry_enabled: bool = True, status: Status = Status.VALID
 ) -> tuple[Route, KeyPool, list[KeyRecord]]:
     config = provider(retry_enabled)
-    pool = KeyPool([config], clock=lambda: NOW, rng=lambda: 0.5)
+    pool = KeyPool(accessor_of(config), clock=lambda: NOW, rng=lambda: 0.5)
     records = [
         KeyRecord(
             key_id=i,
