@@ -28,12 +28,12 @@ from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.config.schemas import ProviderConfig
 from llmgateway.core.constants import ALL_MODELS_MARKER, ErrorReason
 from llmgateway.core.errors import StoreError
+from llmgateway.core.lifecycle import interruptible_sleep
 from llmgateway.core.logs import mask_key
 from llmgateway.core.models import CheckResult, KeyRecord
 from llmgateway.keeper.key_sync import KeySync
 from llmgateway.keeper.leases import LeaseRenewer, lease_length
 from llmgateway.pool.key_pool import Clock, KeyPool
-from llmgateway.process.lifecycle import interruptible_sleep
 from llmgateway.providers import classify_exception
 from llmgateway.providers.base import ProviderAdapter
 from llmgateway.providers.upstream import CallLimits, call_upstream

@@ -29,14 +29,13 @@ from aiohttp import web
 
 from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.core.errors import StoreError
+from llmgateway.core.lifecycle import ShutdownClock
 from llmgateway.core.logs import active_masker
 from llmgateway.core.masking import Masker
 from llmgateway.keeper.follower import PoolFollower
 from llmgateway.keeper.keeper import Keeper
 from llmgateway.keeper.key_sync import KeySync
 from llmgateway.pool.key_pool import Clock, KeyPool
-from llmgateway.pool.summary import PoolSummary
-from llmgateway.process.lifecycle import ShutdownClock
 from llmgateway.providers import build_adapter
 from llmgateway.providers.base import ProviderAdapter
 from llmgateway.store import SqliteStore, open_store
@@ -62,6 +61,7 @@ from llmgateway.web.keys import (
     WORKER_INDEX,
     WRITE_QUEUE,
 )
+from llmgateway.web.summary import PoolSummary
 
 log = structlog.get_logger("llmgateway.web.app")
 
