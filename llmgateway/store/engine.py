@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from llmgateway.core.constants import ProviderType
 from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
-from llmgateway.store.migrations import Migration, plan
+from llmgateway.store.migrations import Engine, Migration, engine_migrations, plan
 from llmgateway.store.protocol import KeySyncReport
 from llmgateway.store.rows import (
     TimeIn,
@@ -60,8 +60,10 @@ class Conn(Protocol):
 class Dialect:
     """An engine's SQL text and value conventions, for the shared code."""
 
-    name: str
-    """The engine's name, first word of its error messages."""
+    engine: Engine
+    """Names the engine (first word of its error messages) and its migration files."""
+    shared_between_hosts: bool
+    """Whether processes on other hosts may use the same database (`Store.shared_between_hosts`)."""
     time_in: TimeIn
     time_out: TimeOut
     array: Callable[[Sequence[Any]], Any]
@@ -84,6 +86,16 @@ class Dialect:
     """(key ids array, models array, owner, until): the number of rows changed."""
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseAsk:
+    """One `lease_due` call: whose due rows, as of when, for whom, until when."""
+
+    instances: list[str]
+    at: datetime
+    owner: str
+    until: datetime
+
+
 class SqlStore(ABC):
     """The `Store` operations both engines share; see `llmgateway.store.protocol.Store`.
 
@@ -92,10 +104,13 @@ class SqlStore(ABC):
 
     sql: Dialect
 
+    _migrations: Sequence[Migration] | None
+    """The schema to reach (None: the migrations shipped with this release)."""
+
     @property
-    @abstractmethod
     def shared_between_hosts(self) -> bool:
         """True when processes on other hosts may use the same database."""
+        return self.sql.shared_between_hosts
 
     @abstractmethod
     async def _read[T](self, action: str, run: Callable[[Conn], Awaitable[T]]) -> T:
@@ -119,11 +134,14 @@ class SqlStore(ABC):
         """
 
     @abstractmethod
-    async def _lease_step(
-        self, conn: Conn, op: str, instances: Sequence[str], at: datetime, limit: int,
-        owner: str, until: datetime,
-    ) -> list[Row]:  # fmt: skip
+    async def _lease_step(self, conn: Conn, ask: LeaseAsk, op: str, limit: int) -> list[Row]:
         """Lease up to `limit` due rows whose status compares `op` ('=' or '<>') to untested."""
+
+    async def _schema(self) -> Sequence[Migration]:
+        """The migrations to apply on open (the shipped files are read on a thread)."""
+        if self._migrations is not None:
+            return self._migrations
+        return await asyncio.to_thread(engine_migrations, self.sql.engine)
 
     async def ping(self) -> None:
         """Raise StoreError unless the database answers."""
@@ -190,7 +208,7 @@ class SqlStore(ABC):
         if not instances or limit <= 0:
             return []
         at = as_utc(now)
-        until = at + timedelta(seconds=lease_seconds)
+        ask = LeaseAsk(list(instances), at, owner, at + timedelta(seconds=lease_seconds))
 
         async def run(conn: Conn) -> list[Row]:
             # Two index-ordered scans that stop at `limit` (untested, then the rest)
@@ -199,9 +217,7 @@ class SqlStore(ABC):
             for op in ("=", "<>"):
                 if len(rows) >= limit:
                     break
-                rows += await self._lease_step(
-                    conn, op, instances, at, limit - len(rows), owner, until
-                )
+                rows += await self._lease_step(conn, ask, op, limit - len(rows))
             return rows
 
         return to_records(await self._write("leasing due keys", run), self.sql.time_in)
@@ -253,7 +269,7 @@ class SqlStore(ABC):
     async def _run_step(self, conn: Conn, step: str) -> None:
         """Run a migration's data step on `conn` (inside the migration's transaction)."""
         if step != SCRUB_KEY_MESSAGES:
-            raise StoreError(f"{self.sql.name}: unknown migration step {step!r}")
+            raise StoreError(f"{self.sql.engine}: unknown migration step {step!r}")
         keys = [str(r[0]) for r in await conn.fetch("SELECT key_value FROM api_keys")]
         rows = [
             (int(r[0]), str(r[1]), str(r[2]))

@@ -27,8 +27,8 @@ from llmgateway.core.constants import Status
 from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
 from llmgateway.store.changes import CHANNEL, KeySetChange, encode_key_changes, encode_notifications
-from llmgateway.store.engine import Conn, Dialect, Row, SqlStore
-from llmgateway.store.migrations import Engine, Migration, engine_migrations
+from llmgateway.store.engine import Conn, Dialect, LeaseAsk, Row, SqlStore
+from llmgateway.store.migrations import Engine, Migration
 from llmgateway.store.pg_listener import PgListener
 from llmgateway.store.protocol import CLOSE_TIMEOUT, KeySyncReport
 from llmgateway.store.rows import RECORD_COLUMNS, as_utc_or_none, same, status_values
@@ -83,7 +83,8 @@ ORDER BY s.next_check_at, s.key_id, s.model
 _NOTIFY: Final = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
 
 POSTGRES: Final = Dialect(
-    name="postgres",
+    engine=Engine.POSTGRES,
+    shared_between_hosts=True,
     time_in=same,
     time_out=as_utc_or_none,
     array=list,
@@ -200,25 +201,17 @@ class PostgresStore(SqlStore):
     ) -> None:
         self.dsn = dsn
         self._migrations = migrations
-        """The schema to reach (default: the migrations shipped with this release)."""
         self.min_size = min_size
         self.max_size = max_size
         self.origin = origin or new_origin()
         """Tags this store's notifications, so its own listener ignores them."""
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
 
-    @property
-    def shared_between_hosts(self) -> bool:
-        """True: processes on any host may use the same database."""
-        return True
-
     async def open(self) -> None:
         """Create the connection pool and apply pending migrations under an advisory lock."""
         if self._pool is not None:
             return
-        migrations = self._migrations
-        if migrations is None:
-            migrations = await asyncio.to_thread(engine_migrations, Engine.POSTGRES)
+        migrations = await self._schema()
         with _translated(f"connecting to {describe_dsn(self.dsn)}"):
             pool = await asyncpg.create_pool(
                 self.dsn, min_size=self.min_size, max_size=self.max_size
@@ -330,14 +323,20 @@ class PostgresStore(SqlStore):
 
         return run
 
-    async def _lease_step(
-        self, conn: Conn, op: str, instances: Sequence[str], at: datetime, limit: int,
-        owner: str, until: datetime,
-    ) -> list[Row]:  # fmt: skip
-        """Pick and lease in one statement; rows another process is leasing right now are
-        skipped (`FOR UPDATE SKIP LOCKED`), so concurrent keepers never get the same row."""
+    async def _lease_step(self, conn: Conn, ask: LeaseAsk, op: str, limit: int) -> list[Row]:
+        """Pick and lease due rows in one statement.
+
+        Rows another process is leasing at this very moment are skipped
+        (`FOR UPDATE SKIP LOCKED`), so concurrent keepers never get the same row.
+        """
         return await conn.fetch(
-            _LEASE.format(op=op), at, list(instances), Status.UNTESTED.value, limit, owner, until
+            _LEASE.format(op=op),
+            ask.at,
+            ask.instances,
+            Status.UNTESTED.value,
+            limit,
+            ask.owner,
+            ask.until,
         )
 
     @asynccontextmanager

@@ -9,14 +9,13 @@ Times are stored as REAL seconds since the Unix epoch, UTC.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Final, final
+from typing import Any, Final, final
 
 import aiosqlite
 import orjson
@@ -25,8 +24,9 @@ from llmgateway.core.constants import Status
 from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
 from llmgateway.store.changes import Changes, KeySetChange, SqlitePoller
-from llmgateway.store.engine import Conn, Dialect, Row, SqlStore
-from llmgateway.store.migrations import Engine, Migration, engine_migrations
+from llmgateway.store.engine import Conn, Dialect, LeaseAsk, Row, SqlStore
+from llmgateway.store.file_lock import file_lock
+from llmgateway.store.migrations import Engine, Migration
 from llmgateway.store.protocol import CLOSE_TIMEOUT
 from llmgateway.store.rows import (
     RECORD_COLUMNS,
@@ -44,9 +44,6 @@ BUSY_TIMEOUT_MS: Final = 5000
 
 REMOVED_KEYS_TTL: Final = 86400.0
 """Seconds a removed key stays noted in `removed_keys` for the other workers' feeds."""
-
-LOCK_POLL_INTERVAL: Final = 0.05
-"""Seconds between two attempts at a named lock another process holds (`exclusive(wait=True)`)."""
 
 _SELECT_RECORDS: Final = (
     f"SELECT {RECORD_COLUMNS} FROM key_model_status AS s JOIN api_keys AS k ON k.id = s.key_id"
@@ -75,7 +72,8 @@ def _json_array(values: Sequence[Any]) -> str:
 
 
 SQLITE: Final = Dialect(
-    name="sqlite",
+    engine=Engine.SQLITE,
+    shared_between_hosts=False,
     time_in=from_epoch,
     time_out=to_epoch,
     array=_json_array,
@@ -152,22 +150,14 @@ class SqliteStore(SqlStore):
     def __init__(self, path: Path | str, *, migrations: Sequence[Migration] | None = None) -> None:
         self.path = path if path == MEMORY else Path(path)
         self._migrations = migrations
-        """The schema to reach (default: the migrations shipped with this release)."""
         self._conn: _SqliteConn | None = None
         self._lock = asyncio.Lock()
-
-    @property
-    def shared_between_hosts(self) -> bool:
-        """False: an SQLite file is shared by the processes of one host at most."""
-        return False
 
     async def open(self) -> None:
         """Create the folder, connect, set WAL and busy_timeout, and apply pending migrations."""
         if self._conn is not None:
             return
-        migrations = self._migrations
-        if migrations is None:
-            migrations = await asyncio.to_thread(engine_migrations, Engine.SQLITE)
+        migrations = await self._schema()
         with _translated(f"opening {self.path}"):
             if isinstance(self.path, Path):
                 await asyncio.to_thread(self.path.parent.mkdir, parents=True, exist_ok=True)
@@ -267,23 +257,20 @@ class SqliteStore(SqlStore):
 
         return run
 
-    async def _lease_step(
-        self, conn: Conn, op: str, instances: Sequence[str], at: datetime, limit: int,
-        owner: str, until: datetime,
-    ) -> list[Row]:  # fmt: skip
+    async def _lease_step(self, conn: Conn, ask: LeaseAsk, op: str, limit: int) -> list[Row]:
         """Read due rows, then lease them, in the caller's BEGIN IMMEDIATE transaction.
 
         The write lock taken first means two processes on the same file never
         lease the same row.
         """
-        epoch = to_epoch(at)
+        names = _json_array(ask.instances)
         rows = await conn.fetch(
-            _DUE.format(op=op), epoch, _json_array(list(instances)), Status.UNTESTED.value, limit
+            _DUE.format(op=op), to_epoch(ask.at), names, Status.UNTESTED.value, limit
         )
         await conn.executemany(
             "UPDATE key_model_status SET lease_owner = ?1, lease_until = ?2 "
             "WHERE key_id = ?3 AND model = ?4",
-            [(owner, to_epoch(until), row[0], row[3]) for row in rows],
+            [(ask.owner, to_epoch(ask.until), row[0], row[3]) for row in rows],
         )
         return rows
 
@@ -300,18 +287,8 @@ class SqliteStore(SqlStore):
             yield True
             return
         lock_path = self.path.with_name(f"{self.path.name}.{name}.lock")
-        with _translated(f"taking lock {name}"):
-            handle = await asyncio.to_thread(_open_lock_file, lock_path)
-        try:
-            with _translated(f"taking lock {name}"):
-                got = _try_flock(handle)
-                # Polled, not a blocking flock on a thread: a cancelled wait ends at once.
-                while wait and not got:
-                    await asyncio.sleep(LOCK_POLL_INTERVAL)
-                    got = _try_flock(handle)
+        async with file_lock(lock_path, name, wait=wait) as got:
             yield got
-        finally:
-            handle.close()  # closing the file releases the lock
 
     async def data_version(self) -> int:
         """`PRAGMA data_version`: changes whenever another connection commits to the file."""
@@ -413,17 +390,3 @@ async def _remove_keys(conn: Conn, where: str, args: tuple[Any, ...], version: i
 async def _counter(conn: Conn) -> int:
     rows = await conn.fetch("SELECT value FROM change_counter WHERE id = 1")
     return int(rows[0][0]) if rows else 0
-
-
-def _open_lock_file(path: Path) -> IO[bytes]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.open("a+b")
-
-
-def _try_flock(handle: IO[bytes]) -> bool:
-    """Lock `handle` exclusively if nobody holds it (never blocks); True when locked."""
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
