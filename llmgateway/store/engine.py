@@ -7,9 +7,9 @@ transaction). The engines (`sqlite.py`, `postgres.py`) supply those, plus
 what only they do: connecting, named locks, change feeds, and the statements
 of a key sync, of a status batch and of a lease step, whose shapes differ
 (SQLite reads lists from JSON with `json_each`; PostgreSQL expands arrays
-with `unnest`). Both engines number their parameters in the same order
-(`?1`... on SQLite, `$1`... on PostgreSQL), so shared code passes the same
-arguments to either.
+with `unnest`). The statements both engines run alike are written once,
+here, with PostgreSQL's numbered parameters (`$1`); SQLite's connection reads
+them as its own (`?1`), in the same order.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from llmgateway.core.constants import ProviderType
 from llmgateway.core.errors import StoreError
@@ -28,6 +28,7 @@ from llmgateway.core.models import KeyRecord
 from llmgateway.store.migrations import Engine, Migration, engine_migrations, plan
 from llmgateway.store.protocol import KeySyncReport
 from llmgateway.store.rows import (
+    RECORD_COLUMNS,
     TimeIn,
     TimeOut,
     as_utc,
@@ -38,6 +39,21 @@ from llmgateway.store.rows import (
 from llmgateway.store.scrub import SCRUB_KEY_MESSAGES, scrubbed_messages
 
 type Row = Sequence[Any]
+
+SELECT_RECORDS: Final = (
+    f"SELECT {RECORD_COLUMNS} FROM key_model_status AS s JOIN api_keys AS k ON k.id = s.key_id"
+)
+"""Every record, each with its key (`s`: key_model_status, `k`: api_keys); add WHERE, ORDER BY."""
+_BY_INSTANCE: Final = " WHERE k.instance = $1"
+_PROVIDER_EXISTS: Final = "SELECT 1 FROM providers WHERE name = $1"
+_UPSERT_PROVIDER: Final = (
+    "INSERT INTO providers (name, provider_type) VALUES ($1, $2) "
+    "ON CONFLICT (name) DO UPDATE SET provider_type = excluded.provider_type"
+)
+_INSERT_MIGRATION: Final = (
+    "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)"
+)
+_SET_MESSAGE: Final = "UPDATE key_model_status SET message = $1 WHERE key_id = $2 AND model = $3"
 
 
 class Conn(Protocol):
@@ -68,20 +84,9 @@ class Dialect:
     time_out: TimeOut
     array: Callable[[Sequence[Any]], Any]
     """How a list travels as one parameter."""
-    select_records: str
-    """SELECT of `RECORD_COLUMNS` from key_model_status `s` joined with api_keys `k`."""
-    by_instance: str
-    """WHERE clause: rows of instance `1`."""
     by_key_ids: str
-    """WHERE clause: rows of the key ids in array `1`."""
-    provider_exists: str
-    upsert_provider: str
-    """(name, provider_type): insert, or update the type."""
+    """WHERE clause: rows of the key ids in array `$1`."""
     create_migrations_table: str
-    insert_migration: str
-    """(version, name, applied_at)."""
-    set_message: str
-    """(message, key_id, model)."""
     renew_leases: str
     """(key ids array, models array, owner, until): the number of rows changed."""
 
@@ -151,7 +156,7 @@ class SqlStore(ABC):
         """Insert or update one row per configured instance (name, type); never deletes."""
         rows = [(name, ptype.value) for name, ptype in providers]
         await self._write(
-            "syncing providers", lambda conn: conn.executemany(self.sql.upsert_provider, rows)
+            "syncing providers", lambda conn: conn.executemany(_UPSERT_PROVIDER, rows)
         )
 
     async def sync_keys(
@@ -165,7 +170,7 @@ class SqlStore(ABC):
         model_list = list(dict.fromkeys(models))
 
         async def run(conn: Conn) -> tuple[int, int]:
-            if not await conn.fetch(self.sql.provider_exists, instance):
+            if not await conn.fetch(_PROVIDER_EXISTS, instance):
                 raise StoreError(f"unknown instance {instance!r}: sync_providers first")
             return await self._sync_key_rows(conn, instance, wanted, model_list, as_utc(now))
 
@@ -177,9 +182,9 @@ class SqlStore(ABC):
         order = " ORDER BY k.instance, s.key_id, s.model"
         args: tuple[str, ...]
         if instance is None:
-            query, args = self.sql.select_records + order, ()
+            query, args = SELECT_RECORDS + order, ()
         else:
-            query, args = self.sql.select_records + self.sql.by_instance + order, (instance,)
+            query, args = SELECT_RECORDS + _BY_INSTANCE + order, (instance,)
         rows = await self._read("loading records", lambda conn: conn.fetch(query, *args))
         return await asyncio.to_thread(to_records, rows, self.sql.time_in)
 
@@ -187,7 +192,7 @@ class SqlStore(ABC):
         """Every (key, model) record of the keys `key_ids` (the ones still stored)."""
         if not key_ids:
             return []
-        query = self.sql.select_records + self.sql.by_key_ids + " ORDER BY s.key_id, s.model"
+        query = SELECT_RECORDS + self.sql.by_key_ids + " ORDER BY s.key_id, s.model"
         ids = self.sql.array(list(key_ids))
         rows = await self._read("loading keys", lambda conn: conn.fetch(query, ids))
         return to_records(rows, self.sql.time_in)
@@ -260,7 +265,7 @@ class SqlStore(ABC):
                 if migration.step is not None:
                     await self._run_step(conn, migration.step)
                 await conn.execute(
-                    self.sql.insert_migration,
+                    _INSERT_MIGRATION,
                     migration.version,
                     migration.name,
                     self.sql.time_out(datetime.now(UTC)),
@@ -279,4 +284,4 @@ class SqlStore(ABC):
         ]
         updates = scrubbed_messages(keys, rows)
         if updates:
-            await conn.executemany(self.sql.set_message, updates)
+            await conn.executemany(_SET_MESSAGE, updates)

@@ -44,9 +44,6 @@ WRITE_ATTEMPTS: Final = 3
 ANALYZE_AFTER: Final = 1000
 """Keys added plus removed by one sync from which the tables' statistics are refreshed."""
 
-_SELECT_RECORDS: Final = (
-    f"SELECT {RECORD_COLUMNS} FROM key_model_status AS s JOIN api_keys AS k ON k.id = s.key_id"
-)
 _UPDATE_STATUS: Final = """
 UPDATE key_model_status AS s SET
     status = u.status, last_checked_at = u.last_checked_at, next_check_at = u.next_check_at,
@@ -88,20 +85,11 @@ POSTGRES: Final = Dialect(
     time_in=same,
     time_out=as_utc_or_none,
     array=list,
-    select_records=_SELECT_RECORDS,
-    by_instance=" WHERE k.instance = $1",
     by_key_ids=" WHERE s.key_id = ANY($1::bigint[])",
-    provider_exists="SELECT 1 FROM providers WHERE name = $1",
-    upsert_provider=(
-        "INSERT INTO providers (name, provider_type) VALUES ($1, $2) "
-        "ON CONFLICT (name) DO UPDATE SET provider_type = excluded.provider_type"
-    ),
     create_migrations_table=(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY "
         "KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
     ),
-    insert_migration="INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
-    set_message="UPDATE key_model_status SET message = $1 WHERE key_id = $2 AND model = $3",
     renew_leases=(
         "UPDATE key_model_status AS s SET lease_until = $4 "
         "FROM unnest($1::bigint[], $2::text[]) AS r(key_id, model) "

@@ -9,6 +9,8 @@ Times are stored as REAL seconds since the Unix epoch, UTC.
 from __future__ import annotations
 
 import asyncio
+import functools
+import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
@@ -24,7 +26,7 @@ from llmgateway.core.constants import Status
 from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
 from llmgateway.store.changes import Changes, KeySetChange, SqlitePoller
-from llmgateway.store.engine import Conn, Dialect, LeaseAsk, Row, SqlStore
+from llmgateway.store.engine import SELECT_RECORDS, Conn, Dialect, LeaseAsk, Row, SqlStore
 from llmgateway.store.file_lock import file_lock
 from llmgateway.store.migrations import Engine, Migration
 from llmgateway.store.protocol import CLOSE_TIMEOUT
@@ -45,9 +47,6 @@ BUSY_TIMEOUT_MS: Final = 5000
 REMOVED_KEYS_TTL: Final = 86400.0
 """Seconds a removed key stays noted in `removed_keys` for the other workers' feeds."""
 
-_SELECT_RECORDS: Final = (
-    f"SELECT {RECORD_COLUMNS} FROM key_model_status AS s JOIN api_keys AS k ON k.id = s.key_id"
-)
 _UPDATE_STATUS: Final = (
     "UPDATE key_model_status SET status = ?1, last_checked_at = ?2, next_check_at = ?3, "
     "failing_since = ?4, consecutive_failures = ?5, status_code = ?6, message = ?7, "
@@ -77,20 +76,11 @@ SQLITE: Final = Dialect(
     time_in=from_epoch,
     time_out=to_epoch,
     array=_json_array,
-    select_records=_SELECT_RECORDS,
-    by_instance=" WHERE k.instance = ?1",
     by_key_ids=" WHERE s.key_id IN (SELECT value FROM json_each(?1))",
-    provider_exists="SELECT 1 FROM providers WHERE name = ?1",
-    upsert_provider=(
-        "INSERT INTO providers (name, provider_type) VALUES (?1, ?2) "
-        "ON CONFLICT (name) DO UPDATE SET provider_type = excluded.provider_type"
-    ),
     create_migrations_table=(
         "CREATE TABLE IF NOT EXISTS schema_migrations "
         "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
     ),
-    insert_migration="INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
-    set_message="UPDATE key_model_status SET message = ?1 WHERE key_id = ?2 AND model = ?3",
     renew_leases=(
         "UPDATE key_model_status SET lease_until = ?4 WHERE lease_owner = ?3 "
         "AND (key_id, model) IN (SELECT i.value, m.value FROM json_each(?1) AS i "
@@ -98,6 +88,15 @@ SQLITE: Final = Dialect(
     ),
 )
 """SQLite's SQL: lists travel as JSON text read with `json_each`, times as epoch seconds."""
+
+
+_PG_PARAM: Final = re.compile(r"\$(\d+)")
+
+
+@functools.cache
+def _own_params(sql: str) -> str:
+    """`sql` with the shared statements' `$1` parameters written as SQLite's `?1`."""
+    return _PG_PARAM.sub(r"?\1", sql)
 
 
 @final
@@ -111,17 +110,17 @@ class _SqliteConn:
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         """The rows `sql` returns."""
-        cursor = await self.raw.execute(sql, args)
+        cursor = await self.raw.execute(_own_params(sql), args)
         return list(await cursor.fetchall())
 
     async def execute(self, sql: str, *args: Any) -> int:
         """Run `sql`; the number of rows it changed."""
-        cursor = await self.raw.execute(sql, args)
+        cursor = await self.raw.execute(_own_params(sql), args)
         return int(cursor.rowcount)
 
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
         """Run `sql` once per argument tuple."""
-        await self.raw.executemany(sql, args)
+        await self.raw.executemany(_own_params(sql), args)
 
     async def script(self, sql: str) -> None:
         """Run several statements (autocommit=True: executescript adds no COMMIT of its own)."""
@@ -309,7 +308,7 @@ class SqliteStore(SqlStore):
         async def run(conn: Conn) -> tuple[int, list[Row], list[Row]]:
             current = await _counter(conn)
             rows = await conn.fetch(
-                _SELECT_RECORDS + " WHERE s.version > ?1 ORDER BY s.version", version
+                SELECT_RECORDS + " WHERE s.version > ?1 ORDER BY s.version", version
             )
             removed = await conn.fetch(
                 "SELECT instance, key_id FROM removed_keys WHERE version > ?1 "
