@@ -51,6 +51,11 @@ class Database:
         finally:
             await conn.close()
 
+    async def applied_versions(self) -> list[int]:
+        """The migration versions recorded in `schema_migrations`, ascending."""
+        rows = await self.fetch("SELECT version FROM schema_migrations ORDER BY version")
+        return [int(str(row[0])) for row in rows]
+
     async def execute(self, sql: str) -> None:
         """Run `sql` on a connection of its own, outside any store (test set-up)."""
         if self.engine == "sqlite":
@@ -62,12 +67,6 @@ class Database:
             await conn.execute(sql)
         finally:
             await conn.close()
-
-
-async def applied_versions(database: Database) -> list[int]:
-    """The migration versions `database` records in `schema_migrations`, ascending."""
-    rows = await database.fetch("SELECT version FROM schema_migrations ORDER BY version")
-    return [int(str(row[0])) for row in rows]
 
 
 @pytest.fixture(params=ENGINES)

@@ -14,7 +14,7 @@ from llmgateway.core.models import KeyRecord
 from llmgateway.store.postgres import PostgresStore
 from llmgateway.store.protocol import KeySyncReport
 from llmgateway.store.sqlite import SqliteStore
-from tests.integration.conftest import Database, applied_versions
+from tests.integration.conftest import Database
 
 type AnyStore = SqliteStore | PostgresStore
 
@@ -35,12 +35,12 @@ class TestMigrations:
         """A second open of a migrated database applies nothing and records nothing new."""
         first = database.new_store()
         await first.open()
-        applied = await applied_versions(database)
+        applied = await database.applied_versions()
         await first.close()
         second = database.new_store()
         await second.open()
         try:
-            assert await applied_versions(database) == applied
+            assert await database.applied_versions() == applied
             assert applied[0] == 1
             assert applied == sorted(set(applied))
         finally:
