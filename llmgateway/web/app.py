@@ -38,7 +38,7 @@ from llmgateway.keeper.key_sync import KeySync
 from llmgateway.pool.key_pool import Clock, KeyPool
 from llmgateway.providers import build_adapter
 from llmgateway.providers.base import ProviderAdapter
-from llmgateway.store import SqliteStore, open_store
+from llmgateway.store import open_store
 from llmgateway.store.write_queue import WriteQueue
 from llmgateway.web.admin import install_admin, metrics_ctx
 from llmgateway.web.auth_failures import AuthFailures
@@ -142,7 +142,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def _follower_ctx(app: web.Application) -> AbstractAsyncContextManager[None]:
-    if isinstance(app[STORE], SqliteStore) and app[WORKER_INDEX] is None:
+    if not app[STORE].shared_between_hosts and app[WORKER_INDEX] is None:
         # One process alone on its SQLite file: nobody else writes there, so there is
         # nothing to follow (and no periodic full reload to pay for).
         return nullcontext()
@@ -167,7 +167,7 @@ def _keeper_ctx(app: web.Application) -> AbstractAsyncContextManager[None]:
         clock=app[CLOCK],
         observer=app.get(METRICS),
         # An SQLite file is shared by the workers of one host only: one of them probes.
-        solo=isinstance(app[STORE], SqliteStore),
+        solo=not app[STORE].shared_between_hosts,
     )
     app[KEEPER] = keeper
     # Its stop begins in on_shutdown (`_begin_shutdown`); after a cancelled start-up, here.
