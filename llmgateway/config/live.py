@@ -75,7 +75,7 @@ class ReloadResult:
 
 @final
 class LiveConfig:
-    """The configuration in effect (`current`), and its reload from `path`.
+    """The configuration in effect (`current`, first `accessor`), and its reload from `path`.
 
     `env` is the environment `${VAR}` references are read from (None: the
     process environment, read at each reload).
@@ -83,13 +83,12 @@ class LiveConfig:
 
     def __init__(
         self,
-        config: AppConfig,
+        accessor: ConfigAccessor,
         *,
         path: Path | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        self._config = config
-        self._current = ConfigAccessor(config)
+        self._current = accessor
         self._path = path
         self._env = env
         self._parts: list[Reconfigurable] = []
@@ -116,7 +115,7 @@ class LiveConfig:
                 new = await asyncio.to_thread(self._load)
             except ConfigError as exc:
                 return self._failed(ConfigDiff(), tuple(exc.problems))
-            diff = diff_configs(self._config, new)
+            diff = diff_configs(self._current.config, new)
             if diff.errors:
                 return self._failed(diff, diff.errors)
             if dry_run:
@@ -128,7 +127,7 @@ class LiveConfig:
                     commits.append(await part.prepare_reload(accessor, diff))
             except GatewayError as exc:
                 return self._failed(diff, (f"{type(exc).__name__}: {exc}",))
-            self._config, self._current = new, accessor
+            self._current = accessor
             for commit in commits:
                 commit()
         log.info(

@@ -46,7 +46,7 @@ class Part:
 def _live(tmp_path: Path, text: str = MINIMAL) -> tuple[LiveConfig, Path]:
     path = tmp_path / "providers.yaml"
     path.write_text(text, encoding="utf-8")
-    return LiveConfig(load_config(path, {}), path=path, env={}), path
+    return LiveConfig(ConfigAccessor(load_config(path, {})), path=path, env={}), path
 
 
 async def test_a_reload_swaps_the_configuration_and_tells_every_part(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import structlog
 
 from llmgateway.config.live import LiveConfig, ReloadResult
 
-log = structlog.get_logger("llmgateway.process.reloading")
+log = structlog.get_logger("llmgateway.web.reloading")
 
 
 @final

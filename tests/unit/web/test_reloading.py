@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.config.live import LiveConfig
 from llmgateway.config.loader import load_config
-from llmgateway.process.reloading import Reloads
 from llmgateway.process.stop_signals import ReloadSignals
+from llmgateway.web.reloading import Reloads
 from tests.unit.config.conftest import MINIMAL
 
 SECOND = """\
@@ -39,7 +40,7 @@ def sighups() -> Iterator[ReloadSignals]:
 def _live(tmp_path: Path) -> tuple[LiveConfig, Path]:
     path = tmp_path / "providers.yaml"
     path.write_text(MINIMAL, encoding="utf-8")
-    return LiveConfig(load_config(path, {}), path=path, env={}), path
+    return LiveConfig(ConfigAccessor(load_config(path, {})), path=path, env={}), path
 
 
 async def test_an_applied_api_reload_signals_the_supervisor(
