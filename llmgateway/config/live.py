@@ -99,11 +99,6 @@ class LiveConfig:
         """The configuration in effect now (read once per unit of work)."""
         return self._current
 
-    @property
-    def path(self) -> Path | None:
-        """The file a reload reads (None: built in code, it cannot be reloaded)."""
-        return self._path
-
     def follow(self, part: Reconfigurable) -> None:
         """Make `part` prepare for, and put into effect, every reload from now on."""
         self._parts.append(part)

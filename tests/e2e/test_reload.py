@@ -10,7 +10,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 
+from llmgateway.config.live import LiveConfig
+from llmgateway.web.app import create_app
+from llmgateway.web.keys import POOL, RELOADS
 from tests.fakes.upstream import FakeUpstream
 from tests.support.gateway import (
     ANTHROPIC,
@@ -120,6 +124,7 @@ def keyed(gateway_config: GatewayConfig, fake_upstream: FakeUpstream) -> Gateway
         fake_upstream.set_key(key)
     gateway_config.keys[OPENAI] = [KEY]
     gateway_config.keys[ANTHROPIC] = [CLAUDE_KEY]
+    gateway_config.set("logging.level", "info")  # the reload's own lines are info
     return gateway_config
 
 
@@ -302,3 +307,34 @@ async def test_a_reload_reaches_every_worker(
     assert await _ask(served.url, EXTRA_TOKEN) == 200
     served.process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(served.process.wait(), timeout=30) == 0, served.output()
+
+
+async def test_in_process_the_pool_follows_the_reload(
+    keyed: GatewayConfig, fake_upstream: FakeUpstream
+) -> None:
+    """A removed instance's keys leave the pool, an added one's enter it, kept ones keep state."""
+    path = keyed.write()
+    app = create_app(LiveConfig(keyed.accessor(), path=path, env=keyed.env))
+    server = TestServer(app, host="127.0.0.1", handler_cancellation=True)
+    await server.start_server()
+    try:
+        url = str(server.make_url("")).rstrip("/")
+        pool = app[POOL]
+        assert await _ask(url, TOKENS[OPENAI]) == 200
+        (kept,) = pool.records(OPENAI)
+        assert [r.key for r in pool.records(ANTHROPIC)] == [CLAUDE_KEY]
+
+        _add_extra(keyed)
+        del keyed.tree["providers"][ANTHROPIC]
+        keyed.provider(OPENAI)["access_control"]["gateway_access_token"] = NEW_TOKEN
+        keyed.write()
+        result = await app[RELOADS].from_api()
+
+        assert result.applied, result.errors
+        assert pool.records(ANTHROPIC) == []
+        assert [r.key for r in pool.records(EXTRA)] == [EXTRA_KEY]
+        assert pool.records(OPENAI) == [kept]
+        assert await _ask(url, NEW_TOKEN) == 200
+        assert await _ask(url, TOKENS[ANTHROPIC]) == 401
+    finally:
+        await server.close()
