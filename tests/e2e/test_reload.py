@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 
 from llmgateway.config.live import LiveConfig
 from llmgateway.web.app import create_app
-from llmgateway.web.keys import POOL, RELOADS
+from llmgateway.web.keys import LIVE, POOL, RELOADS
 from tests.fakes.upstream import FakeUpstream
 from tests.support.gateway import (
     ANTHROPIC,
@@ -336,5 +336,30 @@ async def test_in_process_the_pool_follows_the_reload(
         assert pool.records(OPENAI) == [kept]
         assert await _ask(url, NEW_TOKEN) == 200
         assert await _ask(url, TOKENS[ANTHROPIC]) == 401
+    finally:
+        await server.close()
+
+
+async def test_the_reload_endpoint_is_behind_the_admin_guard(keyed: GatewayConfig) -> None:
+    """With an admin token set, a reload without it gets 401 and changes nothing."""
+    admin = "adm-reload-0123456789abcdef"
+    keyed.set("server.admin_token", admin)
+    path = keyed.write()
+    app = create_app(LiveConfig(keyed.accessor(), path=path, env=keyed.env))
+    server = TestServer(app, host="127.0.0.1", handler_cancellation=True)
+    await server.start_server()
+    try:
+        url = str(server.make_url("")).rstrip("/")
+        _add_extra(keyed)
+        keyed.write()
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url + "/-/api/reload") as response:
+                assert response.status == 401
+            assert app[LIVE].current.get_provider(EXTRA) is None
+            headers = {"Authorization": f"Bearer {admin}"}
+            async with session.post(url + "/-/api/reload", headers=headers) as response:
+                assert response.status == 200
+                assert (await response.json())["added"] == [EXTRA]
+        assert app[LIVE].current.get_provider(EXTRA) is not None
     finally:
         await server.close()
