@@ -133,13 +133,7 @@ def run_server(
     since = len(reloads.received)  # the configuration was loaded just before
     masker = configure_logging(accessor.logging, accessor.secrets())
     if worker_index is None:  # said once, by the process the user started
-        for text in accessor.deprecations:
-            log.warning("config_deprecated", detail=text)
-    if not accessor.server.admin_token and worker_index is None:
-        log.warning(
-            "admin_surface_loopback_only",
-            hint=TOKEN_HINT,
-        )
+        _warn_about(accessor)
     count = workers if workers is not None else accessor.server.workers
     if worker_index is None and count > 1:
         from llmgateway.process.supervisor import supervise
@@ -157,12 +151,7 @@ def run_server(
             raise SystemExit(code)
         return
     shutdown = ShutdownClock(accessor.server.shutdown_timeout)
-    watchdog = Watchdog()
-    shutdown.on_change(lambda: watchdog.arm(shutdown.deadline + WATCHDOG_SLACK, "serve"))
-    parent = ParentWatch(supervisor_pid) if supervisor_pid is not None else None
-    _follow_signals(signals, shutdown, parent)
-    if parent is not None and parent.orphaned():
-        orphaned(shutdown, parent, "start-up")
+    parent = _watched(shutdown, signals, supervisor_pid)
     if shutdown.begun:
         log.info("stopped_before_startup", worker_index=worker_index)
         return
@@ -181,6 +170,31 @@ def run_server(
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(serving)
     log.info("stopped", worker_index=worker_index)
+
+
+def _warn_about(accessor: ConfigAccessor) -> None:
+    """The configuration's warnings, said once by the process the user started."""
+    for text in accessor.deprecations:
+        log.warning("config_deprecated", detail=text)
+    if not accessor.server.admin_token:
+        log.warning("admin_surface_loopback_only", hint=TOKEN_HINT)
+
+
+def _watched(
+    shutdown: ShutdownClock, signals: StopSignals, supervisor_pid: int | None
+) -> ParentWatch | None:
+    """Arm the watchdog on the shutdown's deadline, follow the stop signals and the supervisor.
+
+    Returns the watch of the supervisor (None for a process of its own); an
+    orphan found already begins its shutdown here.
+    """
+    watchdog = Watchdog()
+    shutdown.on_change(lambda: watchdog.arm(shutdown.deadline + WATCHDOG_SLACK, "serve"))
+    parent = ParentWatch(supervisor_pid) if supervisor_pid is not None else None
+    _follow_signals(signals, shutdown, parent)
+    if parent is not None and parent.orphaned():
+        orphaned(shutdown, parent, "start-up")
+    return parent
 
 
 def _follow_signals(
