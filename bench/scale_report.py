@@ -1,0 +1,109 @@
+"""The scale bench's report: markdown tables per engine and N, plus the raw figures as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from processes import REPO_DIR
+
+
+def _commit() -> str:
+    result = subprocess.run(
+        ["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return result.stdout.strip() or "?"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _lag(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return "> 10 s" if value == float("inf") else f"<= {value * 1000:g} ms"
+
+
+def _section(figures: dict[str, Any]) -> list[str]:
+    lines = [
+        f"## {figures['engine']}, {figures['keys']:,} keys x 2 models ({figures['rows']:,} rows)",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| ready, cold (empty store, start-up sync inserts every key) | {figures['ready_cold_s']:.2f} s |",
+        f"| ready, warm restart (store holds the keys) | {figures['ready_warm_s']:.2f} s |",
+        f"| ready, keeper on | {figures.get('ready_keeper_s', 0):.2f} s |",
+        f"| RSS after cold start | {figures['rss_cold_mib']:.0f} MiB |",
+        f"| RSS after warm start | {figures['rss_ready_mib']:.0f} MiB |",
+        f"| RSS after the operations (peak) | {figures['rss_after_mib']:.0f} MiB "
+        f"({figures['rss_peak_mib']:.0f} MiB) |",
+    ]
+    for label in ("status summary", "status keys page", "metrics"):
+        got = figures[label]
+        lines.append(f"| GET {label}: median of 5 | {got['ms']:.1f} ms, {got['bytes']:,} bytes |")
+    pages = figures["status all pages"]
+    lines.append(
+        f"| every page of /-/status?keys=1 | {pages['pages']} pages, {pages['rows']:,} rows, "
+        f"{pages['seconds']:.2f} s (slowest page {pages['slowest_page_ms']:.1f} ms) |"
+    )
+    for label, got in figures.items():
+        if label.startswith("cli status"):
+            lines.append(
+                f"| `llmgateway {label[4:]}` | {got['s']:.2f} s, max RSS {got['rss_kib'] / 1024:.0f} "
+                f"MiB, {got['bytes']:,} bytes, exit {got['rc']} |"
+            )
+    flush = figures["write queue flush 10,000"]
+    lines.append(
+        f"| write queue flushing {flush['records']:,} statuses (in-process) | {flush['s']:.2f} s, "
+        f"worst loop lag {flush['worst_lag_ms']:.1f} ms |"
+    )
+    lines.append(f"| key admin API (`/-/api/keys`) | {figures['key admin API']} |")
+    lines += [
+        "",
+        "| operation under a steady stream | op (median) | requests | errors | p50 ms | p99 ms "
+        "| max ms | p99 - idle p99 | loop lag (histogram) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    idle = figures["windows"][0]["p99_ms"]
+    for row in figures["windows"]:
+        op = "-" if row["op_seconds"] is None else f"{row['op_seconds']:.3f} s"
+        lines.append(
+            f"| {row['operation']} | {op} | {row['requests']} | {row['errors']} | "
+            f"{_ms(row['p50_ms'])} | {_ms(row['p99_ms'])} | {_ms(row['max_ms'])} | "
+            f"{row['p99_ms'] - idle:+.1f} | {_lag(row['lag_max_le_s'])} |"
+        )
+    lines.append("")
+    return lines
+
+
+def write_report(path: Path, results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """Write the markdown report at `path` and the figures beside it (.json)."""
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
+    lines = [
+        f"# Scale bench ({args.label or 'run'})",
+        "",
+        f"commit {_commit()}; Python {platform.python_version()}; {cpu}; "
+        f"steady stream {args.rate:g} req/s (open loop); gateway pinned to CPU 1, "
+        "upstream (aiohttp) to CPU 0.",
+        f"Load average (1 min) at the start of each engine x N: "
+        f"{', '.join(str(f.get('load_before', '?')) for f in results)}; at the end: "
+        f"{', '.join(str(f.get('load_after', '?')) for f in results)} "
+        "(2 cores shared with other work: above ~1 the latencies are noisy).",
+        "",
+    ]
+    for figures in results:
+        lines += _section(figures)
+    path.write_text("\n".join(lines))
+    path.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str))
