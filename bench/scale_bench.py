@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -36,6 +37,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import scale_parts as parts
+from load import Target, run_wrk
 from processes import (
     BENCH_DIR,
     REPO_DIR,
@@ -287,7 +289,41 @@ async def keeper_run(run: Run, session: aiohttp.ClientSession) -> None:
     )
 
 
-async def bench_one(engine: str, n: int, rate: float) -> dict[str, Any]:
+def cpu_per_request(run: Run, upstream_pid: int, rounds: int) -> dict[str, Any]:
+    """CPU µs per request of the N-key instance and of the 1-key one, same process, alternately.
+
+    wrk at 16 connections for 5 s per round and instance (CPU 0); the median
+    of the rounds of each, and their ratio.
+    """
+    url = f"{run.base}/v1/chat/completions"
+    targets = {
+        "n_keys": Target("scale", url, f"Bearer {parts.TOKEN}", run.pid),
+        "one_key": Target("one", url, f"Bearer {parts.ONE_TOKEN}", run.pid),
+    }
+    for target in targets.values():  # warm-up
+        run_wrk(target, stream=False, connections=16, duration=1, nginx_pid=upstream_pid, cpu=0)
+    samples: dict[str, list[float]] = {name: [] for name in targets}
+    for index in range(rounds):
+        order = ["n_keys", "one_key"] if index % 2 == 0 else ["one_key", "n_keys"]
+        for name in order:
+            result = run_wrk(
+                targets[name],
+                stream=False,
+                connections=16,
+                duration=5,
+                nginx_pid=upstream_pid,
+                cpu=0,
+            )
+            samples[name].append(result.cpu_us_per_request or 0.0)
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    ratio = medians["n_keys"] / medians["one_key"] if medians["one_key"] else 0.0
+    print(f"  CPU µs/req: {run.n:,} keys {medians['n_keys']:.0f}, 1 key {medians['one_key']:.0f}")
+    return {"samples": samples, **medians, "ratio": ratio}
+
+
+async def bench_one(
+    engine: str, n: int, rate: float, cpu_rounds: int, cpu_only: bool = False
+) -> dict[str, Any]:
     """Every measurement of one engine at `n` keys."""
     workdir = Path(tempfile.mkdtemp(prefix=f"scale-{engine}-{n}-"))
     admin: asyncpg.Connection | None = None
@@ -314,6 +350,7 @@ async def bench_one(engine: str, n: int, rate: float) -> dict[str, Any]:
         wait_for_port(upstream_port, upstream.process, 30)
         upstream_url = f"http://127.0.0.1:{upstream_port}"
         parts.write_key_file(workdir, parts.make_keys(n))
+        parts.write_key_file(workdir, ["sk-one-only-key-0123456789abcdef"], parts.ONE)
         config = parts.write_config(workdir, run.port, upstream_url, db_url, keeper=False)
         cold = run.start(config, "cold")
         run.figures["ready_cold_s"] = cold
@@ -328,10 +365,17 @@ async def bench_one(engine: str, n: int, rate: float) -> dict[str, Any]:
         )
         timeout = aiohttp.ClientTimeout(total=120)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            await main_run(run, session, config)
+            if not cpu_only:
+                await main_run(run, session, config)
+            if cpu_rounds:
+                run.figures["cpu"] = await asyncio.to_thread(
+                    cpu_per_request, run, upstream.pid, cpu_rounds
+                )
             run.figures["rss_after_mib"] = rss_kib(run.pid) / 1024
             run.figures["rss_peak_mib"] = hwm_kib(run.pid) / 1024
             run.stop()
+            if cpu_only:
+                return run.figures
             run.figures["write queue flush 10,000"] = await flush_in_process(db_url)
             keeper_config = parts.write_config(workdir, run.port, upstream_url, db_url, keeper=True)
             run.figures["ready_keeper_s"] = run.start(keeper_config, "keeper")
@@ -359,11 +403,22 @@ def main() -> None:
     parser.add_argument("--engine", choices=["sqlite", "postgres"], action="append")
     parser.add_argument("--rate", type=float, default=100.0, help="steady requests per second")
     parser.add_argument("--label", default="", help="suffix of the report's file name")
+    parser.add_argument(
+        "--cpu-rounds",
+        type=int,
+        default=3,
+        help="wrk rounds per instance for CPU/request (0: none)",
+    )
+    parser.add_argument(
+        "--cpu-only", action="store_true", help="only ready, RSS and CPU per request"
+    )
     args = parser.parse_args()
     results = []
     for engine in args.engine or ["sqlite", "postgres"]:
         for n in (int(k) for k in args.keys.split(",")):
-            results.append(asyncio.run(bench_one(engine, n, args.rate)))
+            results.append(
+                asyncio.run(bench_one(engine, n, args.rate, args.cpu_rounds, args.cpu_only))
+            )
     from scale_report import write_report
 
     stamp = datetime.now(UTC).strftime("%Y-%m-%d_%H%M")

@@ -23,6 +23,9 @@ import aiohttp
 INSTANCE = "scale"
 MODELS = ("gpt-4o-mini", "gpt-4o")
 TOKEN = "gw-scale-token-0123456789abcdef"
+ONE = "one"
+"""A second instance with a single key: the CPU per request of a 1-key pool, same process."""
+ONE_TOKEN = "gw-one-token-0123456789abcdef00"
 REQUEST_BODY = json.dumps(
     {"model": MODELS[0], "messages": [{"role": "user", "content": "hi"}]}
 ).encode()
@@ -37,9 +40,9 @@ def make_keys(count: int, start: int = 0) -> list[str]:
     ]
 
 
-def write_key_file(workdir: Path, keys: Sequence[str]) -> Path:
-    """Write the instance's one key file; returns its folder."""
-    folder = workdir / "keys" / INSTANCE
+def write_key_file(workdir: Path, keys: Sequence[str], instance: str = INSTANCE) -> Path:
+    """Write an instance's one key file; returns its folder."""
+    folder = workdir / "keys" / instance
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "keys.txt").write_text("\n".join(keys) + "\n")
     return folder
@@ -48,7 +51,10 @@ def write_key_file(workdir: Path, keys: Sequence[str]) -> Path:
 def write_config(
     workdir: Path, port: int, upstream: str, database_url: str, *, keeper: bool
 ) -> Path:
-    """The gateway's config: one `openai_like` instance with two models on `upstream`."""
+    """The gateway's config: `openai_like` instances with two models on `upstream`.
+
+    `scale` holds the N keys; `one` a single key (for the CPU comparison).
+    """
     keeper_section: dict[str, object] = {"enabled": keeper}
     if keeper:
         keeper_section.update(keys_sync_interval="10s", check_interval="1s")
@@ -58,14 +64,15 @@ def write_config(
         "keeper": keeper_section,
         "logging": {"level": "warning", "format": "console", "access_log": False},
         "providers": {
-            INSTANCE: {
+            name: {
                 "provider_type": "openai_like",
                 "api_base_url": upstream,
-                "keys_path": f"{workdir / 'keys' / INSTANCE}/",
+                "keys_path": f"{workdir / 'keys' / name}/",
                 "default_model": MODELS[0],
                 "models": {model: {} for model in MODELS},
-                "access_control": {"gateway_access_token": TOKEN},
+                "access_control": {"gateway_access_token": token},
             }
+            for name, token in ((INSTANCE, TOKEN), (ONE, ONE_TOKEN))
         },
     }
     path = workdir / ("providers-keeper.yaml" if keeper else "providers.yaml")

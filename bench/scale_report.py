@@ -30,6 +30,16 @@ def _lag(value: float | None) -> str:
 
 
 def _section(figures: dict[str, Any]) -> list[str]:
+    if "windows" not in figures:
+        cpu = figures["cpu"]
+        return [
+            f"## {figures['engine']}, {figures['keys']:,} keys: CPU per request",
+            "",
+            f"ready warm {figures['ready_warm_s']:.2f} s, RSS {figures['rss_ready_mib']:.0f} MiB; "
+            f"CPU µs/request {figures['keys']:,} keys {cpu['n_keys']:.0f}, 1 key "
+            f"{cpu['one_key']:.0f} ({(cpu['ratio'] - 1) * 100:+.1f}%); samples {cpu['samples']}",
+            "",
+        ]
     lines = [
         f"## {figures['engine']}, {figures['keys']:,} keys x 2 models ({figures['rows']:,} rows)",
         "",
@@ -63,6 +73,13 @@ def _section(figures: dict[str, Any]) -> list[str]:
         f"worst loop lag {flush['worst_lag_ms']:.1f} ms |"
     )
     lines.append(f"| key admin API (`/-/api/keys`) | {figures['key admin API']} |")
+    cpu = figures.get("cpu")
+    if cpu:
+        lines.append(
+            f"| CPU per request (wrk, 16 connections, median of rounds) | {figures['keys']:,} keys "
+            f"{cpu['n_keys']:.0f} µs, 1 key {cpu['one_key']:.0f} µs: "
+            f"{(cpu['ratio'] - 1) * 100:+.1f}% |"
+        )
     lines += [
         "",
         "| operation under a steady stream | op (median) | requests | errors | p50 ms | p99 ms "
