@@ -159,8 +159,8 @@ class PoolFollower:
                 continue
             if change.reload:
                 stored = await self._store.load_records(change.instance)
-                self._key_sync.apply(change.instance, stored)
-                self.applied += sum(self._pool.apply_remote(r) for r in stored)
+                await self._key_sync.apply(change.instance, stored)
+                self.applied += await self._apply_newer(stored)
             added.extend(change.added)
         return await self._store.load_key_records(added)
 
@@ -183,14 +183,20 @@ class PoolFollower:
         applied = 0
         for name in self._instances:
             stored = by_instance.get(name, [])
-            self._key_sync.apply(name, stored)
-            for index, record in enumerate(stored, 1):
-                applied += self._pool.apply_remote(record)
-                if index % YIELD_EVERY == 0:
-                    await asyncio.sleep(0)  # let requests run between slices of a large pool
+            await self._key_sync.apply(name, stored)
+            applied += await self._apply_newer(stored)
         self.applied += applied
         self.reconciliations += 1
         self.last_reconciled_at = self._clock()
+        return applied
+
+    async def _apply_newer(self, records: Sequence[KeyRecord]) -> int:
+        """`apply_remote` each record, letting requests run between slices; how many were taken."""
+        applied = 0
+        for index, record in enumerate(records, 1):
+            applied += self._pool.apply_remote(record)
+            if index % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
         return applied
 
     def view(self) -> dict[str, Any]:

@@ -105,7 +105,7 @@ class KeySync:
                 except StoreError as exc:
                     log.error("keeper_key_sync_failed", instance=name, error=str(exc))
                     continue
-                self.apply(name, records)
+                await self.apply(name, records)
                 self._loaded.add(name)
         return reports
 
@@ -113,11 +113,15 @@ class KeySync:
         """Make `keys` known to the masker (before anything logs, stores or picks them)."""
         self._masker.add(keys)
 
-    def apply(self, instance: str, records: Iterable[KeyRecord]) -> None:
-        """Reconcile `instance` in the pool with its stored `records`, keys masked first."""
+    async def apply(self, instance: str, records: Iterable[KeyRecord]) -> None:
+        """Reconcile `instance` in the pool with its stored `records`, keys masked first.
+
+        The pool is brought in step in slices (`KeyPool.resync_instance`):
+        requests go on meanwhile, however large the instance.
+        """
         stored = list(records)
         self.register(r.key for r in stored)
-        self._pool.sync_instance(instance, stored)
+        await self._pool.resync_instance(instance, stored)
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)

@@ -38,6 +38,8 @@ STATUS_COLUMNS: Final = (
 )
 """The columns of `key_model_status` a recorded status writes, in `status_columns` order."""
 
+_MISSING: Final[Any] = object()
+
 type TimeIn = Callable[[Any], datetime | None]
 """How an engine reads a time column (None stays None)."""
 
@@ -84,8 +86,48 @@ def to_record(row: Sequence[Any], time_in: TimeIn) -> KeyRecord:
 
 
 def to_records(rows: Iterable[Sequence[Any]], time_in: TimeIn) -> list[KeyRecord]:
-    """KeyRecords from rows laid out as `RECORD_COLUMNS`."""
-    return [to_record(row, time_in) for row in rows]
+    """KeyRecords from rows laid out as `RECORD_COLUMNS`, equal values sharing one object.
+
+    A large pool is mostly repeats: the same instance and model names, a
+    key's text on each of its models' rows, the same messages, codes and
+    (after a sync or a bulk check) times. Each is kept once per call, so the
+    records of 100,000 keys hold one copy of each instead of one per row, and
+    a time already seen is not decoded again.
+    """
+    shared: dict[Any, Any] = {}
+    share = shared.setdefault
+    times: dict[Any, datetime | None] = {None: None}
+    records: list[KeyRecord] = []
+    last_id: Any = None
+    last_key: Any = None
+    for row in rows:
+        if row[0] != last_id:  # rows come by key: a key's text once for all its models
+            last_id, last_key = row[0], row[2]
+        stamps = []
+        for raw in (row[5], row[6], row[7], row[12]):
+            stamp = times.get(raw, _MISSING)
+            if stamp is _MISSING:
+                stamp = times[raw] = time_in(raw)
+            stamps.append(stamp)
+        records.append(
+            KeyRecord(
+                key_id=last_id,
+                instance=share(row[1], row[1]),
+                key=last_key,
+                model=share(row[3], row[3]),
+                status=parse_status(row[4]),
+                last_checked_at=stamps[0],
+                next_check_at=stamps[1],
+                failing_since=stamps[2],
+                consecutive_failures=row[8],
+                status_code=share(row[9], row[9]),
+                message=share(row[10], row[10]),
+                response_ms=row[11],
+                cooldown_until=stamps[3],
+                reason=parse_reason(row[13]),
+            )
+        )
+    return records
 
 
 def status_columns(records: Sequence[KeyRecord], time_out: TimeOut) -> list[list[Any]]:

@@ -40,7 +40,7 @@ from llmgateway.providers import build_adapter
 from llmgateway.providers.base import ProviderAdapter
 from llmgateway.store import open_store
 from llmgateway.store.write_queue import WriteQueue
-from llmgateway.web.admin import install_admin, metrics_ctx
+from llmgateway.web.admin import install_admin, loop_lag_ctx, metrics_ctx
 from llmgateway.web.auth_failures import AuthFailures
 from llmgateway.web.gateway import Gateway
 from llmgateway.web.keys import (
@@ -240,6 +240,7 @@ def create_app(
             _write_queue_ctx,
             _session_ctx,
             metrics_ctx,
+            loop_lag_ctx,
             _pool_ctx,
             _follower_ctx,
             _keeper_ctx,

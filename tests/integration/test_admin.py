@@ -64,7 +64,7 @@ async def test_status_reports_the_live_pool(
     fake_upstream.set_key(BAD_KEY, Behaviour.INVALID_KEY)
     client = await _client(aiohttp_client, _config(tmp_path, fake_upstream, [BAD_KEY, GOOD_KEY]))
     assert await _chat(client) == 200
-    response = await client.get("/-/status")
+    response = await client.get("/-/status?keys=1")
     assert response.status == 200
     text = await response.text()
     assert GOOD_KEY not in text and BAD_KEY not in text
