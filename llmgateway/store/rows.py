@@ -10,6 +10,7 @@ normalised the same way for SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -102,7 +103,7 @@ def to_records(rows: Iterable[Sequence[Any]], time_in: TimeIn) -> list[KeyRecord
     last_key: Any = None
     for row in rows:
         if row[0] != last_id:  # rows come by key: a key's text once for all its models
-            last_id, last_key = row[0], row[2]
+            last_id, last_key = row[0], sys.intern(row[2])  # shared with key files, masker
         stamps = []
         for raw in (row[5], row[6], row[7], row[12]):
             stamp = times.get(raw, _MISSING)

@@ -25,9 +25,9 @@ from aiohttp_sse import EventSourceResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from llmgateway.core.errors import StoreError
+from llmgateway.core.loop_lag import LoopLagMonitor
 from llmgateway.core.masking import Masker
 from llmgateway.pool.key_pool import PoolEvent
-from llmgateway.process.loop_lag import LoopLagMonitor
 from llmgateway.store.write_queue import WriteQueue
 from llmgateway.web.admin_guard import AdminGuard, admin_error
 from llmgateway.web.keys import (

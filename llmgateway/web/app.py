@@ -32,6 +32,7 @@ from llmgateway.core.errors import StoreError
 from llmgateway.core.lifecycle import ShutdownClock
 from llmgateway.core.logs import active_masker
 from llmgateway.core.masking import Masker
+from llmgateway.core.memory import release_free_memory
 from llmgateway.keeper.follower import PoolFollower
 from llmgateway.keeper.keeper import Keeper
 from llmgateway.keeper.key_sync import KeySync
@@ -126,6 +127,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     pool = KeyPool(accessor, sink=app[WRITE_QUEUE].put, clock=app[CLOCK], observer=app.get(METRICS))
     key_sync = KeySync(accessor, app[STORE], pool, masker, app[CLOCK])
     await key_sync.initial()
+    release_free_memory()  # the load's buffers: a large pool's start-up high-water mark
     app[ADAPTERS] = adapters
     app[POOL] = pool
     app[KEY_SYNC] = key_sync

@@ -22,8 +22,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from llmgateway.core.constants import ErrorReason, Status
+from llmgateway.core.loop_lag import LAG_BUCKETS
 from llmgateway.pool.key_pool import KeyPool
-from llmgateway.process.loop_lag import LAG_BUCKETS
 from llmgateway.store.write_queue import WriteQueue
 from llmgateway.web.auth_failures import SURFACES, AuthFailures
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from llmgateway.process.loop_lag import LoopLagMonitor
+from llmgateway.core.loop_lag import LoopLagMonitor
 
 
 class Observed:
