@@ -11,10 +11,10 @@ other processes' syncs added, `register` and `apply`) all go through it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import final
+from typing import Final, final
 
 import structlog
 
@@ -69,9 +69,17 @@ class KeySync:
             [(p.name, p.provider_type) for p in self._accessor.providers()]
         )
         async with self._store.exclusive("keysync", wait=True):
+            # Read first: a restart whose key files did not change writes nothing.
+            records = await self._store.load_records()
+            by_instance: dict[str, list[KeyRecord]] = {p.name: [] for p in enabled}
+            for record in records:
+                by_instance.get(record.instance, []).append(record)
+            changed = False
             for provider in enabled:
-                await self._sync_instance(provider, now)
-        records = await self._store.load_records()
+                report = await self._sync_instance(provider, now, by_instance[provider.name])
+                changed = changed or report is not _UNCHANGED
+            if changed:
+                records = await self._store.load_records()
         self.register(r.key for r in records)
         self._pool.load(records)
         self._loaded = {p.name for p in enabled}
@@ -126,13 +134,20 @@ class KeySync:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
 
-    async def _sync_instance(self, provider: ProviderConfig, now: datetime) -> KeySyncReport | None:
+    async def _sync_instance(
+        self,
+        provider: ProviderConfig,
+        now: datetime,
+        current: Sequence[KeyRecord] | None = None,
+    ) -> KeySyncReport | None:
         """Read `provider`'s keys and make the store match them.
 
         Returns the sync report, or None when a key file or the folder could
         not be read: that is logged as an error naming the path, and the
         stored keys are left as they are (a missing folder must not wipe an
-        instance). Raises StoreError when the store fails.
+        instance). With `current` (the instance's records, just read) a store
+        already matching the keys is not written to: `_UNCHANGED` is returned.
+        Raises StoreError when the store fails.
         """
         read = await load_keys(provider, self._cwd)
         self.register(read.keys)
@@ -155,6 +170,8 @@ class KeySync:
             for problem in read.errors:
                 log.error("keys_not_synced", instance=provider.name, problem=problem)
             return None
+        if current is not None and _matches(current, keys, models):
+            return _UNCHANGED
         report = await self._store.sync_keys(provider.name, keys, models, now)
         if report.added or report.removed:
             log.info(
@@ -165,3 +182,22 @@ class KeySync:
                 total=report.total,
             )
         return report
+
+
+_UNCHANGED: Final = KeySyncReport(added=0, removed=0, total=-1)
+"""What `_sync_instance` returns when the store already held exactly the keys."""
+
+
+def _matches(stored: Sequence[KeyRecord], keys: Sequence[str], models: Sequence[str]) -> bool:
+    """Whether `stored` is one row per key of `keys` and model of `models`, nothing else.
+
+    (key, model) rows are unique in the store, so equal key sets, known
+    models and the right number of rows mean every key has every model.
+    """
+    wanted = {k for k in keys if k}
+    known = set(models)
+    return (
+        len(stored) == len(wanted) * len(known)
+        and all(r.model in known for r in stored)
+        and {r.key for r in stored} == wanted
+    )

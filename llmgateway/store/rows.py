@@ -98,34 +98,43 @@ def to_records(rows: Iterable[Sequence[Any]], time_in: TimeIn) -> list[KeyRecord
     shared: dict[Any, Any] = {}
     share = shared.setdefault
     times: dict[Any, datetime | None] = {None: None}
+    statuses: dict[str, Status] = {}
+    reasons: dict[str | None, ErrorReason | None] = {None: None}
+
+    def time_of(raw: Any) -> datetime | None:
+        if raw in times:
+            return times[raw]
+        stamp = times[raw] = time_in(raw)
+        return stamp
+
     records: list[KeyRecord] = []
     last_id: Any = None
     last_key: Any = None
     for row in rows:
         if row[0] != last_id:  # rows come by key: a key's text once for all its models
             last_id, last_key = row[0], sys.intern(row[2])  # shared with key files, masker
-        stamps = []
-        for raw in (row[5], row[6], row[7], row[12]):
-            stamp = times.get(raw, _MISSING)
-            if stamp is _MISSING:
-                stamp = times[raw] = time_in(raw)
-            stamps.append(stamp)
+        status = statuses.get(row[4])
+        if status is None:
+            status = statuses[row[4]] = parse_status(row[4])
+        reason = reasons.get(row[13], _MISSING)
+        if reason is _MISSING:
+            reason = reasons[row[13]] = parse_reason(row[13])
         records.append(
             KeyRecord(
                 key_id=last_id,
                 instance=share(row[1], row[1]),
                 key=last_key,
                 model=share(row[3], row[3]),
-                status=parse_status(row[4]),
-                last_checked_at=stamps[0],
-                next_check_at=stamps[1],
-                failing_since=stamps[2],
+                status=status,
+                last_checked_at=time_of(row[5]),
+                next_check_at=time_of(row[6]),
+                failing_since=time_of(row[7]),
                 consecutive_failures=row[8],
                 status_code=share(row[9], row[9]),
                 message=share(row[10], row[10]),
                 response_ms=row[11],
-                cooldown_until=stamps[3],
-                reason=parse_reason(row[13]),
+                cooldown_until=time_of(row[12]),
+                reason=reason,
             )
         )
     return records
