@@ -24,7 +24,7 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
+import shutil
 import sys
 import tempfile
 import time
@@ -37,7 +37,6 @@ from typing import Any
 import aiohttp
 import asyncpg
 import scale_parts as parts
-from load import Target, run_wrk
 from processes import (
     BENCH_DIR,
     REPO_DIR,
@@ -48,18 +47,10 @@ from processes import (
     wait_for_port,
     wait_for_ready,
 )
-from scale_ops import flush_in_process
+from scale_ops import cpu_per_request, flush_in_process
 
 RECONCILE_PERIOD = 30.0
 Op = Callable[[], Awaitable[object]]
-
-
-def hwm_kib(pid: int) -> int:
-    """Peak resident set size of `pid` in KiB (VmHWM)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
 
 
 class Run:
@@ -289,38 +280,6 @@ async def keeper_run(run: Run, session: aiohttp.ClientSession) -> None:
     )
 
 
-def cpu_per_request(run: Run, upstream_pid: int, rounds: int) -> dict[str, Any]:
-    """CPU µs per request of the N-key instance and of the 1-key one, same process, alternately.
-
-    wrk at 16 connections for 5 s per round and instance (CPU 0); the median
-    of the rounds of each, and their ratio.
-    """
-    url = f"{run.base}/v1/chat/completions"
-    targets = {
-        "n_keys": Target("scale", url, f"Bearer {parts.TOKEN}", run.pid),
-        "one_key": Target("one", url, f"Bearer {parts.ONE_TOKEN}", run.pid),
-    }
-    for target in targets.values():  # warm-up
-        run_wrk(target, stream=False, connections=16, duration=1, nginx_pid=upstream_pid, cpu=0)
-    samples: dict[str, list[float]] = {name: [] for name in targets}
-    for index in range(rounds):
-        order = ["n_keys", "one_key"] if index % 2 == 0 else ["one_key", "n_keys"]
-        for name in order:
-            result = run_wrk(
-                targets[name],
-                stream=False,
-                connections=16,
-                duration=5,
-                nginx_pid=upstream_pid,
-                cpu=0,
-            )
-            samples[name].append(result.cpu_us_per_request or 0.0)
-    medians = {name: statistics.median(values) for name, values in samples.items()}
-    ratio = medians["n_keys"] / medians["one_key"] if medians["one_key"] else 0.0
-    print(f"  CPU µs/req: {run.n:,} keys {medians['n_keys']:.0f}, 1 key {medians['one_key']:.0f}")
-    return {"samples": samples, **medians, "ratio": ratio}
-
-
 async def bench_one(
     engine: str, n: int, rate: float, cpu_rounds: int, cpu_only: bool = False
 ) -> dict[str, Any]:
@@ -369,10 +328,10 @@ async def bench_one(
                 await main_run(run, session, config)
             if cpu_rounds:
                 run.figures["cpu"] = await asyncio.to_thread(
-                    cpu_per_request, run, upstream.pid, cpu_rounds
+                    cpu_per_request, run.base, run.pid, run.n, upstream.pid, cpu_rounds
                 )
             run.figures["rss_after_mib"] = rss_kib(run.pid) / 1024
-            run.figures["rss_peak_mib"] = hwm_kib(run.pid) / 1024
+            run.figures["rss_peak_mib"] = parts.hwm_kib(run.pid) / 1024
             run.stop()
             if cpu_only:
                 return run.figures
@@ -384,6 +343,8 @@ async def bench_one(
     finally:
         run.stop()
         upstream.stop()
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(workdir, ignore_errors=True)
         if admin is not None:
             await admin.execute(
                 f'DROP DATABASE IF EXISTS "{db_url.rsplit("/", 1)[1]}" WITH (FORCE)'

@@ -260,6 +260,14 @@ def run_measured(argv: list[str], env: dict[str, str]) -> tuple[float, int, int,
     return time.perf_counter() - start, process.returncode, usage.ru_maxrss, printed
 
 
+def hwm_kib(pid: int) -> int:
+    """Peak resident set size of `pid` in KiB (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
 def serve_upstream(port: int) -> None:
     """Serve the fixed chat completion on 127.0.0.1:`port` until killed."""
     import uvloop
