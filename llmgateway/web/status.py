@@ -24,6 +24,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, Final
 
 import orjson
@@ -184,24 +185,32 @@ def add_key_page(
     providers: dict[str, dict[str, Any]] = document["providers"]
     for section in providers.values():
         section["keys"] = []
+    iso = cache(iso_utc)  # a page's rows share many times (a sync's, a bulk check's)
     for record in rows:
         found = providers.get(record.instance)
         if found is not None:
-            found["keys"].append(key_row(record, mask))
+            found["keys"].append(key_row(record, mask, iso))
     document["next_cursor"] = next_cursor.encode() if next_cursor is not None else None
     return document
 
 
-def key_row(record: KeyRecord, mask: Callable[[str], str] | None = None) -> dict[str, Any]:
-    """One per-key row: the key masked, its status, reason, times, code and (masked) message."""
+def key_row(
+    record: KeyRecord,
+    mask: Callable[[str], str] | None = None,
+    iso: Callable[[datetime | None], str | None] = iso_utc,
+) -> dict[str, Any]:
+    """One per-key row: the key masked, its status, reason, times, code and (masked) message.
+
+    `iso` writes the times (`iso_utc`, or a cached version of it).
+    """
     return {
         "key": mask_key(record.key),
         "model": record.model,
         "status": record.status.value,
         "reason": record.reason.value if record.reason is not None else None,
-        "last_checked_at": iso_utc(record.last_checked_at),
-        "next_check_at": iso_utc(record.next_check_at),
-        "failing_since": iso_utc(record.failing_since),
+        "last_checked_at": iso(record.last_checked_at),
+        "next_check_at": iso(record.next_check_at),
+        "failing_since": iso(record.failing_since),
         "status_code": record.status_code,
         "message": mask(record.message) if mask is not None and record.message else record.message,
     }
