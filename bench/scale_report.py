@@ -1,4 +1,7 @@
-"""The scale bench's report: markdown tables per engine and N, plus the raw figures as JSON."""
+"""The scale bench's report: markdown tables per engine and N, the raw figures as JSON, and a comparison.
+
+`python bench/scale_report.py BEFORE.json AFTER.json` prints the before/after table of two runs.
+"""
 
 from __future__ import annotations
 
@@ -124,3 +127,54 @@ def write_report(path: Path, results: list[dict[str, Any]], args: argparse.Names
         lines += _section(figures)
     path.write_text("\n".join(lines))
     path.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str))
+
+
+def compare(before_path: Path, after_path: Path) -> str:
+    """A before/after markdown table of two reports' figures (same engines and N)."""
+    before = {(f["engine"], f["keys"]): f for f in json.loads(before_path.read_text())}
+    lines = []
+    for new in json.loads(after_path.read_text()):
+        old = before.get((new["engine"], new["keys"]))
+        if old is None or "windows" not in new:
+            continue
+        lines += [
+            f"### {new['engine']}, {new['keys']:,} keys x 2 models",
+            "",
+            "| figure | before | after |",
+            "|---|---|---|",
+        ]
+        for label, key in (
+            ("ready warm (s)", "ready_warm_s"),
+            ("ready cold (s)", "ready_cold_s"),
+            ("RSS after warm start (MiB)", "rss_ready_mib"),
+            ("RSS peak (MiB)", "rss_peak_mib"),
+        ):
+            lines.append(f"| {label} | {old[key]:.2f} | {new[key]:.2f} |")
+        for label in ("status summary", "status keys page", "metrics"):
+            lines.append(
+                f"| GET {label} (ms, bytes) | {old[label]['ms']:.1f}, {old[label]['bytes']:,} "
+                f"| {new[label]['ms']:.1f}, {new[label]['bytes']:,} |"
+            )
+        for label in ("cli status", "cli status --json", "cli status --keys"):
+            lines.append(
+                f"| `llmgateway {label[4:]}` (s, max RSS MiB) | {old[label]['s']:.2f}, "
+                f"{old[label]['rss_kib'] / 1024:.0f} | {new[label]['s']:.2f}, "
+                f"{new[label]['rss_kib'] / 1024:.0f} |"
+            )
+        old_windows = {w["operation"]: w for w in old["windows"]}
+        idle_old, idle_new = old["windows"][0]["p99_ms"], new["windows"][0]["p99_ms"]
+        for row in new["windows"]:
+            was = old_windows.get(row["operation"])
+            then = "-" if was is None else f"{was['p99_ms']:.1f} ({was['p99_ms'] - idle_old:+.1f})"
+            lines.append(
+                f"| p99 during: {row['operation']} (ms, vs alone) | {then} | "
+                f"{row['p99_ms']:.1f} ({row['p99_ms'] - idle_new:+.1f}); lag {_lag(row['lag_max_le_s'])} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(compare(Path(sys.argv[1]), Path(sys.argv[2])))
