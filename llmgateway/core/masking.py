@@ -12,6 +12,7 @@ in stream chunks (a key split across two chunks included).
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import re
 from collections.abc import Iterable
@@ -230,6 +231,11 @@ class _SecretIndex:
 _EMPTY_INDEX: Final = _SecretIndex.of({})
 
 
+def _merged(masks: dict[str, str], added: dict[str, str]) -> _SecretIndex:
+    """The index of `masks` and `added` together (built on a thread by `add_off_loop`)."""
+    return _SecretIndex.of(masks | added)
+
+
 @final
 class Masker:
     """Every secret of the process, and the one function that masks them in any text.
@@ -259,6 +265,25 @@ class Masker:
         added = {s: mask_key(s) for s in secrets if s and s not in current}
         if added:
             self._index = _SecretIndex.of(current | added)
+
+    async def add_off_loop(self, secrets: Iterable[str]) -> None:
+        """`add`, the new index built on a thread: with 100,000 secrets that takes a while.
+
+        The event loop only checks which secrets are new and swaps the index
+        in; should another `add` have swapped one in meanwhile, the build is
+        done again over it, so no secret is ever dropped. Returns once every
+        secret of `secrets` is masked.
+        """
+        wanted = [s for s in secrets if s]
+        while True:
+            base = self._index
+            added = {s: mask_key(s) for s in wanted if s not in base.masks}
+            if not added:
+                return
+            index = await asyncio.to_thread(_merged, base.masks, added)
+            if self._index is base:
+                self._index = index
+                return
 
     def remember(self, secret: str) -> None:
         """Add one secret; a dictionary look-up when it is already known (the request path)."""

@@ -162,7 +162,9 @@ class PoolFollower:
                 await self._key_sync.apply(change.instance, stored)
                 self.applied += await self._apply_newer(stored)
             added.extend(change.added)
-        return await self._store.load_key_records(added)
+        loaded = await self._store.load_key_records(added)
+        await self._key_sync.register_off_loop(r.key for r in loaded)  # before `_apply`
+        return loaded
 
     async def _resync_quietly(self) -> None:
         try:

@@ -80,7 +80,7 @@ class KeySync:
                 changed = changed or report is not _UNCHANGED
             if changed:
                 records = await self._store.load_records()
-        self.register(r.key for r in records)
+        await self.register_off_loop(r.key for r in records)
         self._pool.load(records)
         self._loaded = {p.name for p in enabled}
         with_keys = {r.instance for r in records}
@@ -121,6 +121,10 @@ class KeySync:
         """Make `keys` known to the masker (before anything logs, stores or picks them)."""
         self._masker.add(keys)
 
+    async def register_off_loop(self, keys: Iterable[str]) -> None:
+        """`register`, the masker's index rebuilt on a thread (100,000 keys: no stall)."""
+        await self._masker.add_off_loop(keys)
+
     async def apply(self, instance: str, records: Iterable[KeyRecord]) -> None:
         """Reconcile `instance` in the pool with its stored `records`, keys masked first.
 
@@ -128,7 +132,7 @@ class KeySync:
         requests go on meanwhile, however large the instance.
         """
         stored = list(records)
-        self.register(r.key for r in stored)
+        await self.register_off_loop(r.key for r in stored)
         await self._pool.resync_instance(instance, stored)
 
     def _now(self) -> datetime:
@@ -150,7 +154,7 @@ class KeySync:
         Raises StoreError when the store fails.
         """
         read = await load_keys(provider, self._cwd)
-        self.register(read.keys)
+        await self.register_off_loop(read.keys)
         models = ConfigAccessor.status_models(provider)
         keys = read.keys
         if read.missing and len(read.errors) == 1:
