@@ -28,6 +28,7 @@ from typing import Any, Final, final
 import structlog
 
 from llmgateway.core.errors import StoreError
+from llmgateway.core.memory import bulk_load
 from llmgateway.core.models import KeyRecord
 from llmgateway.keeper.key_sync import KeySync
 from llmgateway.pool.key_pool import Clock, KeyPool
@@ -158,9 +159,10 @@ class PoolFollower:
             if change.instance not in self._instances:
                 continue
             if change.reload:
-                stored = await self._store.load_records(change.instance)
-                await self._key_sync.apply(change.instance, stored)
-                self.applied += await self._apply_newer(stored)
+                with bulk_load():
+                    stored = await self._store.load_records(change.instance)
+                    await self._key_sync.apply(change.instance, stored)
+                    self.applied += await self._apply_newer(stored)
             added.extend(change.added)
         loaded = await self._store.load_key_records(added)
         await self._key_sync.register_off_loop(r.key for r in loaded)  # before `_apply`
@@ -178,15 +180,15 @@ class PoolFollower:
         Keys added or removed in the store (another process's key sync)
         join or leave the pool; newer statuses replace the pool's.
         """
-        records = await self._store.load_records()
-        by_instance: defaultdict[str, list[KeyRecord]] = defaultdict(list)
-        for record in records:
-            by_instance[record.instance].append(record)
         applied = 0
-        for name in self._instances:
-            stored = by_instance.get(name, [])
-            await self._key_sync.apply(name, stored)
-            applied += await self._apply_newer(stored)
+        with bulk_load():
+            by_instance: defaultdict[str, list[KeyRecord]] = defaultdict(list)
+            for record in await self._store.load_records():
+                by_instance[record.instance].append(record)
+            for name in self._instances:
+                stored = by_instance.get(name, [])
+                await self._key_sync.apply(name, stored)
+                applied += await self._apply_newer(stored)
         self.applied += applied
         self.reconciliations += 1
         self.last_reconciled_at = self._clock()

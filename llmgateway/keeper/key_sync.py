@@ -22,6 +22,7 @@ from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.config.schemas import ProviderConfig
 from llmgateway.core.errors import StoreError
 from llmgateway.core.masking import Masker
+from llmgateway.core.memory import bulk_load
 from llmgateway.core.models import KeyRecord
 from llmgateway.keeper.keyfiles import load_keys, warn_if_keyless
 from llmgateway.pool.key_pool import Clock, KeyPool
@@ -68,25 +69,34 @@ class KeySync:
         await self._store.sync_providers(
             [(p.name, p.provider_type) for p in self._accessor.providers()]
         )
-        async with self._store.exclusive("keysync", wait=True):
-            # Read first: a restart whose key files did not change writes nothing.
-            records = await self._store.load_records()
-            by_instance: dict[str, list[KeyRecord]] = {p.name: [] for p in enabled}
-            for record in records:
-                by_instance.get(record.instance, []).append(record)
-            changed = False
-            for provider in enabled:
-                report = await self._sync_instance(provider, now, by_instance[provider.name])
-                changed = changed or report is not _UNCHANGED
-            if changed:
-                records = await self._store.load_records()
-        await self.register_off_loop(r.key for r in records)
-        self._pool.load(records)
+        with bulk_load(collect_first=True):
+            async with self._store.exclusive("keysync", wait=True):
+                records = await self._synced_records(enabled, now)
+            await self.register_off_loop(r.key for r in records)
+            self._pool.load(records)
         self._loaded = {p.name for p in enabled}
         with_keys = {r.instance for r in records}
         for provider in enabled:
             warn_if_keyless(provider, int(provider.name in with_keys), self._cwd)
         log.info("key_pool_loaded", instances=len(enabled), records=len(records))
+
+    async def _synced_records(
+        self, enabled: Sequence[ProviderConfig], now: datetime
+    ) -> list[KeyRecord]:
+        """Sync every enabled instance's keys; every stored record afterwards.
+
+        The store is read first: a restart whose key files did not change
+        writes nothing and reads once.
+        """
+        records = await self._store.load_records()
+        by_instance: dict[str, list[KeyRecord]] = {p.name: [] for p in enabled}
+        for record in records:
+            by_instance.get(record.instance, []).append(record)
+        changed = False
+        for provider in enabled:
+            report = await self._sync_instance(provider, now, by_instance[provider.name])
+            changed = changed or report is not _UNCHANGED
+        return await self._store.load_records() if changed else records
 
     async def sync(self) -> dict[str, KeySyncReport | None]:
         """Re-read every enabled instance's keys, unless another process is syncing right now.
@@ -109,11 +119,11 @@ class KeySync:
                     changed = report is not None and (report.added > 0 or report.removed > 0)
                     if name in self._loaded and not changed:
                         continue
-                    records = await self._store.load_records(name)
+                    with bulk_load():
+                        await self.apply(name, await self._store.load_records(name))
                 except StoreError as exc:
                     log.error("keeper_key_sync_failed", instance=name, error=str(exc))
                     continue
-                await self.apply(name, records)
                 self._loaded.add(name)
         return reports
 
