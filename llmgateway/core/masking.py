@@ -231,9 +231,13 @@ class _SecretIndex:
 _EMPTY_INDEX: Final = _SecretIndex.of({})
 
 
-def _merged(masks: dict[str, str], added: dict[str, str]) -> _SecretIndex:
-    """The index of `masks` and `added` together (built on a thread by `add_off_loop`)."""
-    return _SecretIndex.of(masks | added)
+def _with_added(
+    base: _SecretIndex, secrets: Iterable[str]
+) -> tuple[list[str], _SecretIndex | None]:
+    """`secrets` as a list, and the index of `base` plus those it lacks (None: it lacks none)."""
+    wanted = [s for s in secrets if s]
+    added = {s: mask_key(s) for s in wanted if s not in base.masks}
+    return wanted, (_SecretIndex.of(base.masks | added) if added else None)
 
 
 @final
@@ -267,20 +271,19 @@ class Masker:
             self._index = _SecretIndex.of(current | added)
 
     async def add_off_loop(self, secrets: Iterable[str]) -> None:
-        """`add`, the new index built on a thread: with 100,000 secrets that takes a while.
+        """`add`, done on a thread: with 100,000 secrets it takes a while.
 
-        The event loop only checks which secrets are new and swaps the index
-        in; should another `add` have swapped one in meanwhile, the build is
-        done again over it, so no secret is ever dropped. Returns once every
-        secret of `secrets` is masked.
+        `secrets` is read and the new index built on the thread; the event
+        loop only swaps the index in. Should another `add` have swapped one
+        in meanwhile, the build is done again over it, so no secret is ever
+        dropped. Returns once every secret of `secrets` is masked.
         """
-        wanted = [s for s in secrets if s]
+        wanted: Iterable[str] = secrets
         while True:
             base = self._index
-            added = {s: mask_key(s) for s in wanted if s not in base.masks}
-            if not added:
+            wanted, index = await asyncio.to_thread(_with_added, base, wanted)
+            if index is None:
                 return
-            index = await asyncio.to_thread(_merged, base.masks, added)
             if self._index is base:
                 self._index = index
                 return

@@ -104,9 +104,11 @@ class KeyPool:
         the end, one status model at a time.
         """
         present: dict[str, set[int]] = {}
+        stored: set[int] = set()
         slots = self._slots
         for index, record in enumerate(records, 1):
             present.setdefault(record.model, set()).add(record.key_id)
+            stored.add(record.key_id)
             slot = slots.get((instance, record.model))
             if slot is None or record.key_id not in slot.entries:
                 self._table.add(record)
@@ -120,7 +122,7 @@ class KeyPool:
             if not slot.entries:
                 del slots[(name, model)]
             await asyncio.sleep(0)
-        for incident in self._guard.forget(instance, set().union(*present.values())):
+        for incident in self._guard.forget(instance, stored):
             self._verdicts.incident_over(incident, "its keys left the pool")
 
     def remove_keys(self, instance: str, key_ids: Iterable[int]) -> int:
