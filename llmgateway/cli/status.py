@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any, Final
 
@@ -29,7 +30,6 @@ from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.core.constants import ErrorReason, Status
 from llmgateway.core.errors import ConfigError, StoreError
 from llmgateway.core.masking import Masker
-from llmgateway.core.models import KeyRecord
 from llmgateway.pool.listing import ModelTally
 from llmgateway.store import open_store, sqlite_path
 from llmgateway.store.protocol import Store
@@ -123,32 +123,36 @@ async def stored_summary(accessor: ConfigAccessor, store: Store) -> dict[str, An
 
 async def stored_rows(
     store: Store, instance: str, secrets: tuple[str, ...]
-) -> AsyncIterator[tuple[KeyRecord, Masker]]:
-    """Every stored row of `instance`, a page at a time, with a masker knowing the page's keys."""
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """Every stored row of `instance` as status rows, a page at a time (keys masked).
+
+    A page's messages go through a masker knowing the configuration's
+    secrets and the page's keys; a page's times are written once each.
+    """
     after: tuple[int, str] | None = None
     while True:
         page = await store.records_page(instance, after, MAX_PAGE)
         if not page:
             return
-        masker = Masker((*secrets, *(r.key for r in page)))
-        for record in page:
-            yield record, masker
+        mask = Masker((*secrets, *(r.key for r in page))).mask_text
+        iso = cache(iso_utc)
+        yield [key_row(record, mask, iso) for record in page]
         after = (page[-1].key_id, page[-1].model)
 
 
 async def _stream_json(
     accessor: ConfigAccessor, store: Store, document: dict[str, Any], write: Write
 ) -> None:
-    """The document with every instance's `keys`, written row by row."""
+    """The document with every instance's `keys`, written a page at a time."""
     secrets = tuple(accessor.secrets())
     write('{"providers":{')
     for index, (name, section) in enumerate(document["providers"].items()):
         head = orjson.dumps({name: section}).decode()[1:-2]  # `"name":{...` left open
         write(("," if index else "") + head + ',"keys":[')
         first = True
-        async for record, masker in stored_rows(store, name, secrets):
-            row = orjson.dumps(key_row(record, masker.mask_text)).decode()
-            write(row if first else "," + row)
+        async for rows in stored_rows(store, name, secrets):
+            text = ",".join(orjson.dumps(row).decode() for row in rows)
+            write(text if first else "," + text)
             first = False
         write("]}")
     write("}}\n")
@@ -157,23 +161,26 @@ async def _stream_json(
 async def _stream_table(
     accessor: ConfigAccessor, store: Store, document: dict[str, Any], write: Write
 ) -> None:
-    """Each instance's masked per-key rows, in fixed-width columns, page by page."""
+    """Each instance's masked per-key rows, in fixed-width columns, a page at a time."""
     secrets = tuple(accessor.secrets())
     for name in document["providers"]:
         widths = _key_widths(document["providers"][name]["models"])
         write(f"\n{name} keys:\n  {_line(KEY_HEADER, widths)}\n")
-        async for record, masker in stored_rows(store, name, secrets):
-            row = key_row(record, masker.mask_text)
-            cells = (
-                row["key"],
-                row["model"],
-                _status_text(row),
-                "-" if row["status_code"] is None else str(row["status_code"]),
-                row["last_checked_at"] or "-",
-                row["next_check_at"] or "-",
-                (row["message"] or "")[:60],
-            )
-            write(f"  {_line(cells, widths)}\n")
+        async for rows in stored_rows(store, name, secrets):
+            write("".join(f"  {_line(_cells(row), widths)}\n" for row in rows))
+
+
+def _cells(row: Mapping[str, Any]) -> tuple[str, ...]:
+    """The table cells of one status row."""
+    return (
+        row["key"],
+        row["model"],
+        _status_text(row),
+        "-" if row["status_code"] is None else str(row["status_code"]),
+        row["last_checked_at"] or "-",
+        row["next_check_at"] or "-",
+        (row["message"] or "")[:60],
+    )
 
 
 def _key_widths(models: Mapping[str, Any]) -> tuple[int, ...]:

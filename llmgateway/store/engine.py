@@ -210,7 +210,12 @@ class SqlStore(ABC):
         if instance is not None:
             where.append("k.instance = $4")
             args.append(instance)
-        query = f"{SELECT_RECORDS} WHERE {' AND '.join(where)} ORDER BY s.key_id, s.model LIMIT $3"
+        # CROSS JOIN: SQLite then walks key_model_status in key order and stops at the limit
+        # (not every row of the instance, sorted); PostgreSQL reads it as a plain join.
+        query = (
+            f"SELECT {RECORD_COLUMNS} FROM key_model_status AS s CROSS JOIN api_keys AS k "
+            f"WHERE k.id = s.key_id AND {' AND '.join(where)} ORDER BY s.key_id, s.model LIMIT $3"
+        )
         rows = await self._read("loading records", lambda conn: conn.fetch(query, *args))
         return await asyncio.to_thread(to_records, rows, self.sql.time_in)
 
