@@ -32,6 +32,8 @@ from llmgateway.store.changes import (
     encode_key_changes,
     encode_notifications,
 )
+from llmgateway.store.fingerprints import KEY_FINGERPRINTS, fingerprinted
+from llmgateway.store.key_codec import PLAIN
 from llmgateway.store.migrations import Engine, Migration, engine_migrations, plan
 from llmgateway.store.pg_listener import PgListener
 from llmgateway.store.protocol import CLOSE_TIMEOUT, KeySyncReport, StatusCount
@@ -132,6 +134,15 @@ def _translated(action: str) -> Iterator[None]:
 
 async def _run_step(conn: _Conn, step: str) -> None:
     """Run a migration's data step on `conn` (inside the migration's transaction)."""
+    if step == KEY_FINGERPRINTS:
+        keyed = [
+            (int(r[0]), str(r[1])) for r in await conn.fetch("SELECT id, key_value FROM api_keys")
+        ]
+        await conn.executemany(
+            "UPDATE api_keys SET fingerprint = $1, key_mask = $2 WHERE id = $3",
+            fingerprinted(PLAIN, keyed),
+        )
+        return
     if step != SCRUB_KEY_MESSAGES:
         raise StoreError(f"postgres: unknown migration step {step!r}")
     keys = [str(r[0]) for r in await conn.fetch("SELECT key_value FROM api_keys")]

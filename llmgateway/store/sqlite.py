@@ -25,6 +25,8 @@ from llmgateway.core.constants import ProviderType, Status
 from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
 from llmgateway.store.changes import Changes, KeySetChange, SqlitePoller
+from llmgateway.store.fingerprints import KEY_FINGERPRINTS, fingerprinted
+from llmgateway.store.key_codec import PLAIN
 from llmgateway.store.migrations import Engine, Migration, engine_migrations, plan
 from llmgateway.store.protocol import CLOSE_TIMEOUT, KeySyncReport, StatusCount
 from llmgateway.store.rows import (
@@ -473,6 +475,14 @@ class SqliteStore:
 
 async def _run_step(conn: aiosqlite.Connection, step: str) -> None:
     """Run a migration's data step on `conn` (inside the migration's transaction)."""
+    if step == KEY_FINGERPRINTS:
+        cursor = await conn.execute("SELECT id, key_value FROM api_keys")
+        keyed = [(int(r[0]), str(r[1])) for r in await cursor.fetchall()]
+        await conn.executemany(
+            "UPDATE api_keys SET fingerprint = ?, key_mask = ? WHERE id = ?",
+            fingerprinted(PLAIN, keyed),
+        )
+        return
     if step != SCRUB_KEY_MESSAGES:
         raise StoreError(f"sqlite: unknown migration step {step!r}")
     cursor = await conn.execute("SELECT key_value FROM api_keys")

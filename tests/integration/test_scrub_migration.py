@@ -63,7 +63,7 @@ async def test_messages_stored_before_masking_are_scrubbed_once(
     finally:
         await new.close()
 
-    assert versions == [1, 2, 3, 4, 5]
+    assert versions[:5] == [1, 2, 3, 4, 5]
     assert len(stored) == 8
     for record in stored:
         assert all(form not in record.message for k in KEYS for form in key_forms(k).values())
