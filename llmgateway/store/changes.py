@@ -43,7 +43,7 @@ import structlog
 
 from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
-from llmgateway.store.rows import from_epoch, parse_reason, parse_status, to_epoch
+from llmgateway.store.rows import STATUS_COLUMNS, from_epoch, status_values, to_epoch, to_record
 
 log = structlog.get_logger(__name__)
 
@@ -208,41 +208,24 @@ def _payload(origin: str, rows: list[bytes]) -> str:
     return (b'{"o":' + orjson.dumps(origin) + b',"r":[' + b",".join(rows) + b"]}").decode()
 
 
+_MESSAGE: Final = STATUS_COLUMNS.index("message")
+
+
 def _row(record: KeyRecord) -> list[Any]:
-    return [
-        record.key_id,
-        record.instance,
-        record.model,
-        record.status.value,
-        to_epoch(record.last_checked_at),
-        to_epoch(record.next_check_at),
-        to_epoch(record.failing_since),
-        record.consecutive_failures,
-        record.status_code,
-        record.message[:MESSAGE_CHARS],
-        record.response_ms,
-        to_epoch(record.cooldown_until),
-        record.reason.value if record.reason is not None else None,
-    ]
+    """[key_id, instance, model, *status_values] with times as epoch seconds, message cut."""
+    values = status_values(record, to_epoch)
+    message = record.message[:MESSAGE_CHARS]
+    head = [record.key_id, record.instance, record.model]
+    return [*head, *values[:_MESSAGE], message, *values[_MESSAGE + 1 :]]
 
 
 def _record(row: list[Any]) -> KeyRecord:
-    return KeyRecord(
-        key_id=int(row[0]),
-        instance=str(row[1]),
-        key="",
-        model=str(row[2]),
-        status=parse_status(str(row[3])),
-        last_checked_at=from_epoch(row[4]),
-        next_check_at=from_epoch(row[5]),
-        failing_since=from_epoch(row[6]),
-        consecutive_failures=int(row[7]),
-        status_code=row[8],
-        message=str(row[9]),
-        response_ms=row[10],
-        cooldown_until=from_epoch(row[11]),
-        reason=parse_reason(row[12]) if len(row) > 12 else None,
-    )
+    """The record of a `_row` (without its key); a row from before `reason` existed has none."""
+    key_id, instance, model, *status = row
+    if len(status) < len(STATUS_COLUMNS) - 1:
+        raise ValueError(f"a status row of {len(row)} values")
+    status = [*status[: len(STATUS_COLUMNS)], None][: len(STATUS_COLUMNS)]
+    return to_record((int(key_id), str(instance), "", str(model), *status), from_epoch)
 
 
 class VersionedStore(Protocol):

@@ -37,7 +37,7 @@ from llmgateway.pool.key_pool import Clock, KeyPool
 from llmgateway.process.lifecycle import ShutdownClock
 from llmgateway.providers import build_adapter
 from llmgateway.providers.base import ProviderAdapter
-from llmgateway.store import SqliteStore, open_store
+from llmgateway.store import open_store
 from llmgateway.store.protocol import Store
 from llmgateway.store.write_queue import WriteQueue
 from llmgateway.web.auth_failures import AuthFailures
@@ -176,7 +176,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _follower_ctx(app: web.Application) -> AsyncIterator[None]:
-    if isinstance(app[STORE], SqliteStore) and app[WORKER_INDEX] is None:
+    if not app[STORE].shared_between_hosts and app[WORKER_INDEX] is None:
         # One process alone on its SQLite file: nobody else writes there, so there is
         # nothing to follow (and no periodic full reload to pay for).
         yield
@@ -204,7 +204,7 @@ async def _keeper_ctx(app: web.Application) -> AsyncIterator[None]:
         clock=app[CLOCK],
         observer=app.get(METRICS),
         # An SQLite file is shared by the workers of one host only: one of them probes.
-        solo=isinstance(app[STORE], SqliteStore),
+        solo=not app[STORE].shared_between_hosts,
     )
     app[KEEPER] = keeper
     stop = app[KEEPER_STOP] = _KeeperStop()
