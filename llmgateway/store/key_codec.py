@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import string
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 from llmgateway.core.masking import mask_key
@@ -78,3 +79,19 @@ def fingerprint_prefix(text: str) -> str | None:
     if 4 <= len(value) <= FINGERPRINT_HEX and all(c in _HEX for c in value):
         return value
     return None
+
+
+type StoredRow = tuple[str, str, str, str | None, int]
+"""A key as a sync or an import stores it: fingerprint, sealed value, mask, source file, order."""
+
+
+def stored_rows(
+    codec: KeyCodec, keys: Iterable[str], files: Mapping[str, str] | None = None
+) -> list[StoredRow]:
+    """The rows of `keys` (blanks and repeats left out), each with its file from `files` (or None).
+
+    CPU-bound for large lists: run it on a thread.
+    """
+    sources = files or {}
+    unique = dict.fromkeys(k for k in keys if k)
+    return [(*codec.stored_row(key), sources.get(key), n) for n, key in enumerate(unique)]

@@ -44,6 +44,9 @@ type TimeIn = Callable[[Any], datetime | None]
 type TimeOut = Callable[[datetime | None], Any]
 """How an engine writes a time column (None stays None)."""
 
+type Unseal = Callable[[Any], str]
+"""How a stored `key_value` becomes the key (`KeyCodec.unseal`)."""
+
 
 def parse_status(value: str) -> Status:
     """The Status stored as `value`; an unknown string (written by a newer release) is `unknown`."""
@@ -63,12 +66,15 @@ def parse_reason(value: str | None) -> ErrorReason | None:
         return None
 
 
-def to_record(row: Sequence[Any], time_in: TimeIn) -> KeyRecord:
-    """The KeyRecord of a row laid out as `RECORD_COLUMNS`, its times read with `time_in`."""
+def to_record(row: Sequence[Any], time_in: TimeIn, unseal: Unseal = str) -> KeyRecord:
+    """The KeyRecord of a row laid out as `RECORD_COLUMNS`, its times read with `time_in`.
+
+    `unseal` turns the stored `key_value` into the key (the store's key codec).
+    """
     return KeyRecord(
         key_id=row[0],
         instance=row[1],
-        key=row[2],
+        key=unseal(row[2]),
         model=row[3],
         status=parse_status(row[4]),
         last_checked_at=time_in(row[5]),
@@ -83,9 +89,11 @@ def to_record(row: Sequence[Any], time_in: TimeIn) -> KeyRecord:
     )
 
 
-def to_records(rows: Iterable[Sequence[Any]], time_in: TimeIn) -> list[KeyRecord]:
-    """KeyRecords from rows laid out as `RECORD_COLUMNS`."""
-    return [to_record(row, time_in) for row in rows]
+def to_records(
+    rows: Iterable[Sequence[Any]], time_in: TimeIn, unseal: Unseal = str
+) -> list[KeyRecord]:
+    """KeyRecords from rows laid out as `RECORD_COLUMNS` (keys read with `unseal`)."""
+    return [to_record(row, time_in, unseal) for row in rows]
 
 
 def status_values(record: KeyRecord, time_out: TimeOut) -> tuple[Any, ...]:
