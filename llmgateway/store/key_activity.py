@@ -14,6 +14,7 @@ from typing import Final
 
 import orjson
 
+from llmgateway.store.activity_buffer import merged as merge_usage
 from llmgateway.store.engine import Conn
 from llmgateway.store.key_admin import HistoryEntry, Job, JobState, UsageDelta
 from llmgateway.store.key_writes import KeyWrites
@@ -39,7 +40,7 @@ class KeyActivity(KeyWrites):
         merged: dict[int, UsageDelta] = {}
         for d in deltas:
             old = merged.get(d.key_id)
-            merged[d.key_id] = d if old is None else _merge(old, d)
+            merged[d.key_id] = d if old is None else merge_usage(old, d)
         p = self._params()
         rows = [
             (d.key_id, d.requests, d.failures, self.sql.time_out(d.last_used_at))
@@ -136,10 +137,3 @@ class KeyActivity(KeyWrites):
             sets.append(f"results = {p.typed(orjson.dumps(dict(results)).decode(), 'jsonb')}")
         query = f"UPDATE jobs SET {', '.join(sets)} WHERE id = {p(job_id)}"
         await self._write("updating a job", lambda conn: conn.execute(query, *p.values))
-
-
-def _merge(a: UsageDelta, b: UsageDelta) -> UsageDelta:
-    last = a.last_used_at
-    if b.last_used_at is not None and (last is None or b.last_used_at > last):
-        last = b.last_used_at
-    return UsageDelta(a.key_id, a.requests + b.requests, a.failures + b.failures, last)
