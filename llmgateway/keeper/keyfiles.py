@@ -8,8 +8,8 @@ never a crash, and never a reason to delete the keys already stored.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import structlog
 from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.config.schemas import ProviderConfig
 from llmgateway.core.logs import update_secrets
+from llmgateway.store.key_admin import INLINE_SOURCE
 from llmgateway.store.protocol import KeySyncReport, Store
 
 log = structlog.get_logger(__name__)
@@ -38,6 +39,9 @@ class KeyFileRead:
     keys: tuple[str, ...]
     errors: tuple[str, ...] = ()
     missing: bool = False
+    files: Mapping[str, str] = field(default_factory=dict, compare=False)
+    """The file each key was first found in: its name in the folder (`read_key_files`), or
+    the path as configured, `keys_path` joined with it, or `inline` (`load_keys`)."""
 
     @property
     def ok(self) -> bool:
@@ -83,6 +87,7 @@ def read_key_files(path: Path) -> KeyFileRead:
         return KeyFileRead((), (f"cannot list keys folder {path}: {exc.strerror or exc}",))
     keys: list[str] = []
     errors: list[str] = []
+    found: dict[str, str] = {}
     for file in files:
         try:
             text = file.read_text(encoding="utf-8-sig")
@@ -92,8 +97,11 @@ def read_key_files(path: Path) -> KeyFileRead:
         except UnicodeDecodeError:
             errors.append(f"cannot read key file {file}: not UTF-8 text")
             continue
-        keys.extend(parse_key_lines(text.splitlines()))
-    return KeyFileRead(tuple(dict.fromkeys(keys)), tuple(errors))
+        lines = parse_key_lines(text.splitlines())
+        keys.extend(lines)
+        for key in lines:
+            found.setdefault(key, file.name)
+    return KeyFileRead(tuple(dict.fromkeys(keys)), tuple(errors), files=found)
 
 
 def resolve_keys_path(keys_path: str, cwd: Path | None = None) -> Path:
@@ -117,7 +125,10 @@ async def load_keys(provider: ProviderConfig, cwd: Path | None = None) -> KeyFil
     keys = tuple(dict.fromkeys((*from_files.keys, *inline)))
     # Known to the log masker before anything (the store's debug log included) handles them.
     update_secrets(keys)
-    return KeyFileRead(keys, from_files.errors, from_files.missing)
+    files = {key: str(Path(provider.keys_path) / name) for key, name in from_files.files.items()}
+    for key in inline:
+        files.setdefault(key, INLINE_SOURCE)
+    return KeyFileRead(keys, from_files.errors, from_files.missing, files)
 
 
 async def sync_instance_keys(
@@ -145,14 +156,14 @@ async def sync_instance_keys(
                 kept=len(kept),
             )
         keys = tuple(dict.fromkeys((*read.keys, *stored)))
-        report = await store.sync_keys(provider.name, keys, models, now)
+        report = await store.sync_keys(provider.name, keys, models, now, files=read.files)
         _log_report(provider.name, report)
         return report
     if not read.ok:
         for problem in read.errors:
             log.error("keys_not_synced", instance=provider.name, problem=problem)
         return None
-    report = await store.sync_keys(provider.name, read.keys, models, now)
+    report = await store.sync_keys(provider.name, read.keys, models, now, files=read.files)
     _log_report(provider.name, report)
     return report
 
