@@ -15,6 +15,7 @@ from typing import final
 
 import orjson
 
+from llmgateway.store import model_statuses
 from llmgateway.store.key_admin import KeyFilter, KeySource, Selection
 from llmgateway.store.key_codec import KeyCodec, fingerprint_prefix
 from llmgateway.store.migrations import Engine
@@ -93,14 +94,8 @@ def filter_where(flt: KeyFilter, params: Params, codec: KeyCodec, alias: str = "
     if flt.instance is not None:
         conditions.append(f"{alias}.instance = {params(flt.instance)}")
     if flt.model is not None or flt.status is not None:
-        rows = [f"f.key_id = {alias}.id"]
-        if flt.model is not None:
-            rows.append(f"f.model = {params(flt.model)}")
-        if flt.status is not None:
-            rows.append(f"f.status = {params(flt.status)}")
-        conditions.append(
-            f"EXISTS (SELECT 1 FROM key_model_status AS f WHERE {' AND '.join(rows)})"
-        )
+        mark = params(model_statuses.pattern(flt.model, flt.status))
+        conditions.append(f"{alias}.model_statuses LIKE {mark} ESCAPE '\\'")
     if flt.source is not None:
         conditions.append(_source_condition(flt.source, alias))
     if flt.q is not None and flt.q.strip():

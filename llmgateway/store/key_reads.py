@@ -18,6 +18,7 @@ import orjson
 
 from llmgateway.core.constants import Status
 from llmgateway.core.models import KeyRecord
+from llmgateway.store import model_statuses
 from llmgateway.store.engine import SELECT_RECORDS, Conn, Dialect, Row
 from llmgateway.store.key_admin import (
     HistoryEntry,
@@ -73,32 +74,20 @@ class KeyReads(ABC):
             f"SELECT k.id FROM api_keys AS k WHERE {where} AND k.id > {page(after or 0)} "
             f"ORDER BY k.id LIMIT {page(limit + 1)}"
         )
-        by_instance = self._params()
-        instance_sql = (
-            "SELECT k.instance, COUNT(*) FROM api_keys AS k "
-            f"WHERE {filter_where(flt, by_instance, self.codec)} GROUP BY k.instance"
-        )
-        by_status = self._params()
-        status_sql = (
-            "SELECT s.status, COUNT(DISTINCT s.key_id) FROM key_model_status AS s "
-            "JOIN api_keys AS k ON k.id = s.key_id "
-            f"WHERE {filter_where(flt, by_status, self.codec)}"
-            + (f" AND s.model = {by_status(flt.model)}" if flt.model is not None else "")
-            + " GROUP BY s.status"
+        combos = self._params()
+        combos_sql = (
+            "SELECT k.instance, k.model_statuses, COUNT(*) FROM api_keys AS k "
+            f"WHERE {filter_where(flt, combos, self.codec)} GROUP BY k.instance, k.model_statuses"
         )
 
-        async def run(conn: Conn) -> tuple[list[StoredKey], bool, list[Row], list[Row]]:
+        async def run(conn: Conn) -> tuple[list[StoredKey], bool, list[Row]]:
             ids = [int(r[0]) for r in await conn.fetch(page_sql, *page.values)]
-            instances = await conn.fetch(instance_sql, *by_instance.values)
-            statuses = await conn.fetch(status_sql, *by_status.values)
+            counted = await conn.fetch(combos_sql, *combos.values)
             items = await self._stored_keys(conn, ids[:limit])
-            return items, len(ids) > limit, instances, statuses
+            return items, len(ids) > limit, counted
 
-        items, more, instances, statuses = await self._read("listing keys", run)
-        facets = {
-            "status": {str(s): int(n) for s, n in sorted(statuses, key=_first)},
-            "instance": {str(i): int(n) for i, n in sorted(instances, key=_first)},
-        }
+        items, more, counted = await self._read("listing keys", run)
+        facets = _facets(counted, flt.model)
         return KeyPage(
             items=items,
             total=sum(facets["instance"].values()),
@@ -235,8 +224,23 @@ def _assemble(
     return keys
 
 
-def _first(row: Row) -> str:
-    return str(row[0])
+def _facets(counted: Sequence[Row], model: str | None) -> dict[str, dict[str, int]]:
+    """The facets from (instance, model_statuses, keys) counts.
+
+    A key counts once under each status of its models (of `model` only, when given).
+    """
+    instances: dict[str, int] = {}
+    statuses: dict[str, int] = {}
+    for instance, text, n in counted:
+        instances[str(instance)] = instances.get(str(instance), 0) + int(n)
+        pairs = model_statuses.decode(text)
+        if model is None:
+            found = set(pairs.values())
+        else:
+            found = {pairs[model]} if model in pairs else set()
+        for status in found:
+            statuses[status] = statuses.get(status, 0) + int(n)
+    return {"status": dict(sorted(statuses.items())), "instance": dict(sorted(instances.items()))}
 
 
 def _required(value: datetime | None) -> datetime:

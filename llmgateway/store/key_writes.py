@@ -21,6 +21,7 @@ from typing import Final
 from llmgateway.core.constants import Status
 from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
+from llmgateway.store import model_statuses
 from llmgateway.store.changes import KeySetChange
 from llmgateway.store.engine import PROVIDER_EXISTS, SELECT_RECORDS, Conn, Row
 from llmgateway.store.key_admin import (
@@ -114,8 +115,10 @@ class KeyWrites(KeyReads):
             "AND (api_keys.source_file IS NULL OR api_keys.source_file <> w.source_file)",
             *p.values,
         )
-        added = await self._insert_keys(conn, instance, rows, from_api=False, at=at)
-        await self._sync_models(conn, instance, models, at, stamp)
+        added = await self._insert_keys(conn, instance, rows, models, from_api=False, at=at)
+        dropped, created = await self._sync_models(conn, instance, models, at, stamp)
+        if dropped or created > len(added) * len(models):
+            await self._refresh_statuses(conn, instance=instance)  # the models changed
         if added or removed:
             await self._announce(conn, (), [KeySetChange(instance, tuple(added), tuple(removed))])
         return len(added), len(removed)
@@ -125,19 +128,26 @@ class KeyWrites(KeyReads):
         conn: Conn,
         instance: str,
         rows: Sequence[StoredRow],
+        models: Sequence[str],
         *,
         from_api: bool,
         at: datetime,
     ) -> list[int]:
-        """Insert the keys of `rows` the instance does not hold yet; their new ids."""
+        """Insert the keys of `rows` the instance does not hold yet; their new ids.
+
+        Their `model_statuses` say `untested` for each of `models`: the rows
+        the caller inserts next.
+        """
+        untested = model_statuses.encode((m, Status.UNTESTED.value) for m in models)
         p = self._params()
         wanted = p.rows("w", _WANTED, rows)
         name = p(instance)
         source = "NULL" if from_api else "COALESCE(w.source_file, '')"
         inserted = await conn.fetch(
             "INSERT INTO api_keys (instance, key_value, fingerprint, key_mask, source_file, "
-            f"from_api, added_at) SELECT {name}, w.key_value, w.fingerprint, w.key_mask, "
-            f"{source}, {'TRUE' if from_api else 'FALSE'}, {p.time(at)} FROM {wanted} "
+            f"from_api, added_at, model_statuses) SELECT {name}, w.key_value, w.fingerprint, "
+            f"w.key_mask, {source}, {'TRUE' if from_api else 'FALSE'}, {p.time(at)}, "
+            f"{p(untested)} FROM {wanted} "
             "WHERE w.fingerprint NOT IN (SELECT a.fingerprint FROM api_keys AS a "
             f"WHERE a.instance = {name} AND a.fingerprint IS NOT NULL) "
             "ORDER BY w.n ON CONFLICT DO NOTHING RETURNING id",
@@ -147,16 +157,19 @@ class KeyWrites(KeyReads):
 
     async def _sync_models(
         self, conn: Conn, instance: str, models: list[str], at: datetime, stamp: int | None
-    ) -> None:
-        """Give every key of the instance one row per model of `models`, and no other."""
+    ) -> tuple[int, int]:
+        """Give every key of the instance one row per model of `models`, and no other.
+
+        Returns the numbers of rows deleted and created.
+        """
         p = self._params()
-        await conn.execute(
+        dropped = await conn.execute(
             f"DELETE FROM key_model_status WHERE key_id IN (SELECT id FROM api_keys "
             f"WHERE instance = {p(instance)}) AND NOT ({p.one_of('model', models)})",
             *p.values,
         )
         p = self._params()
-        await conn.execute(
+        created = await conn.execute(
             "INSERT INTO key_model_status (key_id, model, status, next_check_at, version) "
             f"SELECT k.id, m.model, CASE WHEN d.key_id IS NULL THEN {p(Status.UNTESTED.value)} "
             f"ELSE {p(Status.DISABLED.value)} END, CASE WHEN d.key_id IS NULL THEN {p.time(at)} "
@@ -168,6 +181,7 @@ class KeyWrites(KeyReads):
             "AS s WHERE s.key_id = k.id AND s.model = m.model) ON CONFLICT DO NOTHING",
             *p.values,
         )
+        return dropped, created
 
     async def add_keys(
         self, instance: str, keys: Sequence[str], models: Sequence[str], now: datetime
@@ -194,7 +208,7 @@ class KeyWrites(KeyReads):
                 f"AND from_api = FALSE AND {p.one_of('fingerprint', [r[0] for r in rows])}",
                 *p.values,
             )
-            added = await self._insert_keys(conn, instance, rows, from_api=True, at=at)
+            added = await self._insert_keys(conn, instance, rows, model_list, from_api=True, at=at)
             if added:
                 p = self._params()
                 await conn.execute(
@@ -288,13 +302,32 @@ class KeyWrites(KeyReads):
                 *p.values,
             )
             records = await self._changed_records(conn, changed)
-            await self._prune_history(conn, sorted({r.key_id for r in records}))
+            # History grows by a row per model here; the next status change pruning a key's
+            # history trims it (pruning 50,000 keys' history here would double the time).
+            await self._refresh_statuses(conn, sorted({r.key_id for r in records}))
             await self._announce(conn, records, ())
             return records
 
         changed = await self._write("disabling keys" if disabled else "enabling keys", run)
         await self._refresh_statistics(len(changed))
         return changed
+
+    async def _refresh_statuses(
+        self, conn: Conn, key_ids: Sequence[int] = (), *, instance: str | None = None
+    ) -> None:
+        """Recompute `model_statuses` of the keys `key_ids` (or of every key of `instance`).
+
+        Every write that changes status rows calls it in its transaction (see
+        `llmgateway.store.model_statuses`); new keys get theirs on insert.
+        """
+        p = self._params()
+        if instance is not None:
+            keys = f"x.key_id IN (SELECT id FROM api_keys WHERE instance = {p(instance)})"
+        elif key_ids:
+            keys = p.id_in("x.key_id", sorted(set(key_ids)))
+        else:
+            return
+        await conn.execute(model_statuses.refresh_sql(self.sql.engine, keys), *p.values)
 
     async def _changed_records(self, conn: Conn, changed: Sequence[Row]) -> list[KeyRecord]:
         """The records of the (key_id, model) rows `changed`, in (key_id, model) order."""

@@ -316,6 +316,7 @@ class PostgresStore(KeyActivity, SqlStore):
 
         async def run(conn: Conn) -> None:
             await conn.execute(_UPDATE_STATUS, *columns)
+            await self._refresh_statuses(conn, [r.key_id for r in batch])
             # Delivered to listeners when (and only if) this transaction commits.
             await conn.execute(_NOTIFY, CHANNEL, payloads)
 

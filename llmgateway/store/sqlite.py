@@ -233,6 +233,7 @@ class SqliteStore(KeyActivity, SqlStore):
         async def run(conn: Conn) -> None:
             version = await _bump(conn)
             await conn.executemany(_UPDATE_STATUS, [(*v[:10], version, *v[10:]) for v in values])
+            await self._refresh_statuses(conn, [r.key_id for r in batch])
 
         return run
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from llmgateway.store import model_statuses
 from llmgateway.store.key_codec import PLAIN
 from llmgateway.store.migrations import Engine, engine_migrations
 from tests.integration.conftest import Database
@@ -28,6 +29,11 @@ async def test_keys_stored_before_get_fingerprints_and_masks(database: Database)
                 "INSERT INTO api_keys (instance, key_value, added_at) "
                 f"VALUES ('openai', '{key}', {added_at})"
             )
+        await database.execute(
+            "INSERT INTO key_model_status (key_id, model, status) "
+            f"SELECT id, m, 'valid' FROM api_keys, (SELECT 'gpt' AS m UNION SELECT 'mini') AS ms "
+            f"WHERE key_value = '{KEYS[0]}'"
+        )
     finally:
         await old.close()
 
@@ -40,10 +46,15 @@ async def test_keys_stored_before_get_fingerprints_and_masks(database: Database)
 
     assert versions == [1, 2, 3, 4, 5, 6, 7]
     rows = await database.fetch(
-        "SELECT key_value, fingerprint, key_mask, source_file, from_api FROM api_keys ORDER BY id",
+        "SELECT key_value, fingerprint, key_mask, source_file, from_api, model_statuses "
+        "FROM api_keys ORDER BY id",
     )
     assert [r[0] for r in rows] == KEYS
-    for key, fingerprint, mask, source_file, from_api in rows:
+    assert [model_statuses.decode(str(r[5])) for r in rows] == [
+        {"gpt": "valid", "mini": "valid"},
+        {},
+    ]
+    for key, fingerprint, mask, source_file, from_api, _ in rows:
         assert fingerprint == PLAIN.fingerprint(str(key))
         assert mask == PLAIN.mask(str(key))
         assert source_file == ""

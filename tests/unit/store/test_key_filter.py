@@ -7,9 +7,15 @@ from collections.abc import Iterator
 
 import pytest
 
+from llmgateway.store import model_statuses
 from llmgateway.store.key_admin import INLINE_SOURCE, KeyFilter, Selection
 from llmgateway.store.key_codec import PLAIN
-from llmgateway.store.key_filter import MATCH_ALL, Params, filter_where, selection_where
+from llmgateway.store.key_filter import (
+    MATCH_ALL,
+    Params,
+    filter_where,
+    selection_where,
+)
 from llmgateway.store.migrations import Engine, engine_migrations
 
 KEYS = {
@@ -50,6 +56,7 @@ def conn() -> Iterator[sqlite3.Connection]:
     db.executemany(
         "INSERT INTO key_model_status (key_id, model, status) VALUES (?, ?, ?)", STATUSES
     )
+    db.execute(model_statuses.refresh_sql(Engine.SQLITE, "1 = 1"))
     try:
         yield db
     finally:
@@ -139,7 +146,22 @@ def test_postgres_placeholders_are_numbered() -> None:
     params = Params(Engine.POSTGRES)
     where = filter_where(KeyFilter(instance="openai", status="valid"), params, PLAIN)
     assert "$1" in where and "$2" in where and "?" not in where
-    assert params.values == ["openai", "valid"]
+    assert params.values == ["openai", model_statuses.pattern(None, "valid")]
     ids = Params(Engine.POSTGRES)
     assert selection_where((3, 1), ids, PLAIN) == "k.id = ANY($1::bigint[])"
     assert ids.values == [[3, 1]]
+
+
+def test_a_key_carries_each_model_with_its_status(conn: sqlite3.Connection) -> None:
+    """model_statuses holds every (model, status) row of the key, models in order."""
+    rows = dict(conn.execute("SELECT id, model_statuses FROM api_keys").fetchall())
+    assert model_statuses.decode(rows[1]) == {"gpt": "valid", "mini": "invalid_key"}
+    assert rows[1] == model_statuses.encode([("mini", "invalid_key"), ("gpt", "valid")])
+    assert model_statuses.decode(rows[3]) == {"gpt": "disabled", "mini": "disabled"}
+
+
+def test_a_status_with_like_wildcards_is_taken_literally(conn: sqlite3.Connection) -> None:
+    """`_` in a status name is no wildcard: `invalid_key` does not match `invalidXkey`."""
+    text = model_statuses.encode([("sonnet", "invalidXkey")])
+    conn.execute("UPDATE api_keys SET model_statuses = ? WHERE id = 4", (text,))
+    assert _matches(conn, KeyFilter(status="invalid_key")) == [1, 2]
