@@ -43,7 +43,7 @@ import structlog
 
 from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
-from llmgateway.store.rows import STATUS_COLUMNS, from_epoch, status_values, to_epoch, to_record
+from llmgateway.store.rows import STATUS_COLUMNS, from_epoch, status_columns, to_epoch, to_record
 
 log = structlog.get_logger(__name__)
 
@@ -151,14 +151,19 @@ class Notification:
     changes: Changes
 
 
+_MESSAGE: Final = STATUS_COLUMNS.index("message")
+
+
 def encode_notifications(origin: str, records: Sequence[KeyRecord]) -> list[str]:
     """The payloads announcing `records`, each under MAX_PAYLOAD bytes."""
     head = len(orjson.dumps({"o": origin, "r": []}))
     payloads: list[str] = []
     rows: list[bytes] = []
     size = head
-    for record in records:
-        row = orjson.dumps(_row(record))
+    columns = status_columns(records, to_epoch)
+    columns[_MESSAGE] = [message[:MESSAGE_CHARS] for message in columns[_MESSAGE]]
+    for record, values in zip(records, zip(*columns, strict=True), strict=True):
+        row = orjson.dumps([record.key_id, record.instance, record.model, *values])
         if rows and size + len(row) + 1 > MAX_PAYLOAD:
             payloads.append(_payload(origin, rows))
             rows, size = [], head
@@ -208,19 +213,8 @@ def _payload(origin: str, rows: list[bytes]) -> str:
     return (b'{"o":' + orjson.dumps(origin) + b',"r":[' + b",".join(rows) + b"]}").decode()
 
 
-_MESSAGE: Final = STATUS_COLUMNS.index("message")
-
-
-def _row(record: KeyRecord) -> list[Any]:
-    """[key_id, instance, model, *status_values] with times as epoch seconds, message cut."""
-    values = status_values(record, to_epoch)
-    message = record.message[:MESSAGE_CHARS]
-    head = [record.key_id, record.instance, record.model]
-    return [*head, *values[:_MESSAGE], message, *values[_MESSAGE + 1 :]]
-
-
 def _record(row: list[Any]) -> KeyRecord:
-    """The record of a `_row` (without its key); a row from before `reason` existed has none."""
+    """The record of a notification row (without its key); a row from before `reason` has none."""
     key_id, instance, model, *status = row
     if len(status) < len(STATUS_COLUMNS) - 1:
         raise ValueError(f"a status row of {len(row)} values")

@@ -41,7 +41,7 @@ from llmgateway.store.key_codec import PLAIN, KeyCodec
 from llmgateway.store.migrations import Engine, Migration
 from llmgateway.store.pg_listener import PgListener
 from llmgateway.store.protocol import CLOSE_TIMEOUT, KeySyncReport
-from llmgateway.store.rows import RECORD_COLUMNS, as_utc_or_none, same, status_values
+from llmgateway.store.rows import RECORD_COLUMNS, as_utc_or_none, same, status_columns
 
 type _Raw = PoolConnectionProxy[asyncpg.Record]
 
@@ -310,8 +310,8 @@ class PostgresStore(KeyActivity, SqlStore):
 
     def _status_writer(self, batch: Sequence[KeyRecord]) -> Callable[[Conn], Awaitable[None]]:
         """One `unnest` UPDATE of the batch's columns, then its notifications."""
-        rows = [(*status_values(r, as_utc_or_none), r.key_id, r.model) for r in batch]
-        columns = [list(column) for column in zip(*rows, strict=True)]
+        columns = status_columns(batch, as_utc_or_none)
+        columns += [[r.key_id for r in batch], [r.model for r in batch]]
         payloads = encode_notifications(self.origin, batch)
 
         async def run(conn: Conn) -> None:

@@ -2,7 +2,7 @@
 
 A `KeyRecord` is read from a row selected with `RECORD_COLUMNS` by
 `to_record`, and its status fields are written, in `STATUS_COLUMNS` order, from
-`status_values`; the engines differ only in how a time is stored (SQLite:
+`status_columns`; the engines differ only in how a time is stored (SQLite:
 epoch seconds; PostgreSQL: timestamptz), which they pass in. Statuses are
 parsed from their column once, here; key lists and record batches are
 normalised the same way for SQLite and PostgreSQL.
@@ -36,7 +36,7 @@ STATUS_COLUMNS: Final = (
     "cooldown_until",
     "reason",
 )
-"""The columns of `key_model_status` a recorded status writes, in `status_values` order."""
+"""The columns of `key_model_status` a recorded status writes, in `status_columns` order."""
 
 type TimeIn = Callable[[Any], datetime | None]
 """How an engine reads a time column (None stays None)."""
@@ -96,20 +96,24 @@ def to_records(
     return [to_record(row, time_in, unseal) for row in rows]
 
 
-def status_values(record: KeyRecord, time_out: TimeOut) -> tuple[Any, ...]:
-    """The values of `STATUS_COLUMNS` for `record`, its times written with `time_out`."""
-    return (
-        record.status.value,
-        time_out(record.last_checked_at),
-        time_out(record.next_check_at),
-        time_out(record.failing_since),
-        record.consecutive_failures,
-        record.status_code,
-        record.message,
-        record.response_ms,
-        time_out(record.cooldown_until),
-        record.reason.value if record.reason is not None else None,
-    )
+def status_columns(records: Sequence[KeyRecord], time_out: TimeOut) -> list[list[Any]]:
+    """The values of `STATUS_COLUMNS` for `records`, one list per column, times written with `time_out`.
+
+    Column-wise because PostgreSQL takes each column as one array; zip them
+    for the values of one record.
+    """
+    return [
+        [r.status.value for r in records],
+        [time_out(r.last_checked_at) for r in records],
+        [time_out(r.next_check_at) for r in records],
+        [time_out(r.failing_since) for r in records],
+        [r.consecutive_failures for r in records],
+        [r.status_code for r in records],
+        [r.message for r in records],
+        [r.response_ms for r in records],
+        [time_out(r.cooldown_until) for r in records],
+        [r.reason.value if r.reason is not None else None for r in records],
+    ]
 
 
 def unique_keys(keys: Iterable[str]) -> list[str]:

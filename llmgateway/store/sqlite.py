@@ -15,6 +15,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, nullcontext
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Final, final
 
@@ -34,7 +35,7 @@ from llmgateway.store.protocol import CLOSE_TIMEOUT
 from llmgateway.store.rows import (
     RECORD_COLUMNS,
     from_epoch,
-    status_values,
+    status_columns,
     to_epoch,
     to_records,
 )
@@ -228,12 +229,13 @@ class SqliteStore(KeyActivity, SqlStore):
 
     def _status_writer(self, batch: Sequence[KeyRecord]) -> Callable[[Conn], Awaitable[None]]:
         """Bump the change counter and update each row, tagged with the counter's value."""
-        values = [(*status_values(r, to_epoch), r.key_id, r.model) for r in batch]
 
         async def run(conn: Conn) -> None:
             version = await _bump(conn)
-            await conn.executemany(_UPDATE_STATUS, [(*v[:10], version, *v[10:]) for v in values])
-            await self._refresh_statuses(conn, [r.key_id for r in batch])
+            ids, models = [r.key_id for r in batch], [r.model for r in batch]
+            values = zip(*status_columns(batch, to_epoch), repeat(version), ids, models)
+            await conn.executemany(_UPDATE_STATUS, values)
+            await self._refresh_statuses(conn, ids)
 
         return run
 

@@ -7,10 +7,13 @@ from pathlib import Path
 
 from llmgateway.config.schemas import ModelConfig, ProviderConfig
 from llmgateway.core.constants import ProviderType, Status
-from llmgateway.keeper.keyfiles import sync_instance_keys, sync_providers
+from llmgateway.core.masking import Masker
+from llmgateway.keeper.key_sync import KeySync
+from llmgateway.pool.key_pool import KeyPool
 from llmgateway.store.key_admin import KeyFilter, KeySource
 from llmgateway.store.postgres import PostgresStore
 from llmgateway.store.sqlite import SqliteStore
+from tests.support.config import accessor_of
 
 type AnyStore = SqliteStore | PostgresStore
 
@@ -36,6 +39,14 @@ def write_keys(cwd: Path, name: str, text: str) -> None:
     (folder / name).write_text(text)
 
 
+async def sync(store: AnyStore, config: ProviderConfig, cwd: Path) -> None:
+    """One key sync of `config` (a process's periodic re-read of its key files)."""
+    accessor = accessor_of(config)
+    pool = KeyPool(accessor, clock=NOW.timestamp)
+    await store.sync_providers([(config.name, config.provider_type)])
+    await KeySync(accessor, store, pool, Masker(), NOW.timestamp, cwd=cwd).sync()
+
+
 async def _sources(store: AnyStore) -> dict[str, tuple[KeySource, str | None]]:
     page = await store.list_keys(KeyFilter(), after=None, limit=100)
     return {k.key: (k.source, k.source_file) for k in page.items}
@@ -48,8 +59,7 @@ async def test_each_key_is_recorded_with_the_file_that_holds_it(
     write_keys(tmp_path, "a.txt", "sk-file-one-0001\nsk-in-both-0003\n")
     write_keys(tmp_path, "b.txt", "sk-file-two-0002\nsk-in-both-0003\n")
     config = provider(keys=("sk-inline-0004", "sk-file-one-0001"))
-    await sync_providers(store, [config])
-    await sync_instance_keys(store, config, NOW, cwd=tmp_path)
+    await sync(store, config, tmp_path)
     assert await _sources(store) == {
         "sk-file-one-0001": (KeySource.FILE, "keys/openai-main/a.txt"),
         "sk-file-two-0002": (KeySource.FILE, "keys/openai-main/b.txt"),
@@ -62,14 +72,13 @@ async def test_a_sync_keeps_hand_added_and_disabled_keys(store: AnyStore, tmp_pa
     """Emptying the files removes file keys only; a disabled file key stays disabled while listed."""
     write_keys(tmp_path, "a.txt", "sk-file-one-0001\nsk-file-two-0002\n")
     config = provider()
-    await sync_providers(store, [config])
-    await sync_instance_keys(store, config, NOW, cwd=tmp_path)
+    await sync(store, config, tmp_path)
     await store.add_keys("openai-main", ["sk-by-hand-0005"], MODELS, NOW)
     page = await store.list_keys(KeyFilter(q="sk-file-two-0002"), after=None, limit=1)
     await store.set_disabled((page.items[0].id,), True, NOW)
 
     write_keys(tmp_path, "a.txt", "sk-file-two-0002\n")
-    await sync_instance_keys(store, config, NOW, cwd=tmp_path)
+    await sync(store, config, tmp_path)
     assert await _sources(store) == {
         "sk-file-two-0002": (KeySource.FILE, "keys/openai-main/a.txt"),
         "sk-by-hand-0005": (KeySource.API, None),

@@ -30,7 +30,7 @@ from typing import Final, final
 
 import structlog
 
-log = structlog.get_logger("llmgateway.process.lifecycle")
+log = structlog.get_logger("llmgateway.core.lifecycle")
 
 EXIT_MARGIN: Final = 4.0
 """Seconds after `server.shutdown_timeout` by which a shutdown has done everything."""
@@ -128,13 +128,6 @@ class Watchdog:
         self._timer.name = "llmgateway-watchdog"
         self._timer.daemon = True
         self._timer.start()
-
-    def disarm(self) -> None:
-        """Cancel the timer (tests; a process that exits needs no disarming)."""
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = None
-        self._at = math.inf
 
 
 def _overrun(what: str) -> None:
