@@ -81,8 +81,10 @@ class KeyReads(ABC):
         )
 
         async def run(conn: Conn) -> tuple[list[StoredKey], bool, list[Row]]:
-            ids = [int(r[0]) for r in await conn.fetch(page_sql, *page.values)]
             counted = await conn.fetch(combos_sql, *combos.values)
+            if not counted:  # nothing matches: no page to look for
+                return [], False, counted
+            ids = [int(r[0]) for r in await conn.fetch(page_sql, *page.values)]
             items = await self._stored_keys(conn, ids[:limit])
             return items, len(ids) > limit, counted
 
