@@ -222,7 +222,7 @@ class KeySync:
             return None
         if current is not None and _matches(current, keys, models):
             return _UNCHANGED
-        report = await self._store.sync_keys(provider.name, keys, models, now)
+        report = await self._store.sync_keys(provider.name, keys, models, now, files=read.files)
         if report.added or report.removed:
             log.info(
                 "keys_synced",

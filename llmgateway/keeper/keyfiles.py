@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
 from llmgateway.config.schemas import ProviderConfig
+from llmgateway.store.key_admin import INLINE_SOURCE
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +37,9 @@ class KeyFileRead:
     keys: tuple[str, ...]
     errors: tuple[str, ...] = ()
     missing: bool = False
+    files: Mapping[str, str] = field(default_factory=dict, compare=False)
+    """The file each key was first found in: its name in the folder (`read_key_files`), or
+    the path as configured, `keys_path` joined with it, or `inline` (`load_keys`)."""
 
     @property
     def ok(self) -> bool:
@@ -81,6 +85,7 @@ def read_key_files(path: Path) -> KeyFileRead:
         return KeyFileRead((), (f"cannot list keys folder {path}: {exc.strerror or exc}",))
     keys: list[str] = []
     errors: list[str] = []
+    found: dict[str, str] = {}
     for file in files:
         try:
             text = file.read_text(encoding="utf-8-sig")
@@ -90,8 +95,11 @@ def read_key_files(path: Path) -> KeyFileRead:
         except UnicodeDecodeError:
             errors.append(f"cannot read key file {file}: not UTF-8 text")
             continue
-        keys.extend(parse_key_lines(text.splitlines()))
-    return KeyFileRead(tuple(dict.fromkeys(keys)), tuple(errors))
+        lines = parse_key_lines(text.splitlines())
+        keys.extend(lines)
+        for key in lines:
+            found.setdefault(key, file.name)
+    return KeyFileRead(tuple(dict.fromkeys(keys)), tuple(errors), files=found)
 
 
 def resolve_keys_path(keys_path: str, cwd: Path | None = None) -> Path:
@@ -111,7 +119,10 @@ async def load_keys(provider: ProviderConfig, cwd: Path | None = None) -> KeyFil
         from_files = await asyncio.to_thread(read_key_files, folder)
     inline = parse_key_lines(provider.keys)
     keys = tuple(dict.fromkeys((*from_files.keys, *inline)))
-    return KeyFileRead(keys, from_files.errors, from_files.missing)
+    files = {key: str(Path(provider.keys_path) / name) for key, name in from_files.files.items()}
+    for key in inline:
+        files.setdefault(key, INLINE_SOURCE)
+    return KeyFileRead(keys, from_files.errors, from_files.missing, files)
 
 
 def warn_if_keyless(provider: ProviderConfig, total: int, cwd: Path | None = None) -> None:

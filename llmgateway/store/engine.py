@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,6 +25,8 @@ from typing import Any, Final, Protocol
 from llmgateway.core.constants import ProviderType
 from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
+from llmgateway.store.fingerprints import KEY_FINGERPRINTS, fingerprinted
+from llmgateway.store.key_codec import PLAIN, KeyCodec, StoredRow, stored_rows
 from llmgateway.store.migrations import Engine, Migration, engine_migrations, plan
 from llmgateway.store.protocol import KeySyncReport, StatusCount
 from llmgateway.store.rows import (
@@ -35,7 +37,6 @@ from llmgateway.store.rows import (
     latest_per_row,
     parse_status,
     to_records,
-    unique_keys,
 )
 from llmgateway.store.scrub import SCRUB_KEY_MESSAGES, scrubbed_messages
 
@@ -54,7 +55,8 @@ _COUNT_STATUSES: Final = (
 _COUNT_KEYS: Final = "SELECT instance, COUNT(*) FROM api_keys GROUP BY instance"
 LOAD_PAGE: Final = 5000
 """Rows `load_records` reads per query."""
-_PROVIDER_EXISTS: Final = "SELECT 1 FROM providers WHERE name = $1"
+PROVIDER_EXISTS: Final = "SELECT 1 FROM providers WHERE name = $1"
+"""A row when the instance `$1` has a provider row."""
 _UPSERT_PROVIDER: Final = (
     "INSERT INTO providers (name, provider_type) VALUES ($1, $2) "
     "ON CONFLICT (name) DO UPDATE SET provider_type = excluded.provider_type"
@@ -63,6 +65,7 @@ _INSERT_MIGRATION: Final = (
     "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)"
 )
 _SET_MESSAGE: Final = "UPDATE key_model_status SET message = $1 WHERE key_id = $2 AND model = $3"
+_SET_FINGERPRINT: Final = "UPDATE api_keys SET fingerprint = $1, key_mask = $2 WHERE id = $3"
 
 
 class Conn(Protocol):
@@ -118,6 +121,9 @@ class SqlStore(ABC):
 
     sql: Dialect
 
+    codec: KeyCodec = PLAIN
+    """How keys are stored and fingerprinted (every read and write of key_value goes through it)."""
+
     _migrations: Sequence[Migration] | None
     """The schema to reach (None: the migrations shipped with this release)."""
 
@@ -135,10 +141,15 @@ class SqlStore(ABC):
         """`run` on a connection inside one transaction (rolled back on any error)."""
 
     @abstractmethod
-    async def _sync_key_rows(
-        self, conn: Conn, instance: str, keys: list[str], models: list[str], at: datetime
+    async def _sync_rows(
+        self,
+        conn: Conn,
+        instance: str,
+        rows: Sequence[StoredRow],
+        models: list[str],
+        at: datetime,
     ) -> tuple[int, int]:
-        """Add and remove the instance's keys and rows, announcing it; (added, removed)."""
+        """Add and remove the instance's file keys and rows, announcing it; (added, removed)."""
 
     @abstractmethod
     def _status_writer(self, batch: Sequence[KeyRecord]) -> Callable[[Conn], Awaitable[None]]:
@@ -169,22 +180,31 @@ class SqlStore(ABC):
         )
 
     async def sync_keys(
-        self, instance: str, keys: Sequence[str], models: Sequence[str], now: datetime
+        self,
+        instance: str,
+        keys: Sequence[str],
+        models: Sequence[str],
+        now: datetime,
+        *,
+        files: Mapping[str, str] | None = None,
     ) -> KeySyncReport:
-        """Make the instance's keys and (key, model) rows match `keys` × `models`, in one transaction.
+        """Make the instance's file keys and (key, model) rows match `keys` × `models`, in one transaction.
 
-        Raises StoreError when `instance` has no provider row.
+        `files` names the file of each key, as configured (a key it does not
+        name is recorded in an unnamed file). Keys added through the key admin
+        are never deleted; disabled keys stay disabled. Raises StoreError when
+        `instance` has no provider row.
         """
-        wanted = unique_keys(keys)
+        rows = await asyncio.to_thread(stored_rows, self.codec, keys, files)
         model_list = list(dict.fromkeys(models))
 
         async def run(conn: Conn) -> tuple[int, int]:
-            if not await conn.fetch(_PROVIDER_EXISTS, instance):
+            if not await conn.fetch(PROVIDER_EXISTS, instance):
                 raise StoreError(f"unknown instance {instance!r}: sync_providers first")
-            return await self._sync_key_rows(conn, instance, wanted, model_list, as_utc(now))
+            return await self._sync_rows(conn, instance, rows, model_list, as_utc(now))
 
         added, removed = await self._write(f"syncing keys of {instance}", run)
-        return KeySyncReport(added=added, removed=removed, total=len(wanted))
+        return KeySyncReport(added=added, removed=removed, total=len(rows))
 
     async def load_records(self, instance: str | None = None) -> list[KeyRecord]:
         """Every (key, model) record, of one instance or all, by key_id, model.
@@ -217,7 +237,7 @@ class SqlStore(ABC):
             f"WHERE k.id = s.key_id AND {' AND '.join(where)} ORDER BY s.key_id, s.model LIMIT $3"
         )
         rows = await self._read("loading records", lambda conn: conn.fetch(query, *args))
-        return await asyncio.to_thread(to_records, rows, self.sql.time_in)
+        return await asyncio.to_thread(to_records, rows, self.sql.time_in, self.codec.unseal)
 
     async def status_counts(self, now: datetime) -> list[StatusCount]:
         """(key, model) rows per instance, model and status, and how many cool down at `now`."""
@@ -242,7 +262,7 @@ class SqlStore(ABC):
         query = SELECT_RECORDS + self.sql.by_key_ids + " ORDER BY s.key_id, s.model"
         ids = self.sql.array(list(key_ids))
         rows = await self._read("loading keys", lambda conn: conn.fetch(query, ids))
-        return to_records(rows, self.sql.time_in)
+        return to_records(rows, self.sql.time_in, self.codec.unseal)
 
     async def lease_due(
         self,
@@ -272,7 +292,8 @@ class SqlStore(ABC):
                 rows += await self._lease_step(conn, ask, op, limit - len(rows))
             return rows
 
-        return to_records(await self._write("leasing due keys", run), self.sql.time_in)
+        leased = await self._write("leasing due keys", run)
+        return to_records(leased, self.sql.time_in, self.codec.unseal)
 
     async def renew_leases(
         self, owner: str, rows: Sequence[tuple[int, str]], until: datetime
@@ -320,9 +341,17 @@ class SqlStore(ABC):
 
     async def _run_step(self, conn: Conn, step: str) -> None:
         """Run a migration's data step on `conn` (inside the migration's transaction)."""
+        if step == KEY_FINGERPRINTS:
+            keyed = [
+                (int(r[0]), str(r[1]))
+                for r in await conn.fetch("SELECT id, key_value FROM api_keys")
+            ]
+            await conn.executemany(_SET_FINGERPRINT, fingerprinted(self.codec, keyed))
+            return
         if step != SCRUB_KEY_MESSAGES:
             raise StoreError(f"{self.sql.engine}: unknown migration step {step!r}")
-        keys = [str(r[0]) for r in await conn.fetch("SELECT key_value FROM api_keys")]
+        stored = await conn.fetch("SELECT key_value FROM api_keys")
+        keys = [self.codec.unseal(str(r[0])) for r in stored]
         rows = [
             (int(r[0]), str(r[1]), str(r[2]))
             for r in await conn.fetch(

@@ -21,13 +21,14 @@ from importlib.resources.abc import Traversable
 from typing import Final
 
 from llmgateway.core.errors import SchemaTooNew, StoreError
+from llmgateway.store.fingerprints import KEY_FINGERPRINTS
 from llmgateway.store.scrub import SCRUB_KEY_MESSAGES
 
 _FILE_NAME: Final = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
 _STEP: Final = re.compile(r"^--\s*step:\s*(?P<step>\S+)\s*$", re.MULTILINE)
 _COMMENT: Final = re.compile(r"--[^\n]*")
 
-DATA_STEPS: Final = frozenset({SCRUB_KEY_MESSAGES})
+DATA_STEPS: Final = frozenset({SCRUB_KEY_MESSAGES, KEY_FINGERPRINTS})
 """The data steps a migration file may name (each engine knows how to run them)."""
 
 

@@ -13,7 +13,15 @@ import hashlib
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager, contextmanager, suppress
 from datetime import datetime
 from typing import Any, Final, cast, final
@@ -28,6 +36,8 @@ from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
 from llmgateway.store.changes import CHANNEL, KeySetChange, encode_key_changes, encode_notifications
 from llmgateway.store.engine import Conn, Dialect, LeaseAsk, Row, SqlStore
+from llmgateway.store.key_activity import KeyActivity
+from llmgateway.store.key_codec import PLAIN, KeyCodec
 from llmgateway.store.migrations import Engine, Migration
 from llmgateway.store.pg_listener import PgListener
 from llmgateway.store.protocol import CLOSE_TIMEOUT, KeySyncReport
@@ -44,6 +54,9 @@ WRITE_ATTEMPTS: Final = 3
 ANALYZE_AFTER: Final = 1000
 """Keys added plus removed by one sync from which the tables' statistics are refreshed."""
 
+NOTIFY_RECORDS: Final = 1000
+"""Status records one change announces at most; beyond, it asks for a reload of their instances."""
+
 _UPDATE_STATUS: Final = """
 UPDATE key_model_status AS s SET
     status = u.status, last_checked_at = u.last_checked_at, next_check_at = u.next_check_at,
@@ -57,6 +70,8 @@ FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[],
     AS u(status, last_checked_at, next_check_at, failing_since, consecutive_failures,
          status_code, message, response_ms, cooldown_until, reason, key_id, model)
 WHERE s.key_id = u.key_id AND s.model = u.model
+  -- Only the key admin enables a key disabled by hand (a probe in flight never does).
+  AND s.status <> 'disabled'
   -- Newest wins: a status observed earlier than the stored one never replaces it.
   AND (s.last_checked_at IS NULL OR u.last_checked_at IS NULL
        OR s.last_checked_at <= u.last_checked_at)
@@ -167,7 +182,7 @@ class _PgConn:
 
 
 @final
-class PostgresStore(SqlStore):
+class PostgresStore(KeyActivity, SqlStore):
     """The Store on PostgreSQL; see `llmgateway.store.protocol.Store`.
 
     Several gateway processes may share one database: migrations take an
@@ -186,8 +201,10 @@ class PostgresStore(SqlStore):
         *,
         origin: str | None = None,
         migrations: Sequence[Migration] | None = None,
+        codec: KeyCodec = PLAIN,
     ) -> None:
         self.dsn = dsn
+        self.codec = codec
         self._migrations = migrations
         self.min_size = min_size
         self.max_size = max_size
@@ -239,64 +256,57 @@ class PostgresStore(SqlStore):
             await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
 
     async def sync_keys(
-        self, instance: str, keys: Sequence[str], models: Sequence[str], now: datetime
+        self,
+        instance: str,
+        keys: Sequence[str],
+        models: Sequence[str],
+        now: datetime,
+        *,
+        files: Mapping[str, str] | None = None,
     ) -> KeySyncReport:
         """The shared key sync; after a large change, the tables' statistics are refreshed."""
-        report = await super().sync_keys(instance, keys, models, now)
-        if report.added + report.removed >= ANALYZE_AFTER:
-            # Fresh statistics at once, so the due scans keep their index plan after a bulk
-            # load (autovacuum's ANALYZE would come later).
+        report = await super().sync_keys(instance, keys, models, now, files=files)
+        await self._refresh_statistics(report.added + report.removed)
+        return report
+
+    async def _refresh_statistics(self, changed: int) -> None:
+        """ANALYZE the key tables after a change of ANALYZE_AFTER keys or more.
+
+        Fresh statistics at once keep the due scans and the listings on their
+        index plans after a bulk change (autovacuum's ANALYZE would come later).
+        """
+        if changed >= ANALYZE_AFTER:
             await self._read(
                 "analyzing", lambda conn: conn.script("ANALYZE api_keys, key_model_status")
             )
-        return report
 
-    async def _sync_key_rows(
-        self, conn: Conn, instance: str, keys: list[str], models: list[str], at: datetime
-    ) -> tuple[int, int]:
-        """The key sync's four statements on `unnest`ed arrays; announces the key-set change."""
-        removed = await conn.fetch(
-            "DELETE FROM api_keys AS a WHERE a.instance = $1 AND NOT EXISTS "
-            "(SELECT 1 FROM unnest($2::text[]) AS w(v) WHERE w.v = a.key_value) "
-            "RETURNING a.id",
-            instance,
-            keys,
-        )
-        added = await conn.fetch(
-            "INSERT INTO api_keys (instance, key_value, added_at) "
-            "SELECT $1, w.v, $3 FROM unnest($2::text[]) WITH ORDINALITY AS w(v, n) "
-            "WHERE NOT EXISTS (SELECT 1 FROM api_keys AS a "
-            "WHERE a.instance = $1 AND a.key_value = w.v) "
-            "ORDER BY w.n ON CONFLICT (instance, key_value) DO NOTHING RETURNING id",
-            instance,
-            keys,
-            at,
-        )
-        await conn.execute(
-            "DELETE FROM key_model_status AS s USING api_keys AS k "
-            "WHERE s.key_id = k.id AND k.instance = $1 AND NOT (s.model = ANY($2::text[]))",
-            instance,
-            models,
-        )
-        await conn.execute(
-            "INSERT INTO key_model_status (key_id, model, status, next_check_at) "
-            "SELECT k.id, m.model, $3, $4 FROM api_keys AS k "
-            "CROSS JOIN unnest($2::text[]) AS m(model) WHERE k.instance = $1 "
-            "AND NOT EXISTS (SELECT 1 FROM key_model_status AS s "
-            "WHERE s.key_id = k.id AND s.model = m.model) "
-            "ON CONFLICT (key_id, model) DO NOTHING",
-            instance,
-            models,
-            Status.UNTESTED.value,
-            at,
-        )
-        if added or removed:
-            change = KeySetChange(
-                instance, tuple(r[0] for r in added), tuple(r[0] for r in removed)
-            )
-            # Delivered to listeners when (and only if) this transaction commits.
-            await conn.execute(_NOTIFY, CHANNEL, encode_key_changes(self.origin, [change]))
-        return len(added), len(removed)
+    async def _stamp(self, conn: Conn) -> None:
+        """Nothing: PostgreSQL announces changes with NOTIFY (see `_announce`)."""
+        return None
+
+    async def _remove_ids(
+        self, conn: Conn, instance: str, ids: Sequence[int], stamp: int | None
+    ) -> None:
+        """Delete the keys `ids` (their rows cascade); `_announce` tells the other processes."""
+        await conn.execute("DELETE FROM api_keys WHERE id = ANY($1::bigint[])", list(ids))
+
+    async def _announce(
+        self, conn: Conn, records: Sequence[KeyRecord], changes: Sequence[KeySetChange]
+    ) -> None:
+        """NOTIFY the records and key-set changes, delivered when (and if) the transaction commits.
+
+        Past NOTIFY_RECORDS records, each instance they belong to is announced
+        for a reload instead (one notification, not thousands).
+        """
+        payloads: list[str] = []
+        changes = list(changes)
+        if len(records) > NOTIFY_RECORDS:
+            changes += [KeySetChange(i, reload=True) for i in sorted({r.instance for r in records})]
+        elif records:
+            payloads += encode_notifications(self.origin, records)
+        payloads += encode_key_changes(self.origin, changes)
+        if payloads:
+            await conn.execute(_NOTIFY, CHANNEL, payloads)
 
     def _status_writer(self, batch: Sequence[KeyRecord]) -> Callable[[Conn], Awaitable[None]]:
         """One `unnest` UPDATE of the batch's columns, then its notifications."""
@@ -306,6 +316,7 @@ class PostgresStore(SqlStore):
 
         async def run(conn: Conn) -> None:
             await conn.execute(_UPDATE_STATUS, *columns)
+            await self._refresh_statuses(conn, [r.key_id for r in batch])
             # Delivered to listeners when (and only if) this transaction commits.
             await conn.execute(_NOTIFY, CHANNEL, payloads)
 

@@ -6,7 +6,7 @@ Keeper, gateway (through the write queue) and `llmgateway status` talk to a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +15,18 @@ from typing import Protocol
 from llmgateway.core.constants import ProviderType, Status
 from llmgateway.core.models import KeyRecord
 from llmgateway.store.changes import ChangeFeed
+from llmgateway.store.key_admin import (
+    AddReport,
+    DeleteReport,
+    HistoryEntry,
+    Job,
+    JobState,
+    KeyFilter,
+    KeyPage,
+    Selection,
+    StoredKey,
+    UsageDelta,
+)
 
 CLOSE_TIMEOUT = 10.0
 """Seconds `Store.close()` waits for the connections in use by default."""
@@ -74,14 +86,24 @@ class Store(Protocol):
         """Insert or update one row per configured instance (name, type)."""
 
     async def sync_keys(
-        self, instance: str, keys: Sequence[str], models: Sequence[str], now: datetime
+        self,
+        instance: str,
+        keys: Sequence[str],
+        models: Sequence[str],
+        now: datetime,
+        *,
+        files: Mapping[str, str] | None = None,
     ) -> KeySyncReport:
-        """Make the instance's stored keys and (key, model) rows match `keys` × `models`.
+        """Make the instance's file keys and (key, model) rows match `keys` × `models`.
 
-        New keys get `untested` rows due at `now`; keys not in `keys` are
-        deleted with their statuses; rows of models not in `models` are
-        deleted and missing ones created `untested`. Keys added or removed
-        are announced to the other processes' change feeds.
+        `keys` are the keys of the instance's key files and inline list;
+        `files` names each one's file as configured (`keys/x/a.txt`, `inline`).
+        New keys get `untested` rows due at `now`; file keys not in `keys`
+        are deleted with their statuses, unless they were added through the
+        key admin too (they then only lose their file mark); rows of models
+        not in `models` are deleted and missing ones created `untested`
+        (`disabled` for a disabled key). Keys added or removed are announced
+        to the other processes' change feeds.
         """
 
     async def load_records(self, instance: str | None = None) -> list[KeyRecord]:
@@ -148,3 +170,65 @@ class Store(Protocol):
 
     def change_feed(self) -> ChangeFeed:
         """A new feed of the records other processes write (see `llmgateway.store.changes`)."""
+
+    # -- the key admin (see llmgateway.store.key_admin) ----------------------
+
+    async def list_keys(self, flt: KeyFilter, *, after: int | None, limit: int) -> KeyPage:
+        """One page (ids above `after`, at most `limit` ≤ 1000 keys) of what `flt` matches.
+
+        The page carries the total and facets of every match, and the
+        `after` of the next page. Raises ValueError for an unknown source.
+        """
+
+    async def get_key(self, key_id: int) -> StoredKey | None:
+        """The key `key_id` with its statuses and usage, or None."""
+
+    async def key_history(self, key_id: int, limit: int = 50) -> list[HistoryEntry]:
+        """The key's last `limit` status changes, newest first."""
+
+    async def add_keys(
+        self, instance: str, keys: Sequence[str], models: Sequence[str], now: datetime
+    ) -> AddReport:
+        """Store `keys` for `instance` as added through the key admin (`untested` for `models`).
+
+        Keys already held (or repeated) count as duplicates. The new keys are
+        announced. Raises StoreError for an unknown instance.
+        """
+
+    async def delete_keys(self, sel: Selection) -> DeleteReport:
+        """Delete every selected key added through the key admin; refuse file keys (naming the file)."""
+
+    async def set_disabled(self, sel: Selection, disabled: bool, now: datetime) -> list[KeyRecord]:
+        """Disable (or enable) every model of every selected key; the rows changed, announced.
+
+        Each change is written to the key's history.
+        """
+
+    async def select_for_recheck(
+        self, sel: Selection, models: Sequence[str] | None, after: int | None, limit: int
+    ) -> list[KeyRecord]:
+        """The records (not disabled; of `models` when given) of up to `limit` selected keys above `after`."""
+
+    async def record_usage(self, deltas: Sequence[UsageDelta]) -> None:
+        """Add usage increments to their keys' counters (the write queue's batches)."""
+
+    async def record_history(self, entries: Sequence[HistoryEntry]) -> None:
+        """Append status changes to their keys' history, keeping at least the last 50 per key."""
+
+    async def create_job(self, kind: str, total: int, now: datetime) -> Job:
+        """A new running job."""
+
+    async def update_job(
+        self,
+        job_id: int,
+        now: datetime,
+        *,
+        done: int | None = None,
+        total: int | None = None,
+        state: JobState | None = None,
+        results: Mapping[str, int] | None = None,
+    ) -> None:
+        """Set the given fields of a job."""
+
+    async def get_job(self, job_id: int) -> Job | None:
+        """The job `job_id`, or None."""

@@ -47,6 +47,9 @@ type TimeIn = Callable[[Any], datetime | None]
 type TimeOut = Callable[[datetime | None], Any]
 """How an engine writes a time column (None stays None)."""
 
+type Unseal = Callable[[Any], str]
+"""How a stored `key_value` becomes the key (`KeyCodec.unseal`)."""
+
 
 def parse_status(value: str) -> Status:
     """The Status stored as `value`; an unknown string (written by a newer release) is `unknown`."""
@@ -66,12 +69,15 @@ def parse_reason(value: str | None) -> ErrorReason | None:
         return None
 
 
-def to_record(row: Sequence[Any], time_in: TimeIn) -> KeyRecord:
-    """The KeyRecord of a row laid out as `RECORD_COLUMNS`, its times read with `time_in`."""
+def to_record(row: Sequence[Any], time_in: TimeIn, unseal: Unseal = str) -> KeyRecord:
+    """The KeyRecord of a row laid out as `RECORD_COLUMNS`, its times read with `time_in`.
+
+    `unseal` turns the stored `key_value` into the key (the store's key codec).
+    """
     return KeyRecord(
         key_id=row[0],
         instance=row[1],
-        key=row[2],
+        key=unseal(row[2]),
         model=row[3],
         status=parse_status(row[4]),
         last_checked_at=time_in(row[5]),
@@ -86,8 +92,12 @@ def to_record(row: Sequence[Any], time_in: TimeIn) -> KeyRecord:
     )
 
 
-def to_records(rows: Iterable[Sequence[Any]], time_in: TimeIn) -> list[KeyRecord]:
+def to_records(
+    rows: Iterable[Sequence[Any]], time_in: TimeIn, unseal: Unseal = str
+) -> list[KeyRecord]:
     """KeyRecords from rows laid out as `RECORD_COLUMNS`, equal values sharing one object.
+
+    `unseal` turns each stored `key_value` into the key (the store's key codec).
 
     A large pool is mostly repeats: the same instance and model names, a
     key's text on each of its models' rows, the same messages, codes and
@@ -112,7 +122,7 @@ def to_records(rows: Iterable[Sequence[Any]], time_in: TimeIn) -> list[KeyRecord
     last_key: Any = None
     for row in rows:
         if row[0] != last_id:  # rows come by key: a key's text once for all its models
-            last_id, last_key = row[0], sys.intern(row[2])  # shared with key files, masker
+            last_id, last_key = row[0], sys.intern(unseal(row[2]))  # shared with key files, masker
         status = statuses.get(row[4])
         if status is None:
             status = statuses[row[4]] = parse_status(row[4])

@@ -15,7 +15,6 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, nullcontext
-from datetime import datetime
 from itertools import repeat
 from pathlib import Path
 from typing import Any, Final, final
@@ -29,6 +28,8 @@ from llmgateway.core.models import KeyRecord
 from llmgateway.store.changes import Changes, KeySetChange, SqlitePoller
 from llmgateway.store.engine import SELECT_RECORDS, Conn, Dialect, LeaseAsk, Row, SqlStore
 from llmgateway.store.file_lock import file_lock
+from llmgateway.store.key_activity import KeyActivity
+from llmgateway.store.key_codec import PLAIN, KeyCodec
 from llmgateway.store.migrations import Engine, Migration
 from llmgateway.store.protocol import CLOSE_TIMEOUT
 from llmgateway.store.rows import (
@@ -53,6 +54,8 @@ _UPDATE_STATUS: Final = (
     "failing_since = ?4, consecutive_failures = ?5, status_code = ?6, message = ?7, "
     "response_ms = ?8, cooldown_until = ?9, reason = ?10, lease_owner = NULL, "
     "lease_until = NULL, version = ?11 WHERE key_id = ?12 AND model = ?13 "
+    # Only the key admin enables a key disabled by hand (a probe in flight never does).
+    "AND status <> 'disabled' "
     # Newest wins: a status observed earlier than the stored one (another process's queue
     # flushing late) never replaces it.
     "AND (last_checked_at IS NULL OR ?2 IS NULL OR last_checked_at <= ?2)"
@@ -138,7 +141,7 @@ def _translated(action: str) -> Iterator[None]:
 
 
 @final
-class SqliteStore(SqlStore):
+class SqliteStore(KeyActivity, SqlStore):
     """The Store on an SQLite file (or `:memory:`); see `llmgateway.store.protocol.Store`.
 
     Rows of `record()` whose (key_id, model) no longer exists (the key was
@@ -147,8 +150,15 @@ class SqliteStore(SqlStore):
 
     sql = SQLITE
 
-    def __init__(self, path: Path | str, *, migrations: Sequence[Migration] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        migrations: Sequence[Migration] | None = None,
+        codec: KeyCodec = PLAIN,
+    ) -> None:
         self.path = path if path == MEMORY else Path(path)
+        self.codec = codec
         self._migrations = migrations
         self._conn: _SqliteConn | None = None
         self._lock = asyncio.Lock()
@@ -200,52 +210,22 @@ class SqliteStore(SqlStore):
             conn.raw.stop()  # queued behind the running statement: the thread then ends
             raise StoreError(f"sqlite: closing timed out after {timeout} s") from exc
 
-    async def _sync_key_rows(
-        self, conn: Conn, instance: str, keys: list[str], models: list[str], at: datetime
-    ) -> tuple[int, int]:
-        """The key sync's four set-based statements, the lists read with `json_each`.
+    async def _stamp(self, conn: Conn) -> int:
+        """Bump the change counter: its new value tags the rows this transaction writes."""
+        return await _bump(conn)
 
-        What it inserts or deletes carries the next counter value (see changes.py).
-        """
-        keys_json, models_json, epoch = _json_array(keys), _json_array(models), to_epoch(at)
-        version = await _counter(conn) + 1
-        removed = await _remove_keys(
-            conn,
-            "instance = ?3 AND key_value NOT IN (SELECT value FROM json_each(?4))",
-            (instance, keys_json),
-            version,
+    async def _remove_ids(
+        self, conn: Conn, instance: str, ids: Sequence[int], stamp: int | None
+    ) -> None:
+        """Delete the keys `ids`, noted in removed_keys under `stamp` for the other workers."""
+        await _remove_keys(
+            conn, "id IN (SELECT value FROM json_each(?3))", (_json_array(list(ids)),), stamp or 0
         )
-        added = await conn.execute(
-            # Filtering first keeps ignored rows from consuming AUTOINCREMENT ids.
-            "INSERT OR IGNORE INTO api_keys (instance, key_value, added_at) "
-            "SELECT ?1, w.value, ?2 FROM json_each(?3) AS w WHERE NOT EXISTS "
-            "(SELECT 1 FROM api_keys AS a WHERE a.instance = ?1 AND a.key_value = w.value) "
-            "ORDER BY w.key",
-            instance,
-            epoch,
-            keys_json,
-        )
-        await conn.execute(
-            "DELETE FROM key_model_status "
-            "WHERE key_id IN (SELECT id FROM api_keys WHERE instance = ?1) "
-            "AND model NOT IN (SELECT value FROM json_each(?2))",
-            instance,
-            models_json,
-        )
-        inserted = await conn.execute(
-            "INSERT OR IGNORE INTO key_model_status "
-            "(key_id, model, status, next_check_at, version) "
-            "SELECT k.id, m.value, ?1, ?2, ?3 FROM api_keys AS k, json_each(?4) AS m "
-            "WHERE k.instance = ?5",
-            Status.UNTESTED.value,
-            epoch,
-            version,
-            models_json,
-            instance,
-        )
-        if removed or inserted:
-            await _bump(conn)
-        return added, removed
+
+    async def _announce(
+        self, conn: Conn, records: Sequence[KeyRecord], changes: Sequence[KeySetChange]
+    ) -> None:
+        """Nothing to send: the rows written carry the stamp the workers' feeds look for."""
 
     def _status_writer(self, batch: Sequence[KeyRecord]) -> Callable[[Conn], Awaitable[None]]:
         """Bump the change counter and update each row, tagged with the counter's value."""
@@ -255,6 +235,7 @@ class SqliteStore(SqlStore):
             ids, models = [r.key_id for r in batch], [r.model for r in batch]
             values = zip(*status_columns(batch, to_epoch), repeat(version), ids, models)
             await conn.executemany(_UPDATE_STATUS, values)
+            await self._refresh_statuses(conn, ids)
 
         return run
 
@@ -324,7 +305,7 @@ class SqliteStore(SqlStore):
         for instance, key_id in removed_rows:
             removed.setdefault(str(instance), []).append(int(key_id))
         keys = [KeySetChange(name, removed=tuple(ids)) for name, ids in removed.items()]
-        return current, Changes(to_records(rows, from_epoch), keys)
+        return current, Changes(to_records(rows, from_epoch, self.codec.unseal), keys)
 
     def change_feed(self, interval: float = 0.5) -> SqlitePoller:
         """A feed delivering what other processes record, polled every `interval` seconds."""

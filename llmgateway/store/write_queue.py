@@ -3,7 +3,9 @@
 `put()` is synchronous and never waits for the database; a background loop
 (`run()`) writes what accumulated, one `store.record()` round trip per batch.
 A failed write is kept and retried with backoff, never dropped; `close()`
-writes everything left before the process exits.
+writes everything left before the process exits. The same flushes write the
+pool's per-key usage counts (`put_usage`) and the history of its status
+changes (`put_history`), after the statuses.
 
 Whoever must not speak of a change before it is stored (`/-/events`: a
 process killed right after announcing a status must not leave the store
@@ -23,6 +25,8 @@ import structlog
 
 from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
+from llmgateway.store.activity_buffer import ActivityBatch, ActivityBuffer
+from llmgateway.store.key_admin import HistoryEntry, UsageDelta
 from llmgateway.store.protocol import Store
 
 log = structlog.get_logger(__name__)
@@ -66,6 +70,7 @@ class WriteQueue:
         self._retry_delay = retry_delay
         self._max_retry_delay = max_retry_delay
         self._pending: dict[_RowKey, KeyRecord] = {}
+        self._activity = ActivityBuffer()
         self._in_flight = 0
         self._write_lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -78,6 +83,11 @@ class WriteQueue:
     def depth(self) -> int:
         """Records not yet written: waiting plus the batch being written."""
         return len(self._pending) + self._in_flight
+
+    @property
+    def activity_depth(self) -> int:
+        """Usage deltas (one per key) and history entries not yet written."""
+        return len(self._activity)
 
     @property
     def closed(self) -> bool:
@@ -103,6 +113,20 @@ class WriteQueue:
         if len(self._pending) >= self._max_batch:
             self._wake.set()
 
+    def put_usage(self, delta: UsageDelta) -> None:
+        """Queue usage increments of one key (added to those still waiting). Never blocks."""
+        if self._stop.is_set():
+            log.error("write_queue_usage_dropped", key_id=delta.key_id)
+            return
+        self._activity.add_usage(delta)
+
+    def put_history(self, entry: HistoryEntry) -> None:
+        """Queue one status change for the key's history (its message already masked)."""
+        if self._stop.is_set():
+            log.error("write_queue_history_dropped", key_id=entry.key_id, model=entry.model)
+            return
+        self._activity.add_history(entry)
+
     def mark(self) -> int:
         """A mark for `written_through`: the number of records put so far."""
         return self._puts
@@ -125,8 +149,28 @@ class WriteQueue:
             # Taking the lock first also waits for a write already in flight.
             async with self._write_lock:
                 if not self._pending:
+                    await self._write_activity()
                     return
                 await self._write_batch()
+
+    async def _write_activity(self) -> None:
+        """Write the waiting usage and history (after the statuses: history names their rows).
+
+        On any failure what was not written is put back and the error re-raised.
+        """
+        batch = self._activity.take()
+        if not batch:
+            return
+        try:
+            await self._store.record_usage(batch.usage)
+        except BaseException:
+            self._activity.restore(batch)
+            raise
+        try:
+            await self._store.record_history(batch.history)
+        except BaseException:
+            self._activity.restore(ActivityBatch([], batch.history))
+            raise
 
     async def run(self) -> None:
         """The background loop: write every `interval` (sooner when a batch is full) until `close()`.
@@ -168,7 +212,7 @@ class WriteQueue:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         delay = self._retry_delay
-        while self.depth and loop.time() < deadline:
+        while (self.depth or self.activity_depth) and loop.time() < deadline:
             try:
                 async with asyncio.timeout_at(deadline):
                     await self.flush()
@@ -179,6 +223,8 @@ class WriteQueue:
                 await asyncio.sleep(max(0.0, min(delay, deadline - loop.time())))
                 delay = min(delay * 2, self._max_retry_delay)
         lost = self.depth
+        if self.activity_depth:
+            log.error("write_queue_closed_with_unwritten_usage", lost=self.activity_depth)
         if lost:
             log.error(
                 "write_queue_closed_with_unwritten",

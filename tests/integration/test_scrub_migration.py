@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from llmgateway.core.constants import ProviderType, Status
 from llmgateway.core.masking import mask_key
 from llmgateway.store.migrations import Engine, engine_migrations
 from tests.fakes.hostile_upstream import key_forms
@@ -38,20 +36,23 @@ async def test_messages_stored_before_masking_are_scrubbed_once(
     await old.open()
     try:
         assert await database.applied_versions() == [1, 2, 3, 4]
-        await old.sync_providers([("gem", ProviderType.GEMINI)])
-        await old.sync_keys("gem", KEYS, ["m1", "m2", "m3", "m4"], NOW)
-        records = await old.load_records()
-        await old.record(
-            [
-                dataclasses.replace(
-                    r,
-                    status=Status.NO_ACCESS,
-                    last_checked_at=NOW,
-                    message=_messages(r.key)[int(r.model[1]) - 1],
-                )
-                for r in records
-            ]
+        # The rows an earlier release wrote, in the schema of version 4.
+        added_at = "0" if database.engine == "sqlite" else "now()"
+        await database.execute(
+            "INSERT INTO providers (name, provider_type) VALUES ('gem', 'gemini')"
         )
+        for key in KEYS:
+            await database.execute(
+                "INSERT INTO api_keys (instance, key_value, added_at) "
+                f"VALUES ('gem', '{key}', {added_at})"
+            )
+            for m, message in enumerate(_messages(key), 1):
+                quoted = message.replace("'", "''")
+                await database.execute(
+                    "INSERT INTO key_model_status (key_id, model, status, reason, message) "
+                    f"SELECT id, 'm{m}', 'no_access', 'no_access', '{quoted}' FROM api_keys "
+                    f"WHERE key_value = '{key}'"
+                )
     finally:
         await old.close()
 
@@ -63,7 +64,7 @@ async def test_messages_stored_before_masking_are_scrubbed_once(
     finally:
         await new.close()
 
-    assert versions == [1, 2, 3, 4, 5]
+    assert versions[:5] == [1, 2, 3, 4, 5]
     assert len(stored) == 8
     for record in stored:
         assert all(form not in record.message for k in KEYS for form in key_forms(k).values())

@@ -1,0 +1,82 @@
+"""Usage increments and status changes waiting in the write queue, taken and restored in batches.
+
+The pool counts each key's requests and failures in memory and hands the
+counts over as `UsageDelta`s; every status change it announces becomes a
+`HistoryEntry`. Both wait here until the write queue's next flush: usage
+coalesces per key, history keeps its order (bounded: when the store stays
+unreachable, the oldest changes go first).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Final, final
+
+from llmgateway.store.key_admin import HistoryEntry, UsageDelta
+
+HISTORY_PENDING_MAX: Final = 100_000
+"""Status changes kept waiting at most; beyond, the oldest are dropped."""
+
+
+def merged(a: UsageDelta, b: UsageDelta) -> UsageDelta:
+    """One delta adding `a` and `b` (the later last use of the two)."""
+    last = a.last_used_at
+    if b.last_used_at is not None and (last is None or b.last_used_at > last):
+        last = b.last_used_at
+    return UsageDelta(a.key_id, a.requests + b.requests, a.failures + b.failures, last)
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityBatch:
+    """What one flush writes: usage deltas (one per key) and history entries (in order)."""
+
+    usage: list[UsageDelta]
+    history: list[HistoryEntry]
+
+    def __bool__(self) -> bool:
+        return bool(self.usage or self.history)
+
+
+@final
+class ActivityBuffer:
+    """Usage deltas and history entries not yet written."""
+
+    __slots__ = ("_usage", "_history", "dropped")
+
+    def __init__(self) -> None:
+        self._usage: dict[int, UsageDelta] = {}
+        self._history: deque[HistoryEntry] = deque(maxlen=HISTORY_PENDING_MAX)
+        self.dropped = 0
+        """History entries dropped because too many waited."""
+
+    def __len__(self) -> int:
+        return len(self._usage) + len(self._history)
+
+    def add_usage(self, delta: UsageDelta) -> None:
+        """Add `delta` to what waits for its key."""
+        old = self._usage.get(delta.key_id)
+        self._usage[delta.key_id] = delta if old is None else merged(old, delta)
+
+    def add_history(self, entry: HistoryEntry) -> None:
+        """Queue one status change (the oldest waiting one goes when the buffer is full)."""
+        if len(self._history) == HISTORY_PENDING_MAX:
+            self.dropped += 1
+        self._history.append(entry)
+
+    def take(self) -> ActivityBatch:
+        """Everything waiting, leaving the buffer empty."""
+        batch = ActivityBatch(list(self._usage.values()), list(self._history))
+        self._usage = {}
+        self._history.clear()
+        return batch
+
+    def restore(self, batch: ActivityBatch) -> None:
+        """Put back a batch that could not be written, before what arrived since."""
+        newer, self._usage = self._usage, {}
+        for delta in (*batch.usage, *newer.values()):
+            self.add_usage(delta)
+        later = list(self._history)
+        self._history.clear()
+        for entry in (*batch.history, *later):
+            self.add_history(entry)

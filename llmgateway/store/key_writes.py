@@ -1,0 +1,357 @@
+"""The edits of an instance's keys, written once for both engines: sync, import, delete, disable.
+
+`KeyWrites` is a part of `SqlStore`. Every statement is set-based: a list of
+keys or ids travels as one bound value (`Params.rows`, `Params.one_of`), so a
+sync or an import of 100,000 keys, or a delete matching 50,000, is a handful
+of statements. What differs between the engines is how a change is announced
+to the other processes (see `llmgateway.store.changes`), behind three hooks:
+`_stamp` (SQLite: the change counter value that tags the rows written),
+`_remove_ids` (SQLite also notes removed keys) and `_announce` (PostgreSQL's
+NOTIFY).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import abstractmethod
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Final
+
+from llmgateway.core.constants import Status
+from llmgateway.core.errors import StoreError
+from llmgateway.core.models import KeyRecord
+from llmgateway.store import model_statuses
+from llmgateway.store.changes import KeySetChange
+from llmgateway.store.engine import PROVIDER_EXISTS, SELECT_RECORDS, Conn, Row
+from llmgateway.store.key_admin import (
+    HISTORY_KEPT,
+    AddReport,
+    DeleteReport,
+    Selection,
+    refusal,
+)
+from llmgateway.store.key_codec import StoredRow, stored_rows
+from llmgateway.store.key_filter import Params, selection_where
+from llmgateway.store.key_reads import KeyReads
+from llmgateway.store.rows import as_utc
+
+HAND_DISABLED: Final = "disabled by hand"
+"""The history message of a key disabled through the key admin."""
+
+HAND_ENABLED: Final = "enabled by hand"
+"""The history message of a key enabled again through the key admin."""
+
+_WANTED: Final = (
+    ("fingerprint", "text"),
+    ("key_value", "text"),
+    ("key_mask", "text"),
+    ("source_file", "text"),
+    ("n", "bigint"),
+)
+"""The columns of the keys a sync or an import stores (`n`: their order)."""
+
+
+class KeyWrites(KeyReads):
+    """Key sync, import, delete and disable on both engines (see `llmgateway.store.protocol.Store`)."""
+
+    @abstractmethod
+    async def _stamp(self, conn: Conn) -> int | None:
+        """The version to tag the rows this transaction writes with (SQLite), or None (PostgreSQL)."""
+
+    @abstractmethod
+    async def _remove_ids(
+        self, conn: Conn, instance: str, ids: Sequence[int], stamp: int | None
+    ) -> None:
+        """Delete the keys `ids` of `instance` (their rows cascade), noting them for the feeds."""
+
+    async def _refresh_statistics(self, changed: int) -> None:
+        """After a bulk change of `changed` keys, let the engine refresh its planner statistics."""
+
+    @abstractmethod
+    async def _announce(
+        self, conn: Conn, records: Sequence[KeyRecord], changes: Sequence[KeySetChange]
+    ) -> None:
+        """Announce changed statuses and key sets to the other processes, on commit."""
+
+    async def _sync_rows(
+        self,
+        conn: Conn,
+        instance: str,
+        rows: Sequence[StoredRow],
+        models: list[str],
+        at: datetime,
+    ) -> tuple[int, int]:
+        """Make the instance's file keys match `rows` and its model rows `models`; (added, removed).
+
+        File keys not in `rows` are deleted, unless they were also added
+        through the key admin: those only lose their file mark. Keys in
+        `rows` already stored take the file they are in now. New model rows
+        of a disabled key are disabled too.
+        """
+        stamp = await self._stamp(conn)
+        # Each statement binds only the columns it reads (a sync re-sends every key).
+        fingerprints = [r[0] for r in rows]
+        p = self._params()
+        gone = await conn.fetch(
+            f"SELECT k.id FROM api_keys AS k WHERE k.instance = {p(instance)} "
+            "AND k.source_file IS NOT NULL AND k.from_api = FALSE AND "
+            f"{p.none_of('k.fingerprint', fingerprints)}",
+            *p.values,
+        )
+        removed = [int(r[0]) for r in gone]
+        if removed:
+            await self._remove_ids(conn, instance, removed, stamp)
+        p = self._params()
+        await conn.execute(
+            f"UPDATE api_keys SET source_file = NULL WHERE instance = {p(instance)} "
+            "AND from_api = TRUE AND source_file IS NOT NULL AND "
+            f"{p.none_of('api_keys.fingerprint', fingerprints)}",
+            *p.values,
+        )
+        named = [(r[0], r[3]) for r in rows if r[3] is not None]
+        if named:
+            p = self._params()
+            files = p.rows("w", [("fingerprint", "text"), ("source_file", "text")], named)
+            await conn.execute(
+                f"UPDATE api_keys SET source_file = w.source_file FROM {files} "
+                f"WHERE api_keys.instance = {p(instance)} AND api_keys.fingerprint = w.fingerprint "
+                "AND (api_keys.source_file IS NULL OR api_keys.source_file <> w.source_file)",
+                *p.values,
+            )
+        added = await self._insert_keys(conn, instance, rows, models, from_api=False, at=at)
+        dropped, created = await self._sync_models(conn, instance, models, at, stamp)
+        if dropped or created > len(added) * len(models):
+            await self._refresh_statuses(conn, instance=instance)  # the models changed
+        if added or removed:
+            await self._announce(conn, (), [KeySetChange(instance, tuple(added), tuple(removed))])
+        return len(added), len(removed)
+
+    async def _insert_keys(
+        self,
+        conn: Conn,
+        instance: str,
+        rows: Sequence[StoredRow],
+        models: Sequence[str],
+        *,
+        from_api: bool,
+        at: datetime,
+    ) -> list[int]:
+        """Insert the keys of `rows` the instance does not hold yet; their new ids.
+
+        Their `model_statuses` say `untested` for each of `models`: the rows
+        the caller inserts next.
+        """
+        untested = model_statuses.encode((m, Status.UNTESTED.value) for m in models)
+        p = self._params()
+        wanted = p.rows("w", _WANTED, rows)
+        name = p(instance)
+        source = "NULL" if from_api else "COALESCE(w.source_file, '')"
+        inserted = await conn.fetch(
+            "INSERT INTO api_keys (instance, key_value, fingerprint, key_mask, source_file, "
+            f"from_api, added_at, model_statuses) SELECT {name}, w.key_value, w.fingerprint, "
+            f"w.key_mask, {source}, {'TRUE' if from_api else 'FALSE'}, {p.time(at)}, "
+            f"{p(untested)} FROM {wanted} "
+            "WHERE NOT EXISTS (SELECT 1 FROM api_keys AS a "
+            f"WHERE a.instance = {name} AND a.fingerprint = w.fingerprint) "
+            "ORDER BY w.n ON CONFLICT DO NOTHING RETURNING id",
+            *p.values,
+        )
+        return sorted(int(r[0]) for r in inserted)
+
+    async def _sync_models(
+        self, conn: Conn, instance: str, models: list[str], at: datetime, stamp: int | None
+    ) -> tuple[int, int]:
+        """Give every key of the instance one row per model of `models`, and no other.
+
+        Returns the numbers of rows deleted and created.
+        """
+        p = self._params()
+        dropped = await conn.execute(
+            f"DELETE FROM key_model_status WHERE key_id IN (SELECT id FROM api_keys "
+            f"WHERE instance = {p(instance)}) AND NOT ({p.one_of('model', models)})",
+            *p.values,
+        )
+        p = self._params()
+        created = await conn.execute(
+            "INSERT INTO key_model_status (key_id, model, status, next_check_at, version) "
+            f"SELECT k.id, m.model, CASE WHEN d.key_id IS NULL THEN {p(Status.UNTESTED.value)} "
+            f"ELSE {p(Status.DISABLED.value)} END, CASE WHEN d.key_id IS NULL THEN {p.time(at)} "
+            f"END, {p(stamp or 0)} FROM api_keys AS k "
+            f"CROSS JOIN {p.rows('m', [('model', 'text')], [[m] for m in models])} "
+            "LEFT JOIN (SELECT DISTINCT key_id FROM key_model_status "
+            f"WHERE status = {p(Status.DISABLED.value)}) AS d ON d.key_id = k.id "
+            f"WHERE k.instance = {p(instance)} AND NOT EXISTS (SELECT 1 FROM key_model_status "
+            "AS s WHERE s.key_id = k.id AND s.model = m.model) ON CONFLICT DO NOTHING",
+            *p.values,
+        )
+        return dropped, created
+
+    async def add_keys(
+        self, instance: str, keys: Sequence[str], models: Sequence[str], now: datetime
+    ) -> AddReport:
+        """Store `keys` as keys of `instance` added through the key admin, untested for `models`.
+
+        A key the instance already holds (or given twice) counts as a
+        duplicate; one held only by a key file is marked as added through the
+        key admin too, so it stays when it leaves its file. The new keys are
+        announced to the other processes. Raises StoreError for an unknown instance.
+        """
+        given = [k for k in keys if k]
+        rows = await asyncio.to_thread(stored_rows, self.codec, given, None)
+        model_list = list(dict.fromkeys(models))
+        at = as_utc(now)
+
+        async def run(conn: Conn) -> list[int]:
+            if not await conn.fetch(PROVIDER_EXISTS, instance):
+                raise StoreError(f"unknown instance {instance!r}")
+            stamp = await self._stamp(conn)
+            p = self._params()
+            await conn.execute(
+                f"UPDATE api_keys SET from_api = TRUE WHERE instance = {p(instance)} "
+                f"AND from_api = FALSE AND {p.one_of('fingerprint', [r[0] for r in rows])}",
+                *p.values,
+            )
+            added = await self._insert_keys(conn, instance, rows, model_list, from_api=True, at=at)
+            if added:
+                p = self._params()
+                await conn.execute(
+                    "INSERT INTO key_model_status (key_id, model, status, next_check_at, "
+                    f"version) SELECT k.id, m.model, {p(Status.UNTESTED.value)}, {p.time(at)}, "
+                    f"{p(stamp or 0)} FROM api_keys AS k CROSS JOIN "
+                    f"{p.rows('m', [('model', 'text')], [[m] for m in model_list])} "
+                    f"WHERE {p.id_in('k.id', added)} ON CONFLICT DO NOTHING",
+                    *p.values,
+                )
+                await self._announce(conn, (), [KeySetChange(instance, added=tuple(added))])
+            return added
+
+        added = await self._write(f"adding keys to {instance}", run)
+        await self._refresh_statistics(len(added))
+        return AddReport(added=added, duplicates=len(given) - len(added))
+
+    async def delete_keys(self, sel: Selection) -> DeleteReport:
+        """Delete the selected keys added through the key admin; refuse those a key file holds.
+
+        Each refusal names the file to edit. Ids that are not stored are
+        neither deleted nor refused. The removals are announced.
+        """
+
+        async def run(conn: Conn) -> DeleteReport:
+            p = self._params()
+            rows = await conn.fetch(
+                "SELECT k.id, k.instance, k.source_file FROM api_keys AS k "
+                f"WHERE {selection_where(sel, p, self.codec)} ORDER BY k.id",
+                *p.values,
+            )
+            refused = [(int(r[0]), refusal(str(r[1]), str(r[2]))) for r in rows if r[2] is not None]
+            doomed: dict[str, list[int]] = {}
+            for key_id, instance, source_file in rows:
+                if source_file is None:
+                    doomed.setdefault(str(instance), []).append(int(key_id))
+            if doomed:
+                stamp = await self._stamp(conn)
+                for instance, ids in doomed.items():
+                    await self._remove_ids(conn, instance, ids, stamp)
+                await self._announce(
+                    conn, (), [KeySetChange(i, removed=tuple(ids)) for i, ids in doomed.items()]
+                )
+            deleted = sorted(i for ids in doomed.values() for i in ids)
+            return DeleteReport(deleted=deleted, refused=refused)
+
+        report = await self._write("deleting keys", run)
+        await self._refresh_statistics(len(report.deleted))
+        return report
+
+    async def set_disabled(self, sel: Selection, disabled: bool, now: datetime) -> list[KeyRecord]:
+        """Disable (or enable) every model of the selected keys; the rows that changed.
+
+        Disabled rows leave checking (no `next_check_at`); enabled ones become
+        `untested`, due at `now`. Either way `last_checked_at` is `now`, so
+        the change wins over what other processes hold. Each change is
+        written to the key's history and announced.
+        """
+        at = as_utc(now)
+        new, message = (
+            (Status.DISABLED, HAND_DISABLED) if disabled else (Status.UNTESTED, HAND_ENABLED)
+        )
+        which = "<>" if disabled else "="
+
+        def target(p: Params) -> str:
+            keys = selection_where(sel, p, self.codec)
+            return (
+                f"s.key_id IN (SELECT k.id FROM api_keys AS k WHERE {keys}) "
+                f"AND s.status {which} {p(Status.DISABLED.value)}"
+            )
+
+        async def run(conn: Conn) -> list[KeyRecord]:
+            stamp = await self._stamp(conn)
+            p = self._params()
+            await conn.execute(
+                "INSERT INTO key_history (key_id, model, old_status, new_status, reason, "
+                f"message, at) SELECT s.key_id, s.model, s.status, {p(new.value)}, NULL, "
+                f"{p(message)}, {p.time(at)} FROM key_model_status AS s WHERE {target(p)}",
+                *p.values,
+            )
+            p = self._params()
+            version = "s.version + 1" if stamp is None else p(stamp)
+            due = "NULL" if disabled else p.time(at)
+            changed = await conn.fetch(
+                f"UPDATE key_model_status AS s SET status = {p(new.value)}, "
+                f"last_checked_at = {p.time(at)}, next_check_at = {due}, failing_since = NULL, "
+                "consecutive_failures = 0, status_code = NULL, message = '', "
+                "response_ms = NULL, cooldown_until = NULL, reason = NULL, lease_owner = NULL, "
+                f"lease_until = NULL, version = {version} WHERE {target(p)} "
+                "RETURNING key_id, model",
+                *p.values,
+            )
+            records = await self._changed_records(conn, changed)
+            # History grows by a row per model here; the next status change pruning a key's
+            # history trims it (pruning 50,000 keys' history here would double the time).
+            await self._refresh_statuses(conn, sorted({r.key_id for r in records}))
+            await self._announce(conn, records, ())
+            return records
+
+        # No statistics refresh: listings read api_keys, whose rows did not come or go.
+        return await self._write("disabling keys" if disabled else "enabling keys", run)
+
+    async def _refresh_statuses(
+        self, conn: Conn, key_ids: Sequence[int] = (), *, instance: str | None = None
+    ) -> None:
+        """Recompute `model_statuses` of the keys `key_ids` (or of every key of `instance`).
+
+        Every write that changes status rows calls it in its transaction (see
+        `llmgateway.store.model_statuses`); new keys get theirs on insert.
+        """
+        p = self._params()
+        if instance is not None:
+            keys = f"x.key_id IN (SELECT id FROM api_keys WHERE instance = {p(instance)})"
+        elif key_ids:
+            keys = p.id_in("x.key_id", sorted(set(key_ids)))
+        else:
+            return
+        await conn.execute(model_statuses.refresh_sql(self.sql.engine, keys), *p.values)
+
+    async def _changed_records(self, conn: Conn, changed: Sequence[Row]) -> list[KeyRecord]:
+        """The records of the (key_id, model) rows `changed`, in (key_id, model) order."""
+        pairs = {(int(r[0]), str(r[1])) for r in changed}
+        if not pairs:
+            return []
+        ids = sorted({key_id for key_id, _ in pairs})
+        rows = await conn.fetch(
+            SELECT_RECORDS + self.sql.by_key_ids + " ORDER BY s.key_id, s.model",
+            self.sql.array(ids),
+        )
+        return [r for r in self._records(rows) if (r.key_id, r.model) in pairs]
+
+    async def _prune_history(self, conn: Conn, key_ids: Sequence[int]) -> None:
+        """Keep the newest HISTORY_KEPT history rows of each key of `key_ids`."""
+        if not key_ids:
+            return
+        p = self._params()
+        await conn.execute(
+            "DELETE FROM key_history WHERE id IN (SELECT h.id FROM (SELECT id, ROW_NUMBER() "
+            "OVER (PARTITION BY key_id ORDER BY at DESC, id DESC) AS n FROM key_history "
+            f"WHERE {p.id_in('key_id', key_ids)}) AS h WHERE h.n > {p(HISTORY_KEPT)})",
+            *p.values,
+        )
