@@ -1,0 +1,1 @@
+"""The key admin API: the `/-/api/` sub-application, one module per resource."""
