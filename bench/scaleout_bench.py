@@ -17,14 +17,18 @@ import random
 import statistics
 import time
 import uuid
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 
 import asyncpg
 
-from llmgateway.config.schemas import ModelConfig, ProviderConfig
+from llmgateway.config.accessor import ConfigAccessor
+from llmgateway.config.schemas import AppConfig, ModelConfig, ProviderConfig
 from llmgateway.core.constants import ErrorReason, ProviderType, Status
+from llmgateway.core.masking import Masker
 from llmgateway.core.models import CheckResult
 from llmgateway.keeper.follower import PoolFollower
+from llmgateway.keeper.key_sync import KeySync
 from llmgateway.pool.key_pool import KeyPool
 from llmgateway.store.postgres import PostgresStore
 from llmgateway.store.write_queue import WriteQueue
@@ -38,18 +42,21 @@ class Process:
     def __init__(self, dsn: str, provider: ProviderConfig) -> None:
         self.store = PostgresStore(dsn, min_size=1, max_size=4)
         self.queue = WriteQueue(self.store)
-        self.pool = KeyPool([provider], sink=self.queue.put)
-        self.follower = PoolFollower(self.store, self.pool, [provider.name])
+        accessor = ConfigAccessor(AppConfig(providers={provider.name: provider}))
+        self.pool = KeyPool(accessor, sink=self.queue.put)
+        key_sync = KeySync(accessor, self.store, self.pool, Masker())
+        self.follower = PoolFollower(self.store, self.pool, key_sync, [provider.name])
         self.task: asyncio.Task[None] | None = None
+        self._running = AsyncExitStack()
 
     async def start(self) -> None:
         await self.store.open()
         self.pool.load(await self.store.load_records())
         self.task = asyncio.create_task(self.queue.run())
-        await self.follower.start()
+        await self._running.enter_async_context(self.follower.running())
 
     async def stop(self) -> None:
-        await self.follower.stop()
+        await self._running.aclose()
         await self.queue.close()
         if self.task is not None:
             await self.task

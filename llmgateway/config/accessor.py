@@ -11,6 +11,7 @@ from typing import final
 from llmgateway.config.schemas import (
     AppConfig,
     DatabaseConfig,
+    HealthPolicy,
     KeeperConfig,
     LoggingConfig,
     ProviderConfig,
@@ -27,13 +28,18 @@ class ConfigAccessor:
     gateway's own table, built from `enabled_providers()` at start-up.
     """
 
-    __slots__ = ("_config", "_enabled")
+    __slots__ = ("_config", "_enabled", "_served", "_routes")
 
     def __init__(self, config: AppConfig) -> None:
         self._config = config
         self._enabled: tuple[ProviderConfig, ...] = tuple(
             p for p in config.providers.values() if p.enabled
         )
+        self._served: dict[str, ProviderConfig] = {p.name: p for p in self._enabled}
+        self._routes: dict[str, tuple[bool, frozenset[str], str]] = {
+            p.name: (p.shared_key_status, frozenset(p.models), p.default_model)
+            for p in self._enabled
+        }
 
     @property
     def server(self) -> ServerConfig:
@@ -71,6 +77,30 @@ class ConfigAccessor:
     def get_provider(self, name: str) -> ProviderConfig | None:
         """The provider instance called `name`, or None."""
         return self._config.providers.get(name)
+
+    def serves(self, name: str) -> bool:
+        """True when the instance called `name` is enabled (served and probed here)."""
+        return name in self._served
+
+    def status_model(self, instance: str, model: str) -> str:
+        """The status model under which a request of enabled `instance` for `model` is served.
+
+        `__ALL_MODELS__` when its keys share one status, else `model` when it
+        is configured, else the instance's `default_model`. Raises KeyError
+        for an instance not enabled. On the request path: one dict look-up.
+        """
+        shared, models, default = self._routes[instance]
+        if shared:
+            return ALL_MODELS_MARKER
+        return model if model in models else default
+
+    def health_policy(self, instance: str) -> HealthPolicy:
+        """The `health_policy` of enabled `instance` (KeyError for any other)."""
+        return self._served[instance].health_policy
+
+    def rate_limit_cooldown(self, instance: str) -> float:
+        """Seconds a key of enabled `instance` cools down after a rate limit without Retry-After."""
+        return self._served[instance].gateway_policy.rate_limit_cooldown
 
     def secrets(self) -> frozenset[str]:
         """Every key and token written in the configuration (for log masking)."""

@@ -11,7 +11,8 @@ Changes are applied in the order they were committed. Most need no store
 access and are applied as they arrive; a change naming added keys (or asking
 for an instance's reload) needs their rows read first, so it and everything
 after it wait in a backlog, applied by one task in order. A periodic
-reconciliation reloads the whole store and heals anything missed.
+reconciliation reloads the whole store and heals anything missed. Keys
+that reach the pool this way go through the `KeySync` (masker first).
 """
 
 from __future__ import annotations
@@ -19,15 +20,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Final, final
 
 import structlog
 
 from llmgateway.core.errors import StoreError
-from llmgateway.core.logs import update_secrets
 from llmgateway.core.models import KeyRecord
+from llmgateway.keeper.key_sync import KeySync
 from llmgateway.pool.key_pool import Clock, KeyPool
 from llmgateway.store.changes import Changes
 from llmgateway.store.protocol import Store
@@ -48,15 +50,17 @@ FEED_RESTART_DELAY: Final = 1.0
 class PoolFollower:
     """Applies what other processes record to `pool`: feed at once, full reload periodically.
 
-    `instances` are the instances this process serves (the pool's);
-    `start()` runs the feed and the reconciliation loop as tasks, `stop()`
-    cancels them. `view()` is the follower's part of `/-/status`.
+    `instances` are the instances this process serves (the pool's); keys
+    new to the pool are registered and applied through `key_sync`.
+    `running()` runs the feed and the reconciliation loop for the body of an
+    `async with`. `view()` is the follower's part of `/-/status`.
     """
 
     def __init__(
         self,
         store: Store,
         pool: KeyPool,
+        key_sync: KeySync,
         instances: Sequence[str],
         *,
         reconcile_interval: float = RECONCILE_INTERVAL,
@@ -64,6 +68,7 @@ class PoolFollower:
     ) -> None:
         self._store = store
         self._pool = pool
+        self._key_sync = key_sync
         self._instances = tuple(instances)
         self._interval = reconcile_interval
         self._clock = clock
@@ -76,8 +81,16 @@ class PoolFollower:
         self._backlog: deque[Changes] = deque()
         self._backlog_ready = asyncio.Event()
 
-    async def start(self) -> None:
-        """Start the feed, the backlog and the periodic reconciliation (once)."""
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Run the feed, the backlog and the periodic reconciliation for the body."""
+        await self._start()
+        try:
+            yield
+        finally:
+            await self._stop()
+
+    async def _start(self) -> None:
         if self._tasks:
             return
         self._tasks = [
@@ -86,8 +99,7 @@ class PoolFollower:
             asyncio.create_task(self._reconcile_loop(), name="llmgateway-reconcile"),
         ]
 
-    async def stop(self) -> None:
-        """Cancel the feed and the reconciliation and wait for them."""
+    async def _stop(self) -> None:
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -114,7 +126,7 @@ class PoolFollower:
             if r.key and self._pool.get(r.instance, r.model, r.key_id) is None
         }
         if fresh:
-            update_secrets(fresh)  # masked in logs before the pool can pick them
+            self._key_sync.register(fresh)  # masked in logs before the pool can pick them
         for record in records:
             if self._pool.apply_remote(record):
                 self.applied += 1
@@ -147,8 +159,7 @@ class PoolFollower:
                 continue
             if change.reload:
                 stored = await self._store.load_records(change.instance)
-                update_secrets({r.key for r in stored})
-                self._pool.sync_instance(change.instance, stored)
+                self._key_sync.apply(change.instance, stored)
                 self.applied += sum(self._pool.apply_remote(r) for r in stored)
             added.extend(change.added)
         return await self._store.load_key_records(added)
@@ -172,8 +183,7 @@ class PoolFollower:
         applied = 0
         for name in self._instances:
             stored = by_instance.get(name, [])
-            update_secrets({r.key for r in stored})
-            self._pool.sync_instance(name, stored)
+            self._key_sync.apply(name, stored)
             for index, record in enumerate(stored, 1):
                 applied += self._pool.apply_remote(record)
                 if index % YIELD_EVERY == 0:

@@ -1,10 +1,11 @@
 """The keeper: background health checks of every key, applied to the live pool at once.
 
-One `Keeper` per application, started and stopped by `app.py` around the
-gateway. Each round fetches the (key, model) rows due for a check, probes
-them over the shared ClientSession with bounded concurrency, and hands each
-classified result to `KeyPool.report(..., probe=True)`, which derives the next
-record from the health policy and queues it for the store.
+One `Keeper` per application, run by `app.py` around the gateway (`async with
+keeper.running(...)`). Each round fetches the (key, model) rows due for a
+check, probes them over the shared ClientSession with bounded concurrency,
+and hands each classified result to `KeyPool.report(..., probe=True)`, which
+derives the next record from the health policy and queues it for the store.
+Every `keeper.keys_sync_interval` the keeper has the `KeySync` re-read the keys.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from contextlib import suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Final, Protocol, final
@@ -27,14 +28,15 @@ from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.config.schemas import ProviderConfig
 from llmgateway.core.constants import ALL_MODELS_MARKER, ErrorReason
 from llmgateway.core.errors import StoreError
-from llmgateway.core.logs import mask_key, update_secrets
+from llmgateway.core.logs import mask_key
 from llmgateway.core.models import CheckResult, KeyRecord
-from llmgateway.keeper.keyfiles import sync_instance_keys
+from llmgateway.keeper.key_sync import KeySync
 from llmgateway.keeper.leases import LeaseRenewer, lease_length
 from llmgateway.pool.key_pool import Clock, KeyPool
 from llmgateway.process.lifecycle import interruptible_sleep
 from llmgateway.providers import classify_exception
-from llmgateway.providers.base import MAX_ERROR_BODY, ProviderAdapter, read_bounded
+from llmgateway.providers.base import ProviderAdapter
+from llmgateway.providers.upstream import CallLimits, call_upstream
 from llmgateway.store.protocol import Store
 
 log = structlog.get_logger(__name__)
@@ -64,18 +66,16 @@ PROBE_FAILURES: Final = (aiohttp.ClientError, TimeoutError, OSError, ValueError)
 class Keeper:
     """Probes due keys on a schedule and keeps the live pool and the store up to date.
 
-    `run()` is the background loop (key sync at start and every
-    `keeper.keys_sync_interval`, then rounds of probes, sleeping
-    `keeper.check_interval` when nothing is due); `run_once()` is one round.
-    The clock and the sleep are injectable so tests drive time themselves;
+    `running()` runs the loop (rounds of probes, an idle `keeper.check_interval`
+    when nothing is due, `key_sync.sync()` every `keeper.keys_sync_interval`);
+    `run_once()` is one round. Clock and sleep are injectable for tests;
     `observer` (the app's Metrics) counts recorded probes.
 
     Several processes may run keepers on one database: due checks are leased
     (`Store.lease_due`, as `owner`, for `lease_seconds`, by default
     `leases.lease_length` of the instances) and the leases renewed while the
     checks run, so each runs once across them and a dead keeper's checks are
-    soon taken over; the key sync runs in one process at a time (the store's
-    `keysync` lock). A `solo` keeper (SQLite workers of one host) probes only
+    soon taken over. A `solo` keeper (SQLite workers of one host) probes only
     while it holds the store's `keeper` lock, for its whole life; the others
     wait, retrying every `keeper.check_interval`, and follow the statuses
     through their change feed.
@@ -88,6 +88,7 @@ class Keeper:
         pool: KeyPool,
         session: aiohttp.ClientSession,
         adapters: Mapping[str, ProviderAdapter],
+        key_sync: KeySync,
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
         *,
@@ -125,20 +126,42 @@ class Keeper:
             p.name: asyncio.Semaphore(max(settings.max_concurrent_probes_per_instance, 1))
             for p in accessor.enabled_providers()
         }
-        self._loaded: set[str] = set()
-        self._next_sync = 0.0
+        self._key_sync = key_sync
+        self._next_sync = clock() + settings.keys_sync_interval
         self._task: asyncio.Task[None] | None = None
+        self._stop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._idle = False
 
     # -- lifecycle --------------------------------------------------------
 
-    async def start(self) -> None:
-        """Start the background loop as a task (once; later calls do nothing)."""
+    @asynccontextmanager
+    async def running(self, grace: Callable[[], float]) -> AsyncIterator[None]:
+        """Run the background loop for the body; on exit, stop it.
+
+        A stop already begun (`stop_soon`, when the shutdown begins) is
+        waited for; otherwise in-flight probes get `grace()` seconds.
+        """
         if self._task is None:
             self._stopping = False
             self._stop_requested.clear()
-            self._task = asyncio.create_task(self.run(), name="llmgateway-keeper")
+            self._task = asyncio.create_task(self._run(), name="llmgateway-keeper")
+        try:
+            yield
+        finally:
+            if self._stop_task is not None:
+                await asyncio.gather(self._stop_task, return_exceptions=True)
+            else:
+                await self.stop(grace())
+
+    def stop_soon(self, timeout: float) -> asyncio.Task[None]:
+        """Begin stopping (see `stop`) in a task, which `running()` waits for on exit.
+
+        Cancelling the task gives up the in-flight probes at once.
+        """
+        if self._stop_task is None:
+            self._stop_task = asyncio.create_task(self.stop(timeout), name="keeper-stop")
+        return self._stop_task
 
     async def stop(self, timeout: float) -> None:  # noqa: ASYNC109 (app.py's deadline)
         """Stop the loop: no new probe starts; in-flight ones get `timeout` seconds.
@@ -169,7 +192,7 @@ class Keeper:
         if not task.cancelled() and task.exception() is not None:
             log.error("keeper_stopped_with_error", error=repr(task.exception()))
 
-    async def run(self) -> None:
+    async def _run(self) -> None:
         """The background loop: sync keys when due, probe due keys, sleep when idle.
 
         A solo keeper first waits for the store's `keeper` lock. A failed
@@ -200,12 +223,6 @@ class Keeper:
         finally:
             self._idle = False
 
-    async def _sync_exclusively(self) -> None:
-        """Sync the key files into the store unless another process is syncing right now."""
-        async with self._store.exclusive("keysync") as got:
-            if got:
-                await self.sync_keys()
-
     async def _rounds(self) -> None:
         settings = self._accessor.keeper
         while not self._stopping:
@@ -213,38 +230,13 @@ class Keeper:
             try:
                 if self._clock() >= self._next_sync:
                     self._next_sync = self._clock() + settings.keys_sync_interval
-                    await self._sync_exclusively()
+                    await self._key_sync.sync()
                 probed = await self.run_once()
             except Exception:  # the loop's outermost guard: log, then the next round
                 log.exception("keeper_round_failed")
             if probed or self._stopping:
                 continue
             await self._idle_sleep(settings.check_interval)
-
-    # -- key sync ---------------------------------------------------------
-
-    async def sync_keys(self) -> None:
-        """Sync every enabled instance's keys from its files and reload it into the pool.
-
-        An instance is reloaded from the store on its first sync and whenever
-        keys were added or removed; the new keys are added to the log masker.
-        A store failure for one instance is logged and the others go on.
-        """
-        now = datetime.fromtimestamp(self._clock(), UTC)
-        for provider in self._accessor.enabled_providers():
-            name = provider.name
-            try:
-                report = await sync_instance_keys(self._store, provider, now)
-                changed = report is not None and (report.added > 0 or report.removed > 0)
-                if name in self._loaded and not changed:
-                    continue
-                records = await self._store.load_records(name)
-            except StoreError as exc:
-                log.error("keeper_key_sync_failed", instance=name, error=str(exc))
-                continue
-            self._pool.sync_instance(name, records)
-            self._loaded.add(name)
-            update_secrets({r.key for r in records})
 
     # -- probing ----------------------------------------------------------
 
@@ -371,38 +363,12 @@ async def probe_once(
     The connection must open within `timeouts.connect` and the headers
     arrive `timeouts.first_byte` after the request went out (never later
     than their sum in all); at most MAX_ERROR_BODY bytes of the body are
-    read, within `timeouts.idle`. Redirects are not followed. Wire failures
+    classified, within `timeouts.idle`. Redirects are not followed. Wire failures
     raise (aiohttp.ClientError, TimeoutError, ...): the caller classifies them.
     """
     probe = adapter.probe_request(model, key)
-    timeouts = provider.timeouts
     url = provider.api_base_url.rstrip("/") + probe.path
-    # aiohttp bounds the connection and each socket read (the header wait among
-    # them); the asyncio deadline is the hard cap on the whole wait for headers.
-    client_timeout = aiohttp.ClientTimeout(
-        total=None,
-        connect=timeouts.connect,
-        sock_connect=timeouts.connect,
-        sock_read=timeouts.first_byte,
-    )
-    async with asyncio.timeout(timeouts.connect + timeouts.first_byte):
-        response = await session.request(
-            probe.method,
-            url,
-            headers={"Accept-Encoding": "identity", **probe.headers},
-            data=probe.body,
-            allow_redirects=False,
-            timeout=client_timeout,
-        )
-    async with response:
-        result = adapter.classify_status(response.status, response.headers)
-        if result is not None:
-            # Decided by the status line; the body is read only so the connection
-            # can be reused, and a failure reading it changes nothing.
-            with suppress(*PROBE_FAILURES):
-                async with asyncio.timeout(timeouts.idle):
-                    await read_bounded(response.content, MAX_ERROR_BODY)
-            return result
-        async with asyncio.timeout(timeouts.idle):
-            body = await read_bounded(response.content, MAX_ERROR_BODY)
-        return adapter.classify_body(response.status, response.headers, body)
+    headers = {"Accept-Encoding": "identity", **probe.headers}
+    limits = CallLimits.for_probe(provider.timeouts)
+    answer = await call_upstream(session, adapter, probe.method, url, headers, probe.body, limits)
+    return answer.result

@@ -1,24 +1,21 @@
-"""Key files: reading an instance's keys from `keys_path` and syncing them into the store.
+"""Key files: reading an instance's keys from `keys_path` and its inline `keys`.
 
-Key files are the source of truth (DESIGN "Keys"): `*.txt` files, one key
-per line. A folder or file that cannot be read is an error naming the path,
-never a crash, and never a reason to delete the keys already stored.
+Key files are the source of truth for an instance's keys: `*.txt` files, one
+key per line. A folder or file that cannot be read is an error naming the
+path, never a crash, and never a reason to delete the keys already stored.
+`llmgateway.keeper.key_sync` brings what is read here into store, masker and pool.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import structlog
 
-from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.config.schemas import ProviderConfig
-from llmgateway.core.logs import update_secrets
-from llmgateway.store.protocol import KeySyncReport, Store
 
 log = structlog.get_logger(__name__)
 
@@ -106,8 +103,6 @@ async def load_keys(provider: ProviderConfig, cwd: Path | None = None) -> KeyFil
     """The keys of `provider`: its `keys_path` files (read off the event loop), then inline `keys`.
 
     An empty `keys_path` means inline keys only. Keys are unique, first seen first.
-    They are added to the log masker at once, before the store or anything
-    else sees them.
     """
     from_files = KeyFileRead(())
     if provider.keys_path:
@@ -115,57 +110,7 @@ async def load_keys(provider: ProviderConfig, cwd: Path | None = None) -> KeyFil
         from_files = await asyncio.to_thread(read_key_files, folder)
     inline = parse_key_lines(provider.keys)
     keys = tuple(dict.fromkeys((*from_files.keys, *inline)))
-    # Known to the log masker before anything (the store's debug log included) handles them.
-    update_secrets(keys)
     return KeyFileRead(keys, from_files.errors, from_files.missing)
-
-
-async def sync_instance_keys(
-    store: Store, provider: ProviderConfig, now: datetime, cwd: Path | None = None
-) -> KeySyncReport | None:
-    """Read `provider`'s keys and make the store match them.
-
-    Returns the sync report, or None when a key file or the folder could not
-    be read: that is logged as an error naming the path, and the stored keys
-    are left as they are (a missing folder must not wipe an instance).
-    Raises StoreError when the store fails.
-    """
-    read = await load_keys(provider, cwd)
-    models = ConfigAccessor.status_models(provider)
-    if read.missing and len(read.errors) == 1:
-        # No folder (yet): the inline keys still load. Keys stored earlier stay, since a
-        # folder that vanished (an unmounted volume) must not wipe the instance.
-        stored = [r.key for r in await store.load_records(provider.name)]
-        kept = set(stored) - set(read.keys)
-        if kept:
-            log.warning(
-                "keys_folder_missing",
-                instance=provider.name,
-                problem=read.errors[0],
-                kept=len(kept),
-            )
-        keys = tuple(dict.fromkeys((*read.keys, *stored)))
-        report = await store.sync_keys(provider.name, keys, models, now)
-        _log_report(provider.name, report)
-        return report
-    if not read.ok:
-        for problem in read.errors:
-            log.error("keys_not_synced", instance=provider.name, problem=problem)
-        return None
-    report = await store.sync_keys(provider.name, read.keys, models, now)
-    _log_report(provider.name, report)
-    return report
-
-
-def _log_report(instance: str, report: KeySyncReport) -> None:
-    if report.added or report.removed:
-        log.info(
-            "keys_synced",
-            instance=instance,
-            added=report.added,
-            removed=report.removed,
-            total=report.total,
-        )
 
 
 def warn_if_keyless(provider: ProviderConfig, total: int, cwd: Path | None = None) -> None:
@@ -184,8 +129,3 @@ def warn_if_keyless(provider: ProviderConfig, total: int, cwd: Path | None = Non
         )
         + f"or list keys inline under providers.{provider.name}.keys",
     )
-
-
-async def sync_providers(store: Store, providers: Sequence[ProviderConfig]) -> None:
-    """Write one provider row (name, type) per configured instance."""
-    await store.sync_providers([(p.name, p.provider_type) for p in providers])

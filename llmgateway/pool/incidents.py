@@ -172,16 +172,18 @@ class IncidentGuard:
                 ended.append(incident)
         return ended
 
-    def forget(self, instance: str, present: set[int] | None = None) -> list[Incident]:
-        """Drop keys no longer in the pool (all of the instance's with `present` None)."""
+    def forget(self, instance: str, present: set[int]) -> list[Incident]:
+        """Drop the touched keys of `instance` not in `present` (gone from the pool).
+
+        An incident left without touched keys is over; the ended ones are returned.
+        """
         ended: list[Incident] = []
         for key, incident in list(self._active.items()):
             if key[0] != instance:
                 continue
-            if present is not None:
-                for key_id in [k for k in incident.touched if k not in present]:
-                    del incident.touched[key_id]
-            if present is None or not incident.touched:
+            for key_id in [k for k in incident.touched if k not in present]:
+                del incident.touched[key_id]
+            if not incident.touched:
                 del self._active[key]
                 ended.append(incident)
         return ended

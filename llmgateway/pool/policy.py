@@ -68,17 +68,8 @@ def next_record(
     the key shows what happened and when it is looked at next.
     """
     reason = result.reason
-    interval = recheck_interval(reason, policy)
     failures = previous.consecutive_failures + 1 if reason is not None else 0
-    if (
-        verify_retryable
-        and reason is not None
-        and reason.is_retryable
-        and failures < policy.verification_attempts
-    ):
-        interval = policy.verification_delay
-    if result.retry_after is not None and result.retry_after > interval:
-        interval = result.retry_after
+    interval = _interval(result, failures, policy, verify_retryable)
     failing_since: datetime | None = None
     cooldown_until: datetime | None = None
     next_check: datetime | None = now + timedelta(seconds=interval)
@@ -127,6 +118,24 @@ def suspect_record(
         message=result.message[:500],
         cooldown_until=None,
     )
+
+
+def _interval(
+    result: CheckResult, failures: int, policy: HealthPolicy, verify_retryable: bool
+) -> float:
+    """Seconds until the next check after `result`, the `failures`-th in a row (see `next_record`)."""
+    reason = result.reason
+    interval = recheck_interval(reason, policy)
+    if (
+        verify_retryable
+        and reason is not None
+        and reason.is_retryable
+        and failures < policy.verification_attempts
+    ):
+        interval = policy.verification_delay
+    if result.retry_after is not None and result.retry_after > interval:
+        interval = result.retry_after
+    return interval
 
 
 def _failing_since(previous: KeyRecord, now: datetime) -> datetime:

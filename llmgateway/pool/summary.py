@@ -2,19 +2,21 @@
 
 Each line gives the instance's key counts by status (from the live pool) and
 the requests, retries and failed upstream attempts since the previous line
-(from `Metrics`). The loop runs as an application background task: a failed
-round is logged and the loop goes on; cancellation propagates.
+(from `Metrics`). `running()` runs the loop for the body of an `async with`:
+a failed round is logged and the loop goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Final, final
 
 import structlog
 
+from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.core.constants import Status
 from llmgateway.pool.key_pool import KeyPool
 from llmgateway.web.metrics import Metrics, RequestTally
@@ -30,13 +32,34 @@ MIN_INTERVAL: Final = 1.0
 
 @final
 class PoolSummary:
-    """Writes the summary lines of some instances; remembers the last counts for the deltas."""
+    """Writes the summary lines of the enabled instances; remembers the last counts for the deltas.
 
-    def __init__(self, instances: Sequence[str], pool: KeyPool, metrics: Metrics | None) -> None:
-        self._instances = tuple(instances)
+    The interval is `logging.summary_interval`; `sleep` is injectable for tests.
+    """
+
+    def __init__(
+        self,
+        accessor: ConfigAccessor,
+        pool: KeyPool,
+        metrics: Metrics | None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._instances = tuple(p.name for p in accessor.enabled_providers())
+        self._interval = max(accessor.logging.summary_interval, MIN_INTERVAL)
         self._pool = pool
         self._metrics = metrics
+        self._sleep = sleep
         self._last: dict[str, RequestTally] = {}
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Run the periodic summary for the body; cancel it on exit."""
+        task = asyncio.create_task(self._run(), name="llmgateway-summary")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     def emit(self) -> None:
         """Log one `pool summary` line per instance."""
@@ -56,11 +79,9 @@ class PoolSummary:
                 failures=now.failures - last.failures,
             )
 
-    async def run(self, interval: float, sleep: Sleep = asyncio.sleep) -> None:
-        """Every `interval` seconds, `emit()`; errors are logged, cancellation ends the loop."""
-        interval = max(interval, MIN_INTERVAL)
+    async def _run(self) -> None:
         while True:
-            await sleep(interval)
+            await self._sleep(self._interval)
             try:
                 self.emit()
             except Exception:  # the loop's outermost guard: log, then the next round

@@ -129,13 +129,6 @@ class Watchdog:
         self._timer.daemon = True
         self._timer.start()
 
-    def disarm(self) -> None:
-        """Cancel the timer (tests; a process that exits needs no disarming)."""
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = None
-        self._at = math.inf
-
 
 def _overrun(what: str) -> None:
     log.error("shutdown_overran", step=what)

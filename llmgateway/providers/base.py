@@ -7,13 +7,11 @@ path compiles or sorts anything.
 
 from __future__ import annotations
 
-import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from llmgateway.config.schemas import ProviderConfig
@@ -25,26 +23,6 @@ CREDENTIAL_HEADERS: Final = ("Authorization", "x-api-key", "x-goog-api-key", "Pr
 
 MAX_ERROR_BODY = 64 * 1024
 """At most this many bytes of an upstream error body are inspected."""
-
-
-async def read_bounded(
-    stream: aiohttp.StreamReader, limit: int, idle: float | None = None
-) -> bytes:
-    """Read `stream` until its end or `limit` bytes, whichever comes first.
-
-    `read(n)` alone returns only what has arrived so far, hence the loop.
-    With `idle`, each read may wait at most that many seconds (TimeoutError).
-    """
-    parts: list[bytes] = []
-    size = 0
-    while size < limit:
-        async with asyncio.timeout(idle):
-            chunk = await stream.read(limit - size)
-        if not chunk:
-            break
-        parts.append(chunk)
-        size += len(chunk)
-    return b"".join(parts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,11 @@
-"""The operator endpoints `/-/status`, `/-/events` and `/metrics`, and their lifecycles.
+"""The operator surface: `/-/healthy`, `/-/ready`, `/-/status`, `/-/events`, `/metrics`.
 
-`install_admin(app)` mounts the admin sub-application at `/-/` (every path
-there but the health probes, registered before it) and adds `/metrics`, all
-behind the one `AdminGuard` (see `admin_guard`); nothing under `/-/` is ever
-proxied. `metrics_ctx` creates the `Metrics` before the gateway exists (so it
-can observe it) and `summary_ctx` runs the periodic summary line. On
+`install_admin(app)` mounts the `/-/` sub-application, whose middleware is the
+one `AdminGuard` (see `admin_guard`): every path there is guarded but the two
+public health probes, and nothing under `/-/` is ever proxied. `/metrics`
+stays at the root path, behind the same guard. The handlers read the root
+application's objects through `request.config_dict`. `metrics_ctx` creates the `Metrics` before the gateway exists (so it
+can observe it). On
 shutdown every `/-/events` stream is ended first so that open dashboards never
 hold the graceful shutdown until its deadline. Whatever these endpoints show
 goes through the process's masker once more before it leaves.
@@ -23,23 +24,29 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from llmgateway.core.errors import StoreError
 from llmgateway.core.masking import Masker
-from llmgateway.pool.key_pool import KeyPool, PoolEvent
-from llmgateway.pool.summary import PoolSummary
+from llmgateway.pool.key_pool import PoolEvent
 from llmgateway.store.write_queue import WriteQueue
 from llmgateway.web.admin_guard import AdminGuard, admin_error
-from llmgateway.web.app import (
+from llmgateway.web.keys import (
     ACCESSOR,
     AUTH_FAILURES,
     CLOCK,
+    EVENT_STREAMS,
     FOLLOWER,
+    GATEWAY,
+    HEARTBEAT,
     KEEPER,
     MASKER,
+    METRICS,
     POOL,
+    PROCESS,
+    STORE,
     WORKER_INDEX,
     WRITE_QUEUE,
 )
-from llmgateway.web.metrics import METRICS, Metrics
+from llmgateway.web.metrics import Metrics
 from llmgateway.web.status import ProcessInfo, build_status_document
 
 log = structlog.get_logger("llmgateway.admin")
@@ -47,14 +54,32 @@ log = structlog.get_logger("llmgateway.admin")
 HEARTBEAT_INTERVAL: Final = 15.0
 """Seconds between two `: ping` comments on an idle `/-/events` stream."""
 
-PROCESS = web.AppKey("process", ProcessInfo)
-HEARTBEAT = web.AppKey("events_heartbeat", float)
-EVENT_STREAMS = web.AppKey[set[EventSourceResponse]]("event_streams")
-SUMMARY = web.AppKey("summary", PoolSummary)
+READY_TIMEOUT: Final = 2.0
+"""Seconds `/-/ready` waits for the store to answer."""
+
+PUBLIC_ROUTES: Final = ("healthy", "ready")
+"""The routes of `/-/` served to anyone: the health probes of orchestrators and balancers."""
 
 
 def _dumps(obj: object) -> str:
     return orjson.dumps(obj).decode()
+
+
+async def healthy_handler(request: web.Request) -> web.Response:
+    """`GET /-/healthy`: the process is up (public)."""
+    return web.json_response({"status": "ok"})
+
+
+async def ready_handler(request: web.Request) -> web.Response:
+    """`GET /-/ready`: the pool is loaded and the store answers (public; 503 otherwise)."""
+    app = request.config_dict
+    if STORE not in app or GATEWAY not in app:
+        return web.json_response({"status": "starting"}, status=503)
+    try:
+        await asyncio.wait_for(app[STORE].ping(), timeout=READY_TIMEOUT)
+    except (StoreError, TimeoutError) as exc:
+        return web.json_response({"status": "store unavailable", "detail": str(exc)}, status=503)
+    return web.json_response({"status": "ready"})
 
 
 async def status_handler(request: web.Request) -> web.Response:
@@ -171,20 +196,22 @@ async def not_found_handler(request: web.Request) -> web.Response:
 
 
 def install_admin(app: web.Application) -> None:
-    """Mount the guarded admin surface on `app`: `/-/…` and `/metrics`.
+    """Mount the admin surface on `app`: the `/-/` sub-application and `/metrics`.
 
-    Call after the public `/-/healthy` and `/-/ready` routes (they stay open)
-    and before the catch-all proxy route.
+    Call after `app`'s own on_shutdown handlers are appended (the event
+    streams end after them) and before the catch-all proxy route.
     """
-    guard = AdminGuard(app[ACCESSOR].server.admin_token, app[AUTH_FAILURES])
+    guard = AdminGuard(app[ACCESSOR].server.admin_token, app[AUTH_FAILURES], PUBLIC_ROUTES)
     admin = web.Application(middlewares=[guard])
+    admin.router.add_get("/healthy", healthy_handler, name="healthy")
+    admin.router.add_get("/ready", ready_handler, name="ready")
     admin.router.add_get("/status", status_handler)
     admin.router.add_get("/events", events_handler)
     admin.router.add_route("*", "/{tail:.*}", not_found_handler)
-    app[EVENT_STREAMS] = set()
+    admin[EVENT_STREAMS] = set()
+    admin.on_shutdown.append(_end_event_streams)
     app.add_subapp("/-/", admin)
     app.router.add_get("/metrics", guard.wrap(metrics_handler))
-    app.on_shutdown.append(_end_event_streams)
 
 
 async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -198,17 +225,3 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
         auth=lambda: app.get(AUTH_FAILURES),
     )
     yield
-
-
-async def summary_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Cleanup context running the periodic pool summary (after the pool is loaded)."""
-    accessor = app[ACCESSOR]
-    pool: KeyPool = app[POOL]
-    summary = PoolSummary([p.name for p in accessor.enabled_providers()], pool, app.get(METRICS))
-    app[SUMMARY] = summary
-    task = asyncio.create_task(
-        summary.run(accessor.logging.summary_interval), name="llmgateway-summary"
-    )
-    yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)

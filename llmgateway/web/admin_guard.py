@@ -2,8 +2,9 @@
 
 The admin endpoints live in their own sub-application mounted at `/-/`, whose
 only middleware is `AdminGuard`; a route added there later (`/-/api/...`,
-`/-/ui`) is guarded without doing anything. `/metrics` sits outside `/-/` and
-is wrapped by the same guard. The rules:
+`/-/ui`) is guarded without doing anything. Only the routes named public (the
+health probes) pass untouched. `/metrics` sits outside `/-/` and is wrapped by
+the same guard. The rules:
 
 - with `server.admin_token` set, a request must carry it as
   `Authorization: Bearer <token>` (401 otherwise); wrong tokens count as
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import ClassVar, Final, final
 
 import orjson
@@ -66,16 +67,27 @@ def admin_error(status: int, kind: str, message: str, **headers: str) -> web.Res
 class AdminGuard:
     """The admin surface's access rule and safety net (an aiohttp middleware)."""
 
-    __slots__ = ("_token", "_failures")
+    __slots__ = ("_token", "_failures", "_public")
     __middleware_version__: ClassVar[int] = 1
     """Marks a new-style aiohttp middleware."""
 
-    def __init__(self, admin_token: str, failures: AuthFailures | None = None) -> None:
+    def __init__(
+        self,
+        admin_token: str,
+        failures: AuthFailures | None = None,
+        public: Iterable[str] = (),
+    ) -> None:
         self._token = admin_token.encode()
         self._failures = failures
+        self._public = frozenset(public)
 
     async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Refuse or serve `request`; every answer, errors included, is JSON."""
+        """Refuse or serve `request`; every answer, errors included, is JSON.
+
+        A request matched by a route named public is served as it is, unguarded.
+        """
+        if request.match_info.route.name in self._public:
+            return await handler(request)
         refused = self.check(request)
         if refused is not None:
             return refused

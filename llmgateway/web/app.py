@@ -1,7 +1,8 @@
 """The aiohttp application factory: wires config, store, pool, keeper and routes.
 
-Each resource has one cleanup-context generator, appended in start-up order
-(store → write queue → HTTP session → pool and gateway → follower → keeper);
+Each resource has one cleanup context, appended in start-up order (store →
+write queue → HTTP session → metrics → pool and gateway → follower → keeper
+→ summary; the background loops as their own `running()`);
 shutdown runs them in reverse, so the keeper stops before the session closes
 and the write queue is flushed before the store closes. Every step of the
 shutdown takes at most what the application's `ShutdownClock` still allows
@@ -10,9 +11,9 @@ signal); the keeper starts stopping as soon as the shutdown begins, while
 in-flight requests finish.
 
 Several processes may share the database (`--workers N`, or several hosts):
-the start-up key sync runs under the store's `keysync` lock, the follower
-applies what the other processes record to this process's pool, and the
-keeper leases its due checks.
+every key sync (the `KeySync`'s, at start-up and then the keeper's) runs
+under the store's `keysync` lock, the follower applies what the other
+processes record to this process's pool, and the keeper leases its due checks.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from contextlib import AbstractAsyncContextManager, nullcontext
 
 import aiohttp
 import structlog
@@ -32,34 +33,37 @@ from llmgateway.core.logs import active_masker
 from llmgateway.core.masking import Masker
 from llmgateway.keeper.follower import PoolFollower
 from llmgateway.keeper.keeper import Keeper
-from llmgateway.keeper.keyfiles import sync_instance_keys, sync_providers, warn_if_keyless
+from llmgateway.keeper.key_sync import KeySync
 from llmgateway.pool.key_pool import Clock, KeyPool
+from llmgateway.pool.summary import PoolSummary
 from llmgateway.process.lifecycle import ShutdownClock
 from llmgateway.providers import build_adapter
 from llmgateway.providers.base import ProviderAdapter
 from llmgateway.store import SqliteStore, open_store
-from llmgateway.store.protocol import Store
 from llmgateway.store.write_queue import WriteQueue
+from llmgateway.web.admin import install_admin, metrics_ctx
 from llmgateway.web.auth_failures import AuthFailures
 from llmgateway.web.gateway import Gateway
-from llmgateway.web.metrics import METRICS
+from llmgateway.web.keys import (
+    ACCESSOR,
+    ADAPTERS,
+    AUTH_FAILURES,
+    CLOCK,
+    FOLLOWER,
+    GATEWAY,
+    KEEPER,
+    KEY_SYNC,
+    MASKER,
+    METRICS,
+    POOL,
+    SESSION,
+    SHUTDOWN,
+    STORE,
+    WORKER_INDEX,
+    WRITE_QUEUE,
+)
 
 log = structlog.get_logger("llmgateway.web.app")
-
-ACCESSOR: web.AppKey[ConfigAccessor] = web.AppKey("accessor")
-CLOCK: web.AppKey[Clock] = web.AppKey("clock")
-STORE: web.AppKey[Store] = web.AppKey("store")
-WRITE_QUEUE: web.AppKey[WriteQueue] = web.AppKey("write_queue")
-SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session")
-ADAPTERS: web.AppKey[dict[str, ProviderAdapter]] = web.AppKey("adapters")
-POOL: web.AppKey[KeyPool] = web.AppKey("pool")
-GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
-KEEPER: web.AppKey[Keeper] = web.AppKey("keeper")
-FOLLOWER: web.AppKey[PoolFollower] = web.AppKey("follower")
-WORKER_INDEX: web.AppKey[int | None] = web.AppKey("worker_index")
-MASKER: web.AppKey[Masker] = web.AppKey("masker")
-AUTH_FAILURES: web.AppKey[AuthFailures] = web.AppKey("auth_failures")
-SHUTDOWN: web.AppKey[ShutdownClock] = web.AppKey("shutdown")
 
 CONNECTION_LIMIT = 1000
 """Upstream connections kept open at most (keep-alive pool across every provider)."""
@@ -75,18 +79,6 @@ STORE_CLOSE_RESERVE = 0.3
 
 FLUSH_RESERVE = 1.0
 """Seconds of the shutdown's deadline the keeper's stop leaves for the final flush."""
-
-
-class _KeeperStop:
-    """The keeper's stop, started when the shutdown begins and awaited by its cleanup."""
-
-    __slots__ = ("task",)
-
-    def __init__(self) -> None:
-        self.task: asyncio.Task[None] | None = None
-
-
-KEEPER_STOP: web.AppKey[_KeeperStop] = web.AppKey("keeper_stop")
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -129,35 +121,14 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     accessor = app[ACCESSOR]
-    store = app[STORE]
-    clock = app[CLOCK]
-    providers = accessor.enabled_providers()
     masker = app[MASKER]
-    adapters = {p.name: build_adapter(p, masker=masker) for p in providers}
-    await sync_providers(store, accessor.providers())
-    now = datetime.fromtimestamp(clock(), UTC)
-    # One process at a time (workers starting together): the later ones find nothing to change.
-    async with store.exclusive("keysync", wait=True):
-        for provider in providers:
-            await sync_instance_keys(store, provider, now)
-    keeper = accessor.keeper
-    pool = KeyPool(
-        providers,
-        sink=app[WRITE_QUEUE].put,
-        clock=clock,
-        confirm_within=keeper.confirm_within,
-        server_error_cooldown=keeper.server_error_cooldown,
-        incident_window=keeper.incident_window,
-        observer=app.get(METRICS),
-    )
-    records = await store.load_records()
-    masker.add(r.key for r in records)
-    pool.load(records)
-    with_keys = {r.instance for r in records}
-    for provider in providers:
-        warn_if_keyless(provider, int(provider.name in with_keys))
+    adapters = {p.name: build_adapter(p, masker=masker) for p in accessor.enabled_providers()}
+    pool = KeyPool(accessor, sink=app[WRITE_QUEUE].put, clock=app[CLOCK], observer=app.get(METRICS))
+    key_sync = KeySync(accessor, app[STORE], pool, masker, app[CLOCK])
+    await key_sync.initial()
     app[ADAPTERS] = adapters
     app[POOL] = pool
+    app[KEY_SYNC] = key_sync
     app[GATEWAY] = Gateway(
         accessor,
         pool,
@@ -167,33 +138,24 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         masker=masker,
         auth_failures=app[AUTH_FAILURES],
     )
-    log.info(
-        "key_pool_loaded",
-        instances=len(providers),
-        records=len(records),
-    )
     yield
 
 
-async def _follower_ctx(app: web.Application) -> AsyncIterator[None]:
+def _follower_ctx(app: web.Application) -> AbstractAsyncContextManager[None]:
     if isinstance(app[STORE], SqliteStore) and app[WORKER_INDEX] is None:
         # One process alone on its SQLite file: nobody else writes there, so there is
         # nothing to follow (and no periodic full reload to pay for).
-        yield
-        return
+        return nullcontext()
     names = [p.name for p in app[ACCESSOR].enabled_providers()]
-    follower = PoolFollower(app[STORE], app[POOL], names, clock=app[CLOCK])
+    follower = PoolFollower(app[STORE], app[POOL], app[KEY_SYNC], names, clock=app[CLOCK])
     app[FOLLOWER] = follower
-    await follower.start()
-    yield
-    await follower.stop()
+    return follower.running()
 
 
-async def _keeper_ctx(app: web.Application) -> AsyncIterator[None]:
+def _keeper_ctx(app: web.Application) -> AbstractAsyncContextManager[None]:
     accessor = app[ACCESSOR]
     if not accessor.keeper.enabled:
-        yield
-        return
+        return nullcontext()
     adapters: dict[str, ProviderAdapter] = app[ADAPTERS]
     keeper = Keeper(
         accessor,
@@ -201,19 +163,19 @@ async def _keeper_ctx(app: web.Application) -> AsyncIterator[None]:
         app[POOL],
         app[SESSION],
         adapters,
+        app[KEY_SYNC],
         clock=app[CLOCK],
         observer=app.get(METRICS),
         # An SQLite file is shared by the workers of one host only: one of them probes.
         solo=isinstance(app[STORE], SqliteStore),
     )
     app[KEEPER] = keeper
-    stop = app[KEEPER_STOP] = _KeeperStop()
-    await keeper.start()
-    yield
-    if stop.task is None:  # the shutdown did not go through on_shutdown (a cancelled start-up)
-        await keeper.stop(_keeper_grace(app))
-    else:
-        await asyncio.gather(stop.task, return_exceptions=True)  # cancelled when hurried
+    # Its stop begins in on_shutdown (`_begin_shutdown`); after a cancelled start-up, here.
+    return keeper.running(lambda: _keeper_grace(app))
+
+
+def _summary_ctx(app: web.Application) -> AbstractAsyncContextManager[None]:
+    return PoolSummary(app[ACCESSOR], app[POOL], app.get(METRICS)).running()
 
 
 def _keeper_grace(app: web.Application) -> float:
@@ -227,33 +189,16 @@ async def _begin_shutdown(app: web.Application) -> None:
     """on_shutdown, first: the deadline starts (if no signal started it), the keeper stops probing."""
     shutdown = app[SHUTDOWN]
     shutdown.begin()
-    stop = app.get(KEEPER_STOP)
     keeper = app.get(KEEPER)
-    if stop is None or keeper is None:
+    if keeper is None:
         return
-    task = asyncio.create_task(keeper.stop(_keeper_grace(app)), name="keeper-stop")
-    stop.task = task
+    task = keeper.stop_soon(_keeper_grace(app))
 
     def hurried() -> None:
         if shutdown.hurried:
             task.cancel()  # in-flight probes are given up at once
 
     shutdown.on_change(hurried)
-
-
-async def _healthy(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def _ready(request: web.Request) -> web.Response:
-    app = request.app
-    if STORE not in app or GATEWAY not in app:
-        return web.json_response({"status": "starting"}, status=503)
-    try:
-        await asyncio.wait_for(app[STORE].ping(), timeout=2.0)
-    except (StoreError, TimeoutError) as exc:
-        return web.json_response({"status": "store unavailable", "detail": str(exc)}, status=503)
-    return web.json_response({"status": "ready"})
 
 
 async def _proxy(request: web.Request) -> web.StreamResponse:
@@ -289,9 +234,6 @@ def create_app(
     app[AUTH_FAILURES] = AuthFailures(accessor.server.auth_failures_per_minute)
     app[SHUTDOWN] = shutdown or ShutdownClock(accessor.server.shutdown_timeout)
     app.on_shutdown.append(_begin_shutdown)
-    # admin reads this module's AppKeys, so it is imported here, not at the top.
-    from llmgateway.web.admin import install_admin, metrics_ctx, summary_ctx
-
     app.cleanup_ctx.extend(
         [
             _store_ctx,
@@ -301,11 +243,9 @@ def create_app(
             _pool_ctx,
             _follower_ctx,
             _keeper_ctx,
-            summary_ctx,
+            _summary_ctx,
         ]
     )
-    app.router.add_get("/-/healthy", _healthy)
-    app.router.add_get("/-/ready", _ready)
     install_admin(app)
     app.router.add_route("*", "/{tail:.*}", _proxy)
     return app

@@ -1,8 +1,7 @@
-"""The values one proxied request is made of: its instance's route, its state, an error answer.
+"""The values one proxied request is made of: its instance's route and its state.
 
 `Route` is built once per instance at start-up; `Exchange` is the mutable
-state of one client request (for logs, metrics and the point of no return);
-`UpstreamAnswer` is a non-success upstream answer kept to be relayed as is.
+state of one client request (for logs, metrics and the point of no return).
 """
 
 from __future__ import annotations
@@ -10,20 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-import aiohttp
 from aiohttp import web
-from multidict import CIMultiDictProxy
 
 from llmgateway.config.schemas import ProviderConfig, RetryBudget
 from llmgateway.core.constants import ErrorReason, ProviderType, StreamingMode
 from llmgateway.providers import build_adapter
 from llmgateway.providers.base import ProviderAdapter
+from llmgateway.providers.upstream import CallLimits
 
 MAX_RELAYED_ERROR_BODY: Final = 1024 * 1024
 """An upstream error body is returned as is up to this size; a larger one becomes a 502."""
-
-UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError)
-"""What talking to an upstream may raise (refused, reset, garbage, timeout)."""
 
 
 class RequestObserver(Protocol):
@@ -50,7 +45,7 @@ class Route:
     key_retry: RetryBudget
     server_retry: RetryBudget
     retry_enabled: bool
-    client_timeout: aiohttp.ClientTimeout
+    limits: CallLimits
 
     @classmethod
     def of(cls, config: ProviderConfig, adapter: ProviderAdapter) -> Route:
@@ -65,9 +60,7 @@ class Route:
             key_retry=policy.retry.on_key_error,
             server_retry=policy.retry.on_server_error,
             retry_enabled=policy.retry.enabled,
-            client_timeout=aiohttp.ClientTimeout(
-                total=None, connect=config.timeouts.connect, sock_connect=config.timeouts.connect
-            ),
+            limits=CallLimits.for_relay(config.timeouts, MAX_RELAYED_ERROR_BODY),
         )
 
 
@@ -96,14 +89,3 @@ class Exchange:
     """The client's body has arrived whole (a timeout before that is the client's: 408)."""
     prepared: web.StreamResponse | None = None
     """The client's response once its headers went out (the point of no return)."""
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamAnswer:
-    """A non-success upstream response kept to be returned as is."""
-
-    status: int
-    headers: CIMultiDictProxy[str]
-    body: bytes
-    complete: bool = True
-    """False when the body was larger than MAX_RELAYED_ERROR_BODY (and `body` only its start)."""

@@ -25,7 +25,7 @@ from structlog.contextvars import bind_contextvars, reset_contextvars
 from yarl import URL
 
 from llmgateway.config.accessor import ConfigAccessor
-from llmgateway.core.constants import ErrorReason, ProviderType
+from llmgateway.core.constants import ProviderType
 from llmgateway.core.errors import (
     BodyTooLarge,
     ClientRequestError,
@@ -37,27 +37,16 @@ from llmgateway.core.errors import (
     NoToken,
     TooManyAuthFailures,
     UpstreamTimeout,
-    UpstreamUnavailable,
 )
 from llmgateway.core.logs import mask_key
 from llmgateway.core.masking import Masker
 from llmgateway.core.models import CheckResult, KeyRecord
-from llmgateway.pool.key_pool import AllKeysTried, KeyPool
-from llmgateway.providers import (
-    classify_exception,
-    family_for_path,
-)
-from llmgateway.providers.base import MAX_ERROR_BODY, ProviderAdapter, read_bounded
+from llmgateway.pool.key_pool import KeyPool
+from llmgateway.providers import classify_exception, family_for_path
+from llmgateway.providers.base import ProviderAdapter
+from llmgateway.providers.upstream import WIRE_ERRORS, UpstreamAnswer, call_upstream
 from llmgateway.web.auth_failures import AuthFailures
-from llmgateway.web.exchange import (
-    MAX_RELAYED_ERROR_BODY,
-    UPSTREAM_ERRORS,
-    Exchange,
-    RequestObserver,
-    Route,
-    UpstreamAnswer,
-    shape_adapter,
-)
+from llmgateway.web.exchange import Exchange, RequestObserver, Route, shape_adapter
 from llmgateway.web.forwarding import (
     KEY_PARAM,
     X_REQUEST_ID,
@@ -191,6 +180,7 @@ class Gateway:
     async def _proxy(
         self, request: web.Request, route: Route, exchange: Exchange
     ) -> web.StreamResponse:
+        """Rotate keys until an attempt succeeds and is relayed, or no attempt is left."""
         body = await self._read_body(request)
         exchange.body_read = True
         url, headers, model = _prepare(request, route, body)
@@ -199,57 +189,18 @@ class Gateway:
         slot_model = self._pool.slot_model(instance, model)
         rotation = Rotation(route)
         while True:
-            record = await self._pick(instance, slot_model, rotation)
-            route.adapter.apply_key(headers, record.key)
-            exchange.attempts += 1
-            exchange.keys.append(record.key)
-            sent = time.perf_counter()
-            result, answer, upstream = await self._attempt(
-                request.method, url, headers, body, route
+            record = await rotation.next_key(self._pool, instance, slot_model)
+            result, answer = await self._attempt(
+                request.method, url, headers, body, route, record, exchange
             )
-            exchange.upstream_seconds += time.perf_counter() - sent
-            if upstream is not None:
-                return await self._relay.success(request, route, record, upstream, exchange)
-            if self._observer is not None and result.reason is not None:
-                self._observer.attempt_failed(instance, result.reason)
-            log.debug(
-                "upstream_attempt_failed",
-                instance=instance,
-                key=mask_key(record.key),
-                reason=result.reason.value if result.reason else None,
-                status_code=result.status_code,
-            )
+            if answer is not None and answer.response is not None:
+                return await self._relay.success(request, route, record, answer.response, exchange)
+            self._attempt_failed(instance, record, result)
             if not rotation.failed(self._pool, model, record, result, answer):
-                return self._give_up(record, result, answer, rotation, exchange)
-
-    async def _pick(self, instance: str, slot_model: str, rotation: Rotation) -> KeyRecord:
-        """The next key: one not tried yet, else (after the owed backoff) a tried one again."""
-        try:
-            return self._pool.pick(instance, slot_model, rotation.excluded())
-        except AllKeysTried:
-            pass
-        await rotation.reuse_tried()
-        try:
-            return self._pool.pick(instance, slot_model, rotation.spent)
-        except AllKeysTried:
-            raise rotation.exhausted(instance, slot_model) from None
-
-    def _give_up(
-        self,
-        record: KeyRecord,
-        result: CheckResult,
-        answer: UpstreamAnswer | None,
-        rotation: Rotation,
-        exchange: Exchange,
-    ) -> web.Response:
-        """The client's answer once no attempt is left: the upstream's own, or ours."""
-        if rotation.incident is not None:
-            raise rotation.exhausted(exchange.instance, exchange.model)
-        if answer is not None:
-            return self._relay.as_is(answer, exchange, record.key)
-        if result.reason is ErrorReason.TIMEOUT:
-            raise UpstreamTimeout("the upstream did not answer in time")
-        raise UpstreamUnavailable(f"the upstream failed: {result.message}")
+                last = rotation.last_word(instance, model, result, answer)
+                if isinstance(last, UpstreamAnswer):
+                    return self._relay.as_is(last, exchange, record.key)
+                raise last
 
     async def _attempt(
         self,
@@ -258,45 +209,39 @@ class Gateway:
         headers: CIMultiDict[str],
         body: bytes,
         route: Route,
-    ) -> tuple[CheckResult, UpstreamAnswer | None, aiohttp.ClientResponse | None]:
-        """Send once; a success is returned unread, a failure classified and released."""
-        adapter = route.adapter
-        result: CheckResult | None = None
+        record: KeyRecord,
+        exchange: Exchange,
+    ) -> tuple[CheckResult, UpstreamAnswer | None]:
+        """Send once with `record`'s key; the verdict, and the answer unless the wire failed.
+
+        A success comes back unread (the relay's to read); a failure's body is read and kept.
+        """
+        route.adapter.apply_key(headers, record.key)
+        exchange.attempts += 1
+        exchange.keys.append(record.key)
+        sent = time.perf_counter()
         try:
-            async with asyncio.timeout(route.config.timeouts.first_byte):
-                upstream = await self._session.request(
-                    method,
-                    url,
-                    headers=headers,
-                    data=body or None,
-                    allow_redirects=False,
-                    timeout=route.client_timeout,
-                )
-        except UPSTREAM_ERRORS as exc:
-            log_wire_failure(route, exc)
-            return classify_exception(exc), None, None
-        try:
-            result = adapter.classify_status(upstream.status, upstream.headers)
-            if result is not None and result.ok:
-                return result, None, upstream
-            data = await read_bounded(
-                upstream.content, MAX_RELAYED_ERROR_BODY + 1, route.config.timeouts.idle
+            answer = await call_upstream(
+                self._session, route.adapter, method, url, headers, body or None, route.limits
             )
-            if result is None:
-                result = adapter.classify_body(
-                    upstream.status, upstream.headers, data[:MAX_ERROR_BODY]
-                )
-            complete = len(data) <= MAX_RELAYED_ERROR_BODY
-            answer = UpstreamAnswer(
-                upstream.status, upstream.headers, data[:MAX_RELAYED_ERROR_BODY], complete
-            )
-            return result, answer, None
-        except UPSTREAM_ERRORS as exc:
+        except WIRE_ERRORS as exc:
             log_wire_failure(route, exc)
-            return classify_exception(exc), None, None
+            return classify_exception(exc), None
         finally:
-            if result is None or not result.ok:
-                upstream.close()
+            exchange.upstream_seconds += time.perf_counter() - sent
+        return answer.result, answer
+
+    def _attempt_failed(self, instance: str, record: KeyRecord, result: CheckResult) -> None:
+        """Count and log (at debug) one failed attempt; the rotation decides what follows."""
+        if self._observer is not None and result.reason is not None:
+            self._observer.attempt_failed(instance, result.reason)
+        log.debug(
+            "upstream_attempt_failed",
+            instance=instance,
+            key=mask_key(record.key),
+            reason=result.reason.value if result.reason else None,
+            status_code=result.status_code,
+        )
 
     async def _read_body(self, request: web.Request) -> bytes:
         """The whole client body, refused with 413 as soon as it passes the limit."""

@@ -25,14 +25,8 @@ from llmgateway.core.models import KeyRecord
 from llmgateway.pool.key_pool import KeyPool
 from llmgateway.providers import describe_exception
 from llmgateway.providers.transport_errors import failure_class
-from llmgateway.web.exchange import (
-    MAX_RELAYED_ERROR_BODY,
-    UPSTREAM_ERRORS,
-    Exchange,
-    RequestObserver,
-    Route,
-    UpstreamAnswer,
-)
+from llmgateway.providers.upstream import WIRE_ERRORS, UpstreamAnswer
+from llmgateway.web.exchange import MAX_RELAYED_ERROR_BODY, Exchange, RequestObserver, Route
 from llmgateway.web.forwarding import downstream_headers
 
 log = structlog.get_logger("llmgateway.relay")
@@ -103,25 +97,31 @@ class Relay:
             upstream.headers, exchange.request_id, self._masker.mask_text, screen=pattern.appears_in
         )
         if buffered(route.streaming, upstream.content_type, upstream.content_length):
-            started = time.perf_counter()
-            try:
-                async with asyncio.timeout(route.config.timeouts.idle):
-                    data = await upstream.read()
-                exchange.upstream_seconds += time.perf_counter() - started
-            except UPSTREAM_ERRORS as exc:
-                log_wire_failure(route, exc)
-                raise UpstreamUnavailable(
-                    f"the upstream's answer could not be read: {failure_class(exc)}"
-                ) from exc
-            finally:
-                upstream.release()
+            data = await self._read_whole(route, upstream, exchange)
             return web.Response(status=upstream.status, headers=headers, body=pattern.whole(data))
         response = web.StreamResponse(status=upstream.status, headers=headers)
-        sse = upstream.content_type == SSE
-        if not sse and upstream.content_length is not None:
+        if upstream.content_type != SSE and upstream.content_length is not None:
             response.content_length = upstream.content_length
         await self._stream(request, route, record, upstream, exchange, response, pattern)
         return response
+
+    async def _read_whole(
+        self, route: Route, upstream: aiohttp.ClientResponse, exchange: Exchange
+    ) -> bytes:
+        """The whole success body, read within `timeouts.idle`; a failure to read it is a 502."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(route.config.timeouts.idle):
+                data = await upstream.read()
+            exchange.upstream_seconds += time.perf_counter() - started
+        except WIRE_ERRORS as exc:
+            log_wire_failure(route, exc)
+            raise UpstreamUnavailable(
+                f"the upstream's answer could not be read: {failure_class(exc)}"
+            ) from exc
+        finally:
+            upstream.release()
+        return data
 
     async def _stream(
         self,
@@ -140,7 +140,7 @@ class Relay:
             await response.prepare(request)
             exchange.prepared = response
             clean = await self._chunks(route, record, upstream, exchange, response, pattern)
-        except UPSTREAM_ERRORS as exc:
+        except WIRE_ERRORS as exc:
             self._broke_off(request, record, exchange, exc)
         finally:
             exchange.upstream_seconds += time.perf_counter() - started

@@ -3,9 +3,10 @@
 `Rotation` holds what one request has used: the keys spent (a key error:
 never again in this request), the keys tried (a server-side failure: the
 others first), the two retry budgets and the backoff owed before a tried key
-is reused. `Rotation.failed` tells the pool what a failed attempt means and
-decides whether another attempt follows; it touches no socket, so it is
-tested on its own.
+is reused. `Rotation.next_key` picks the next key, `Rotation.failed` tells the
+pool what a failed attempt means and decides whether another attempt follows,
+and `Rotation.last_word` what the client gets when none does. None of them
+touches a socket, so they are tested on their own.
 """
 
 from __future__ import annotations
@@ -15,12 +16,19 @@ from collections.abc import Sequence
 
 from llmgateway.config.schemas import RetryBudget
 from llmgateway.core.constants import ErrorReason
-from llmgateway.core.errors import GatewayError, KeysCoolingDown, NoUsableKey
+from llmgateway.core.errors import (
+    GatewayError,
+    KeysCoolingDown,
+    NoUsableKey,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from llmgateway.core.models import CheckResult, KeyRecord
 from llmgateway.pool.incidents import BACKOFF_START, Incident
-from llmgateway.pool.key_pool import KeyPool
+from llmgateway.pool.key_pool import AllKeysTried, KeyPool
 from llmgateway.providers.base import MAX_ERROR_BODY
-from llmgateway.web.exchange import Route, UpstreamAnswer
+from llmgateway.providers.upstream import UpstreamAnswer
+from llmgateway.web.exchange import Route
 
 
 def names_model(route: Route, model: str, answer: UpstreamAnswer | None) -> bool:
@@ -90,7 +98,22 @@ class Rotation:
             return self.spent
         return [*self.spent, *self.tried]
 
-    async def reuse_tried(self) -> None:
+    async def next_key(self, pool: KeyPool, instance: str, slot_model: str) -> KeyRecord:
+        """The next key: one not tried yet, else (after the owed backoff) a tried one again.
+
+        Raises the `exhausted` error when every key this request may use was used.
+        """
+        try:
+            return pool.pick(instance, slot_model, self.excluded())
+        except AllKeysTried:
+            pass
+        await self._reuse_tried()
+        try:
+            return pool.pick(instance, slot_model, self.spent)
+        except AllKeysTried:
+            raise self.exhausted(instance, slot_model) from None
+
+    async def _reuse_tried(self) -> None:
         """Every untried key is used up: sleep the owed backoff, then allow the tried ones."""
         if self.owed is not None:
             await self.owed.wait()
@@ -136,6 +159,22 @@ class Rotation:
             self.owed = self.server_budget
             return True
         return False
+
+    def last_word(
+        self, instance: str, model: str, result: CheckResult, answer: UpstreamAnswer | None
+    ) -> UpstreamAnswer | GatewayError:
+        """What the client gets once no attempt is left: the upstream's own answer, or our error.
+
+        Within an incident, the incident's error; after a wire failure (no
+        answer), a timeout or an unavailable upstream.
+        """
+        if self.incident is not None:
+            return self.exhausted(instance, model)
+        if answer is not None:
+            return answer
+        if result.reason is ErrorReason.TIMEOUT:
+            return UpstreamTimeout("the upstream did not answer in time")
+        return UpstreamUnavailable(f"the upstream failed: {result.message}")
 
     def exhausted(self, instance: str, model: str) -> GatewayError:
         """The error once every key this request may use was used."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from tests.container.conftest import ROOT
+from tests.support.container import ROOT
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text(encoding="utf-8")
 DOCKERIGNORE = (ROOT / ".dockerignore").read_text(encoding="utf-8")

@@ -24,7 +24,9 @@ import pytest
 from llmgateway.config.loader import load_config
 from llmgateway.core.constants import Status
 from llmgateway.core.logs import mask_key
-from tests.container.conftest import (
+from tests.fakes.family import Behaviour
+from tests.fakes.upstream import FakeUpstream
+from tests.support.container import (
     ROOT,
     ImageConfig,
     NewContainer,
@@ -34,8 +36,6 @@ from tests.container.conftest import (
     skip_reason,
     wait_ready,
 )
-from tests.fakes.family import Behaviour
-from tests.fakes.upstream import FakeUpstream
 from tests.support.gateway import MODELS, OPENAI, TOKENS, ask_openai, free_port
 
 pytestmark = [

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.container.conftest import debian_mirror, pip_index_url
+from tests.support.container import debian_mirror, pip_index_url
 
 DEB822 = """\
 Types: deb

@@ -108,7 +108,7 @@ def _two_workers(config: GatewayConfig, keeper: bool = False) -> None:
 @pytest.fixture
 def held_key_sync(gateway_config: GatewayConfig) -> Iterator[Path]:
     """Hold the SQLite store's `keysync` lock: a starting worker waits in its key sync."""
-    lock_path = _database_file(gateway_config).with_name("llmgateway.store.keysync.lock")
+    lock_path = _database_file(gateway_config).with_name("llmgateway.db.keysync.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with lock_path.open("a+b") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)

@@ -132,7 +132,7 @@ async def test_a_worker_dying_stops_the_others_and_serve_exits_1(
     os.kill(pids[0], signal.SIGKILL)
     code = await asyncio.wait_for(served.process.wait(), timeout=EXIT_TIMEOUT)
     assert code == 1, served.output()
-    assert "worker died" in served.output()
+    assert "worker_died" in served.output()
     with pytest.raises(ProcessLookupError):
         os.kill(pids[1], 0)
 

@@ -20,8 +20,10 @@ import aiohttp
 from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.config.loader import load_config
 from llmgateway.core.constants import ProviderType, Status
+from llmgateway.core.masking import Masker
 from llmgateway.core.models import KeyRecord
 from llmgateway.keeper.keeper import Keeper, ProbeObserver, Sleep
+from llmgateway.keeper.key_sync import KeySync
 from llmgateway.pool.key_pool import KeyPool
 from llmgateway.providers import build_adapter
 from llmgateway.store.protocol import Store
@@ -109,6 +111,8 @@ class Rig:
         self.sleep = RecordingSleep()
         self.queue: WriteQueue | None = None
         self.keeper: Keeper | None = None
+        self.masker = Masker()
+        self._key_sync: KeySync | None = None
         self._accessor: ConfigAccessor | None = None
         self._pool: KeyPool | None = None
 
@@ -116,6 +120,12 @@ class Rig:
     def accessor(self) -> ConfigAccessor:
         assert self._accessor is not None, "build() first"
         return self._accessor
+
+    @property
+    def key_sync(self) -> KeySync:
+        """The key sync of the rig's pool (what start-up and the keeper's periodic sync run)."""
+        assert self._key_sync is not None, "build() first"
+        return self._key_sync
 
     @property
     def pool(self) -> KeyPool:
@@ -154,9 +164,14 @@ class Rig:
         enabled = self.accessor.enabled_providers()
         await self.store.sync_providers([(p.name, p.provider_type) for p in enabled])
         self.queue = WriteQueue(self.store)
-        self._pool = KeyPool(enabled, sink=self.queue.put, clock=self.clock)
+        self._pool = KeyPool(self.accessor, sink=self.queue.put, clock=self.clock)
+        self._key_sync = self.new_key_sync(self._pool)
         self.keeper = self.new_keeper()
         return self.keeper
+
+    def new_key_sync(self, pool: KeyPool, store: Store | None = None) -> KeySync:
+        """A key sync of this rig's configuration into `pool` (and `store`, by default the rig's)."""
+        return KeySync(self.accessor, store or self.store, pool, self.masker, self.clock)
 
     def new_keeper(
         self,
@@ -173,12 +188,15 @@ class Rig:
             if with_adapters
             else {}
         )
+        pool = pool or self.pool
+        key_sync = self.key_sync if pool is self.pool else self.new_key_sync(pool, store)
         return Keeper(
             self.accessor,
             store or self.store,
-            pool or self.pool,
+            pool,
             self.session,
             adapters,
+            key_sync,
             self.clock,
             sleep or self.sleep,
             observer=observer,

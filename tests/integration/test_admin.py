@@ -13,8 +13,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmgateway.web.admin import HEARTBEAT
-from llmgateway.web.app import FOLLOWER, POOL, create_app
+from llmgateway.web.app import create_app
+from llmgateway.web.keys import FOLLOWER, HEARTBEAT, POOL
 from tests.fakes.family import Behaviour
 from tests.fakes.upstream import FakeUpstream
 from tests.support.gateway import MODELS, OPENAI, TOKENS, GatewayConfig, build_config
@@ -191,10 +191,10 @@ async def test_events_announce_an_invalidated_key(
     events.close()
     pool = app[POOL]
     for _ in range(100):  # the handler unsubscribes once it sees the disconnect
-        if not pool._subscribers:
+        if not pool._hub._subscribers:
             break
         await asyncio.sleep(0.01)
-    assert pool._subscribers == []
+    assert pool._hub._subscribers == []
 
 
 async def test_events_send_heartbeats(

@@ -44,37 +44,45 @@ class Peer:
     def __init__(self, rig: Rig, store: Store, *, solo: bool = False, lease: float = LEASE) -> None:
         self.store = store
         self.queue = WriteQueue(store)
-        self.pool = KeyPool(rig.accessor.enabled_providers(), sink=self.queue.put, clock=rig.clock)
+        self.pool = KeyPool(rig.accessor, sink=self.queue.put, clock=rig.clock)
         adapters = {
             p.name: build_adapter(p, clock=rig.clock) for p in rig.accessor.enabled_providers()
         }
+        self.key_sync = rig.new_key_sync(self.pool, store)
         self.keeper = Keeper(
             rig.accessor,
             store,
             self.pool,
             rig.session,
             adapters,
+            self.key_sync,
             rig.clock,
             _short_sleep,
             solo=solo,
             lease_seconds=lease,
         )
         names = [p.name for p in rig.accessor.enabled_providers()]
-        self.follower = PoolFollower(store, self.pool, names, reconcile_interval=3600.0)
+        self.follower = PoolFollower(
+            store, self.pool, self.key_sync, names, reconcile_interval=3600.0
+        )
         self.events = self.pool.subscribe()
         self._queue_task: asyncio.Task[None] | None = None
+        self._running = AsyncExitStack()
 
     async def start(self, *, follow: bool = True) -> None:
         """Load the pool from the store, run the write queue and (optionally) the follower."""
         self.pool.load(await self.store.load_records())
         self._queue_task = asyncio.create_task(self.queue.run())
         if follow:
-            await self.follower.start()
+            await self._running.enter_async_context(self.follower.running())
+
+    async def run_keeper(self) -> None:
+        """Run the keeper's background loop until `stop()`."""
+        await self._running.enter_async_context(self.keeper.running(lambda: 2.0))
 
     async def stop(self) -> None:
         """Stop the keeper and follower, drain the queue, close the store."""
-        await self.keeper.stop(2.0)
-        await self.follower.stop()
+        await self._running.aclose()
         await self.queue.close(5.0)
         if self._queue_task is not None:
             await self._queue_task
@@ -133,8 +141,8 @@ async def _setup_keys(
     for key in keys:
         rig.fake.set_key(key, behaviour)
     rig.write_keys("p", keys)
-    keeper = await rig.build({"p": rig.section("p", models=["model-a"])})
-    await keeper.sync_keys()
+    await rig.build({"p": rig.section("p", models=["model-a"])})
+    await rig.key_sync.sync()
     return keys
 
 
@@ -240,7 +248,7 @@ async def test_sqlite_workers_one_probes_the_other_follows(rig: Rig, database: D
     async with AsyncExitStack() as stack:
         peers = await _peers(rig, database, stack, 2, solo=True)
         for peer in peers:
-            await peer.keeper.start()
+            await peer.run_keeper()
         async with asyncio.timeout(WAIT):
             while not any(p.keeper.active for p in peers):  # noqa: ASYNC110 (a state, no event)
                 await asyncio.sleep(0.01)
@@ -304,7 +312,7 @@ async def test_keys_a_sync_adds_and_removes_reach_the_other_pool_through_the_fee
         added = key_for("p", "new")
         rig.fake.set_key(added)
         rig.write_keys("p", [*keys[1:], added])
-        await a.keeper.sync_keys()
+        await a.key_sync.sync()
 
         def b_keys() -> set[str]:
             return {r.key for r in b.pool.records("p")}

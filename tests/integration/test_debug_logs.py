@@ -20,31 +20,35 @@ KEYS = [f"sk-proj-debug-log-{i:04d}-0123456789abcdef" for i in range(20)]
 SCRIPT = textwrap.dedent("""
     import asyncio, json, sys
     from datetime import UTC, datetime
-    from llmgateway.config.schemas import LoggingConfig, ModelConfig, ProviderConfig
+    from llmgateway.config.accessor import ConfigAccessor
+    from llmgateway.config.schemas import AppConfig, LoggingConfig, ModelConfig, ProviderConfig
     from llmgateway.core.constants import ProviderType
     from llmgateway.core.logs import configure_logging
+    from llmgateway.keeper.key_sync import KeySync
+    from llmgateway.pool.key_pool import KeyPool
     from llmgateway.store.postgres import PostgresStore
     from llmgateway.store.sqlite import SqliteStore
-    from llmgateway.keeper.keyfiles import sync_instance_keys, sync_providers
 
     engine, location, folder = sys.argv[1:4]
 
     async def main():
-        configure_logging(LoggingConfig(level="debug", format="console"), [])
+        masker = configure_logging(LoggingConfig(level="debug", format="console"), [])
         provider = ProviderConfig(
             name="p", provider_type=ProviderType.OPENAI_LIKE,
             api_base_url="https://api.example.com", default_model="m",
             keys_path=folder, models={"m": ModelConfig()},
         )
+        accessor = ConfigAccessor(AppConfig(providers={"p": provider}))
         store = SqliteStore(location) if engine == "sqlite" else PostgresStore(location)
         await store.open()
         try:
-            await sync_providers(store, [provider])
-            report = await sync_instance_keys(store, provider, datetime(2026, 1, 1, tzinfo=UTC))
+            pool = KeyPool(accessor)
+            clock = datetime(2026, 1, 1, tzinfo=UTC).timestamp
+            await KeySync(accessor, store, pool, masker, clock).initial()
             records = await store.load_records()
         finally:
             await store.close()
-        print(json.dumps([report.added, len(records)]))
+        print(json.dumps([len(pool.records()), len(records)]))
 
     asyncio.run(main())
     """)

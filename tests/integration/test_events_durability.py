@@ -21,7 +21,8 @@ from aiohttp.test_utils import TestClient
 from llmgateway.core.constants import ProviderType, Status
 from llmgateway.store.sqlite import SqliteStore
 from llmgateway.store.write_queue import WriteQueue
-from llmgateway.web.app import STORE, create_app
+from llmgateway.web.app import create_app
+from llmgateway.web.keys import STORE
 from tests.fakes.family import Behaviour
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.test_admin import BAD_KEY, GOOD_KEY, _chat, _next_data

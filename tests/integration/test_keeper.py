@@ -62,8 +62,8 @@ async def test_fresh_pool_converges_per_key_and_model(
 ) -> None:
     """Good, invalid, no-quota, rate-limited and no-model keys each end in their own status."""
     setup_mixed(rig, "p")
-    keeper = await rig.build({"p": rig.section("p", provider_type)})
-    await keeper.sync_keys()
+    await rig.build({"p": rig.section("p", provider_type)})
+    await rig.key_sync.sync()
     assert {r.status for r in rig.pool.records()} == {Status.UNTESTED}
     assert await rig.round() > 0
     for label, statuses in EXPECTED.items():
@@ -86,8 +86,8 @@ async def test_next_check_follows_the_policy(rig: Rig) -> None:
         "on_rate_limit": "4000s",
         "on_no_model": "5000s",
     }
-    keeper = await rig.build({"p": rig.section("p", health=health)})
-    await keeper.sync_keys()
+    await rig.build({"p": rig.section("p", health=health)})
+    await rig.key_sync.sync()
     await rig.round()
     now = rig.clock.at
     expected = {
@@ -112,8 +112,8 @@ async def test_retry_after_beyond_the_policy_wins(rig: Rig) -> None:
     """A provider's Retry-After later than on_rate_limit sets the next check."""
     rig.fake.set_key(key_for("p", "busy"), Behaviour.RATE_LIMITED, retry_after=7200.0)
     rig.write_keys("p", [key_for("p", "busy")])
-    keeper = await rig.build({"p": rig.section("p", models=["model-a"])})
-    await keeper.sync_keys()
+    await rig.build({"p": rig.section("p", models=["model-a"])})
+    await rig.key_sync.sync()
     await rig.round()
     record = rig.record("p", "busy", "model-a")
     assert record.next_check_at == rig.clock.at + timedelta(seconds=7200)
@@ -126,8 +126,8 @@ async def test_retryable_failure_is_verified_before_it_is_recorded(rig: Rig) -> 
     rig.fake.set_key(bad, Behaviour.INVALID_KEY)
     rig.write_keys("p", [busy, bad])
     health = {"verification_attempts": 3, "verification_delay": "65s", "on_rate_limit": "1h"}
-    keeper = await rig.build({"p": rig.section("p", models=["model-a"], health=health)})
-    await keeper.sync_keys()
+    await rig.build({"p": rig.section("p", models=["model-a"], health=health)})
+    await rig.key_sync.sync()
     for attempt in (1, 2):
         await rig.round()
         waiting = rig.record("p", "busy", "model-a")
@@ -150,8 +150,8 @@ async def test_reverification_success_records_valid(rig: Rig) -> None:
     rig.fake.set_key(flaky, Behaviour.SERVER_ERROR)
     rig.write_keys("p", [flaky])
     health = {"verification_attempts": 3, "verification_delay": "10s"}
-    keeper = await rig.build({"p": rig.section("p", models=["model-a"], health=health)})
-    await keeper.sync_keys()
+    await rig.build({"p": rig.section("p", models=["model-a"], health=health)})
+    await rig.key_sync.sync()
     await rig.round()
     assert rig.status("p", "flaky", "model-a") is Status.SERVER_ERROR
     rig.fake.set_key(flaky, Behaviour.OK)
@@ -172,8 +172,8 @@ async def test_quarantine_and_stop_rules(rig: Rig) -> None:
         "quarantine_recheck": "2d",
         "stop_checking_after": "6d",
     }
-    keeper = await rig.build({"p": rig.section("p", models=["model-a"], health=health)})
-    await keeper.sync_keys()
+    await rig.build({"p": rig.section("p", models=["model-a"], health=health)})
+    await rig.key_sync.sync()
     start = rig.clock.at
     schedule: list[tuple[int, datetime | None]] = []
     for _ in range(12):
@@ -213,8 +213,8 @@ async def test_shared_instance_probes_each_key_once(rig: Rig) -> None:
     rig.fake.set_key(key_for("s", "d"), Behaviour.NO_QUOTA)
     rig.write_keys("s", [key_for("s", label) for label in labels])
     section = rig.section("s", ProviderType.ANTHROPIC, models=["claude-x", "claude-y"], shared=True)
-    keeper = await rig.build({"s": section})
-    await keeper.sync_keys()
+    await rig.build({"s": section})
+    await rig.key_sync.sync()
     assert await rig.round() == len(labels)
     assert rig.fake.calls_by_key == Counter({key_for("s", label): 1 for label in labels})
     assert {r.model for r in rig.fake.requests} == {"claude-x"}
@@ -231,11 +231,11 @@ async def test_invalid_key_is_probed_once_for_all_its_models(rig: Rig) -> None:
     rig.fake.set_key(good)
     rig.write_keys("p", [bad, good])
     models = ["model-a", "model-b", "model-c"]
-    keeper = await rig.build(
+    await rig.build(
         {"p": rig.section("p", models=models)},
         keeper={"max_concurrent_probes_per_instance": 1},
     )
-    await keeper.sync_keys()
+    await rig.key_sync.sync()
     assert await rig.round() == 1 + len(models)
     assert rig.fake.calls_by_key == Counter({bad: 1, good: len(models)})
     assert {rig.status("p", "bad", m) for m in models} == {Status.INVALID_KEY}
@@ -248,7 +248,7 @@ async def test_gateway_pool_sees_invalidated_key_gone_without_a_db_read(rig: Rig
     rig.fake.set_key(key_for("p", "revoked"))
     rig.write_keys("p", [key_for("p", "good"), key_for("p", "revoked")])
     keeper = await rig.build({"p": rig.section("p", models=["model-a"])})
-    await keeper.sync_keys()
+    await rig.key_sync.sync()
     pool = rig.pool
     assert {pool.pick("p", "model-a").key for _ in range(4)} == {
         key_for("p", "good"),
@@ -268,8 +268,8 @@ async def test_gateway_pool_sees_invalidated_key_gone_without_a_db_read(rig: Rig
 async def test_statuses_survive_a_flush_and_reload(rig: Rig) -> None:
     """After the write queue is flushed, a new pool loaded from the store holds the same state."""
     setup_mixed(rig, "p")
-    keeper = await rig.build({"p": rig.section("p")})
-    await keeper.sync_keys()
+    await rig.build({"p": rig.section("p")})
+    await rig.key_sync.sync()
     await rig.round()
     assert rig.queue is not None
     await rig.queue.close(5.0)
@@ -289,7 +289,7 @@ async def test_statuses_survive_a_flush_and_reload(rig: Rig) -> None:
             for r in records
         }
 
-    reloaded = KeyPool(rig.accessor.enabled_providers(), clock=rig.clock)
+    reloaded = KeyPool(rig.accessor, clock=rig.clock)
     reloaded.load(await rig.store.load_records())
     assert state(reloaded.records()) == state(rig.pool.records())
     assert Status.VALID in {r.status for r in reloaded.records()}
@@ -314,7 +314,7 @@ async def test_recorded_probes_are_reported_to_the_observer(rig: Rig) -> None:
     await rig.build({"p": rig.section("p", models=["model-a"])})
     observer = ProbeCounter()
     rig.keeper = keeper = rig.new_keeper(observer=observer)
-    await keeper.sync_keys()
+    await rig.key_sync.sync()
     assert await keeper.run_once() == len(MIXED_KEYS)
     assert observer.probes == Counter(
         {

@@ -44,8 +44,8 @@ async def test_crashing_probes_do_not_stop_the_others(rig: Rig) -> None:
         rig.fake.set_key(key_for("p", label))
     rig.write_keys("p", [key_for("p", label) for label in [*behaviours, *good]])
     section = rig.section("p", models=["model-a"], timeouts={"first_byte": "300ms"})
-    keeper = await rig.build({"p": section}, keeper={"max_concurrent_probes": 3})
-    await keeper.sync_keys()
+    await rig.build({"p": section}, keeper={"max_concurrent_probes": 3})
+    await rig.key_sync.sync()
     with capture_logs() as logs:
         assert await rig.round() == len(behaviours) + len(good)
     assert all(rig.status("p", label, "model-a") is Status.VALID for label in good)
@@ -86,10 +86,10 @@ async def test_thousands_of_untested_keys_in_one_round(rig: Rig) -> None:
     async with aiohttp.ClientSession(trace_configs=[trace]) as session:
         rig.session = session
         limits = {"max_concurrent_probes": 12, "max_concurrent_probes_per_instance": 8}
-        keeper = await rig.build(
+        await rig.build(
             {name: rig.section(name, models=["model-a"]) for name in keys}, keeper=limits
         )
-        await keeper.sync_keys()
+        await rig.key_sync.sync()
         assert await rig.round() == 2 * per_instance
     assert rig.fake.calls_by_key == Counter({key: 1 for key in owner})
     assert 1 < peak["all"] <= 12
@@ -99,7 +99,7 @@ async def test_thousands_of_untested_keys_in_one_round(rig: Rig) -> None:
 
 
 async def test_background_loop_syncs_files_and_stops(rig: Rig) -> None:
-    """run() syncs keys at start and after keys_sync_interval, probes them, and stops on request."""
+    """running() re-reads the keys after keys_sync_interval, probes them, and stops on exit."""
     first, second, stuck = key_for("p", "one"), key_for("p", "two"), key_for("p", "stuck")
     rig.fake.set_key(first)
     rig.fake.set_key(second)
@@ -109,13 +109,15 @@ async def test_background_loop_syncs_files_and_stops(rig: Rig) -> None:
         {"p": rig.section("p", models=["model-a"])},
         keeper={"keys_sync_interval": "60s", "check_interval": "10ms"},
     )
+    await rig.key_sync.initial()  # the start-up sync; the keeper's own comes an interval later
     rig.keeper = keeper = rig.new_keeper(sleep=asyncio.sleep)  # a real 10 ms idle sleep
-    await keeper.start()
-    await rig.fake.wait_for_requests(1)
-    rig.write_keys("p", [first, second, stuck])
-    rig.clock.advance(61.0)
-    await rig.fake.wait_for_requests(3)
-    await keeper.stop(0.2)
+    async with keeper.running(lambda: 0.2):
+        await rig.fake.wait_for_requests(1)
+        rig.write_keys("p", [first, second, stuck])
+        await asyncio.sleep(0.05)
+        assert rig.fake.calls_by_key[second] == 0  # not re-read before the interval
+        rig.clock.advance(61.0)
+        await rig.fake.wait_for_requests(3)
     assert rig.status("p", "one", "model-a") is Status.VALID
     assert rig.status("p", "two", "model-a") is Status.VALID
     assert rig.status("p", "stuck", "model-a") is Status.UNTESTED
@@ -128,9 +130,9 @@ async def test_stop_lets_an_in_flight_probe_finish(rig: Rig) -> None:
     rig.fake.set_key(slow, Behaviour.SLOW_FIRST_BYTE, delay=0.3)
     rig.write_keys("p", [slow])
     keeper = await rig.build({"p": rig.section("p", models=["model-a"])})
-    await keeper.start()
-    await rig.fake.wait_for_requests(1)
-    await keeper.stop(10.0)
+    await rig.key_sync.sync()
+    async with keeper.running(lambda: 10.0):
+        await rig.fake.wait_for_requests(1)
     assert rig.status("p", "slow", "model-a") is Status.VALID
     assert rig.fake.calls_by_key[slow] == 1
 
@@ -145,10 +147,8 @@ async def test_stop_cancels_an_idle_loop_at_once(rig: Rig) -> None:
         await asyncio.Event().wait()
 
     rig.keeper = keeper = rig.new_keeper(sleep=forever, with_adapters=False)
-    await keeper.start()
-    await asyncio.wait_for(idle.wait(), 5.0)
-    async with asyncio.timeout(5.0):
-        await keeper.stop(60.0)
+    async with asyncio.timeout(5.0), keeper.running(lambda: 60.0):
+        await idle.wait()
 
 
 class FailingOnceStore:
@@ -184,10 +184,10 @@ async def test_a_failed_round_is_logged_and_the_loop_goes_on(rig: Rig) -> None:
     await rig.build({"p": rig.section("p", models=["model-a"])})
     flaky = FailingOnceStore(rig.store)
     rig.keeper = keeper = rig.new_keeper(store=flaky)
+    await rig.key_sync.sync()
     with capture_logs() as logs:
-        await keeper.start()
-        await rig.fake.wait_for_requests(1)
-        await keeper.stop(5.0)
+        async with keeper.running(lambda: 5.0):
+            await rig.fake.wait_for_requests(1)
     assert flaky.failures == 1
     assert "keeper_round_failed" in [entry["event"] for entry in logs]
     assert rig.status("p", "good", "model-a") is Status.VALID

@@ -1,4 +1,4 @@
-"""Syncing an instance's key files into a real store, on both engines."""
+"""The key sync: key files and inline keys into a real store, the masker and the pool, on both engines."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ from structlog.testing import capture_logs
 
 from llmgateway.config.schemas import ModelConfig, ProviderConfig
 from llmgateway.core.constants import ALL_MODELS_MARKER, ProviderType
-from llmgateway.keeper.keyfiles import sync_instance_keys, sync_providers
+from llmgateway.core.masking import Masker
+from llmgateway.keeper.key_sync import KeySync
+from llmgateway.pool.key_pool import KeyPool
 from llmgateway.store.postgres import PostgresStore
 from llmgateway.store.protocol import KeySyncReport
 from llmgateway.store.sqlite import SqliteStore
+from tests.support.config import accessor_of
 
 type AnyStore = SqliteStore | PostgresStore
 
@@ -34,6 +37,27 @@ def provider(shared: bool = False, keys: tuple[str, ...] = ()) -> ProviderConfig
     )
 
 
+class Synced:
+    """A `KeySync` of one instance over the test's store, with its own pool and masker."""
+
+    def __init__(self, store: AnyStore, config: ProviderConfig, cwd: Path) -> None:
+        accessor = accessor_of(config)
+        self.name = config.name
+        self.masker = Masker()
+        self.pool = KeyPool(accessor, clock=NOW.timestamp)
+        self.key_sync = KeySync(accessor, store, self.pool, self.masker, NOW.timestamp, cwd=cwd)
+
+    async def once(self) -> KeySyncReport | None:
+        """One periodic sync; the instance's report."""
+        return (await self.key_sync.sync())[self.name]
+
+
+async def synced(store: AnyStore, config: ProviderConfig, cwd: Path) -> Synced:
+    """The key sync of `config`, its provider row written."""
+    await store.sync_providers([(config.name, config.provider_type)])
+    return Synced(store, config, cwd)
+
+
 def write_keys(cwd: Path, name: str, text: str) -> Path:
     folder = cwd / "keys" / "openai-main"
     folder.mkdir(parents=True, exist_ok=True)
@@ -45,8 +69,8 @@ async def test_files_and_inline_keys_are_synced_per_model(store: AnyStore, tmp_p
     """Keys from the files plus inline keys get one untested row per configured model."""
     write_keys(tmp_path, "a.txt", "# main keys\nsk-file-1\nsk-file-2\n")
     config = provider(keys=("sk-inline",))
-    await sync_providers(store, [config])
-    report = await sync_instance_keys(store, config, NOW, cwd=tmp_path)
+    sync = await synced(store, config, tmp_path)
+    report = await sync.once()
     assert report == KeySyncReport(added=3, removed=0, total=3)
     rows = await store.load_records("openai-main")
     assert sorted((r.key, r.model) for r in rows) == [
@@ -58,8 +82,8 @@ async def test_shared_status_uses_the_all_models_marker(store: AnyStore, tmp_pat
     """With shared_key_status each key has one __ALL_MODELS__ row."""
     write_keys(tmp_path, "a.txt", "sk-file-1\n")
     config = provider(shared=True)
-    await sync_providers(store, [config])
-    await sync_instance_keys(store, config, NOW, cwd=tmp_path)
+    sync = await synced(store, config, tmp_path)
+    await sync.once()
     assert [(r.key, r.model) for r in await store.load_records()] == [
         ("sk-file-1", ALL_MODELS_MARKER)
     ]
@@ -69,10 +93,10 @@ async def test_removed_lines_leave_the_store(store: AnyStore, tmp_path: Path) ->
     """A key deleted from its file is deleted from the store at the next sync."""
     folder = write_keys(tmp_path, "a.txt", "sk-1\nsk-2\n")
     config = provider()
-    await sync_providers(store, [config])
-    await sync_instance_keys(store, config, NOW, cwd=tmp_path)
+    sync = await synced(store, config, tmp_path)
+    await sync.once()
     (folder / "a.txt").write_text("sk-2\n")
-    report = await sync_instance_keys(store, config, NOW, cwd=tmp_path)
+    report = await sync.once()
     assert report == KeySyncReport(added=0, removed=1, total=1)
     assert {r.key for r in await store.load_records()} == {"sk-2"}
 
@@ -81,13 +105,13 @@ async def test_missing_keys_folder_keeps_the_stored_keys(store: AnyStore, tmp_pa
     """When the keys folder disappears the stored keys stay and the path is logged."""
     folder = write_keys(tmp_path, "a.txt", "sk-secret-key-1\nsk-secret-key-2\n")
     config = provider()
-    await sync_providers(store, [config])
-    await sync_instance_keys(store, config, NOW, cwd=tmp_path)
+    sync = await synced(store, config, tmp_path)
+    await sync.once()
     before = await store.load_records()
     shutil.rmtree(folder)
 
     with capture_logs() as logs:
-        report = await sync_instance_keys(store, config, NOW, cwd=tmp_path)
+        report = await sync.once()
 
     assert report is not None and (report.added, report.removed) == (0, 0)
     assert await store.load_records() == before
@@ -99,8 +123,8 @@ async def test_missing_keys_folder_keeps_the_stored_keys(store: AnyStore, tmp_pa
 async def test_inline_keys_load_without_a_keys_folder(store: AnyStore, tmp_path: Path) -> None:
     """Inline `keys:` are synced although the keys folder was never created."""
     config = replace(provider(), keys=("sk-inline-key-0001", "sk-inline-key-0002"))
-    await sync_providers(store, [config])
-    report = await sync_instance_keys(store, config, NOW, cwd=tmp_path)
+    sync = await synced(store, config, tmp_path)
+    report = await sync.once()
     assert report is not None and report.added == 2
     assert {r.key for r in await store.load_records()} == {
         "sk-inline-key-0001",
@@ -113,10 +137,44 @@ async def test_one_unreadable_file_keeps_the_stored_keys(store: AnyStore, tmp_pa
     folder = write_keys(tmp_path, "a.txt", "sk-1\n")
     write_keys(tmp_path, "b.txt", "sk-2\n")
     config = provider()
-    await sync_providers(store, [config])
-    await sync_instance_keys(store, config, NOW, cwd=tmp_path)
+    sync = await synced(store, config, tmp_path)
+    await sync.once()
     (folder / "b.txt").unlink()
     (folder / "b.txt").symlink_to(tmp_path / "missing.txt")
 
-    assert await sync_instance_keys(store, config, NOW, cwd=tmp_path) is None
+    assert await sync.once() is None
     assert {r.key for r in await store.load_records()} == {"sk-1", "sk-2"}
+
+
+async def test_synced_keys_are_masked_and_pickable(store: AnyStore, tmp_path: Path) -> None:
+    """A sync registers every key with the masker and puts it in the pool's rotation."""
+    write_keys(tmp_path, "a.txt", "sk-file-key-000001\n")
+    sync = await synced(store, provider(keys=("sk-inline-key-0001",)), tmp_path)
+    await sync.once()
+    keys = {"sk-file-key-000001", "sk-inline-key-0001"}
+    assert all(key in sync.masker for key in keys)
+    assert {sync.pool.pick("openai-main", "m-a").key for _ in range(4)} == keys
+
+
+async def test_initial_sync_loads_the_store_into_the_pool(store: AnyStore, tmp_path: Path) -> None:
+    """Start-up writes the provider rows and the keys, then loads every stored record, masked."""
+    write_keys(tmp_path, "a.txt", "sk-start-key-0001\nsk-start-key-0002\n")
+    sync = Synced(store, provider(), tmp_path)
+    with capture_logs() as logs:
+        await sync.key_sync.initial()
+    assert len(sync.pool.records("openai-main")) == 4
+    assert "sk-start-key-0001" in sync.masker and "sk-start-key-0002" in sync.masker
+    assert [e["records"] for e in logs if e["event"] == "key_pool_loaded"] == [4]
+
+
+async def test_a_file_change_reaches_the_pool_at_the_next_sync(
+    store: AnyStore, tmp_path: Path
+) -> None:
+    """Keys added to and removed from the files join and leave the live pool."""
+    folder = write_keys(tmp_path, "a.txt", "sk-old-key-000001\n")
+    sync = Synced(store, provider(), tmp_path)
+    await sync.key_sync.initial()
+    (folder / "a.txt").write_text("sk-new-key-000001\n")
+    await sync.once()
+    assert {r.key for r in sync.pool.records()} == {"sk-new-key-000001"}
+    assert "sk-new-key-000001" in sync.masker

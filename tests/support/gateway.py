@@ -37,7 +37,7 @@ from llmgateway.config.loader import load_config
 from llmgateway.pool.key_pool import KeyPool
 from llmgateway.store.protocol import Store
 from llmgateway.store.write_queue import WriteQueue
-from llmgateway.web.app import POOL, STORE, WRITE_QUEUE
+from llmgateway.web.keys import POOL, STORE, WRITE_QUEUE
 
 OPENAI: Final = "oai"
 ANTHROPIC: Final = "claude"

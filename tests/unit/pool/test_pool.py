@@ -15,6 +15,7 @@ from llmgateway.core.errors import KeysCoolingDown, NoUsableKey
 from llmgateway.core.logs import mask_key
 from llmgateway.core.models import CheckResult, KeyRecord
 from llmgateway.pool.key_pool import AllKeysTried, KeyPool
+from tests.support.config import accessor_of
 
 START = 1_800_000_000.0
 MODELS = ("model-a", "model-b")
@@ -92,7 +93,10 @@ def make_pool(
     cooldown: float = 60.0,
 ) -> KeyPool:
     pool = KeyPool(
-        [provider(shared=shared, cooldown=cooldown)], sink=sink, clock=clock, rng=lambda: 0.5
+        accessor_of(provider(shared=shared, cooldown=cooldown)),
+        sink=sink,
+        clock=clock,
+        rng=lambda: 0.5,
     )
     models = (ALL_MODELS_MARKER,) if shared else MODELS
     pool.load(records(count, models=models))
@@ -294,7 +298,7 @@ class TestCooldown:
 
     def test_stored_cooldown_survives_a_load(self, clock: FakeClock, sink: Sink) -> None:
         """A record loaded with a future cooldown_until is skipped until it passes."""
-        pool = KeyPool([provider()], sink=sink, clock=clock)
+        pool = KeyPool(accessor_of(provider()), sink=sink, clock=clock)
         until = datetime.fromtimestamp(START + 20.0, UTC)
         loaded = records(2, models=("model-a",))
         loaded[0] = replace(loaded[0], status=Status.RATE_LIMITED, cooldown_until=until)
@@ -421,7 +425,7 @@ class TestEvents:
 class TestSnapshotAndSync:
     def test_records_snapshot_per_instance(self, clock: FakeClock, sink: Sink) -> None:
         """records() lists every (key, model) of the pool, or of one instance."""
-        pool = KeyPool([provider("main"), provider("other")], sink=sink, clock=clock)
+        pool = KeyPool(accessor_of(provider("main"), provider("other")), sink=sink, clock=clock)
         pool.load(records(2, "main") + records(1, "other"))
         assert len(pool.records()) == 6
         assert {r.instance for r in pool.records("other")} == {"other"}
@@ -441,7 +445,7 @@ class TestSnapshotAndSync:
 
     def test_sync_instance_leaves_other_instances_alone(self, clock: FakeClock, sink: Sink) -> None:
         """Syncing one instance to nothing keeps every other instance's keys."""
-        pool = KeyPool([provider("main"), provider("other")], sink=sink, clock=clock)
+        pool = KeyPool(accessor_of(provider("main"), provider("other")), sink=sink, clock=clock)
         pool.load(records(2, "main") + records(2, "other"))
         pool.sync_instance("main", [])
         assert pool.records("main") == []

@@ -4,28 +4,31 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 from structlog.testing import capture_logs
 
-from llmgateway.config.schemas import ModelConfig, ProviderConfig
+from llmgateway.config.accessor import ConfigAccessor
+from llmgateway.config.schemas import AppConfig, LoggingConfig, ModelConfig, ProviderConfig
 from llmgateway.core.constants import ErrorReason, ProviderType, Status
 from llmgateway.core.models import KeyRecord
 from llmgateway.pool.key_pool import KeyPool
 from llmgateway.pool.summary import PoolSummary
 from llmgateway.web.metrics import Metrics
+from tests.support.config import accessor_of
 
 KEY = "sk-summary-0123456789-zz"
 
 
+PROVIDER = ProviderConfig(
+    name="oai",
+    provider_type=ProviderType.OPENAI_LIKE,
+    api_base_url="http://upstream.invalid",
+    default_model="m",
+    models={"m": ModelConfig()},
+)
+
+
 def _pool() -> KeyPool:
-    provider = ProviderConfig(
-        name="oai",
-        provider_type=ProviderType.OPENAI_LIKE,
-        api_base_url="http://upstream.invalid",
-        default_model="m",
-        models={"m": ModelConfig()},
-    )
-    pool = KeyPool([provider])
+    pool = KeyPool(accessor_of(PROVIDER))
     pool.load(
         [
             KeyRecord(1, "oai", KEY, "m", Status.VALID),
@@ -39,7 +42,7 @@ def _pool() -> KeyPool:
 def test_summary_gives_status_counts_and_deltas_since_the_last_line() -> None:
     """Each line counts keys by status and the requests, retries and failures since the previous line."""
     metrics = Metrics()
-    summary = PoolSummary(["oai"], _pool(), metrics)
+    summary = PoolSummary(accessor_of(PROVIDER), _pool(), metrics)
     metrics.attempt_failed("oai", ErrorReason.INVALID_KEY)
     metrics.request_done("oai", 200, 0.1, 0.1)
     metrics.request_done("oai", 200, 0.1, 0.1)
@@ -65,8 +68,8 @@ def test_summary_gives_status_counts_and_deltas_since_the_last_line() -> None:
     assert KEY not in repr(first + second)
 
 
-async def test_run_logs_and_continues_after_a_failed_round() -> None:
-    """A failing round is logged and the loop goes on; cancelling ends it."""
+async def test_running_logs_and_continues_after_a_failed_round() -> None:
+    """A failing round is logged and the loop goes on; leaving `running()` ends it."""
     ticks: list[float] = []
     rounds = asyncio.Event()
 
@@ -80,12 +83,15 @@ async def test_run_logs_and_continues_after_a_failed_round() -> None:
             rounds.set()
         await asyncio.sleep(0)
 
-    summary = PoolSummary(["oai"], BrokenPool(), None)  # type: ignore[arg-type]
+    accessor = ConfigAccessor(
+        AppConfig(providers={"oai": PROVIDER}, logging=LoggingConfig(summary_interval=0.0))
+    )
+    summary = PoolSummary(accessor, BrokenPool(), None, sleep)  # type: ignore[arg-type]
     with capture_logs() as logs:
-        task = asyncio.create_task(summary.run(0.0, sleep))
-        await rounds.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        async with summary.running():
+            await rounds.wait()
+        ticks_at_exit = len(ticks)
+        await asyncio.sleep(0)
+        assert len(ticks) == ticks_at_exit  # the loop is over
     assert ticks[:3] == [1.0, 1.0, 1.0]
     assert [e["event"] for e in logs][:2] == ["pool_summary_failed"] * 2

@@ -9,6 +9,7 @@ from llmgateway.core.constants import ErrorReason, ProviderType, Status
 from llmgateway.core.models import KeyRecord
 from llmgateway.pool.key_pool import KeyPool
 from llmgateway.web.metrics import Metrics
+from tests.support.config import accessor_of
 
 SECRET_KEY = "sk-secret-0123456789-abcd"
 
@@ -85,7 +86,7 @@ def test_keys_gauge_is_computed_from_the_pool_without_key_material() -> None:
         default_model="m",
         models={"m": ModelConfig()},
     )
-    pool = KeyPool([provider])
+    pool = KeyPool(accessor_of(provider))
     pool.load(
         [
             KeyRecord(1, "oai", SECRET_KEY, "m", Status.VALID),

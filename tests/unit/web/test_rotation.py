@@ -9,13 +9,20 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from llmgateway.config.schemas import ModelConfig, ProviderConfig, RetryBudget
 from llmgateway.core.constants import ErrorReason, ProviderType, Status
-from llmgateway.core.errors import KeysCoolingDown, NoUsableKey
+from llmgateway.core.errors import (
+    KeysCoolingDown,
+    NoUsableKey,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from llmgateway.core.models import CheckResult, KeyRecord
 from llmgateway.pool.key_pool import KeyPool
 from llmgateway.providers import build_adapter
-from llmgateway.web.exchange import Route, UpstreamAnswer
+from llmgateway.providers.upstream import UpstreamAnswer
+from llmgateway.web.exchange import Route
 from llmgateway.web.relay import BUFFERED_BODY, SSE, buffered
 from llmgateway.web.rotation import Rotation, names_model
+from tests.support.config import accessor_of
 
 MODEL = "gpt-4o-mini"
 NOW = 1_800_000_000.0
@@ -42,7 +49,7 @@ def setup(
     count: int = 3, retry_enabled: bool = True, status: Status = Status.VALID
 ) -> tuple[Route, KeyPool, list[KeyRecord]]:
     config = provider(retry_enabled)
-    pool = KeyPool([config], clock=lambda: NOW, rng=lambda: 0.5)
+    pool = KeyPool(accessor_of(config), clock=lambda: NOW, rng=lambda: 0.5)
     records = [
         KeyRecord(
             key_id=i,
@@ -57,12 +64,12 @@ def setup(
     return Route.of(config, build_adapter(config)), pool, records
 
 
-def answer(body: bytes, status: int = 404) -> UpstreamAnswer:
-    return UpstreamAnswer(status, CIMultiDictProxy(CIMultiDict()), body)
-
-
 def fail(reason: ErrorReason) -> CheckResult:
     return CheckResult(reason=reason, status_code=400, message=reason.value)
+
+
+def answer(body: bytes, status: int = 404) -> UpstreamAnswer:
+    return UpstreamAnswer(fail(ErrorReason.NO_MODEL), status, CIMultiDictProxy(CIMultiDict()), body)
 
 
 class TestFailed:
@@ -141,6 +148,52 @@ class TestFailed:
             rotation.failed(pool, MODEL, record, fail(ErrorReason.RATE_LIMITED), None)
         error = rotation.exhausted("p", MODEL)
         assert isinstance(error, KeysCoolingDown) and error.retry_after == 10
+
+
+class TestNextKey:
+    async def test_a_key_that_failed_server_side_comes_after_the_others(self) -> None:
+        """The other keys are picked first; once they are used up, the failed one again."""
+        route, pool, _ = setup(count=2)
+        rotation = Rotation(route)
+        first = await rotation.next_key(pool, "p", MODEL)
+        assert rotation.failed(pool, MODEL, first, fail(ErrorReason.SERVER_ERROR), None)
+        second = await rotation.next_key(pool, "p", MODEL)
+        assert second.key_id != first.key_id
+        assert rotation.failed(pool, MODEL, second, fail(ErrorReason.RATE_LIMITED), None)
+        third = await rotation.next_key(pool, "p", MODEL)  # only the tried key is left
+        assert third.key_id == first.key_id
+        assert rotation.owed is None and rotation.tried == []
+
+
+class TestLastWord:
+    def test_the_upstreams_own_answer_is_relayed(self) -> None:
+        """A failure the upstream answered is passed on as it is."""
+        route, _, _ = setup()
+        own = answer(b'{"error": "bad request"}', status=400)
+        last = Rotation(route).last_word("p", MODEL, fail(ErrorReason.BAD_REQUEST), own)
+        assert last is own
+
+    def test_a_timeout_without_an_answer_is_a_gateway_timeout(self) -> None:
+        """No answer in time: 504, not the upstream's."""
+        route, _, _ = setup()
+        last = Rotation(route).last_word("p", MODEL, fail(ErrorReason.TIMEOUT), None)
+        assert isinstance(last, UpstreamTimeout)
+
+    def test_a_wire_failure_without_an_answer_is_unavailable(self) -> None:
+        """Refused or reset: 502 naming the failure."""
+        route, _, _ = setup()
+        result = CheckResult(reason=ErrorReason.NETWORK_ERROR, message="connection refused")
+        last = Rotation(route).last_word("p", MODEL, result, None)
+        assert isinstance(last, UpstreamUnavailable) and "connection refused" in str(last)
+
+    def test_an_incident_overrides_the_upstreams_answer(self) -> None:
+        """Within an incident the client hears about the incident, not the last key's error."""
+        route, pool, records = setup(count=3)
+        rotation = Rotation(route)
+        for record in records:
+            rotation.failed(pool, MODEL, record, fail(ErrorReason.RATE_LIMITED), None)
+        last = rotation.last_word("p", MODEL, fail(ErrorReason.RATE_LIMITED), answer(b"{}", 429))
+        assert isinstance(last, KeysCoolingDown)
 
 
 def test_names_model_needs_a_configured_model_in_the_body() -> None:

@@ -1,0 +1,163 @@
+"""Key sync: the one owner of bringing keys from the configuration into store, masker and pool.
+
+Key files and inline `keys:` are the source of truth. `KeySync` reads them,
+makes the store match them (one process at a time, under the store's
+`keysync` lock), registers every key with the process's `Masker` before
+anything else handles it, and applies the change to the live pool. Start-up
+(`initial`), the keeper's periodic re-read (`sync`) and the follower (keys
+other processes' syncs added, `register` and `apply`) all go through it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import final
+
+import structlog
+
+from llmgateway.config.accessor import ConfigAccessor
+from llmgateway.config.schemas import ProviderConfig
+from llmgateway.core.errors import StoreError
+from llmgateway.core.masking import Masker
+from llmgateway.core.models import KeyRecord
+from llmgateway.keeper.keyfiles import load_keys, warn_if_keyless
+from llmgateway.pool.key_pool import Clock, KeyPool
+from llmgateway.store.protocol import KeySyncReport, Store
+
+log = structlog.get_logger(__name__)
+
+
+@final
+class KeySync:
+    """Syncs the configured keys into the store, the masker and the live pool.
+
+    `cwd` is where a relative `keys_path` is taken from (default: the
+    working directory).
+    """
+
+    def __init__(
+        self,
+        accessor: ConfigAccessor,
+        store: Store,
+        pool: KeyPool,
+        masker: Masker,
+        clock: Clock = time.time,
+        *,
+        cwd: Path | None = None,
+    ) -> None:
+        self._accessor = accessor
+        self._store = store
+        self._pool = pool
+        self._masker = masker
+        self._clock = clock
+        self._cwd = cwd
+        self._loaded: set[str] = set()
+
+    async def initial(self) -> None:
+        """Start-up: provider rows, then every enabled instance's keys, then the pool from the store.
+
+        The keys are synced under the `keysync` lock, waited for (workers
+        starting together sync one at a time; the later ones find nothing to
+        change). A store failure raises.
+        """
+        enabled = self._accessor.enabled_providers()
+        now = self._now()
+        await self._store.sync_providers(
+            [(p.name, p.provider_type) for p in self._accessor.providers()]
+        )
+        async with self._store.exclusive("keysync", wait=True):
+            for provider in enabled:
+                await self._sync_instance(provider, now)
+        records = await self._store.load_records()
+        self.register(r.key for r in records)
+        self._pool.load(records)
+        self._loaded = {p.name for p in enabled}
+        with_keys = {r.instance for r in records}
+        for provider in enabled:
+            warn_if_keyless(provider, int(provider.name in with_keys), self._cwd)
+        log.info("key_pool_loaded", instances=len(enabled), records=len(records))
+
+    async def sync(self) -> dict[str, KeySyncReport | None]:
+        """Re-read every enabled instance's keys, unless another process is syncing right now.
+
+        An instance is reloaded from the store into the pool on its first
+        sync and whenever keys were added or removed. A store failure for one
+        instance is logged and the others go on. Returns each synced
+        instance's report (None: its key files could not be read); empty when
+        another process held the lock.
+        """
+        reports: dict[str, KeySyncReport | None] = {}
+        async with self._store.exclusive("keysync") as got:
+            if not got:
+                return reports
+            now = self._now()
+            for provider in self._accessor.enabled_providers():
+                name = provider.name
+                try:
+                    report = reports[name] = await self._sync_instance(provider, now)
+                    changed = report is not None and (report.added > 0 or report.removed > 0)
+                    if name in self._loaded and not changed:
+                        continue
+                    records = await self._store.load_records(name)
+                except StoreError as exc:
+                    log.error("keeper_key_sync_failed", instance=name, error=str(exc))
+                    continue
+                self.apply(name, records)
+                self._loaded.add(name)
+        return reports
+
+    def register(self, keys: Iterable[str]) -> None:
+        """Make `keys` known to the masker (before anything logs, stores or picks them)."""
+        self._masker.add(keys)
+
+    def apply(self, instance: str, records: Iterable[KeyRecord]) -> None:
+        """Reconcile `instance` in the pool with its stored `records`, keys masked first."""
+        stored = list(records)
+        self.register(r.key for r in stored)
+        self._pool.sync_instance(instance, stored)
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    async def _sync_instance(self, provider: ProviderConfig, now: datetime) -> KeySyncReport | None:
+        """Read `provider`'s keys and make the store match them.
+
+        Returns the sync report, or None when a key file or the folder could
+        not be read: that is logged as an error naming the path, and the
+        stored keys are left as they are (a missing folder must not wipe an
+        instance). Raises StoreError when the store fails.
+        """
+        read = await load_keys(provider, self._cwd)
+        self.register(read.keys)
+        models = ConfigAccessor.status_models(provider)
+        keys = read.keys
+        if read.missing and len(read.errors) == 1:
+            # No folder (yet): the inline keys still load. Keys stored earlier stay, since a
+            # folder that vanished (an unmounted volume) must not wipe the instance.
+            stored = [r.key for r in await self._store.load_records(provider.name)]
+            kept = set(stored) - set(read.keys)
+            if kept:
+                log.warning(
+                    "keys_folder_missing",
+                    instance=provider.name,
+                    problem=read.errors[0],
+                    kept=len(kept),
+                )
+            keys = tuple(dict.fromkeys((*read.keys, *stored)))
+        elif not read.ok:
+            for problem in read.errors:
+                log.error("keys_not_synced", instance=provider.name, problem=problem)
+            return None
+        report = await self._store.sync_keys(provider.name, keys, models, now)
+        if report.added or report.removed:
+            log.info(
+                "keys_synced",
+                instance=provider.name,
+                added=report.added,
+                removed=report.removed,
+                total=report.total,
+            )
+        return report

@@ -1,0 +1,251 @@
+"""The selection state of the pool: per (instance, status model) a slot of keys, and the pick.
+
+Picking is O(1) amortised with fair rotation: each slot keeps a ring of key
+entries rotated on every pick; condemned or cooling entries are dropped from
+the ring lazily when they reach its head, and cooling ones come back from a
+heap ordered by the end of their cool-down. A benched entry (server errors in
+a row) stays in the ring but is picked only when no other entry can be.
+`SlotTable` holds every slot of the process and finds the entries a change
+applies to; it never derives a status itself.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import final
+
+from llmgateway.core.constants import ErrorReason, Status
+from llmgateway.core.models import KeyRecord
+
+Clock = Callable[[], float]
+"""Returns the current time as epoch seconds (time.time); injectable for tests."""
+
+
+class AllKeysTried(LookupError):
+    """Every usable key of the slot is in the caller's `exclude` list (it may reuse one)."""
+
+
+class Entry:
+    """One key in one slot: its current record and its place in the rotation.
+
+    `bench_until` is set when the key is benched (see `llmgateway.pool.benching`):
+    still usable, but picked only when no other key is.
+    """
+
+    __slots__ = ("record", "in_ring", "cool_until", "bench_until")
+
+    def __init__(self, record: KeyRecord, cool_until: float) -> None:
+        self.record = record
+        self.in_ring = False
+        self.cool_until = cool_until
+        self.bench_until = 0.0
+
+
+class Slot:
+    """The keys of one (instance, status model): ring, cool-down heap, index, tallies."""
+
+    __slots__ = ("instance", "model", "ring", "cooling", "entries", "usable", "counts", "why")
+
+    def __init__(self, instance: str, model: str) -> None:
+        self.instance = instance
+        self.model = model
+        self.ring: deque[Entry] = deque()
+        self.cooling: list[tuple[float, int, Entry]] = []
+        self.entries: dict[int, Entry] = {}
+        self.usable = 0
+        """Entries whose status is usable (cooling ones included)."""
+        self.counts: Counter[Status] = Counter()
+        """Entries per status."""
+        self.why: tuple[float, str] | None = None
+        """The last "no usable key" explanation and until when it may be reused."""
+
+    def pick(self, now: float, exclude: Sequence[int]) -> KeyRecord | None:
+        """The next usable key not in `exclude`, rotating fairly; None when none can be picked.
+
+        A benched entry is returned only when no other usable entry is left.
+        Raises AllKeysTried when every usable entry is excluded.
+        """
+        if self.cooling and self.cooling[0][0] <= now:
+            self.thaw(now)
+        ring = self.ring
+        benched: Entry | None = None
+        excluded = False
+        for _ in range(len(ring)):
+            entry = ring[0]
+            if entry.cool_until or not entry.record.status.is_usable:
+                ring.popleft()
+                entry.in_ring = False
+                continue
+            ring.rotate(-1)
+            if exclude and entry.record.key_id in exclude:
+                excluded = True
+                continue
+            if entry.bench_until:
+                if entry.bench_until > now:
+                    benched = benched or entry
+                    continue
+                entry.bench_until = 0.0
+            return entry.record
+        if benched is not None:
+            return benched.record
+        if excluded:
+            raise AllKeysTried(f"every usable key of {self.instance}/{self.model} was tried")
+        return None
+
+    def admit(self, entry: Entry) -> None:
+        """Put a usable entry back into rotation (or its cool-down heap)."""
+        if not entry.record.status.is_usable:
+            return
+        if entry.cool_until:
+            heapq.heappush(self.cooling, (entry.cool_until, entry.record.key_id, entry))
+        elif not entry.in_ring:
+            entry.in_ring = True
+            self.ring.append(entry)
+
+    def count(self, record: KeyRecord, delta: int) -> None:
+        """Add (1) or take away (-1) `record` from the slot's tallies."""
+        status = record.status
+        self.counts[status] += delta
+        if not self.counts[status]:
+            del self.counts[status]
+        if status.is_usable:
+            self.usable += delta
+        self.why = None
+
+    def drop(self, key_ids: Iterable[int]) -> int:
+        """Take the entries of `key_ids` out of the slot; return how many were in it."""
+        hits = [key_id for key_id in key_ids if key_id in self.entries]
+        for key_id in hits:
+            self.count(self.entries.pop(key_id).record, -1)
+        if hits:
+            self.ring = deque(e for e in self.ring if e.record.key_id in self.entries)
+            self.cooling = [c for c in self.cooling if c[1] in self.entries]
+            heapq.heapify(self.cooling)
+        return len(hits)
+
+    def thaw(self, now: float) -> None:
+        """Return the entries whose cool-down has ended to the ring."""
+        cooling = self.cooling
+        while cooling and cooling[0][0] <= now:
+            until, _, entry = heapq.heappop(cooling)
+            if entry.cool_until == until:
+                entry.cool_until = 0.0
+                self.admit(entry)
+
+    def soonest(self, now: float) -> float | None:
+        """Seconds until the first cooling entry that is still usable returns."""
+        for until, _, entry in sorted(self.cooling):
+            if entry.cool_until == until and entry.record.status.is_usable:
+                return max(until - now, 0.0)
+        return None
+
+    def explain(self, now: float) -> str:
+        """Why nothing can be picked: the statuses of the slot and the soonest return."""
+        if self.why is not None and self.why[0] > now:
+            return self.why[1]
+        tally: Counter[str] = Counter()
+        returns = [until - now for until, _, e in self.cooling if e.cool_until == until]
+        for entry in self.entries.values():
+            record = entry.record
+            if record.status is Status.VERIFYING:
+                suspected = record.reason.value if record.reason else "unknown"
+                tally[f"{suspected} (verifying)"] += 1
+                if record.next_check_at is not None:
+                    returns.append(record.next_check_at.timestamp() - now)
+            elif not record.status.is_usable or record.status is Status.RATE_LIMITED:
+                tally[record.status.value] += 1
+        parts = [f"{n} {label}" for label, n in sorted(tally.items(), key=lambda i: (-i[1], i[0]))]
+        text = f"no usable key for {self.instance}/{self.model}"
+        if parts:
+            text += ": " + ", ".join(parts)
+        if returns:
+            text += f" (next back in {max(math.ceil(min(returns)), 0)} s)"
+        self.why = (now + 1.0, text)
+        return text
+
+
+@final
+class SlotTable:
+    """Every slot of the process, by (instance, status model), and look-ups over them."""
+
+    __slots__ = ("slots", "_clock")
+
+    def __init__(self, clock: Clock) -> None:
+        self.slots: dict[tuple[str, str], Slot] = {}
+        self._clock = clock
+
+    def add(self, record: KeyRecord) -> None:
+        """Add `record` as a new entry of its slot (created when missing)."""
+        key = (record.instance, record.model)
+        slot = self.slots.get(key)
+        if slot is None:
+            slot = self.slots[key] = Slot(record.instance, record.model)
+        cool = record.cooldown_until.timestamp() if record.cooldown_until else 0.0
+        entry = Entry(record, cool if cool > self._clock() else 0.0)
+        slot.entries[record.key_id] = entry
+        slot.count(record, 1)
+        slot.admit(entry)
+
+    def sync(self, instance: str, fresh: dict[tuple[str, int], KeyRecord]) -> None:
+        """Make `instance`'s entries the (model, key id) pairs of `fresh`.
+
+        Entries already present keep their (newer) in-memory state; new pairs
+        are added; pairs no longer in `fresh` are dropped.
+        """
+        for (name, model), slot in list(self.slots.items()):
+            if name != instance:
+                continue
+            slot.drop([k for k in slot.entries if (model, k) not in fresh])
+            if not slot.entries:
+                del self.slots[(name, model)]
+        for (model, key_id), record in fresh.items():
+            existing = self.slots.get((instance, model))
+            if existing is None or key_id not in existing.entries:
+                self.add(record)
+
+    def remove(self, instance: str, key_ids: Iterable[int]) -> int:
+        """Drop the keys `key_ids` of `instance` for every model; return the entries dropped."""
+        gone = set(key_ids)
+        dropped = 0
+        for (name, model), slot in list(self.slots.items()):
+            if name != instance:
+                continue
+            dropped += slot.drop(gone)
+            if not slot.entries:
+                del self.slots[(name, model)]
+        return dropped
+
+    def entry(self, record: KeyRecord) -> Entry | None:
+        """The entry of `record`'s (key, model), or None."""
+        slot = self.slots.get((record.instance, record.model))
+        return slot.entries.get(record.key_id) if slot else None
+
+    def of_instance(self, instance: str) -> Iterator[Slot]:
+        """The slots of `instance`."""
+        for (name, _), slot in self.slots.items():
+            if name == instance:
+                yield slot
+
+    def scope(self, record: KeyRecord, reason: ErrorReason) -> list[tuple[Slot, Entry]]:
+        """The (slot, entry) pairs a failure with `reason` of `record`'s key applies to."""
+        if reason.is_key_wide:
+            found: list[tuple[Slot, Entry]] = []
+            for slot in self.of_instance(record.instance):
+                entry = slot.entries.get(record.key_id)
+                if entry is not None:
+                    found.append((slot, entry))
+            return found
+        own = self.slots.get((record.instance, record.model))
+        mine = own.entries.get(record.key_id) if own else None
+        return [] if own is None or mine is None else [(own, mine)]
+
+    def scope_valid(self, record: KeyRecord, reason: ErrorReason) -> int:
+        """Valid keys in the scope of a failure with `reason` (the key judged included)."""
+        if reason.is_key_wide:
+            slots = self.of_instance(record.instance)
+            return max((s.counts[Status.VALID] for s in slots), default=0)
+        slot = self.slots.get((record.instance, record.model))
+        return slot.counts[Status.VALID] if slot is not None else 0

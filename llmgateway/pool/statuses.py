@@ -1,0 +1,114 @@
+"""Applying a new record to a pool entry: tallies, rotation, the store's queue, logs and events.
+
+Whatever decided the record (a verdict of this process, or another
+process's write seen through the change feed), `StatusWriter` is where it
+lands; it derives nothing itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import final
+
+import structlog
+
+from llmgateway.core.logs import mask_key
+from llmgateway.core.models import CheckResult, KeyRecord
+from llmgateway.pool.events import EventHub
+from llmgateway.pool.slots import Clock, Entry, Slot, SlotTable
+
+log = structlog.get_logger("llmgateway.pool")
+
+RecordSink = Callable[[KeyRecord], None]
+"""Receives every changed record (the write-behind queue's `put`)."""
+
+
+@final
+class StatusWriter:
+    """Makes records current in the slot table and tells the store, the logs and subscribers."""
+
+    __slots__ = ("_table", "_clock", "_sink", "_hub", "_served")
+
+    def __init__(
+        self,
+        table: SlotTable,
+        clock: Clock,
+        sink: RecordSink | None,
+        hub: EventHub,
+        served: Callable[[str], bool],
+    ) -> None:
+        self._table = table
+        self._clock = clock
+        self._sink = sink
+        self._hub = hub
+        self._served = served
+
+    def set(self, slot: Slot, entry: Entry, new: KeyRecord, result: CheckResult) -> None:
+        """Make `new` the entry's record: tallies, rotation, the store's queue, logs, events."""
+        old = entry.record
+        self.replace(slot, entry, new)
+        if self._sink is not None:
+            self._sink(new)
+        if old.status is not new.status:
+            log.info(
+                "key_status_changed",
+                instance=new.instance,
+                model=new.model,
+                key=mask_key(new.key),
+                old=old.status.value,
+                new=new.status.value,
+                reason=new.reason.value if new.reason else None,
+                status_code=result.status_code,
+                message=result.message[:200],
+            )
+            # `at` is when the status was observed, as stored: the newest observation wins.
+            at = new.last_checked_at or datetime.fromtimestamp(self._clock(), UTC)
+            self._hub.status_changed(old, new, at)
+
+    def replace(self, slot: Slot, entry: Entry, new: KeyRecord) -> None:
+        """Make `new` the entry's record in the slot (tallies, rotation); log an emptied slot."""
+        old = entry.record
+        before = slot.usable
+        if old.status is not new.status:
+            slot.count(old, -1)
+            slot.count(new, 1)
+        entry.record = new
+        cool = new.cooldown_until.timestamp() if new.cooldown_until else 0.0
+        entry.cool_until = cool if cool > self._clock() else 0.0
+        slot.admit(entry)
+        if before and not slot.usable:
+            log.warning(
+                "model_pool_empty",
+                instance=new.instance,
+                model=new.model,
+                why=slot.explain(self._clock()),
+            )
+        elif slot.usable and not before and slot.entries:
+            log.info("model_pool_recovered", instance=new.instance, model=new.model)
+
+    def apply_remote(self, record: KeyRecord) -> bool:
+        """Take a record another process wrote, when it is newer than the pool's; True if taken.
+
+        See `KeyPool.apply_remote`.
+        """
+        if not self._served(record.instance):
+            return False
+        slot = self._table.slots.get((record.instance, record.model))
+        entry = slot.entries.get(record.key_id) if slot else None
+        if slot is None or entry is None:
+            if not record.key:
+                return False
+            self._table.add(record)
+            return True
+        old = entry.record
+        if record.last_checked_at is None or (
+            old.last_checked_at is not None and record.last_checked_at <= old.last_checked_at
+        ):
+            return False
+        new = replace(record, key=old.key)
+        self.replace(slot, entry, new)
+        if old.status is not new.status:
+            self._hub.status_changed(old, new, new.last_checked_at or datetime.now(UTC))
+        return True
