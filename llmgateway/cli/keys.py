@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TextIO
 
 import click
 import orjson
@@ -38,8 +38,6 @@ from llmgateway.cli.keys_client import (
 from llmgateway.cli.keys_direct import open_backend
 from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.core.errors import ConfigError, StoreError
-
-T = TypeVar("T")
 
 _FILTER_OPTIONS = ("instance", "model", "status", "source", "q")
 
@@ -71,7 +69,7 @@ def _print(document: Mapping[str, Any], as_json: bool, text: Callable[[], str]) 
         click.echo(text())
 
 
-def _run(config_option: str | None, work: Callable[[KeysBackend], Awaitable[T]]) -> T:
+def _run[T](config_option: str | None, work: Callable[[KeysBackend], Awaitable[T]]) -> T:
     """Load the configuration, open a backend, run `work` on it; exit 1 on a refusal."""
     accessor = ConfigAccessor(load_or_exit(resolve(config_option)))
 
@@ -131,9 +129,7 @@ def list_command(
 @click.option("--instance", required=True, metavar="NAME", help="The instance the keys serve.")
 @click.argument("source", type=click.File("r", encoding="utf-8"))
 @_common
-def add_command(
-    config_option: str | None, as_json: bool, instance: str, source: click.utils.LazyFile
-) -> None:
+def add_command(config_option: str | None, as_json: bool, instance: str, source: TextIO) -> None:
     """Add the keys of SOURCE, a file or - for stdin: one key a line, # comments."""
     text = source.read()
     document = _run(config_option, lambda backend: backend.add_keys(instance, text))

@@ -93,12 +93,14 @@ class Status(StrEnum):
     `verifying` is a fatal reason seen on client traffic and not yet confirmed
     by the keeper's own probe: the key is out of the pool for the reason's
     scope and is probed within `confirm_within`; the suspected reason is kept
-    beside it (`KeyRecord.reason`).
+    beside it (`KeyRecord.reason`). `disabled` is set by hand on every model
+    of a key: the key is out of the pool and never probed until enabled.
     """
 
     UNTESTED = "untested"
     VALID = "valid"
     VERIFYING = "verifying"
+    DISABLED = "disabled"
     UNKNOWN = "unknown"
     NETWORK_ERROR = "network_error"
     TIMEOUT = "timeout"
@@ -120,7 +122,7 @@ class Status(StrEnum):
 
     @property
     def reason(self) -> ErrorReason | None:
-        """The ErrorReason this status stands for, or None for untested, valid and verifying."""
+        """The ErrorReason this status stands for (None: untested, valid, verifying, disabled)."""
         if self in _NO_REASON:
             return None
         return ErrorReason(self.value)
@@ -131,14 +133,16 @@ class Status(StrEnum):
 
         Untested keys are used optimistically; a key whose last check failed on
         the provider's side (or was rate limited, handled by cool-downs) is not
-        the key's fault and stays usable. A key being verified is not.
+        the key's fault and stays usable. A key being verified, or disabled, is not.
         """
         return self in _USABLE
 
 
-_NO_REASON: Final = frozenset({Status.UNTESTED, Status.VALID, Status.VERIFYING})
+_NO_REASON: Final = frozenset({Status.UNTESTED, Status.VALID, Status.VERIFYING, Status.DISABLED})
 _USABLE: Final = frozenset(
-    s for s in Status if s is not Status.VERIFYING and (s.reason is None or not s.reason.is_fatal)
+    s
+    for s in Status
+    if s not in (Status.VERIFYING, Status.DISABLED) and (s.reason is None or not s.reason.is_fatal)
 )
 
 

@@ -79,12 +79,17 @@ class RecheckJobs:
                 break
             rows.extend(page)
             after = page[-1].key_id
-        job_id = await self._store.create_job(JOB_KIND, len(rows), self._now())
+        job_id = (await self._store.create_job(JOB_KIND, len(rows), self._now())).id
         log.info("recheck_started", job=job_id, checks=len(rows))
         task = asyncio.create_task(self._run(job_id, rows), name=f"llmgateway-recheck-{job_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return job_id, len(rows)
+
+    async def join(self) -> None:
+        """Wait until every job started so far has finished."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -146,6 +151,8 @@ class RecheckJobs:
         """Store the job's progress (a failure is logged: the next update retries) and announce it."""
         self._pool.announce_job(job_id, done, total, state.value)
         try:
-            await self._store.update_job(job_id, state, done, dict(results), self._now())
+            await self._store.update_job(
+                job_id, self._now(), done=done, state=state, results=dict(results)
+            )
         except StoreError as exc:
             log.warning("recheck_progress_not_stored", job=job_id, error=str(exc))

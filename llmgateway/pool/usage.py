@@ -1,8 +1,8 @@
 """Per-key usage counted on the request path: requests, failures, last use.
 
 `UsageCounter.count` is called for every attempt the gateway makes with a
-key; it only bumps a key's tally, kept from the moment the key joins the
-pool, and puts the tally on the dirty list the first time it changes since
+key; it only bumps a key's tally (made when the pool loads, or at the key's
+first use when it joined later) and puts the tally on the dirty list the first time it changes since
 the last drain. `drain()` hands the increments accumulated since the last
 drain to whoever writes them (the store's write-behind queue), in one batch;
 nothing here touches the database.
@@ -10,20 +10,16 @@ nothing here touches the database.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import final
+from typing import Final, final
 
+from llmgateway.store.key_admin import UsageDelta
 
-@dataclass(frozen=True, slots=True)
-class UsageDelta:
-    """What one key was used for since the last drain (increments, not totals)."""
-
-    key_id: int
-    requests: int
-    failures: int
-    last_used_at: datetime
+FLUSH_INTERVAL: Final = 1.0
+"""Seconds between two drains of the counters into the write queue."""
 
 
 class _Tally:
@@ -62,8 +58,8 @@ class UsageCounter:
     def count(self, key_id: int, failed: bool, now: float) -> None:
         """One request made with key `key_id` at `now` (epoch seconds); `failed` if it failed."""
         tally = self._tallies.get(key_id)
-        if tally is None:
-            return
+        if tally is None:  # a key that joined after start-up: its tally is made once
+            tally = self._tallies[key_id] = _Tally(key_id)
         tally.requests += 1
         if failed:
             tally.failures += 1
@@ -98,3 +94,28 @@ class UsageCounter:
         if tally is None or not tally.dirty:
             return None
         return tally.requests, tally.failures, datetime.fromtimestamp(tally.last_used, UTC)
+
+
+@asynccontextmanager
+async def draining(
+    counter: UsageCounter, put: Callable[[UsageDelta], None], interval: float = FLUSH_INTERVAL
+) -> AsyncIterator[None]:
+    """Hand `counter`'s increments to `put` (the write queue's) every `interval` for the body.
+
+    A last drain on exit, so nothing counted is lost at shutdown.
+    """
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            for delta in counter.drain():
+                put(delta)
+
+    task = asyncio.create_task(loop(), name="llmgateway-usage")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        for delta in counter.drain():
+            put(delta)

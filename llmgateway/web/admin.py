@@ -29,6 +29,7 @@ from llmgateway.core.masking import Masker
 from llmgateway.pool.key_pool import PoolEvent
 from llmgateway.store.write_queue import WriteQueue
 from llmgateway.web.admin_guard import AdminGuard, admin_error
+from llmgateway.web.api import build_api_app
 from llmgateway.web.keys import (
     ACCESSOR,
     AUTH_FAILURES,
@@ -207,6 +208,7 @@ def install_admin(app: web.Application) -> None:
     admin.router.add_get("/ready", ready_handler, name="ready")
     admin.router.add_get("/status", status_handler)
     admin.router.add_get("/events", events_handler)
+    admin.add_subapp("/api/", build_api_app())
     admin.router.add_route("*", "/{tail:.*}", not_found_handler)
     admin[EVENT_STREAMS] = set()
     admin.on_shutdown.append(_end_event_streams)

@@ -8,7 +8,7 @@ order there) and `admin` (`METRICS`, `PROCESS`).
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
 from aiohttp import web
@@ -19,6 +19,7 @@ from llmgateway.core.masking import Masker
 from llmgateway.keeper.follower import PoolFollower
 from llmgateway.keeper.keeper import Keeper
 from llmgateway.keeper.key_sync import KeySync
+from llmgateway.keeper.prober import Prober
 from llmgateway.pool.key_pool import Clock, KeyPool
 from llmgateway.process.lifecycle import ShutdownClock
 from llmgateway.providers.base import ProviderAdapter
@@ -28,6 +29,9 @@ from llmgateway.web.auth_failures import AuthFailures
 from llmgateway.web.gateway import Gateway
 from llmgateway.web.metrics import Metrics
 from llmgateway.web.status import ProcessInfo
+
+if TYPE_CHECKING:  # the key admin's handlers read this module: no import at run time
+    from llmgateway.web.api.operations import KeyAdmin
 
 # Set by `create_app` before start-up.
 ACCESSOR: Final = web.AppKey("accessor", ConfigAccessor)
@@ -50,6 +54,10 @@ KEY_SYNC: Final = web.AppKey("key_sync", KeySync)
 GATEWAY: Final = web.AppKey("gateway", Gateway)
 FOLLOWER: Final = web.AppKey("follower", PoolFollower)
 KEEPER: Final = web.AppKey("keeper", Keeper)
+PROBER: Final = web.AppKey("prober", Prober)
+"""The probe machinery and its limits, shared by the keeper and the recheck jobs."""
+KEY_ADMIN: Final[web.AppKey[KeyAdmin]] = web.AppKey("key_admin")
+"""The key admin's operations (`/-/api/`), on the store and the live pool."""
 
 # The `/-/` sub-application's own.
 EVENT_STREAMS: Final = web.AppKey[set[EventSourceResponse]]("event_streams")

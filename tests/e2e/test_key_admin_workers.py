@@ -99,7 +99,9 @@ async def _until(
 ) -> None:
     """Ask the worker's route until `holds`; fail when it does not within PROPAGATION."""
     async with asyncio.timeout(PROPAGATION):
-        while not holds(await _route(session, url)):
+        while True:
+            if holds(await _route(session, url)):
+                return
             await asyncio.sleep(0.02)
 
 

@@ -11,7 +11,7 @@ refused (404) before any change.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -19,12 +19,12 @@ from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.core.constants import Status
 from llmgateway.core.masking import Masker
 from llmgateway.core.models import KeyRecord
+from llmgateway.keeper.recheck import RecheckJobs
 from llmgateway.pool.key_pool import Clock, KeyPool
 from llmgateway.store.key_admin import HISTORY_KEPT, KeyFilter, StoredKey
 from llmgateway.store.key_admin import Selection as StoreSelection
 from llmgateway.store.protocol import Store
 from llmgateway.web.api import shapes
-from llmgateway.web.api.recheck import RecheckJobs
 from llmgateway.web.api.validation import (
     ApiError,
     Selection,
@@ -184,8 +184,3 @@ class KeyAdmin:
         if page.total == 0:
             raise ApiError(404, "no_match", "no key matches the filter; nothing changed")
         return flt
-
-
-def ids_of(records: Sequence[KeyRecord]) -> list[int]:
-    """The distinct key ids of `records`, in order."""
-    return list(dict.fromkeys(record.key_id for record in records))
