@@ -112,9 +112,11 @@ class KeyPool:
     def drop_keys(self, key_ids: Iterable[int]) -> int:
         """Drop the keys `key_ids` for every model, whatever their instance (deleted by hand).
 
+        They never join the pool again (a stale read of the store cannot bring them back).
         Returns the number of (key, model) entries dropped.
         """
         gone = set(key_ids)
+        self._table.deleted |= gone
         self.usage.forget(gone)
         instances = {name for name, _ in self._slots}
         return sum(self._table.remove(name, gone) for name in instances)
