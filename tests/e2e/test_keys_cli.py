@@ -26,8 +26,9 @@ from tests.support.gateway import MODELS, OPENAI, GatewayConfig, ServeGateway
 pytestmark = pytest.mark.slow
 
 ADMIN: Final = "admin-token-0123456789abcdef"
-FILE_KEYS: Final = [f"sk-cli-file-{i:02d}-0123456789abcdef" for i in range(2)]
-PASTED: Final = [f"sk-cli-pasted-{i:02d}-0123456789abcdef" for i in range(4)]
+FILE_KEYS: Final = [f"sk-cli-file-0123456789abcdef-{i:04d}" for i in range(2)]
+PASTED: Final = [f"sk-cli-pasted-0123456789abcdef-{i:04d}" for i in range(10, 14)]
+"""Distinct masks (the last four characters differ)."""
 MODEL: Final = MODELS[OPENAI]
 EXIT_TIMEOUT: Final = 30.0
 
