@@ -38,6 +38,7 @@ from llmgateway.cli.keys_client import (
 from llmgateway.cli.keys_direct import open_backend
 from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.core.errors import ConfigError, StoreError
+from llmgateway.core.logs import configure_logging
 
 _FILTER_OPTIONS = ("instance", "model", "status", "source", "q")
 
@@ -72,9 +73,11 @@ def _print(document: Mapping[str, Any], as_json: bool, text: Callable[[], str]) 
 def _run[T](config_option: str | None, work: Callable[[KeysBackend], Awaitable[T]]) -> T:
     """Load the configuration, open a backend, run `work` on it; exit 1 on a refusal."""
     accessor = ConfigAccessor(load_or_exit(resolve(config_option)))
+    # Logs go to stderr (stdout is the answer), every key and token masked.
+    masker = configure_logging(accessor.logging, accessor.secrets())
 
     async def go() -> T:
-        backend = await open_backend(accessor)
+        backend = await open_backend(accessor, masker)
         try:
             return await work(backend)
         finally:

@@ -32,14 +32,17 @@ from llmgateway.web.api.operations import KeyAdmin
 from llmgateway.web.api.validation import ApiError
 
 
-async def open_backend(accessor: ConfigAccessor) -> KeysBackend:
-    """The running server's API when it answers at the configured address, else the store's."""
+async def open_backend(accessor: ConfigAccessor, masker: Masker) -> KeysBackend:
+    """The running server's API when it answers at the configured address, else the store's.
+
+    `masker` is the logging's: every key the direct backend reads joins it.
+    """
     server = accessor.server
     remote = ServerBackend(server_url(server.host, server.port), server.admin_token)
     if await remote.answers():
         return remote
     await remote.close()
-    direct = DirectBackend(accessor)
+    direct = DirectBackend(accessor, masker)
     await direct.open()
     return direct
 
@@ -47,10 +50,10 @@ async def open_backend(accessor: ConfigAccessor) -> KeysBackend:
 class DirectBackend:
     """The key admin's operations on the store, in this process."""
 
-    def __init__(self, accessor: ConfigAccessor) -> None:
+    def __init__(self, accessor: ConfigAccessor, masker: Masker) -> None:
         self._accessor = accessor
         self._store: Store | None = None
-        self._masker = Masker(accessor.secrets())
+        self._masker = masker
 
     @property
     def where(self) -> str:
