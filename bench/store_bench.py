@@ -22,6 +22,7 @@ import asyncpg
 
 from llmgateway.core.constants import ProviderType, Status
 from llmgateway.store.postgres import PostgresStore
+from llmgateway.store.protocol import Store
 from llmgateway.store.sqlite import SqliteStore
 
 INSTANCE = "bench"
@@ -63,7 +64,7 @@ async def timed(label: str, action: Callable[[], Awaitable[Any]]) -> Any:
     return result
 
 
-async def bench(store: SqliteStore | PostgresStore, count: int, model_count: int) -> None:
+async def bench(store: Store, count: int, model_count: int) -> None:
     """The measured operations, in the order a gateway meets them."""
     now = datetime.now(UTC)
     models = [f"model-{i}" for i in range(model_count)]
@@ -91,8 +92,8 @@ async def bench(store: SqliteStore | PostgresStore, count: int, model_count: int
     assert report.added == report.removed == 1000, report
     records = await store.load_records(INSTANCE)
     due = await timed(
-        "fetch_due limit 100 (all due)",
-        lambda: store.fetch_due([INSTANCE], now + timedelta(seconds=1), 100),
+        "lease_due limit 100 (all due)",
+        lambda: store.lease_due([INSTANCE], now + timedelta(seconds=1), 100, "bench", 60.0),
     )
     assert len(due) == 100
     checked = [
@@ -101,7 +102,8 @@ async def bench(store: SqliteStore | PostgresStore, count: int, model_count: int
     ]
     await timed("record one write-queue batch of 500", lambda: store.record(checked[:500]))
     await timed(f"record all {len(checked):,} rows in one call", lambda: store.record(checked))
-    await timed("status_counts", store.status_counts)
+    ids = [r.key_id for r in records[:1000]]
+    await timed("load_key_records of 1,000 keys", lambda: store.load_key_records(ids))
 
 
 async def main() -> None:

@@ -32,12 +32,7 @@ from llmgateway.config.options import (
     sequence,
 )
 from llmgateway.core.constants import ErrorReason, ProviderType, StreamingMode
-
-LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
-"""The accepted `logging.level` values."""
-
-LOG_FORMATS: Final = ("console", "json")
-"""The accepted `logging.format` values."""
+from llmgateway.core.logs import LOG_FORMATS, LOG_LEVELS
 
 REASON: Final = enum_of(ErrorReason)
 MODEL_NAME: Final = Leaf(f.non_empty, "a model name")

@@ -15,14 +15,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from llmgateway.config.schemas import LOG_FORMATS, LOG_LEVELS, LoggingConfig
 from llmgateway.core.masking import Masker, mask_key
 
 __all__ = [
@@ -35,6 +34,30 @@ __all__ = [
     "mask_key",
     "update_secrets",
 ]
+
+
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+"""The values of `logging.level`."""
+
+LOG_FORMATS: Final = ("console", "json")
+"""The values of `logging.format`."""
+
+
+class LoggingOptions(Protocol):
+    """What `configure_logging` reads: the `logging` section of the configuration."""
+
+    @property
+    def level(self) -> str:
+        """One of LOG_LEVELS."""
+
+    @property
+    def format(self) -> str:
+        """One of LOG_FORMATS."""
+
+    @property
+    def access_log(self) -> bool:
+        """Whether aiohttp's access log is written."""
+
 
 LEVELS: Final[dict[str, int]] = {
     name: logging.getLevelNamesMapping()[name.upper()] for name in LOG_LEVELS
@@ -198,7 +221,7 @@ def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
 
 
 def configure_logging(
-    config: LoggingConfig, secrets: Iterable[str], masker: Masker | None = None
+    config: LoggingOptions, secrets: Iterable[str], masker: Masker | None = None
 ) -> Masker:
     """Configure structlog and every stdlib logger from the `logging` section.
 

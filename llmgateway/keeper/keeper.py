@@ -25,13 +25,13 @@ import structlog
 
 from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.core.errors import StoreError
+from llmgateway.core.lifecycle import interruptible_sleep
 from llmgateway.core.logs import mask_key
 from llmgateway.core.models import KeyRecord
 from llmgateway.keeper.key_sync import KeySync
 from llmgateway.keeper.leases import LeaseRenewer, lease_length
 from llmgateway.keeper.prober import Prober
 from llmgateway.pool.key_pool import Clock, KeyPool
-from llmgateway.process.lifecycle import interruptible_sleep
 from llmgateway.providers.base import ProviderAdapter
 from llmgateway.store.protocol import Store
 

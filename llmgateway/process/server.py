@@ -45,9 +45,9 @@ from aiohttp import web
 
 from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.core.errors import StoreError
+from llmgateway.core.lifecycle import WATCHDOG_SLACK, ShutdownClock, Watchdog
 from llmgateway.core.logs import configure_logging
 from llmgateway.core.masking import Masker
-from llmgateway.process.lifecycle import WATCHDOG_SLACK, ShutdownClock, Watchdog
 from llmgateway.process.parent import ParentWatch
 from llmgateway.process.stop_signals import StopSignals, process_stop_signals
 from llmgateway.web.admin_guard import TOKEN_HINT

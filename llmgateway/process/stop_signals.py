@@ -1,7 +1,7 @@
 """A serving process's stop signals (SIGTERM, SIGINT), captured from its first moments.
 
 `serve` must never be killed by a stop signal's default action, whatever it is
-doing when the signal comes (see `llmgateway.process.lifecycle` for what it then
+doing when the signal comes (see `llmgateway.core.lifecycle` for what it then
 does). `process_stop_signals()` installs a Python handler that records them:
 `llmgateway serve` calls it before the command line is parsed (this module
 imports nothing heavy, so that moment comes early). While the event loop runs,

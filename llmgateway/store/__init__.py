@@ -12,14 +12,13 @@ from urllib.parse import unquote, urlsplit
 from llmgateway.config.schemas import DatabaseConfig
 from llmgateway.core.errors import ConfigError
 from llmgateway.store.postgres import PostgresStore
-from llmgateway.store.protocol import KeySyncReport, StatusCount, Store
+from llmgateway.store.protocol import KeySyncReport, Store
 from llmgateway.store.sqlite import MEMORY, SqliteStore
 
 __all__ = [
     "KeySyncReport",
     "PostgresStore",
     "SqliteStore",
-    "StatusCount",
     "Store",
     "open_store",
     "sqlite_path",

@@ -43,7 +43,7 @@ import structlog
 
 from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
-from llmgateway.store.rows import from_epoch, parse_reason, parse_status, to_epoch
+from llmgateway.store.rows import STATUS_COLUMNS, from_epoch, status_columns, to_epoch, to_record
 
 log = structlog.get_logger(__name__)
 
@@ -151,14 +151,19 @@ class Notification:
     changes: Changes
 
 
+_MESSAGE: Final = STATUS_COLUMNS.index("message")
+
+
 def encode_notifications(origin: str, records: Sequence[KeyRecord]) -> list[str]:
     """The payloads announcing `records`, each under MAX_PAYLOAD bytes."""
     head = len(orjson.dumps({"o": origin, "r": []}))
     payloads: list[str] = []
     rows: list[bytes] = []
     size = head
-    for record in records:
-        row = orjson.dumps(_row(record))
+    columns = status_columns(records, to_epoch)
+    columns[_MESSAGE] = [message[:MESSAGE_CHARS] for message in columns[_MESSAGE]]
+    for record, values in zip(records, zip(*columns, strict=True), strict=True):
+        row = orjson.dumps([record.key_id, record.instance, record.model, *values])
         if rows and size + len(row) + 1 > MAX_PAYLOAD:
             payloads.append(_payload(origin, rows))
             rows, size = [], head
@@ -208,41 +213,13 @@ def _payload(origin: str, rows: list[bytes]) -> str:
     return (b'{"o":' + orjson.dumps(origin) + b',"r":[' + b",".join(rows) + b"]}").decode()
 
 
-def _row(record: KeyRecord) -> list[Any]:
-    return [
-        record.key_id,
-        record.instance,
-        record.model,
-        record.status.value,
-        to_epoch(record.last_checked_at),
-        to_epoch(record.next_check_at),
-        to_epoch(record.failing_since),
-        record.consecutive_failures,
-        record.status_code,
-        record.message[:MESSAGE_CHARS],
-        record.response_ms,
-        to_epoch(record.cooldown_until),
-        record.reason.value if record.reason is not None else None,
-    ]
-
-
 def _record(row: list[Any]) -> KeyRecord:
-    return KeyRecord(
-        key_id=int(row[0]),
-        instance=str(row[1]),
-        key="",
-        model=str(row[2]),
-        status=parse_status(str(row[3])),
-        last_checked_at=from_epoch(row[4]),
-        next_check_at=from_epoch(row[5]),
-        failing_since=from_epoch(row[6]),
-        consecutive_failures=int(row[7]),
-        status_code=row[8],
-        message=str(row[9]),
-        response_ms=row[10],
-        cooldown_until=from_epoch(row[11]),
-        reason=parse_reason(row[12]) if len(row) > 12 else None,
-    )
+    """The record of a notification row (without its key); a row from before `reason` has none."""
+    key_id, instance, model, *status = row
+    if len(status) < len(STATUS_COLUMNS) - 1:
+        raise ValueError(f"a status row of {len(row)} values")
+    status = [*status[: len(STATUS_COLUMNS)], None][: len(STATUS_COLUMNS)]
+    return to_record((int(key_id), str(instance), "", str(model), *status), from_epoch)
 
 
 class VersionedStore(Protocol):

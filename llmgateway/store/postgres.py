@@ -13,39 +13,27 @@ import hashlib
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
-from datetime import UTC, datetime, timedelta
-from typing import Final, final
+from datetime import datetime
+from typing import Any, Final, cast, final
 from urllib.parse import urlsplit
 
 import asyncpg
 from asyncpg.exceptions import DeadlockDetectedError, SerializationError
 from asyncpg.pool import PoolConnectionProxy
 
-from llmgateway.core.constants import ProviderType, Status
+from llmgateway.core.constants import Status
 from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
-from llmgateway.store.changes import (
-    CHANNEL,
-    KeySetChange,
-    encode_key_changes,
-    encode_notifications,
-)
-from llmgateway.store.migrations import Engine, Migration, engine_migrations, plan
+from llmgateway.store.changes import CHANNEL, KeySetChange, encode_key_changes, encode_notifications
+from llmgateway.store.engine import Conn, Dialect, LeaseAsk, Row, SqlStore
+from llmgateway.store.migrations import Engine, Migration
 from llmgateway.store.pg_listener import PgListener
-from llmgateway.store.protocol import CLOSE_TIMEOUT, KeySyncReport, StatusCount
-from llmgateway.store.rows import (
-    RECORD_COLUMNS,
-    as_utc,
-    latest_per_row,
-    parse_reason,
-    parse_status,
-    unique_keys,
-)
-from llmgateway.store.scrub import SCRUB_KEY_MESSAGES, scrubbed_messages
+from llmgateway.store.protocol import CLOSE_TIMEOUT, KeySyncReport
+from llmgateway.store.rows import RECORD_COLUMNS, as_utc_or_none, same, status_columns
 
-type _Conn = PoolConnectionProxy[asyncpg.Record]
+type _Raw = PoolConnectionProxy[asyncpg.Record]
 
 MIGRATION_LOCK: Final = 0x6C6C6D6777  # "llmgw": serialises migrations of concurrent processes
 """The advisory lock id held while migrating."""
@@ -56,9 +44,6 @@ WRITE_ATTEMPTS: Final = 3
 ANALYZE_AFTER: Final = 1000
 """Keys added plus removed by one sync from which the tables' statistics are refreshed."""
 
-_SELECT_RECORDS: Final = (
-    f"SELECT {RECORD_COLUMNS} FROM key_model_status AS s JOIN api_keys AS k ON k.id = s.key_id"
-)
 _UPDATE_STATUS: Final = """
 UPDATE key_model_status AS s SET
     status = u.status, last_checked_at = u.last_checked_at, next_check_at = u.next_check_at,
@@ -66,18 +51,16 @@ UPDATE key_model_status AS s SET
     status_code = u.status_code, message = u.message, response_ms = u.response_ms,
     cooldown_until = u.cooldown_until, reason = u.reason, lease_owner = NULL,
     lease_until = NULL, version = s.version + 1
-FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
-            $6::timestamptz[], $7::int[], $8::int[], $9::text[], $10::int[], $11::timestamptz[],
+FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[], $5::int[],
+            $6::int[], $7::text[], $8::int[], $9::timestamptz[], $10::text[], $11::bigint[],
             $12::text[])
-    AS u(key_id, model, status, last_checked_at, next_check_at, failing_since,
-         consecutive_failures, status_code, message, response_ms, cooldown_until, reason)
+    AS u(status, last_checked_at, next_check_at, failing_since, consecutive_failures,
+         status_code, message, response_ms, cooldown_until, reason, key_id, model)
 WHERE s.key_id = u.key_id AND s.model = u.model
   -- Newest wins: a status observed earlier than the stored one never replaces it.
   AND (s.last_checked_at IS NULL OR u.last_checked_at IS NULL
        OR s.last_checked_at <= u.last_checked_at)
 """
-
-
 _LEASE: Final = f"""
 WITH picked AS (
     SELECT s.key_id, s.model FROM key_model_status AS s JOIN api_keys AS k ON k.id = s.key_id
@@ -94,6 +77,26 @@ WITH picked AS (
 SELECT {RECORD_COLUMNS} FROM leased AS s JOIN api_keys AS k ON k.id = s.key_id
 ORDER BY s.next_check_at, s.key_id, s.model
 """
+_NOTIFY: Final = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
+
+POSTGRES: Final = Dialect(
+    engine=Engine.POSTGRES,
+    shared_between_hosts=True,
+    time_in=same,
+    time_out=as_utc_or_none,
+    array=list,
+    by_key_ids=" WHERE s.key_id = ANY($1::bigint[])",
+    create_migrations_table=(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY "
+        "KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
+    ),
+    renew_leases=(
+        "UPDATE key_model_status AS s SET lease_until = $4 "
+        "FROM unnest($1::bigint[], $2::text[]) AS r(key_id, model) "
+        "WHERE s.key_id = r.key_id AND s.model = r.model AND s.lease_owner = $3"
+    ),
+)
+"""PostgreSQL's SQL: lists travel as arrays expanded with `unnest`, times as timestamptz."""
 
 
 def new_origin() -> str:
@@ -130,31 +133,41 @@ def _translated(action: str) -> Iterator[None]:
         raise StoreError(f"postgres: {action} failed: {type(exc).__name__}: {exc}") from exc
 
 
-async def _run_step(conn: _Conn, step: str) -> None:
-    """Run a migration's data step on `conn` (inside the migration's transaction)."""
-    if step != SCRUB_KEY_MESSAGES:
-        raise StoreError(f"postgres: unknown migration step {step!r}")
-    keys = [str(r[0]) for r in await conn.fetch("SELECT key_value FROM api_keys")]
-    rows = [
-        (int(r[0]), str(r[1]), str(r[2]))
-        for r in await conn.fetch(
-            "SELECT key_id, model, message FROM key_model_status WHERE message <> ''"
-        )
-    ]
-    updates = scrubbed_messages(keys, rows)
-    if updates:
-        await conn.executemany(
-            "UPDATE key_model_status SET message = $1 WHERE key_id = $2 AND model = $3", updates
-        )
-
-
 def _count(status: str) -> int:
-    """The row count of a command status such as `DELETE 3` or `INSERT 0 5`."""
-    return int(status.rsplit(" ", 1)[-1])
+    """The row count of a command status such as `DELETE 3` or `INSERT 0 5` (0 for `CREATE TABLE`)."""
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
 
 
 @final
-class PostgresStore:
+class _PgConn:
+    """A pooled asyncpg connection as the shared code's `Conn`."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: _Raw) -> None:
+        self.raw = raw
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        """The rows `sql` returns."""
+        # asyncpg's Record is indexable like a tuple (its stubs do not say Sequence).
+        return cast(list[Row], await self.raw.fetch(sql, *args))
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run `sql`; the number of rows it changed."""
+        return _count(await self.raw.execute(sql, *args))
+
+    async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
+        """Run `sql` once per argument tuple."""
+        await self.raw.executemany(sql, args)
+
+    async def script(self, sql: str) -> None:
+        """Run several statements (the simple query protocol)."""
+        await self.raw.execute(sql)
+
+
+@final
+class PostgresStore(SqlStore):
     """The Store on PostgreSQL; see `llmgateway.store.protocol.Store`.
 
     Several gateway processes may share one database: migrations take an
@@ -162,6 +175,8 @@ class PostgresStore:
     loses a deadlock is retried. Rows of `record()` whose (key_id, model) no
     longer exists are skipped.
     """
+
+    sql = POSTGRES
 
     def __init__(
         self,
@@ -174,7 +189,6 @@ class PostgresStore:
     ) -> None:
         self.dsn = dsn
         self._migrations = migrations
-        """The schema to reach (default: the migrations shipped with this release)."""
         self.min_size = min_size
         self.max_size = max_size
         self.origin = origin or new_origin()
@@ -185,16 +199,16 @@ class PostgresStore:
         """Create the connection pool and apply pending migrations under an advisory lock."""
         if self._pool is not None:
             return
-        migrations = self._migrations
-        if migrations is None:
-            migrations = await asyncio.to_thread(engine_migrations, Engine.POSTGRES)
+        migrations = await self._schema()
         with _translated(f"connecting to {describe_dsn(self.dsn)}"):
             pool = await asyncpg.create_pool(
                 self.dsn, min_size=self.min_size, max_size=self.max_size
             )
         self._pool = pool
         try:
-            await self._migrate(migrations)
+            with _translated("migrating"):
+                async with pool.acquire() as raw:
+                    await self._migrate(_PgConn(raw), migrations)
         except BaseException:
             await self.close()
             raise
@@ -216,268 +230,102 @@ class PostgresStore:
             pool.terminate()
             raise
 
-    async def ping(self) -> None:
-        """Raise StoreError unless the database answers."""
-        with _translated("ping"):
-            await self._require("ping").fetchval("SELECT 1")
-
-    async def applied_versions(self) -> list[int]:
-        """The migration versions recorded in `schema_migrations`, ascending."""
-        with _translated("reading schema_migrations"):
-            rows = await self._require("reading schema_migrations").fetch(
-                "SELECT version FROM schema_migrations ORDER BY version"
-            )
-        return [int(row[0]) for row in rows]
-
-    async def _migrate(self, migrations: Sequence[Migration]) -> None:
-        with _translated("migrating"):
-            async with self._require("migrating").acquire() as conn:
-                await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
-                try:
-                    await conn.execute(
-                        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY "
-                        "KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
-                    )
-                    rows = await conn.fetch("SELECT version FROM schema_migrations")
-                    for migration in plan(migrations, [int(r[0]) for r in rows]):
-                        async with conn.transaction():
-                            if migration.has_statements:
-                                await conn.execute(migration.sql)
-                            if migration.step is not None:
-                                await _run_step(conn, migration.step)
-                            await conn.execute(
-                                "INSERT INTO schema_migrations (version, name, applied_at) "
-                                "VALUES ($1, $2, $3)",
-                                migration.version,
-                                migration.name,
-                                datetime.now(UTC),
-                            )
-                finally:
-                    await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
-
-    async def sync_providers(self, providers: Sequence[tuple[str, ProviderType]]) -> None:
-        """Insert or update one row per configured instance (name, type); never deletes."""
-        names = [name for name, _ in providers]
-        types = [ptype.value for _, ptype in providers]
-
-        async def run(conn: _Conn) -> None:
-            await conn.execute(
-                "INSERT INTO providers (name, provider_type) "
-                "SELECT * FROM unnest($1::text[], $2::text[]) "
-                "ON CONFLICT (name) DO UPDATE SET provider_type = excluded.provider_type",
-                names,
-                types,
-            )
-
-        await self._write("syncing providers", run)
+    async def _migrate(self, conn: _PgConn, migrations: Sequence[Migration]) -> None:
+        """Apply pending migrations, one transaction each, under the migration advisory lock."""
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+        try:
+            await self._apply_pending(conn, migrations, conn.raw.transaction)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
 
     async def sync_keys(
         self, instance: str, keys: Sequence[str], models: Sequence[str], now: datetime
     ) -> KeySyncReport:
-        """Make the instance's keys and (key, model) rows match `keys` × `models`, in one transaction.
-
-        Raises StoreError when `instance` has no provider row.
-        """
-        wanted = unique_keys(keys)
-        model_list = list(dict.fromkeys(models))
-        at = as_utc(now)
-
-        async def run(conn: _Conn) -> KeySyncReport:
-            if await conn.fetchval("SELECT 1 FROM providers WHERE name = $1", instance) is None:
-                raise StoreError(f"unknown instance {instance!r}: sync_providers first")
-            removed = await conn.fetch(
-                "DELETE FROM api_keys AS a WHERE a.instance = $1 AND NOT EXISTS "
-                "(SELECT 1 FROM unnest($2::text[]) AS w(v) WHERE w.v = a.key_value) "
-                "RETURNING a.id",
-                instance,
-                wanted,
-            )
-            added = await conn.fetch(
-                "INSERT INTO api_keys (instance, key_value, added_at) "
-                "SELECT $1, w.v, $3 FROM unnest($2::text[]) WITH ORDINALITY AS w(v, n) "
-                "WHERE NOT EXISTS (SELECT 1 FROM api_keys AS a "
-                "WHERE a.instance = $1 AND a.key_value = w.v) "
-                "ORDER BY w.n ON CONFLICT (instance, key_value) DO NOTHING RETURNING id",
-                instance,
-                wanted,
-                at,
-            )
-            await conn.execute(
-                "DELETE FROM key_model_status AS s USING api_keys AS k "
-                "WHERE s.key_id = k.id AND k.instance = $1 AND NOT (s.model = ANY($2::text[]))",
-                instance,
-                model_list,
-            )
-            await conn.execute(
-                "INSERT INTO key_model_status (key_id, model, status, next_check_at) "
-                "SELECT k.id, m.model, $3, $4 FROM api_keys AS k "
-                "CROSS JOIN unnest($2::text[]) AS m(model) WHERE k.instance = $1 "
-                "AND NOT EXISTS (SELECT 1 FROM key_model_status AS s "
-                "WHERE s.key_id = k.id AND s.model = m.model) "
-                "ON CONFLICT (key_id, model) DO NOTHING",
-                instance,
-                model_list,
-                Status.UNTESTED.value,
-                at,
-            )
-            if added or removed:
-                change = KeySetChange(
-                    instance, tuple(r[0] for r in added), tuple(r[0] for r in removed)
-                )
-                await self._publish_keys(conn, [change])
-            return KeySyncReport(added=len(added), removed=len(removed), total=len(wanted))
-
-        report = await self._write(f"syncing keys of {instance}", run)
+        """The shared key sync; after a large change, the tables' statistics are refreshed."""
+        report = await super().sync_keys(instance, keys, models, now)
         if report.added + report.removed >= ANALYZE_AFTER:
-            # Fresh statistics at once, so fetch_due keeps its index plan after a bulk load
-            # (autovacuum's ANALYZE would come later).
-            with _translated("analyzing"):
-                await self._require("analyzing").execute("ANALYZE api_keys, key_model_status")
+            # Fresh statistics at once, so the due scans keep their index plan after a bulk
+            # load (autovacuum's ANALYZE would come later).
+            await self._read(
+                "analyzing", lambda conn: conn.script("ANALYZE api_keys, key_model_status")
+            )
         return report
 
-    async def load_records(self, instance: str | None = None) -> list[KeyRecord]:
-        """Every (key, model) record, of one instance or all, by instance, key_id, model."""
-        order = " ORDER BY k.instance, s.key_id, s.model"
-        pool = self._require("loading records")
-        with _translated("loading records"):
-            if instance is None:
-                rows = await pool.fetch(_SELECT_RECORDS + order)
-            else:
-                rows = await pool.fetch(
-                    _SELECT_RECORDS + " WHERE k.instance = $1" + order, instance
-                )
-        return await asyncio.to_thread(_to_records, rows)
-
-    async def fetch_due(
-        self, instances: Sequence[str], now: datetime, limit: int
-    ) -> list[KeyRecord]:
-        """Up to `limit` records due at `now` (NULL `next_check_at` skipped), untested first."""
-        if not instances or limit <= 0:
-            return []
-        # Two index-ordered scans that stop at `limit` (untested, then the rest)
-        # instead of sorting every due row (100,000-key pools).
-        due = (
-            f"(SELECT {RECORD_COLUMNS}, {{rank}} AS rank FROM key_model_status AS s "
-            "JOIN api_keys AS k ON k.id = s.key_id "
-            "WHERE s.next_check_at IS NOT NULL AND s.next_check_at <= $1 "
-            "AND s.status {op} $3 AND k.instance = ANY($2::text[]) "
-            "ORDER BY s.next_check_at, s.key_id, s.model LIMIT $4)"
+    async def _sync_key_rows(
+        self, conn: Conn, instance: str, keys: list[str], models: list[str], at: datetime
+    ) -> tuple[int, int]:
+        """The key sync's four statements on `unnest`ed arrays; announces the key-set change."""
+        removed = await conn.fetch(
+            "DELETE FROM api_keys AS a WHERE a.instance = $1 AND NOT EXISTS "
+            "(SELECT 1 FROM unnest($2::text[]) AS w(v) WHERE w.v = a.key_value) "
+            "RETURNING a.id",
+            instance,
+            keys,
         )
-        query = (
-            f"SELECT * FROM ({due.format(rank=0, op='=')} UNION ALL "
-            f"{due.format(rank=1, op='<>')}) AS d "
-            "ORDER BY d.rank, d.next_check_at, d.key_id, d.model LIMIT $4"
+        added = await conn.fetch(
+            "INSERT INTO api_keys (instance, key_value, added_at) "
+            "SELECT $1, w.v, $3 FROM unnest($2::text[]) WITH ORDINALITY AS w(v, n) "
+            "WHERE NOT EXISTS (SELECT 1 FROM api_keys AS a "
+            "WHERE a.instance = $1 AND a.key_value = w.v) "
+            "ORDER BY w.n ON CONFLICT (instance, key_value) DO NOTHING RETURNING id",
+            instance,
+            keys,
+            at,
         )
-        pool = self._require("fetching due keys")
-        with _translated("fetching due keys"):
-            rows = await pool.fetch(
-                query, as_utc(now), list(instances), Status.UNTESTED.value, limit
+        await conn.execute(
+            "DELETE FROM key_model_status AS s USING api_keys AS k "
+            "WHERE s.key_id = k.id AND k.instance = $1 AND NOT (s.model = ANY($2::text[]))",
+            instance,
+            models,
+        )
+        await conn.execute(
+            "INSERT INTO key_model_status (key_id, model, status, next_check_at) "
+            "SELECT k.id, m.model, $3, $4 FROM api_keys AS k "
+            "CROSS JOIN unnest($2::text[]) AS m(model) WHERE k.instance = $1 "
+            "AND NOT EXISTS (SELECT 1 FROM key_model_status AS s "
+            "WHERE s.key_id = k.id AND s.model = m.model) "
+            "ON CONFLICT (key_id, model) DO NOTHING",
+            instance,
+            models,
+            Status.UNTESTED.value,
+            at,
+        )
+        if added or removed:
+            change = KeySetChange(
+                instance, tuple(r[0] for r in added), tuple(r[0] for r in removed)
             )
-        return _to_records(rows)
+            # Delivered to listeners when (and only if) this transaction commits.
+            await conn.execute(_NOTIFY, CHANNEL, encode_key_changes(self.origin, [change]))
+        return len(added), len(removed)
 
-    async def record(self, records: Sequence[KeyRecord]) -> None:
-        """Write the status fields of each (key_id, model), last one per row winning, in one statement."""
-        if not records:
-            return
-        batch = latest_per_row(records)
-
-        def times(values: Iterator[datetime | None]) -> list[datetime | None]:
-            return [None if v is None else as_utc(v) for v in values]
-
-        args = (
-            [r.key_id for r in batch],
-            [r.model for r in batch],
-            [r.status.value for r in batch],
-            times(r.last_checked_at for r in batch),
-            times(r.next_check_at for r in batch),
-            times(r.failing_since for r in batch),
-            [r.consecutive_failures for r in batch],
-            [r.status_code for r in batch],
-            [r.message for r in batch],
-            [r.response_ms for r in batch],
-            times(r.cooldown_until for r in batch),
-            [r.reason.value if r.reason is not None else None for r in batch],
-        )
-
+    def _status_writer(self, batch: Sequence[KeyRecord]) -> Callable[[Conn], Awaitable[None]]:
+        """One `unnest` UPDATE of the batch's columns, then its notifications."""
+        columns = status_columns(batch, as_utc_or_none)
+        columns += [[r.key_id for r in batch], [r.model for r in batch]]
         payloads = encode_notifications(self.origin, batch)
 
-        async def run(conn: _Conn) -> None:
-            await conn.execute(_UPDATE_STATUS, *args)
+        async def run(conn: Conn) -> None:
+            await conn.execute(_UPDATE_STATUS, *columns)
             # Delivered to listeners when (and only if) this transaction commits.
-            await conn.execute(
-                "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", CHANNEL, payloads
-            )
+            await conn.execute(_NOTIFY, CHANNEL, payloads)
 
-        await self._write("recording statuses", run)
+        return run
 
-    async def lease_due(
-        self,
-        instances: Sequence[str],
-        now: datetime,
-        limit: int,
-        owner: str,
-        lease_seconds: float,
-    ) -> list[KeyRecord]:
-        """Lease up to `limit` due, unleased (or expired) records to `owner`, untested first.
+    async def _lease_step(self, conn: Conn, ask: LeaseAsk, op: str, limit: int) -> list[Row]:
+        """Pick and lease due rows in one statement.
 
         Rows another process is leasing at this very moment are skipped
-        (`FOR UPDATE SKIP LOCKED`), so concurrent keepers never get the same
-        row. The lease ends when a status is recorded or at `now + lease_seconds`.
+        (`FOR UPDATE SKIP LOCKED`), so concurrent keepers never get the same row.
         """
-        if not instances or limit <= 0:
-            return []
-        at = as_utc(now)
-        until = at + timedelta(seconds=lease_seconds)
-
-        async def run(conn: _Conn) -> list[asyncpg.Record]:
-            rows = list(
-                await conn.fetch(
-                    _LEASE.format(op="="),
-                    at,
-                    list(instances),
-                    Status.UNTESTED.value,
-                    limit,
-                    owner,
-                    until,
-                )
-            )
-            if len(rows) < limit:
-                rows.extend(
-                    await conn.fetch(
-                        _LEASE.format(op="<>"),
-                        at,
-                        list(instances),
-                        Status.UNTESTED.value,
-                        limit - len(rows),
-                        owner,
-                        until,
-                    )
-                )
-            return rows
-
-        return _to_records(await self._write("leasing due keys", run))
-
-    async def renew_leases(
-        self, owner: str, rows: Sequence[tuple[int, str]], until: datetime
-    ) -> int:
-        """Extend to `until` the leases `owner` still holds on `rows`; return how many."""
-        if not rows:
-            return 0
-
-        async def run(conn: _Conn) -> int:
-            return _count(
-                await conn.execute(
-                    "UPDATE key_model_status AS s SET lease_until = $4 "
-                    "FROM unnest($1::bigint[], $2::text[]) AS r(key_id, model) "
-                    "WHERE s.key_id = r.key_id AND s.model = r.model AND s.lease_owner = $3",
-                    [key_id for key_id, _ in rows],
-                    [model for _, model in rows],
-                    owner,
-                    as_utc(until),
-                )
-            )
-
-        return await self._write("renewing leases", run)
+        return await conn.fetch(
+            _LEASE.format(op=op),
+            ask.at,
+            ask.instances,
+            Status.UNTESTED.value,
+            limit,
+            ask.owner,
+            ask.until,
+        )
 
     @asynccontextmanager
     async def exclusive(self, name: str, *, wait: bool = False) -> AsyncIterator[bool]:
@@ -513,100 +361,28 @@ class PostgresStore:
         """A listener delivering the statuses other processes record (see `PgListener`)."""
         return PgListener(self.dsn, self.origin)
 
-    async def delete_instance(self, instance: str) -> int:
-        """Delete the instance's provider row, keys and statuses; return the keys deleted."""
+    async def _read[T](self, action: str, run: Callable[[Conn], Awaitable[T]]) -> T:
+        """`run` on a pooled connection, errors translated."""
+        pool = self._require(action)
+        with _translated(action):
+            async with pool.acquire() as conn:
+                return await run(_PgConn(conn))
 
-        async def run(conn: _Conn) -> int:
-            deleted = _count(
-                await conn.execute("DELETE FROM api_keys WHERE instance = $1", instance)
-            )
-            await conn.execute("DELETE FROM providers WHERE name = $1", instance)
-            if deleted:
-                await self._publish_keys(conn, [KeySetChange(instance, reload=True)])
-            return deleted
-
-        return await self._write(f"deleting {instance}", run)
-
-    async def key_counts(self) -> dict[str, int]:
-        """The number of stored keys of each instance."""
-        pool = self._require("counting keys")
-        with _translated("counting keys"):
-            rows = await pool.fetch(
-                "SELECT instance, COUNT(*) FROM api_keys GROUP BY instance ORDER BY instance"
-            )
-        return {str(r[0]): int(r[1]) for r in rows}
-
-    async def status_counts(self) -> list[StatusCount]:
-        """(key, model) rows counted per instance, model and status."""
-        pool = self._require("counting statuses")
-        with _translated("counting statuses"):
-            rows = await pool.fetch(
-                "SELECT k.instance, s.model, s.status, COUNT(*) FROM key_model_status AS s "
-                "JOIN api_keys AS k ON k.id = s.key_id GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-            )
-        return [StatusCount(str(r[0]), str(r[1]), parse_status(str(r[2])), int(r[3])) for r in rows]
-
-    async def load_key_records(self, key_ids: Sequence[int]) -> list[KeyRecord]:
-        """Every (key, model) record of the keys `key_ids` (the ones still stored)."""
-        if not key_ids:
-            return []
-        pool = self._require("loading keys")
-        with _translated("loading keys"):
-            rows = await pool.fetch(
-                _SELECT_RECORDS + " WHERE s.key_id = ANY($1::bigint[]) ORDER BY s.key_id, s.model",
-                list(key_ids),
-            )
-        return _to_records(rows)
-
-    async def _publish_keys(self, conn: _Conn, changes: Sequence[KeySetChange]) -> None:
-        """Announce key-set changes to the other processes, on commit of `conn`'s transaction.
-
-        Every edit of an instance's keys calls this inside its transaction.
-        """
-        await conn.execute(
-            "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
-            CHANNEL,
-            encode_key_changes(self.origin, changes),
-        )
-
-    def _require(self, action: str) -> asyncpg.Pool[asyncpg.Record]:
-        if self._pool is None:
-            raise StoreError(f"postgres: {action} failed: the store is not open")
-        return self._pool
-
-    async def _write[T](self, action: str, run: Callable[[_Conn], Awaitable[T]]) -> T:
+    async def _write[T](self, action: str, run: Callable[[Conn], Awaitable[T]]) -> T:
         """`run` in a transaction, retried when it lost a deadlock to another writer."""
         pool = self._require(action)
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 with _translated(action):
                     async with pool.acquire() as conn, conn.transaction():
-                        return await run(conn)
+                        return await run(_PgConn(conn))
             except StoreError as exc:
                 lost_race = isinstance(exc.__cause__, DeadlockDetectedError | SerializationError)
                 if not lost_race or attempt == WRITE_ATTEMPTS:
                     raise
         raise AssertionError("unreachable")
 
-
-def _to_records(rows: Sequence[asyncpg.Record]) -> list[KeyRecord]:
-    """KeyRecords from rows selected with RECORD_COLUMNS (timestamptz arrive as UTC datetimes)."""
-    return [
-        KeyRecord(
-            key_id=row[0],
-            instance=row[1],
-            key=row[2],
-            model=row[3],
-            status=parse_status(row[4]),
-            last_checked_at=row[5],
-            next_check_at=row[6],
-            failing_since=row[7],
-            consecutive_failures=row[8],
-            status_code=row[9],
-            message=row[10],
-            response_ms=row[11],
-            cooldown_until=row[12],
-            reason=parse_reason(row[13]),
-        )
-        for row in rows
-    ]
+    def _require(self, action: str) -> asyncpg.Pool[asyncpg.Record]:
+        if self._pool is None:
+            raise StoreError(f"postgres: {action} failed: the store is not open")
+        return self._pool

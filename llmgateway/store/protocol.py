@@ -1,4 +1,4 @@
-"""The store interface shared by the SQLite and PostgreSQL engines.
+"""The store interface shared by the SQLite and PostgreSQL engines: what the product uses.
 
 Keeper, gateway (through the write queue) and `llmgateway status` talk to a
 `Store`; `open_store(url)` picks the engine from `database.url`.
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from llmgateway.core.constants import ProviderType, Status
+from llmgateway.core.constants import ProviderType
 from llmgateway.core.models import KeyRecord
 from llmgateway.store.changes import ChangeFeed
 
@@ -29,22 +29,21 @@ class KeySyncReport:
     total: int
 
 
-@dataclass(frozen=True, slots=True)
-class StatusCount:
-    """How many (key, model) rows of one instance and model are in one status."""
-
-    instance: str
-    model: str
-    status: Status
-    count: int
-
-
 class Store(Protocol):
     """Persistent key statuses, per (key, model), for every provider instance.
 
     Every method is async and never blocks the event loop. Times are
     timezone-aware UTC. A failing operation raises `StoreError`.
     """
+
+    @property
+    def shared_between_hosts(self) -> bool:
+        """True when processes on other hosts may share the database (PostgreSQL).
+
+        False for a store only the processes of one host can reach (an SQLite
+        file): a lone process on it has no one to follow, and one of its
+        processes probes for all.
+        """
 
     async def open(self) -> None:
         """Connect and apply pending migrations (raises SchemaTooNew if the db is newer)."""
@@ -79,14 +78,6 @@ class Store(Protocol):
     async def load_key_records(self, key_ids: Sequence[int]) -> list[KeyRecord]:
         """Every (key, model) record of the keys `key_ids` (ids no longer stored are skipped)."""
 
-    async def fetch_due(
-        self, instances: Sequence[str], now: datetime, limit: int
-    ) -> list[KeyRecord]:
-        """Up to `limit` records with `next_check_at <= now`, untested first.
-
-        Records whose `next_check_at` is NULL (checking stopped) are skipped.
-        """
-
     async def lease_due(
         self,
         instances: Sequence[str],
@@ -97,11 +88,11 @@ class Store(Protocol):
     ) -> list[KeyRecord]:
         """Lease up to `limit` due records to `owner` until `now + lease_seconds`, untested first.
 
-        Like `fetch_due`, but rows leased to anyone until after `now` are
-        skipped, and the returned rows are leased atomically: concurrent
-        callers (other processes, other hosts) never get the same row.
-        Recording a status for a row ends its lease; an expired lease (its
-        holder died) is taken over.
+        Records whose `next_check_at` is NULL (checking stopped) and rows
+        leased to anyone until after `now` are skipped; the returned rows are
+        leased atomically: concurrent callers (other processes, other hosts)
+        never get the same row. Recording a status for a row ends its lease;
+        an expired lease (its holder died) is taken over.
         """
 
     async def renew_leases(
@@ -130,17 +121,3 @@ class Store(Protocol):
 
     def change_feed(self) -> ChangeFeed:
         """A new feed of the records other processes write (see `llmgateway.store.changes`)."""
-
-    async def delete_instance(self, instance: str) -> int:
-        """Delete an instance's provider row, keys and statuses; return the keys deleted.
-
-        `sync_providers` never deletes: an instance removed from the config keeps
-        its rows (another process sharing the database may still serve it) until
-        this is called.
-        """
-
-    async def key_counts(self) -> dict[str, int]:
-        """The number of stored keys of each instance (instances with keys only)."""
-
-    async def status_counts(self) -> list[StatusCount]:
-        """(key, model) rows counted per instance, model and status, for `/-/status`."""

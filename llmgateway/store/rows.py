@@ -1,23 +1,48 @@
-"""What both engines do to values on their way in and out of the database.
+"""The row codec: what both engines do to values on their way in and out of the database.
 
-Statuses are parsed from their column once, here; key lists and record
-batches are normalised the same way for SQLite and PostgreSQL.
+A `KeyRecord` is read from a row selected with `RECORD_COLUMNS` by
+`to_record`, and its status fields are written, in `STATUS_COLUMNS` order, from
+`status_columns`; the engines differ only in how a time is stored (SQLite:
+epoch seconds; PostgreSQL: timestamptz), which they pass in. Statuses are
+parsed from their column once, here; key lists and record batches are
+normalised the same way for SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Any, Final
 
 from llmgateway.core.constants import ErrorReason, Status
 from llmgateway.core.models import KeyRecord
 
-RECORD_COLUMNS = (
+RECORD_COLUMNS: Final = (
     "s.key_id, k.instance, k.key_value, s.model, s.status, s.last_checked_at, s.next_check_at, "
     "s.failing_since, s.consecutive_failures, s.status_code, s.message, s.response_ms, "
     "s.cooldown_until, s.reason"
 )
 """The SELECT list both engines use to build a KeyRecord (same order as its fields)."""
+
+STATUS_COLUMNS: Final = (
+    "status",
+    "last_checked_at",
+    "next_check_at",
+    "failing_since",
+    "consecutive_failures",
+    "status_code",
+    "message",
+    "response_ms",
+    "cooldown_until",
+    "reason",
+)
+"""The columns of `key_model_status` a recorded status writes, in `status_columns` order."""
+
+type TimeIn = Callable[[Any], datetime | None]
+"""How an engine reads a time column (None stays None)."""
+
+type TimeOut = Callable[[datetime | None], Any]
+"""How an engine writes a time column (None stays None)."""
 
 
 def parse_status(value: str) -> Status:
@@ -36,6 +61,51 @@ def parse_reason(value: str | None) -> ErrorReason | None:
         return ErrorReason(value)
     except ValueError:
         return None
+
+
+def to_record(row: Sequence[Any], time_in: TimeIn) -> KeyRecord:
+    """The KeyRecord of a row laid out as `RECORD_COLUMNS`, its times read with `time_in`."""
+    return KeyRecord(
+        key_id=row[0],
+        instance=row[1],
+        key=row[2],
+        model=row[3],
+        status=parse_status(row[4]),
+        last_checked_at=time_in(row[5]),
+        next_check_at=time_in(row[6]),
+        failing_since=time_in(row[7]),
+        consecutive_failures=row[8],
+        status_code=row[9],
+        message=row[10],
+        response_ms=row[11],
+        cooldown_until=time_in(row[12]),
+        reason=parse_reason(row[13]),
+    )
+
+
+def to_records(rows: Iterable[Sequence[Any]], time_in: TimeIn) -> list[KeyRecord]:
+    """KeyRecords from rows laid out as `RECORD_COLUMNS`."""
+    return [to_record(row, time_in) for row in rows]
+
+
+def status_columns(records: Sequence[KeyRecord], time_out: TimeOut) -> list[list[Any]]:
+    """The values of `STATUS_COLUMNS` for `records`, one list per column, times written with `time_out`.
+
+    Column-wise because PostgreSQL takes each column as one array; zip them
+    for the values of one record.
+    """
+    return [
+        [r.status.value for r in records],
+        [time_out(r.last_checked_at) for r in records],
+        [time_out(r.next_check_at) for r in records],
+        [time_out(r.failing_since) for r in records],
+        [r.consecutive_failures for r in records],
+        [r.status_code for r in records],
+        [r.message for r in records],
+        [r.response_ms for r in records],
+        [time_out(r.cooldown_until) for r in records],
+        [r.reason.value if r.reason is not None else None for r in records],
+    ]
 
 
 def unique_keys(keys: Iterable[str]) -> list[str]:
@@ -57,6 +127,16 @@ def as_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+def as_utc_or_none(value: datetime | None) -> datetime | None:
+    """`as_utc(value)`, None staying None (PostgreSQL's time columns)."""
+    return None if value is None else as_utc(value)
+
+
+def same(value: datetime | None) -> datetime | None:
+    """`value` unchanged (PostgreSQL's timestamptz arrive as UTC datetimes)."""
+    return value
 
 
 def to_epoch(value: datetime | None) -> float | None:

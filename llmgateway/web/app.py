@@ -30,6 +30,7 @@ from aiohttp import web
 
 from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.core.errors import StoreError
+from llmgateway.core.lifecycle import ShutdownClock
 from llmgateway.core.logs import active_masker
 from llmgateway.core.masking import Masker
 from llmgateway.core.models import KeyRecord
@@ -39,12 +40,10 @@ from llmgateway.keeper.key_sync import KeySync
 from llmgateway.keeper.prober import Prober
 from llmgateway.keeper.recheck import RecheckJobs
 from llmgateway.pool.key_pool import Clock, HistorySink, KeyPool
-from llmgateway.pool.summary import PoolSummary
 from llmgateway.pool.usage import draining
-from llmgateway.process.lifecycle import ShutdownClock
 from llmgateway.providers import build_adapter
 from llmgateway.providers.base import ProviderAdapter
-from llmgateway.store import SqliteStore, open_store
+from llmgateway.store import open_store
 from llmgateway.store.key_admin import HistoryEntry
 from llmgateway.store.write_queue import WriteQueue
 from llmgateway.web.admin import install_admin, metrics_ctx
@@ -71,6 +70,7 @@ from llmgateway.web.keys import (
     WORKER_INDEX,
     WRITE_QUEUE,
 )
+from llmgateway.web.summary import PoolSummary
 
 log = structlog.get_logger("llmgateway.web.app")
 
@@ -159,7 +159,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def _follower_ctx(app: web.Application) -> AbstractAsyncContextManager[None]:
-    if isinstance(app[STORE], SqliteStore) and app[WORKER_INDEX] is None:
+    if not app[STORE].shared_between_hosts and app[WORKER_INDEX] is None:
         # One process alone on its SQLite file: nobody else writes there, so there is
         # nothing to follow (and no periodic full reload to pay for).
         return nullcontext()
@@ -185,7 +185,7 @@ def _keeper_ctx(app: web.Application) -> AbstractAsyncContextManager[None]:
         observer=app.get(METRICS),
         prober=app[PROBER],
         # An SQLite file is shared by the workers of one host only: one of them probes.
-        solo=isinstance(app[STORE], SqliteStore),
+        solo=not app[STORE].shared_between_hosts,
     )
     app[KEEPER] = keeper
     # Its stop begins in on_shutdown (`_begin_shutdown`); after a cancelled start-up, here.

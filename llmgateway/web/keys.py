@@ -15,13 +15,13 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
 from llmgateway.config.accessor import ConfigAccessor
+from llmgateway.core.lifecycle import ShutdownClock
 from llmgateway.core.masking import Masker
 from llmgateway.keeper.follower import PoolFollower
 from llmgateway.keeper.keeper import Keeper
 from llmgateway.keeper.key_sync import KeySync
 from llmgateway.keeper.prober import Prober
 from llmgateway.pool.key_pool import Clock, KeyPool
-from llmgateway.process.lifecycle import ShutdownClock
 from llmgateway.providers.base import ProviderAdapter
 from llmgateway.store.protocol import Store
 from llmgateway.store.write_queue import WriteQueue

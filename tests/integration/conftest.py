@@ -40,6 +40,22 @@ class Database:
             return SqliteStore(Path(self.location), migrations=migrations)
         return PostgresStore(self.location, min_size=1, max_size=4, migrations=migrations)
 
+    async def fetch(self, sql: str) -> list[tuple[object, ...]]:
+        """The rows `sql` returns, read on a connection of its own, outside any store."""
+        if self.engine == "sqlite":
+            with closing(sqlite3.connect(self.location)) as conn:
+                return list(conn.execute(sql).fetchall())
+        conn = await asyncpg.connect(self.location)
+        try:
+            return [tuple(row) for row in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+    async def applied_versions(self) -> list[int]:
+        """The migration versions recorded in `schema_migrations`, ascending."""
+        rows = await self.fetch("SELECT version FROM schema_migrations ORDER BY version")
+        return [int(str(row[0])) for row in rows]
+
     async def execute(self, sql: str) -> None:
         """Run `sql` on a connection of its own, outside any store (test set-up)."""
         if self.engine == "sqlite":

@@ -324,17 +324,6 @@ async def test_keys_a_sync_adds_and_removes_reach_the_other_pool_through_the_fee
 
 
 @pytest.mark.parametrize("database", POSTGRES + SQLITE, indirect=True)
-async def test_a_deleted_instance_leaves_the_other_pool(rig: Rig, database: Database) -> None:
-    """An instance deleted from the store by A is emptied in B's pool through the feed."""
-    await _setup_keys(rig, 3)
-    async with AsyncExitStack() as stack:
-        a, b = await _peers(rig, database, stack, 2)
-        await _until(lambda: b.follower.reconciliations >= 1, "B's feed started and caught up")
-        assert await a.store.delete_instance("p") == 3
-        await _until(lambda: not b.pool.records("p"), "B's pool drops the deleted instance")
-
-
-@pytest.mark.parametrize("database", POSTGRES + SQLITE, indirect=True)
 async def test_a_check_outlasting_its_lease_is_renewed_not_taken_over(
     rig: Rig, database: Database
 ) -> None:

@@ -161,12 +161,6 @@ class FailingOnceStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    async def fetch_due(self, instances: Any, now: datetime, limit: int) -> list[KeyRecord]:
-        if not self.failures:
-            self.failures += 1
-            raise StoreError("connection lost (test)")
-        return await self._store.fetch_due(instances, now, limit)
-
     async def lease_due(
         self, instances: Any, now: datetime, limit: int, owner: str, lease_seconds: float
     ) -> list[KeyRecord]:

@@ -37,7 +37,7 @@ async def test_messages_stored_before_masking_are_scrubbed_once(
     old = database.new_store(migrations=[m for m in shipped if m.version <= 4])
     await old.open()
     try:
-        assert await old.applied_versions() == [1, 2, 3, 4]
+        assert await database.applied_versions() == [1, 2, 3, 4]
         await old.sync_providers([("gem", ProviderType.GEMINI)])
         await old.sync_keys("gem", KEYS, ["m1", "m2", "m3", "m4"], NOW)
         records = await old.load_records()
@@ -58,7 +58,7 @@ async def test_messages_stored_before_masking_are_scrubbed_once(
     new = database.new_store()
     await new.open()
     try:
-        versions = await new.applied_versions()
+        versions = await database.applied_versions()
         stored = await new.load_records()
     finally:
         await new.close()

@@ -12,7 +12,7 @@ from llmgateway.core.constants import ALL_MODELS_MARKER, ProviderType, Status
 from llmgateway.core.errors import SchemaTooNew, StoreError
 from llmgateway.core.models import KeyRecord
 from llmgateway.store.postgres import PostgresStore
-from llmgateway.store.protocol import KeySyncReport, StatusCount
+from llmgateway.store.protocol import KeySyncReport
 from llmgateway.store.sqlite import SqliteStore
 from tests.integration.conftest import Database
 
@@ -35,12 +35,12 @@ class TestMigrations:
         """A second open of a migrated database applies nothing and records nothing new."""
         first = database.new_store()
         await first.open()
-        applied = await first.applied_versions()
+        applied = await database.applied_versions()
         await first.close()
         second = database.new_store()
         await second.open()
         try:
-            assert await second.applied_versions() == applied
+            assert await database.applied_versions() == applied
             assert applied[0] == 1
             assert applied == sorted(set(applied))
         finally:
@@ -155,35 +155,24 @@ class TestSyncKeys:
         await store.sync_keys(b, ["shared"], ["m"], NOW)
         await store.sync_keys(a, [], ["m"], NOW)
         assert await store.load_records(a) == []
-        assert [r.key for r in await store.load_records(b)] == ["shared"]
-        assert await store.key_counts() == {"inst-b": 1}
+        assert [(r.instance, r.key) for r in await store.load_records()] == [("inst-b", "shared")]
 
     async def test_unknown_instance_is_a_store_error(self, store: AnyStore) -> None:
         """Syncing keys of an instance without a provider row raises StoreError naming it."""
         with pytest.raises(StoreError, match="nobody"):
             await store.sync_keys("nobody", ["k"], ["m"], NOW)
 
-    async def test_provider_type_is_updated(self, store: AnyStore) -> None:
+    async def test_provider_type_is_updated(self, store: AnyStore, database: Database) -> None:
         """sync_providers twice with a changed type keeps one row and the instance's keys."""
         name = await add_instance(store)
         await store.sync_keys(name, ["k"], ["m"], NOW)
         await store.sync_providers([(name, ProviderType.ANTHROPIC)])
-        assert await store.key_counts() == {name: 1}
-
-    async def test_delete_instance_removes_keys_and_statuses(self, store: AnyStore) -> None:
-        """delete_instance returns the number of keys and leaves no row of the instance."""
-        name = await add_instance(store)
-        other = await add_instance(store, "other")
-        await store.sync_keys(name, ["k-1", "k-2"], ["m"], NOW)
-        await store.sync_keys(other, ["k-3"], ["m"], NOW)
-        assert await store.delete_instance(name) == 2
-        assert await store.load_records(name) == []
-        assert await store.key_counts() == {"other": 1}
-        with pytest.raises(StoreError):
-            await store.sync_keys(name, ["k-1"], ["m"], NOW)
+        providers = await database.fetch("SELECT name, provider_type FROM providers")
+        assert providers == [(name, ProviderType.ANTHROPIC.value)]
+        assert [r.key for r in await store.load_records(name)] == ["k"]
 
 
-class TestFetchDue:
+class TestLeaseDue:
     async def test_untested_first_then_oldest_and_stopped_skipped(self, store: AnyStore) -> None:
         """Due rows come untested first, then by next_check_at; NULL and future rows are skipped."""
         name = await add_instance(store)
@@ -201,9 +190,9 @@ class TestFetchDue:
                 ),
             ]
         )
-        due = await store.fetch_due([name], NOW, limit=10)
-        assert [r.key for r in due] == ["untested", "old", "new"]
-        assert [r.key for r in await store.fetch_due([name], NOW, limit=2)] == ["untested", "old"]
+        first = await store.lease_due([name], NOW, 2, "a", 60.0)
+        assert [r.key for r in first] == ["untested", "old"]
+        assert [r.key for r in await store.lease_due([name], NOW, 10, "b", 60.0)] == ["new"]
 
     async def test_only_the_given_instances(self, store: AnyStore) -> None:
         """Rows of instances not asked for are never returned."""
@@ -211,9 +200,9 @@ class TestFetchDue:
         b = await add_instance(store, "inst-b")
         await store.sync_keys(a, ["ka"], ["m"], NOW)
         await store.sync_keys(b, ["kb"], ["m"], NOW)
-        assert [r.key for r in await store.fetch_due([b], NOW, 10)] == ["kb"]
-        assert await store.fetch_due([], NOW, 10) == []
-        assert await store.fetch_due(["missing"], NOW, 10) == []
+        assert [r.key for r in await store.lease_due([b], NOW, 10, "o", 60.0)] == ["kb"]
+        assert await store.lease_due([], NOW, 10, "o", 60.0) == []
+        assert await store.lease_due(["missing"], NOW, 10, "o", 60.0) == []
 
 
 class TestRecord:
@@ -300,19 +289,7 @@ class TestRecord:
             await second.close()
 
 
-class TestSummaries:
-    async def test_status_counts_per_instance_model_status(self, store: AnyStore) -> None:
-        """status_counts groups rows by instance, model and status."""
-        name = await add_instance(store)
-        await store.sync_keys(name, ["k-1", "k-2", "k-3"], ["m"], NOW)
-        rows = await store.load_records(name)
-        await store.record([replace(rows[0], status=Status.INVALID_KEY)])
-        assert await store.status_counts() == [
-            StatusCount(name, "m", Status.INVALID_KEY, 1),
-            StatusCount(name, "m", Status.UNTESTED, 2),
-        ]
-        assert await store.key_counts() == {name: 3}
-
+class TestPing:
     async def test_ping_answers(self, store: AnyStore) -> None:
         """ping returns on an open store and fails with StoreError after close."""
         await store.ping()

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from llmgateway.process.lifecycle import (
+from llmgateway.core.lifecycle import (
     EXIT_MARGIN,
     EXIT_OVERRUN,
     HURRY_LIMIT,
@@ -149,7 +149,7 @@ def test_the_watchdog_ends_an_overrunning_process_with_exit_1() -> None:
             sys.executable,
             "-c",
             "import time\n"
-            "from llmgateway.process.lifecycle import Watchdog\n"
+            "from llmgateway.core.lifecycle import Watchdog\n"
             "Watchdog().arm(time.monotonic() + 0.2, 'a test step')\n"
             "time.sleep(60)\n",
         ],

@@ -1,16 +1,23 @@
-"""Change notifications: key-set changes travel as ids, never as keys, and decode back."""
+"""Change notifications: statuses and key-set changes travel without keys, and decode back."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
+from llmgateway.core.constants import ErrorReason, Status
+from llmgateway.core.models import KeyRecord
 from llmgateway.store.changes import (
     KEY_IDS_PER_CHANGE,
     MAX_PAYLOAD,
+    MESSAGE_CHARS,
     Changes,
     KeySetChange,
     decode_notification,
     encode_key_changes,
+    encode_notifications,
 )
 
 
@@ -54,3 +61,36 @@ def test_an_empty_delivery_is_false() -> None:
     assert not Changes()
     assert Changes(keys=[KeySetChange("main", removed=(1,))])
     assert encode_key_changes("o", []) == []
+
+
+def test_a_status_record_round_trips_without_its_key() -> None:
+    """Every status field comes back as sent, times as UTC; the key stays home, the message is cut."""
+    at = datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=UTC)
+    record = KeyRecord(
+        key_id=42,
+        instance="main",
+        key="sk-never-travels-0001",
+        model="gpt-x",
+        status=Status.RATE_LIMITED,
+        last_checked_at=at,
+        next_check_at=at + timedelta(minutes=1),
+        failing_since=at - timedelta(hours=1),
+        consecutive_failures=3,
+        status_code=429,
+        message="m" * (MESSAGE_CHARS + 50),
+        response_ms=321,
+        cooldown_until=at + timedelta(seconds=30),
+        reason=ErrorReason.OVERLOADED,
+    )
+    (payload,) = encode_notifications("o", [record])
+    assert "sk-never-travels" not in payload
+    (received,) = decode_notification(payload).changes.records
+    assert received == replace(record, key="", message="m" * MESSAGE_CHARS)
+
+
+def test_a_status_row_without_a_reason_has_none() -> None:
+    """A row from a release that sent no reason decodes with reason None."""
+    payload = '{"o": "x", "r": [[1, "main", "m", "valid", 0.0, null, null, 0, 200, "", 5, null]]}'
+    (received,) = decode_notification(payload).changes.records
+    assert (received.key_id, received.status, received.reason) == (1, Status.VALID, None)
+    assert received.last_checked_at == datetime(1970, 1, 1, tzinfo=UTC)

@@ -17,6 +17,7 @@ def test_relative_sqlite_path_resolves_against_cwd(tmp_path: Path) -> None:
     store = open_store(DatabaseConfig(url="sqlite:///data/x.db"), cwd=tmp_path)
     assert isinstance(store, SqliteStore)
     assert store.path == tmp_path / "data" / "x.db"
+    assert store.shared_between_hosts is False  # one host's processes at most
 
 
 def test_absolute_sqlite_path_is_kept(tmp_path: Path) -> None:
@@ -43,6 +44,7 @@ def test_postgres_urls_give_a_pool_of_the_configured_size(scheme: str) -> None:
     store = open_store(config)
     assert isinstance(store, PostgresStore)
     assert (store.min_size, store.max_size) == (2, 7)
+    assert store.shared_between_hosts is True
 
 
 def test_unknown_scheme_is_a_config_error() -> None:

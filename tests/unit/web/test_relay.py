@@ -14,6 +14,7 @@ from llmgateway.pool.key_pool import KeyPool
 from llmgateway.providers.upstream import UpstreamAnswer
 from llmgateway.web.exchange import MAX_RELAYED_ERROR_BODY, Exchange
 from llmgateway.web.relay import Relay
+from tests.support.config import accessor_of
 
 KEY = "AIzaSyRelayTest0123456789abcdefghijklm"
 OTHER = "sk-other-secret-0123456789abcdef"
@@ -26,7 +27,7 @@ def relay(masker: Masker) -> Relay:
         api_base_url="http://invalid",
         default_model="m",
     )
-    return Relay(KeyPool([config]), masker, None)
+    return Relay(KeyPool(accessor_of(config)), masker, None)
 
 
 def upstream_answer(body: bytes, headers: dict[str, str], complete: bool = True) -> UpstreamAnswer:

@@ -11,8 +11,8 @@ from llmgateway.config.schemas import AppConfig, LoggingConfig, ModelConfig, Pro
 from llmgateway.core.constants import ErrorReason, ProviderType, Status
 from llmgateway.core.models import KeyRecord
 from llmgateway.pool.key_pool import KeyPool
-from llmgateway.pool.summary import PoolSummary
 from llmgateway.web.metrics import Metrics
+from llmgateway.web.summary import PoolSummary
 from tests.support.config import accessor_of
 
 KEY = "sk-summary-0123456789-zz"

@@ -30,7 +30,7 @@ from typing import Final, final
 
 import structlog
 
-log = structlog.get_logger("llmgateway.process.lifecycle")
+log = structlog.get_logger("llmgateway.core.lifecycle")
 
 EXIT_MARGIN: Final = 4.0
 """Seconds after `server.shutdown_timeout` by which a shutdown has done everything."""

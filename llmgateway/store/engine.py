@@ -1,0 +1,287 @@
+"""What the SQLite and PostgreSQL engines share: the store's logic, written once.
+
+`SqlStore` implements the `Store` operations on top of a `Dialect` (each
+engine's SQL text, how it stores times and passes lists) and two ways of
+running work on a `Conn`: `_read` (no transaction) and `_write` (one
+transaction). The engines (`sqlite.py`, `postgres.py`) supply those, plus
+what only they do: connecting, named locks, change feeds, and the statements
+of a key sync, of a status batch and of a lease step, whose shapes differ
+(SQLite reads lists from JSON with `json_each`; PostgreSQL expands arrays
+with `unnest`). The statements both engines run alike are written once,
+here, with PostgreSQL's numbered parameters (`$1`); SQLite's connection reads
+them as its own (`?1`), in the same order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Protocol
+
+from llmgateway.core.constants import ProviderType
+from llmgateway.core.errors import StoreError
+from llmgateway.core.models import KeyRecord
+from llmgateway.store.migrations import Engine, Migration, engine_migrations, plan
+from llmgateway.store.protocol import KeySyncReport
+from llmgateway.store.rows import (
+    RECORD_COLUMNS,
+    TimeIn,
+    TimeOut,
+    as_utc,
+    latest_per_row,
+    to_records,
+    unique_keys,
+)
+from llmgateway.store.scrub import SCRUB_KEY_MESSAGES, scrubbed_messages
+
+type Row = Sequence[Any]
+
+SELECT_RECORDS: Final = (
+    f"SELECT {RECORD_COLUMNS} FROM key_model_status AS s JOIN api_keys AS k ON k.id = s.key_id"
+)
+"""Every record, each with its key (`s`: key_model_status, `k`: api_keys); add WHERE, ORDER BY."""
+_BY_INSTANCE: Final = " WHERE k.instance = $1"
+_PROVIDER_EXISTS: Final = "SELECT 1 FROM providers WHERE name = $1"
+_UPSERT_PROVIDER: Final = (
+    "INSERT INTO providers (name, provider_type) VALUES ($1, $2) "
+    "ON CONFLICT (name) DO UPDATE SET provider_type = excluded.provider_type"
+)
+_INSERT_MIGRATION: Final = (
+    "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)"
+)
+_SET_MESSAGE: Final = "UPDATE key_model_status SET message = $1 WHERE key_id = $2 AND model = $3"
+
+
+class Conn(Protocol):
+    """One engine connection, as the shared code uses it."""
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        """The rows `sql` returns."""
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run `sql`; the number of rows it changed."""
+
+    async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
+        """Run `sql` once per argument tuple."""
+
+    async def script(self, sql: str) -> None:
+        """Run several `;`-separated statements (a migration file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """An engine's SQL text and value conventions, for the shared code."""
+
+    engine: Engine
+    """Names the engine (first word of its error messages) and its migration files."""
+    shared_between_hosts: bool
+    """Whether processes on other hosts may use the same database (`Store.shared_between_hosts`)."""
+    time_in: TimeIn
+    time_out: TimeOut
+    array: Callable[[Sequence[Any]], Any]
+    """How a list travels as one parameter."""
+    by_key_ids: str
+    """WHERE clause: rows of the key ids in array `$1`."""
+    create_migrations_table: str
+    renew_leases: str
+    """(key ids array, models array, owner, until): the number of rows changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseAsk:
+    """One `lease_due` call: whose due rows, as of when, for whom, until when."""
+
+    instances: list[str]
+    at: datetime
+    owner: str
+    until: datetime
+
+
+class SqlStore(ABC):
+    """The `Store` operations both engines share; see `llmgateway.store.protocol.Store`.
+
+    Subclasses set `sql` and implement the abstract hooks.
+    """
+
+    sql: Dialect
+
+    _migrations: Sequence[Migration] | None
+    """The schema to reach (None: the migrations shipped with this release)."""
+
+    @property
+    def shared_between_hosts(self) -> bool:
+        """True when processes on other hosts may use the same database."""
+        return self.sql.shared_between_hosts
+
+    @abstractmethod
+    async def _read[T](self, action: str, run: Callable[[Conn], Awaitable[T]]) -> T:
+        """`run` on a connection, errors translated to StoreError naming `action`."""
+
+    @abstractmethod
+    async def _write[T](self, action: str, run: Callable[[Conn], Awaitable[T]]) -> T:
+        """`run` on a connection inside one transaction (rolled back on any error)."""
+
+    @abstractmethod
+    async def _sync_key_rows(
+        self, conn: Conn, instance: str, keys: list[str], models: list[str], at: datetime
+    ) -> tuple[int, int]:
+        """Add and remove the instance's keys and rows, announcing it; (added, removed)."""
+
+    @abstractmethod
+    def _status_writer(self, batch: Sequence[KeyRecord]) -> Callable[[Conn], Awaitable[None]]:
+        """What writes the status fields of `batch` (one record per row) in a transaction.
+
+        It ends the rows' leases and announces the records to the other processes.
+        """
+
+    @abstractmethod
+    async def _lease_step(self, conn: Conn, ask: LeaseAsk, op: str, limit: int) -> list[Row]:
+        """Lease up to `limit` due rows whose status compares `op` ('=' or '<>') to untested."""
+
+    async def _schema(self) -> Sequence[Migration]:
+        """The migrations to apply on open (the shipped files are read on a thread)."""
+        if self._migrations is not None:
+            return self._migrations
+        return await asyncio.to_thread(engine_migrations, self.sql.engine)
+
+    async def ping(self) -> None:
+        """Raise StoreError unless the database answers."""
+        await self._read("ping", lambda conn: conn.fetch("SELECT 1"))
+
+    async def sync_providers(self, providers: Sequence[tuple[str, ProviderType]]) -> None:
+        """Insert or update one row per configured instance (name, type); never deletes."""
+        rows = [(name, ptype.value) for name, ptype in providers]
+        await self._write(
+            "syncing providers", lambda conn: conn.executemany(_UPSERT_PROVIDER, rows)
+        )
+
+    async def sync_keys(
+        self, instance: str, keys: Sequence[str], models: Sequence[str], now: datetime
+    ) -> KeySyncReport:
+        """Make the instance's keys and (key, model) rows match `keys` × `models`, in one transaction.
+
+        Raises StoreError when `instance` has no provider row.
+        """
+        wanted = unique_keys(keys)
+        model_list = list(dict.fromkeys(models))
+
+        async def run(conn: Conn) -> tuple[int, int]:
+            if not await conn.fetch(_PROVIDER_EXISTS, instance):
+                raise StoreError(f"unknown instance {instance!r}: sync_providers first")
+            return await self._sync_key_rows(conn, instance, wanted, model_list, as_utc(now))
+
+        added, removed = await self._write(f"syncing keys of {instance}", run)
+        return KeySyncReport(added=added, removed=removed, total=len(wanted))
+
+    async def load_records(self, instance: str | None = None) -> list[KeyRecord]:
+        """Every (key, model) record, of one instance or all, by instance, key_id, model."""
+        order = " ORDER BY k.instance, s.key_id, s.model"
+        args: tuple[str, ...]
+        if instance is None:
+            query, args = SELECT_RECORDS + order, ()
+        else:
+            query, args = SELECT_RECORDS + _BY_INSTANCE + order, (instance,)
+        rows = await self._read("loading records", lambda conn: conn.fetch(query, *args))
+        return await asyncio.to_thread(to_records, rows, self.sql.time_in)
+
+    async def load_key_records(self, key_ids: Sequence[int]) -> list[KeyRecord]:
+        """Every (key, model) record of the keys `key_ids` (the ones still stored)."""
+        if not key_ids:
+            return []
+        query = SELECT_RECORDS + self.sql.by_key_ids + " ORDER BY s.key_id, s.model"
+        ids = self.sql.array(list(key_ids))
+        rows = await self._read("loading keys", lambda conn: conn.fetch(query, ids))
+        return to_records(rows, self.sql.time_in)
+
+    async def lease_due(
+        self,
+        instances: Sequence[str],
+        now: datetime,
+        limit: int,
+        owner: str,
+        lease_seconds: float,
+    ) -> list[KeyRecord]:
+        """Lease up to `limit` due, unleased (or expired) records to `owner`, untested first.
+
+        Records whose `next_check_at` is NULL are skipped. The lease ends when
+        a status is recorded or at `now + lease_seconds`.
+        """
+        if not instances or limit <= 0:
+            return []
+        at = as_utc(now)
+        ask = LeaseAsk(list(instances), at, owner, at + timedelta(seconds=lease_seconds))
+
+        async def run(conn: Conn) -> list[Row]:
+            # Two index-ordered scans that stop at `limit` (untested, then the rest)
+            # instead of sorting every due row (100,000-key pools).
+            rows: list[Row] = []
+            for op in ("=", "<>"):
+                if len(rows) >= limit:
+                    break
+                rows += await self._lease_step(conn, ask, op, limit - len(rows))
+            return rows
+
+        return to_records(await self._write("leasing due keys", run), self.sql.time_in)
+
+    async def renew_leases(
+        self, owner: str, rows: Sequence[tuple[int, str]], until: datetime
+    ) -> int:
+        """Extend to `until` the leases `owner` still holds on `rows`; return how many."""
+        if not rows:
+            return 0
+        args = (
+            self.sql.array([key_id for key_id, _ in rows]),
+            self.sql.array([model for _, model in rows]),
+            owner,
+            self.sql.time_out(as_utc(until)),
+        )
+        return await self._write(
+            "renewing leases", lambda conn: conn.execute(self.sql.renew_leases, *args)
+        )
+
+    async def record(self, records: Sequence[KeyRecord]) -> None:
+        """Write the status fields of each (key_id, model), last one per row winning, in one transaction."""
+        if not records:
+            return
+        await self._write("recording statuses", self._status_writer(latest_per_row(records)))
+
+    async def _apply_pending(
+        self,
+        conn: Conn,
+        migrations: Sequence[Migration],
+        transaction: Callable[[], AbstractAsyncContextManager[Any]],
+    ) -> None:
+        """Apply the migrations `conn`'s database lacks, each inside `transaction()`."""
+        await conn.script(self.sql.create_migrations_table)
+        applied = [int(row[0]) for row in await conn.fetch("SELECT version FROM schema_migrations")]
+        for migration in plan(migrations, applied):
+            async with transaction():
+                if migration.has_statements:
+                    await conn.script(migration.sql)
+                if migration.step is not None:
+                    await self._run_step(conn, migration.step)
+                await conn.execute(
+                    _INSERT_MIGRATION,
+                    migration.version,
+                    migration.name,
+                    self.sql.time_out(datetime.now(UTC)),
+                )
+
+    async def _run_step(self, conn: Conn, step: str) -> None:
+        """Run a migration's data step on `conn` (inside the migration's transaction)."""
+        if step != SCRUB_KEY_MESSAGES:
+            raise StoreError(f"{self.sql.engine}: unknown migration step {step!r}")
+        keys = [str(r[0]) for r in await conn.fetch("SELECT key_value FROM api_keys")]
+        rows = [
+            (int(r[0]), str(r[1]), str(r[2]))
+            for r in await conn.fetch(
+                "SELECT key_id, model, message FROM key_model_status WHERE message <> ''"
+            )
+        ]
+        updates = scrubbed_messages(keys, rows)
+        if updates:
+            await conn.executemany(_SET_MESSAGE, updates)
