@@ -1,7 +1,7 @@
 """The PostgreSQL change feed: `LISTEN llmgateway_status` on a dedicated connection.
 
-`PostgresStore.record()` and every change of a key set (`sync_keys`,
-`delete_instance`) send `pg_notify` in the same transaction as the write, so
+`PostgresStore.record()` and every change of a key set (`sync_keys`) send
+`pg_notify` in the same transaction as the write, so
 a notification exists exactly when the change was committed. The
 listener holds one connection of its own (not from the store's pool: a pooled
 connection could be recycled under it), named by `application_name` so an
