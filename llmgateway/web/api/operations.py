@@ -176,7 +176,8 @@ class KeyAdmin:
             missing = [key_id for key_id in selection.ids if key_id not in found]
             if missing:
                 shown = ", ".join(str(i) for i in missing[:MISSING_SHOWN])
-                more = f" and {len(missing) - MISSING_SHOWN} more" if len(missing) > 10 else ""
+                extra = len(missing) - MISSING_SHOWN
+                more = f" and {extra} more" if extra > 0 else ""
                 raise ApiError(404, "not_found", f"no key with id {shown}{more}; nothing changed")
             return selection.ids
         flt = KeyFilter(**(selection.filter or {}))
