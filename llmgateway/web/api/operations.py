@@ -11,6 +11,7 @@ refused (404) before any change.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -37,6 +38,9 @@ from llmgateway.web.api.validation import (
 
 MISSING_SHOWN: Final = 10
 """Unknown ids named in a refusal at most."""
+
+POOL_SLICE: Final = 2000
+"""Keys of an import loaded into the pool at a time (the event loop runs in between)."""
 
 
 class KeyAdmin:
@@ -130,8 +134,12 @@ class KeyAdmin:
             ConfigAccessor.status_models(provider),
             self._now(),
         )
-        if self._pool is not None and report.added:
-            self._pool.add_records(await self._store.load_key_records(report.added))
+        if self._pool is not None:
+            # In slices, so that requests keep being served while 100,000 keys join.
+            for start in range(0, len(report.added), POOL_SLICE):
+                chunk = report.added[start : start + POOL_SLICE]
+                self._pool.add_records(await self._store.load_key_records(chunk))
+                await asyncio.sleep(0)
         return shapes.import_json(
             len(report.added), report.duplicates + request.repeats, request.rejected
         )
