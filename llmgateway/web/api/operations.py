@@ -40,7 +40,7 @@ MISSING_SHOWN: Final = 10
 """Unknown ids named in a refusal at most."""
 
 POOL_SLICE: Final = 2000
-"""Keys of an import loaded into the pool at a time (the event loop runs in between)."""
+"""Keys (or records) applied to the pool at a time; the event loop serves requests in between."""
 
 
 class KeyAdmin:
@@ -156,8 +156,10 @@ class KeyAdmin:
         """`POST /-/api/keys/disable` and `/enable`: out of the pool, or back in it untested."""
         selection = await self._checked(parse_selection(body, self.instances, self.statuses))
         changed = await self._store.set_disabled(selection, disabled, self._now())
-        if self._pool is not None and changed:
-            self._pool.apply_admin(changed)
+        if self._pool is not None:
+            for start in range(0, len(changed), POOL_SLICE):
+                self._pool.apply_admin(changed[start : start + POOL_SLICE])
+                await asyncio.sleep(0)
         return {"changed": len({record.key_id for record in changed})}
 
     async def recheck(self, body: Mapping[str, Any]) -> dict[str, Any]:
