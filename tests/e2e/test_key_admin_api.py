@@ -21,11 +21,13 @@ from tests.fakes.family import Behaviour
 from tests.fakes.upstream import FakeUpstream
 from tests.support.databases import postgres_database
 from tests.support.gateway import (
+    ANTHROPIC,
     MODELS,
     OPENAI,
     GatewayConfig,
     RunningGateway,
     StartGateway,
+    ask_anthropic,
     ask_openai,
 )
 
@@ -308,3 +310,44 @@ async def test_the_openai_sdk_still_serves_while_keys_change(gateway: RunningGat
     )
     served, _ = await asyncio.gather(traffic(), changes)
     assert served == 20
+
+
+async def test_a_recheck_keeps_to_the_keepers_concurrency_and_never_blocks_requests(
+    engine: str,
+    gateway_config: GatewayConfig,
+    fake_upstream: FakeUpstream,
+    start_gateway: StartGateway,
+) -> None:
+    """Eight slow keys, two probes at a time at most; a request meanwhile is served at once."""
+    slow = [f"sk-slow-key-0123456789-{i:04d}" for i in range(8)]
+    fast = "sk-fast-claude-key-0123456789abcdef"
+    gateway_config.set("server.admin_token", ADMIN)
+    gateway_config.set("keeper.max_concurrent_probes", 2)
+    gateway_config.keys[OPENAI] = slow
+    gateway_config.keys[ANTHROPIC] = [fast]
+    for key in slow:
+        fake_upstream.set_key(key, Behaviour.SLOW_FIRST_BYTE, delay=0.2)
+    fake_upstream.set_key(fast)
+    gateway = await start_gateway(gateway_config)
+
+    def judged() -> int:
+        return sum(1 for r in gateway.pool.records(OPENAI) if r.status.value == "valid")
+
+    def in_flight() -> int:
+        return sum(1 for r in fake_upstream.requests if r.key in slow) - judged()
+
+    status, started = await call(gateway, "POST", "/keys/recheck", {"filter": {"instance": OPENAI}})
+    assert (status, started["queued"]) == (202, len(slow))
+    assert await ask_anthropic(gateway.url)  # served while the job runs
+    assert judged() < len(slow)
+    most = 0
+    async with asyncio.timeout(WAIT):
+        while judged() < len(slow):
+            most = max(most, in_flight())
+            await asyncio.sleep(0.01)
+    assert most == 2
+    job: dict[str, Any] = {"state": "running"}
+    async with asyncio.timeout(WAIT):
+        while job["state"] == "running":
+            _, job = await call(gateway, "GET", f"/jobs/{started['job']}")
+    assert job["results"] == {"valid": len(slow)}
