@@ -126,7 +126,9 @@ class DirectBackend:
             queue.running(),
         ):
             prober = Prober(self._accessor, session, adapters)
-            jobs = RecheckJobs(store, pool, prober)
+            jobs = RecheckJobs(
+                store, pool, prober, stored=lambda: queue.written_through(queue.mark())
+            )
             started = await _refused_as_error(self._admin(pool, jobs).recheck(body))
             await jobs.join()
         return started

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 from typing import Final, final
@@ -40,12 +40,19 @@ SELECT_PAGE: Final = 2000
 PROGRESS_INTERVAL: Final = 1.0
 """Seconds between two progress updates of a running job."""
 
+STORED_WAIT: Final = 10.0
+"""Seconds a finished job waits for its results to be stored before it says done anyway."""
+
 JOB_KIND: Final = "recheck"
 
 
 @final
 class RecheckJobs:
-    """Starts recheck jobs and runs each in a task until it is done or the process stops."""
+    """Starts recheck jobs and runs each in a task until it is done or the process stops.
+
+    `stored` returns once every result reported so far is in the store (the
+    write queue's `written_through`); a job is marked done only after it.
+    """
 
     def __init__(
         self,
@@ -54,8 +61,10 @@ class RecheckJobs:
         prober: Prober,
         clock: Clock = time.time,
         *,
+        stored: Callable[[], Awaitable[None]] | None = None,
         progress_interval: float = PROGRESS_INTERVAL,
     ) -> None:
+        self._stored = stored
         self._store = store
         self._pool = pool
         self._prober = prober
@@ -123,6 +132,11 @@ class RecheckJobs:
             done = results.total()
             if done < total and state is JobState.DONE:
                 state = JobState.FAILED  # stopped before the end
+            if state is JobState.DONE and self._stored is not None:
+                # Done means stored: a listing filtered by status shows what the job found.
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(STORED_WAIT):
+                        await self._stored()
             await self._save(job_id, state, done, total, results)
             log.info("recheck_finished", job=job_id, state=state.value, done=done, total=total)
 

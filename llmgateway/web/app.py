@@ -196,9 +196,12 @@ async def _key_admin_ctx(app: web.Application) -> AsyncIterator[None]:
     """The key admin's operations and recheck jobs, and the per-key usage drained to the queue."""
     pool = app[POOL]
     store = app[STORE]
-    jobs = RecheckJobs(store, pool, app[PROBER], app[CLOCK])
+    queue = app[WRITE_QUEUE]
+    jobs = RecheckJobs(
+        store, pool, app[PROBER], app[CLOCK], stored=lambda: queue.written_through(queue.mark())
+    )
     app[KEY_ADMIN] = KeyAdmin(app[ACCESSOR], store, app[MASKER], app[CLOCK], pool=pool, jobs=jobs)
-    async with jobs.running(), draining(pool.usage, app[WRITE_QUEUE].put_usage):
+    async with jobs.running(), draining(pool.usage, queue.put_usage):
         yield
 
 
