@@ -9,7 +9,6 @@ use the official SDK.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import aiohttp
@@ -19,7 +18,6 @@ import pytest
 
 from tests.fakes.family import Behaviour
 from tests.fakes.upstream import FakeUpstream
-from tests.support.databases import postgres_database
 from tests.support.gateway import (
     ANTHROPIC,
     MODELS,
@@ -38,21 +36,9 @@ MODEL: Final = MODELS[OPENAI]
 WAIT: Final = 10.0
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def engine(
-    request: pytest.FixtureRequest, gateway_config: GatewayConfig
-) -> AsyncIterator[str]:
-    """The configuration's database: its SQLite file, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield "sqlite"
-        return
-    async with postgres_database("llmgw_keyadmin", gateway_config, pool_max_size=4):
-        yield "postgres"
-
-
 @pytest.fixture
 async def gateway(
-    engine: str,
+    store_engine: str,
     gateway_config: GatewayConfig,
     fake_upstream: FakeUpstream,
     start_gateway: StartGateway,
@@ -313,7 +299,7 @@ async def test_the_openai_sdk_still_serves_while_keys_change(gateway: RunningGat
 
 
 async def test_a_recheck_keeps_to_the_keepers_concurrency_and_never_blocks_requests(
-    engine: str,
+    store_engine: str,
     gateway_config: GatewayConfig,
     fake_upstream: FakeUpstream,
     start_gateway: StartGateway,

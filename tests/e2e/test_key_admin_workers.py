@@ -9,14 +9,13 @@ within 2 s: added keys, disabled keys, enabled keys, deleted keys.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any, Final
 
 import aiohttp
 import pytest
 
 from tests.fakes.upstream import FakeUpstream
-from tests.support.databases import postgres_database
 from tests.support.gateway import (
     MODELS,
     OPENAI,
@@ -34,18 +33,6 @@ NEW_KEY: Final = "sk-workers-added-0123456789abcdef"
 PROPAGATION: Final = 2.0
 """Seconds a change may take to reach the other worker's pool."""
 FIND_WORKERS: Final = 20.0
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def engine(
-    request: pytest.FixtureRequest, gateway_config: GatewayConfig
-) -> AsyncIterator[str]:
-    """The configuration's database: its SQLite file, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield "sqlite"
-        return
-    async with postgres_database("llmgw_keyworkers", gateway_config, pool_max_size=4):
-        yield "postgres"
 
 
 async def _pid(session: aiohttp.ClientSession, url: str) -> int:
@@ -106,7 +93,7 @@ async def _until(
 
 
 async def test_a_change_through_one_worker_reaches_the_other_within_2_s(
-    engine: str,
+    store_engine: str,
     fake_upstream: FakeUpstream,
     gateway_config: GatewayConfig,
     spawn_gateway: SpawnGateway,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -20,7 +19,6 @@ import pytest
 
 from tests.fakes.family import Behaviour
 from tests.fakes.upstream import FakeUpstream
-from tests.support.databases import postgres_database
 from tests.support.gateway import MODELS, OPENAI, GatewayConfig, ServeGateway
 
 pytestmark = pytest.mark.slow
@@ -31,18 +29,6 @@ PASTED: Final = [f"sk-cli-pasted-0123456789abcdef-{i:04d}" for i in range(10, 14
 """Distinct masks (the last four characters differ)."""
 MODEL: Final = MODELS[OPENAI]
 EXIT_TIMEOUT: Final = 30.0
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def engine(
-    request: pytest.FixtureRequest, gateway_config: GatewayConfig
-) -> AsyncIterator[str]:
-    """The configuration's database: its SQLite file, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield "sqlite"
-        return
-    async with postgres_database("llmgw_keyscli", gateway_config, pool_max_size=4):
-        yield "postgres"
 
 
 async def keys_command(
@@ -109,7 +95,7 @@ async def exercise(config: Path, fake_upstream: FakeUpstream, pasted: list[str])
 
 
 async def test_every_keys_command_through_the_server_then_on_the_store(
-    engine: str,
+    store_engine: str,
     fake_upstream: FakeUpstream,
     gateway_config: GatewayConfig,
     serve_gateway: ServeGateway,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from llmgateway.pool.usage import UsageCounter
 from llmgateway.store.key_admin import UsageDelta
+
+from llmgateway.pool.usage import UsageCounter
 
 T0 = 1_800_000_000.0
 
