@@ -18,6 +18,8 @@ from typing import Final, final
 
 from llmgateway.store.key_admin import UsageDelta
 
+__all__ = ["FLUSH_INTERVAL", "UsageCounter", "UsageDelta", "draining"]
+
 FLUSH_INTERVAL: Final = 1.0
 """Seconds between two drains of the counters into the write queue."""
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from llmgateway.store.key_admin import UsageDelta
-
-from llmgateway.pool.usage import UsageCounter
+from llmgateway.pool.usage import UsageCounter, UsageDelta
 
 T0 = 1_800_000_000.0
 
