@@ -72,7 +72,8 @@ def _print(document: Mapping[str, Any], as_json: bool, text: Callable[[], str]) 
 
 def _run[T](config_option: str | None, work: Callable[[KeysBackend], Awaitable[T]]) -> T:
     """Load the configuration, open a backend, run `work` on it; exit 1 on a refusal."""
-    accessor = ConfigAccessor(load_or_exit(resolve(config_option)))
+    # Read-only: the client tokens' ${VAR}s need not be set to manage keys.
+    accessor = ConfigAccessor(load_or_exit(resolve(config_option), read_only=True))
     # Logs go to stderr (stdout is the answer), every key and token masked.
     masker = configure_logging(accessor.logging, accessor.secrets())
 

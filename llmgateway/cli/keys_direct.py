@@ -73,7 +73,10 @@ class DirectBackend:
 
     def _admin(self, pool: KeyPool | None = None, jobs: RecheckJobs | None = None) -> KeyAdmin:
         assert self._store is not None
-        return KeyAdmin(self._accessor, self._store, self._masker, time.time, pool=pool, jobs=jobs)
+        accessor = self._accessor
+        return KeyAdmin(
+            lambda: accessor, self._store, self._masker, time.time, pool=pool, jobs=jobs
+        )
 
     async def list_keys(self, query: Mapping[str, str]) -> dict[str, Any]:
         """The listing, from the store."""

@@ -58,9 +58,16 @@ class Prober:
             for p in accessor.enabled_providers()
         }
 
-    def serves(self, instance: str) -> bool:
-        """True when keys of `instance` can be probed here."""
-        return instance in self._adapters and instance in self._instance_slots
+    def use(self, accessor: ConfigAccessor, adapters: Mapping[str, ProviderAdapter]) -> None:
+        """Probe with `accessor`'s instances through `adapters` from now on (a reload).
+
+        An added instance gets its own slots; the limits themselves are fixed while serving.
+        """
+        limit = max(accessor.keeper.max_concurrent_probes_per_instance, 1)
+        for provider in accessor.enabled_providers():
+            self._instance_slots.setdefault(provider.name, asyncio.Semaphore(limit))
+        self._accessor = accessor
+        self._adapters = adapters
 
     async def probe(
         self, record: KeyRecord, still_wanted: StillWanted | None = None

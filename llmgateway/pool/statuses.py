@@ -50,6 +50,10 @@ class StatusWriter:
         self.history: HistorySink | None = None
         """Told of every status change decided here (the store's history of the key)."""
 
+    def use(self, served: Callable[[str], bool]) -> None:
+        """Tell the instances served here by `served` from now on (a reload)."""
+        self._served = served
+
     def set(self, slot: Slot, entry: Entry, new: KeyRecord, result: CheckResult) -> None:
         """Make `new` the entry's record: tallies, rotation, the store's queue, logs, events."""
         old = entry.record

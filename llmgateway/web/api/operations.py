@@ -12,7 +12,7 @@ refused (404) before any change.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -46,13 +46,14 @@ POOL_SLICE: Final = 2000
 class KeyAdmin:
     """The key admin API's operations on `store` and, when given, the live `pool`.
 
+    `config` returns the configuration in effect (it changes with a reload).
     `jobs` runs rechecks (None: rechecks are refused). `masker` holds every
     secret of the process; keys added here join it before they can be used.
     """
 
     def __init__(
         self,
-        accessor: ConfigAccessor,
+        config: Callable[[], ConfigAccessor],
         store: Store,
         masker: Masker,
         clock: Clock,
@@ -60,7 +61,7 @@ class KeyAdmin:
         pool: KeyPool | None = None,
         jobs: RecheckJobs | None = None,
     ) -> None:
-        self._accessor = accessor
+        self._config = config
         self._store = store
         self._masker = masker
         self._clock = clock
@@ -70,7 +71,7 @@ class KeyAdmin:
     @property
     def instances(self) -> tuple[str, ...]:
         """The instances keys may belong to (the enabled ones)."""
-        return tuple(p.name for p in self._accessor.enabled_providers())
+        return tuple(p.name for p in self._config().enabled_providers())
 
     @property
     def statuses(self) -> tuple[str, ...]:
@@ -125,7 +126,7 @@ class KeyAdmin:
     async def add_keys(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """`POST /-/api/keys`: store new keys (source api), untested, in the pool at once."""
         request = parse_import(body, self.instances)
-        provider = self._accessor.get_provider(request.instance)
+        provider = self._config().get_provider(request.instance)
         assert provider is not None  # parse_import checked the instance
         self._masker.add(request.keys)  # masked in every log line before anything can use them
         report = await self._store.add_keys(
