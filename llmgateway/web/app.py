@@ -34,6 +34,7 @@ from llmgateway.core.errors import StoreError
 from llmgateway.core.lifecycle import ShutdownClock
 from llmgateway.core.logs import active_masker
 from llmgateway.core.masking import Masker
+from llmgateway.core.memory import release_free_memory
 from llmgateway.core.models import KeyRecord
 from llmgateway.keeper.follower import PoolFollower
 from llmgateway.keeper.keeper import Keeper
@@ -47,7 +48,7 @@ from llmgateway.providers.base import ProviderAdapter
 from llmgateway.store import open_store
 from llmgateway.store.key_admin import HistoryEntry
 from llmgateway.store.write_queue import WriteQueue
-from llmgateway.web.admin import install_admin, metrics_ctx
+from llmgateway.web.admin import install_admin, loop_lag_ctx, metrics_ctx
 from llmgateway.web.api.operations import KeyAdmin
 from llmgateway.web.auth_failures import AuthFailures
 from llmgateway.web.gateway import Gateway
@@ -147,6 +148,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     key_sync = KeySync(accessor, app[STORE], pool, masker, app[CLOCK])
     await key_sync.initial()
+    release_free_memory()  # the load's buffers: a large pool's start-up high-water mark
     app[ADAPTERS] = adapters
     app[POOL] = pool
     app[PROBER] = Prober(accessor, app[SESSION], adapters)
@@ -302,6 +304,7 @@ def create_app(
             _write_queue_ctx,
             _session_ctx,
             metrics_ctx,
+            loop_lag_ctx,
             _pool_ctx,
             _follower_ctx,
             _keeper_ctx,
