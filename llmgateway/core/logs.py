@@ -9,6 +9,7 @@ need no token and could flood the log, become one rate-limited WARNING line.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
@@ -19,7 +20,6 @@ from typing import Any, Final, Protocol
 
 import orjson
 import structlog
-from aiohttp.http_exceptions import HttpProcessingError
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from llmgateway.core.masking import Masker, mask_key
@@ -139,6 +139,15 @@ def _dumps(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
 
 
+@functools.cache
+def _malformed_request_errors() -> type[Exception]:
+    # Imported on first use: the commands that never serve (status, config) start faster
+    # without aiohttp.
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    return HttpProcessingError
+
+
 class MalformedRequestFilter(logging.Filter):
     """Turns aiohttp's report of a malformed client request into one short WARNING line.
 
@@ -166,7 +175,7 @@ class MalformedRequestFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         """False for a suppressed line; rewrites a malformed-request record in place."""
         exc = record.exc_info[1] if record.exc_info else None
-        if not isinstance(exc, HttpProcessingError):
+        if not isinstance(exc, _malformed_request_errors()):
             return True
         if not self._enabled:
             return False

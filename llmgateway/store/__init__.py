@@ -11,13 +11,11 @@ from urllib.parse import unquote, urlsplit
 
 from llmgateway.config.schemas import DatabaseConfig
 from llmgateway.core.errors import ConfigError
-from llmgateway.store.postgres import PostgresStore
 from llmgateway.store.protocol import KeySyncReport, Store
 from llmgateway.store.sqlite import MEMORY, SqliteStore
 
 __all__ = [
     "KeySyncReport",
-    "PostgresStore",
     "SqliteStore",
     "Store",
     "open_store",
@@ -57,6 +55,9 @@ def open_store(config: DatabaseConfig, cwd: Path | None = None) -> Store:
     if scheme == "sqlite":
         return SqliteStore(sqlite_path(config.url, cwd))
     if scheme in _POSTGRES_SCHEMES:
+        # Imported here: asyncpg is needed only by a PostgreSQL store.
+        from llmgateway.store.postgres import PostgresStore
+
         return PostgresStore(
             config.url, min_size=config.pool_min_size, max_size=config.pool_max_size
         )

@@ -8,8 +8,8 @@ import pytest
 
 from llmgateway.config.schemas import DatabaseConfig
 from llmgateway.core.errors import ConfigError
-from llmgateway.store import PostgresStore, SqliteStore, open_store, sqlite_path
-from llmgateway.store.postgres import describe_dsn
+from llmgateway.store import SqliteStore, open_store, sqlite_path
+from llmgateway.store.postgres import PostgresStore, describe_dsn
 
 
 def test_relative_sqlite_path_resolves_against_cwd(tmp_path: Path) -> None:
