@@ -35,7 +35,6 @@ from llmgateway.cli.keys_client import (
     render_list,
     render_route,
 )
-from llmgateway.cli.keys_direct import open_backend
 from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.core.errors import ConfigError, StoreError
 from llmgateway.core.logs import configure_logging
@@ -78,6 +77,9 @@ def _run[T](config_option: str | None, work: Callable[[KeysBackend], Awaitable[T
     masker = configure_logging(accessor.logging, accessor.secrets())
 
     async def go() -> T:
+        # Imported here: the other commands start without aiohttp and the application.
+        from llmgateway.cli.keys_direct import open_backend
+
         backend = await open_backend(accessor, masker)
         try:
             return await work(backend)

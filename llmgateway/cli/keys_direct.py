@@ -17,7 +17,8 @@ from typing import Any
 
 import aiohttp
 
-from llmgateway.cli.keys_client import KeysBackend, KeysCommandError, ServerBackend, server_url
+from llmgateway.cli.keys_client import KeysBackend, KeysCommandError, server_url
+from llmgateway.cli.keys_server import ServerBackend
 from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.core.errors import StoreError
 from llmgateway.core.masking import Masker
