@@ -1,4 +1,4 @@
-"""The `llmgateway` command line: serve, status, config create, config check.
+"""The `llmgateway` command line: serve, status, keys, config create, config check.
 
 Each command lives in a module of its own; this one assembles the group. Exit
 codes are the same for every command (see `llmgateway.cli.common`).
@@ -11,6 +11,7 @@ import importlib.metadata
 import click
 
 from llmgateway.cli.config_commands import config
+from llmgateway.cli.keys import keys
 from llmgateway.cli.serve import serve
 from llmgateway.cli.status import status
 
@@ -30,4 +31,5 @@ def main() -> None:
 
 main.add_command(serve)
 main.add_command(status)
+main.add_command(keys)
 main.add_command(config)

@@ -17,7 +17,6 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Final, Protocol, final
 
@@ -25,18 +24,15 @@ import aiohttp
 import structlog
 
 from llmgateway.config.accessor import ConfigAccessor
-from llmgateway.config.schemas import ProviderConfig
-from llmgateway.core.constants import ALL_MODELS_MARKER, ErrorReason
 from llmgateway.core.errors import StoreError
 from llmgateway.core.lifecycle import interruptible_sleep
 from llmgateway.core.logs import mask_key
-from llmgateway.core.models import CheckResult, KeyRecord
+from llmgateway.core.models import KeyRecord
 from llmgateway.keeper.key_sync import KeySync
 from llmgateway.keeper.leases import LeaseRenewer, lease_length
+from llmgateway.keeper.prober import Prober
 from llmgateway.pool.key_pool import Clock, KeyPool
-from llmgateway.providers import classify_exception
 from llmgateway.providers.base import ProviderAdapter
-from llmgateway.providers.upstream import CallLimits, call_upstream
 from llmgateway.store.protocol import Store
 
 log = structlog.get_logger(__name__)
@@ -58,10 +54,6 @@ class ProbeObserver(Protocol):
         """One probe of `instance` was recorded with `status` (a Status value)."""
 
 
-PROBE_FAILURES: Final = (aiohttp.ClientError, TimeoutError, OSError, ValueError)
-"""What a probe may raise on the wire (refused, reset, garbage, timeout, undecodable)."""
-
-
 @final
 class Keeper:
     """Probes due keys on a schedule and keeps the live pool and the store up to date.
@@ -69,7 +61,9 @@ class Keeper:
     `running()` runs the loop (rounds of probes, an idle `keeper.check_interval`
     when nothing is due, `key_sync.sync()` every `keeper.keys_sync_interval`);
     `run_once()` is one round. Clock and sleep are injectable for tests;
-    `observer` (the app's Metrics) counts recorded probes.
+    `observer` (the app's Metrics) counts recorded probes. Probes go through
+    `prober` (the application's, shared with the key admin's rechecks; by
+    default one of its own over `session`).
 
     Several processes may run keepers on one database: due checks are leased
     (`Store.lease_due`, as `owner`, for `lease_seconds`, by default
@@ -93,6 +87,7 @@ class Keeper:
         sleep: Sleep = asyncio.sleep,
         *,
         observer: ProbeObserver | None = None,
+        prober: Prober | None = None,
         owner: str | None = None,
         lease_seconds: float | None = None,
         solo: bool = False,
@@ -114,18 +109,13 @@ class Keeper:
         self._observer = observer
         self._store = store
         self._pool = pool
-        self._session = session
         self._adapters = adapters
         self._clock = clock
         self._stop_requested = asyncio.Event()
         # Every wait (idle, verification delay) ends as soon as the keeper is asked to stop.
         self._sleep = interruptible_sleep(sleep, self._stop_requested)
         settings = accessor.keeper
-        self._probe_slots = asyncio.Semaphore(max(settings.max_concurrent_probes, 1))
-        self._instance_slots: dict[str, asyncio.Semaphore] = {
-            p.name: asyncio.Semaphore(max(settings.max_concurrent_probes_per_instance, 1))
-            for p in accessor.enabled_providers()
-        }
+        self._prober = prober or Prober(accessor, session, adapters)
         self._key_sync = key_sync
         self._next_sync = clock() + settings.keys_sync_interval
         self._task: asyncio.Task[None] | None = None
@@ -229,9 +219,7 @@ class Keeper:
         An added instance gets its own probe slots; the concurrency limits
         themselves are fixed while serving.
         """
-        limit = max(accessor.keeper.max_concurrent_probes_per_instance, 1)
-        for provider in accessor.enabled_providers():
-            self._instance_slots.setdefault(provider.name, asyncio.Semaphore(limit))
+        self._prober.use(accessor, adapters)
         self._accessor = accessor
         self._adapters = adapters
 
@@ -301,12 +289,7 @@ class Keeper:
         make it a verdict, so the key shows its last reason and next check
         meanwhile.
         """
-        provider = self._accessor.get_provider(record.instance)
-        adapter = self._adapters.get(record.instance)
-        if provider is None or adapter is None:
-            return False
-        model = provider.default_model if record.model == ALL_MODELS_MARKER else record.model
-        result = await self._guarded_probe(provider, adapter, model, record)
+        result = await self._prober.probe(record, self._still_wanted)
         if result is None:
             return False
         self._pool.report(record, result, probe=True)
@@ -323,64 +306,13 @@ class Keeper:
         )
         return True
 
-    async def _guarded_probe(
-        self, provider: ProviderConfig, adapter: ProviderAdapter, model: str, record: KeyRecord
-    ) -> CheckResult | None:
-        """One probe under the concurrency limits (None: stopping, or no longer due).
+    def _still_wanted(self, record: KeyRecord) -> bool:
+        """Whether a probe that got its slots should still run.
 
-        Wire failures are classified by `classify_exception`; anything else
-        escaping the adapter is logged (key masked) and recorded as unknown,
-        so one bad response never takes the round's other probes down.
+        Not while stopping; not when the row was settled while the probe
+        waited (by a key-wide result of another model's probe, or by the
+        gateway): nothing to record then.
         """
-        async with self._instance_slots[provider.name], self._probe_slots:
-            if self._stopping:
-                return None
-            if not self._is_due(record, datetime.fromtimestamp(self._clock(), UTC)):
-                # Settled while this probe waited for a slot: by a key-wide result of
-                # another model's probe, or by the gateway. Nothing to record.
-                return None
-            started = time.perf_counter()
-            try:
-                result = await probe_once(self._session, provider, adapter, model, record.key)
-            except PROBE_FAILURES as exc:
-                result = classify_exception(exc)
-                log.info(
-                    "probe_failed",
-                    instance=provider.name,
-                    model=model,
-                    key=mask_key(record.key),
-                    reason=result.reason.value if result.reason else None,
-                    error=type(exc).__name__,
-                )
-            except Exception as exc:  # a probe task's outermost guard: log, record unknown
-                log.exception(
-                    "probe_crashed", instance=provider.name, model=model, key=mask_key(record.key)
-                )
-                result = CheckResult(
-                    reason=ErrorReason.UNKNOWN, message=f"probe crashed: {type(exc).__name__}"
-                )
-            elapsed = int((time.perf_counter() - started) * 1000)
-        return replace(result, response_ms=elapsed)
-
-
-async def probe_once(
-    session: aiohttp.ClientSession,
-    provider: ProviderConfig,
-    adapter: ProviderAdapter,
-    model: str,
-    key: str,
-) -> CheckResult:
-    """Send the adapter's probe for `model` with `key` and classify the answer.
-
-    The connection must open within `timeouts.connect` and the headers
-    arrive `timeouts.first_byte` after the request went out (never later
-    than their sum in all); at most MAX_ERROR_BODY bytes of the body are
-    classified, within `timeouts.idle`. Redirects are not followed. Wire failures
-    raise (aiohttp.ClientError, TimeoutError, ...): the caller classifies them.
-    """
-    probe = adapter.probe_request(model, key)
-    url = provider.api_base_url.rstrip("/") + probe.path
-    headers = {"Accept-Encoding": "identity", **probe.headers}
-    limits = CallLimits.for_probe(provider.timeouts)
-    answer = await call_upstream(session, adapter, probe.method, url, headers, probe.body, limits)
-    return answer.result
+        if self._stopping:
+            return False
+        return self._is_due(record, datetime.fromtimestamp(self._clock(), UTC))

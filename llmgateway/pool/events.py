@@ -61,7 +61,21 @@ class IncidentEvent:
         }
 
 
-PoolEvent = StatusEvent | IncidentEvent
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """A background job's progress (a recheck of keys)."""
+
+    job: int
+    done: int
+    total: int
+    state: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON object of a job's progress on `/-/events`."""
+        return {"job": self.job, "done": self.done, "total": self.total, "state": self.state}
+
+
+PoolEvent = StatusEvent | IncidentEvent | JobEvent
 """What `/-/events` subscribers receive."""
 
 

@@ -21,11 +21,13 @@ from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.core.constants import Status
 from llmgateway.core.errors import KeysCoolingDown, NoUsableKey
 from llmgateway.core.models import CheckResult, KeyRecord
-from llmgateway.pool.events import EventHub, IncidentEvent, PoolEvent, StatusEvent
+from llmgateway.pool.events import EventHub, IncidentEvent, JobEvent, PoolEvent, StatusEvent
 from llmgateway.pool.incidents import Incident
 from llmgateway.pool.listing import ModelTally, Position, page, tally
+from llmgateway.pool.route import RouteView, inspect_slot
 from llmgateway.pool.slots import AllKeysTried, Clock, SlotTable
-from llmgateway.pool.statuses import RecordSink, StatusWriter
+from llmgateway.pool.statuses import HistorySink, RecordSink, StatusWriter
+from llmgateway.pool.usage import UsageCounter
 from llmgateway.pool.verdicts import PoolObserver, Verdicts
 
 SLICE: Final = 2000
@@ -34,7 +36,9 @@ SLICE: Final = 2000
 __all__ = [
     "AllKeysTried",
     "Clock",
+    "HistorySink",
     "IncidentEvent",
+    "JobEvent",
     "KeyPool",
     "PoolEvent",
     "StatusEvent",
@@ -63,6 +67,7 @@ class KeyPool:
         *,
         rng: Callable[[], float] = random.random,
         observer: PoolObserver | None = None,
+        history: HistorySink | None = None,
     ) -> None:
         self._accessor = accessor
         self._clock = clock
@@ -75,6 +80,9 @@ class KeyPool:
         )
         self._guard = self._verdicts.guard
         self._streaks = self._verdicts.bench.streaks
+        self._writer.history = history
+        self.usage = UsageCounter()
+        """Requests and failures per key, counted here and drained to the store's queue."""
 
     # -- building ---------------------------------------------------------
 
@@ -83,6 +91,39 @@ class KeyPool:
         self._slots.clear()
         for record in records:
             self._table.add(record)
+            self.usage.track((record.key_id,))
+
+    def add_records(self, records: Iterable[KeyRecord]) -> int:
+        """Add the (key, model) records of keys just stored (the key admin's import).
+
+        Records already in the pool, or of an instance not served here, are
+        left alone. Returns the number added.
+        """
+        added = 0
+        for record in records:
+            if self._table.entry(record) is None and self._writer.apply_remote(record):
+                added += 1
+        return added
+
+    def apply_admin(self, records: Iterable[KeyRecord]) -> int:
+        """Make the records of a change made by hand (disable, enable) current, at once.
+
+        They are already stored, so they do not go to the sink; status
+        changes are announced. Returns the number applied.
+        """
+        return sum(self._writer.force(record) for record in records)
+
+    def drop_keys(self, key_ids: Iterable[int]) -> int:
+        """Drop the keys `key_ids` for every model, whatever their instance (deleted by hand).
+
+        They never join the pool again (a stale read of the store cannot bring them back).
+        Returns the number of (key, model) entries dropped.
+        """
+        gone = set(key_ids)
+        self._table.deleted |= gone
+        self.usage.forget(gone)
+        instances = {name for name, _ in self._slots}
+        return sum(self._table.remove(name, gone) for name in instances)
 
     def sync_instance(self, instance: str, records: Iterable[KeyRecord]) -> None:
         """Reconcile one instance with the store after a key sync.
@@ -178,6 +219,7 @@ class KeyPool:
 
     def served(self, record: KeyRecord, status_code: int) -> None:
         """A request with `record`'s key succeeded on traffic (cheap when nothing changes)."""
+        self.usage.count(record.key_id, False, self._clock())
         if self._streaks:
             self._streaks.pop((record.instance, record.model, record.key_id), None)
         if record.status is not Status.VALID:
@@ -199,12 +241,30 @@ class KeyPool:
         client-side one changes nothing. When the verdict belongs to an
         incident (see `llmgateway.pool.incidents`) no key is condemned
         and the incident is returned, so the caller can name it.
+
+        A failure on traffic counts in the key's usage. A key disabled by
+        hand meanwhile keeps its status: the outcome is ignored.
         """
+        if not probe and result.reason is not None:
+            self.usage.count(record.key_id, True, self._clock())
+        current = self._table.entry(record)
+        if current is not None and current.record.status is Status.DISABLED:
+            return None
         return self._verdicts.report(record, result, probe)
 
     def incidents(self) -> list[Incident]:
         """The incidents going on now."""
         return self._guard.incidents()
+
+    def route(self, instance: str, model: str) -> RouteView:
+        """Which key would serve `model` of enabled `instance` next, and why others are skipped."""
+        status_model = self._accessor.status_model(instance, model)
+        slot = self._slots.get((instance, status_model))
+        return inspect_slot(instance, model, status_model, slot, self._clock())
+
+    def announce_job(self, job_id: int, done: int, total: int, state: str) -> None:
+        """Announce a background job's progress to the `/-/events` subscribers."""
+        self._hub.publish(JobEvent(job_id, done, total, state))
 
     # -- other processes ---------------------------------------------------
 

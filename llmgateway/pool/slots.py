@@ -197,14 +197,19 @@ class Slot:
 class SlotTable:
     """Every slot of the process, by (instance, status model), and look-ups over them."""
 
-    __slots__ = ("slots", "_clock")
+    __slots__ = ("slots", "_clock", "deleted")
 
     def __init__(self, clock: Clock) -> None:
         self.slots: dict[tuple[str, str], Slot] = {}
         self._clock = clock
+        self.deleted: set[int] = set()
+        """Ids of keys deleted by hand: never added again (ids are not reused), so a stale
+        copy read from the store before the delete cannot bring one back."""
 
     def add(self, record: KeyRecord) -> None:
-        """Add `record` as a new entry of its slot (created when missing)."""
+        """Add `record` as a new entry of its slot (created when missing), unless deleted."""
+        if record.key_id in self.deleted:
+            return
         key = (record.instance, record.model)
         slot = self.slots.get(key)
         if slot is None:

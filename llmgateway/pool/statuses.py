@@ -24,12 +24,15 @@ log = structlog.get_logger("llmgateway.pool")
 RecordSink = Callable[[KeyRecord], None]
 """Receives every changed record (the write-behind queue's `put`)."""
 
+HistorySink = Callable[[KeyRecord, KeyRecord, datetime], None]
+"""Receives every status change this process decides: (old, new, when), for the key's history."""
+
 
 @final
 class StatusWriter:
     """Makes records current in the slot table and tells the store, the logs and subscribers."""
 
-    __slots__ = ("_table", "_clock", "_sink", "_hub", "_served")
+    __slots__ = ("_table", "_clock", "_sink", "_hub", "_served", "history")
 
     def __init__(
         self,
@@ -44,6 +47,8 @@ class StatusWriter:
         self._sink = sink
         self._hub = hub
         self._served = served
+        self.history: HistorySink | None = None
+        """Told of every status change decided here (the store's history of the key)."""
 
     def use(self, served: Callable[[str], bool]) -> None:
         """Tell the instances served here by `served` from now on (a reload)."""
@@ -69,7 +74,31 @@ class StatusWriter:
             )
             # `at` is when the status was observed, as stored: the newest observation wins.
             at = new.last_checked_at or datetime.fromtimestamp(self._clock(), UTC)
+            if self.history is not None:
+                self.history(old, new, at)
             self._hub.status_changed(old, new, at)
+
+    def force(self, record: KeyRecord) -> bool:
+        """Make `record` current whatever the pool holds (a change made by hand, already stored).
+
+        A (key, model) not in the pool is added when the record carries its
+        key and the instance is served here. Returns True when applied.
+        """
+        if not self._served(record.instance):
+            return False
+        slot = self._table.slots.get((record.instance, record.model))
+        entry = slot.entries.get(record.key_id) if slot else None
+        if slot is None or entry is None:
+            if not record.key:
+                return False
+            self._table.add(record)
+            return True
+        old = entry.record
+        new = replace(record, key=old.key)
+        self.replace(slot, entry, new)
+        if old.status is not new.status:
+            self._hub.status_changed(old, new, new.last_checked_at or datetime.now(UTC))
+        return True
 
     def replace(self, slot: Slot, entry: Entry, new: KeyRecord) -> None:
         """Make `new` the entry's record in the slot (tallies, rotation); log an emptied slot."""

@@ -22,6 +22,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, nullcontext
+from datetime import datetime
 
 import aiohttp
 import structlog
@@ -34,15 +35,21 @@ from llmgateway.core.lifecycle import ShutdownClock
 from llmgateway.core.logs import active_masker
 from llmgateway.core.masking import Masker
 from llmgateway.core.memory import release_free_memory
+from llmgateway.core.models import KeyRecord
 from llmgateway.keeper.follower import PoolFollower
 from llmgateway.keeper.keeper import Keeper
 from llmgateway.keeper.key_sync import KeySync
-from llmgateway.pool.key_pool import Clock, KeyPool
+from llmgateway.keeper.prober import Prober
+from llmgateway.keeper.recheck import RecheckJobs
+from llmgateway.pool.key_pool import Clock, HistorySink, KeyPool
+from llmgateway.pool.usage import draining
 from llmgateway.providers import build_adapter
 from llmgateway.providers.base import ProviderAdapter
 from llmgateway.store import open_store
+from llmgateway.store.key_admin import HistoryEntry
 from llmgateway.store.write_queue import WriteQueue
 from llmgateway.web.admin import install_admin, loop_lag_ctx, metrics_ctx
+from llmgateway.web.api.operations import KeyAdmin
 from llmgateway.web.auth_failures import AuthFailures
 from llmgateway.web.gateway import Gateway
 from llmgateway.web.keys import (
@@ -52,11 +59,13 @@ from llmgateway.web.keys import (
     FOLLOWER,
     GATEWAY,
     KEEPER,
+    KEY_ADMIN,
     KEY_SYNC,
     LIVE,
     MASKER,
     METRICS,
     POOL,
+    PROBER,
     RELOADS,
     SESSION,
     SHUTDOWN,
@@ -129,12 +138,20 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     accessor = app[LIVE].current
     masker = app[MASKER]
     adapters = {p.name: build_adapter(p, masker=masker) for p in accessor.enabled_providers()}
-    pool = KeyPool(accessor, sink=app[WRITE_QUEUE].put, clock=app[CLOCK], observer=app.get(METRICS))
+    queue = app[WRITE_QUEUE]
+    pool = KeyPool(
+        accessor,
+        sink=queue.put,
+        clock=app[CLOCK],
+        observer=app.get(METRICS),
+        history=history_sink(queue, masker),
+    )
     key_sync = KeySync(accessor, app[STORE], pool, masker, app[CLOCK])
     await key_sync.initial()
     release_free_memory()  # the load's buffers: a large pool's start-up high-water mark
     app[ADAPTERS] = adapters
     app[POOL] = pool
+    app[PROBER] = Prober(accessor, app[SESSION], adapters)
     app[KEY_SYNC] = key_sync
     app[GATEWAY] = Gateway(
         accessor,
@@ -173,12 +190,42 @@ def _keeper_ctx(app: web.Application) -> AbstractAsyncContextManager[None]:
         app[KEY_SYNC],
         clock=app[CLOCK],
         observer=app.get(METRICS),
+        prober=app[PROBER],
         # An SQLite file is shared by the workers of one host only: one of them probes.
         solo=not app[STORE].shared_between_hosts,
     )
     app[KEEPER] = keeper
     # Its stop begins in on_shutdown (`_begin_shutdown`); after a cancelled start-up, here.
     return keeper.running(lambda: _keeper_grace(app))
+
+
+async def _key_admin_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The key admin's operations and recheck jobs, and the per-key usage drained to the queue."""
+    pool = app[POOL]
+    store = app[STORE]
+    queue = app[WRITE_QUEUE]
+    jobs = RecheckJobs(
+        store, pool, app[PROBER], app[CLOCK], stored=lambda: queue.written_through(queue.mark())
+    )
+    live = app[LIVE]
+    app[KEY_ADMIN] = KeyAdmin(
+        lambda: live.current, store, app[MASKER], app[CLOCK], pool=pool, jobs=jobs
+    )
+    async with jobs.running(), draining(pool.usage, queue.put_usage):
+        yield
+
+
+def history_sink(queue: WriteQueue, masker: Masker) -> HistorySink:
+    """What the pool tells of each status change it decides: a history row, through `queue`."""
+
+    def record(old: KeyRecord, new: KeyRecord, at: datetime) -> None:
+        reason = new.reason.value if new.reason is not None else None
+        message = masker.mask_text(new.message[:200]) if new.message else ""
+        queue.put_history(
+            HistoryEntry(new.key_id, new.model, old.status, new.status, reason, message, at)
+        )
+
+    return record
 
 
 def _summary_ctx(app: web.Application) -> AbstractAsyncContextManager[None]:
@@ -261,6 +308,7 @@ def create_app(
             _pool_ctx,
             _follower_ctx,
             _keeper_ctx,
+            _key_admin_ctx,
             _summary_ctx,
         ]
     )

@@ -8,7 +8,7 @@ order there) and `admin` (`METRICS`, `PROCESS`).
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
 from aiohttp import web
@@ -20,6 +20,7 @@ from llmgateway.core.masking import Masker
 from llmgateway.keeper.follower import PoolFollower
 from llmgateway.keeper.keeper import Keeper
 from llmgateway.keeper.key_sync import KeySync
+from llmgateway.keeper.prober import Prober
 from llmgateway.pool.key_pool import Clock, KeyPool
 from llmgateway.providers.base import ProviderAdapter
 from llmgateway.store.protocol import Store
@@ -31,6 +32,9 @@ from llmgateway.web.metrics import Metrics
 from llmgateway.web.reloading import Reloads
 from llmgateway.web.status import ProcessInfo
 from llmgateway.web.summary import PoolSummary
+
+if TYPE_CHECKING:  # the key admin's handlers read this module: no import at run time
+    from llmgateway.web.api.operations import KeyAdmin
 
 # Set by `create_app` before start-up.
 LIVE: Final = web.AppKey("live", LiveConfig)
@@ -56,6 +60,10 @@ KEY_SYNC: Final = web.AppKey("key_sync", KeySync)
 GATEWAY: Final = web.AppKey("gateway", Gateway)
 FOLLOWER: Final = web.AppKey("follower", PoolFollower)
 KEEPER: Final = web.AppKey("keeper", Keeper)
+PROBER: Final = web.AppKey("prober", Prober)
+"""The probe machinery and its limits, shared by the keeper and the recheck jobs."""
+KEY_ADMIN: Final[web.AppKey[KeyAdmin]] = web.AppKey("key_admin")
+"""The key admin's operations (`/-/api/`), on the store and the live pool."""
 SUMMARY: Final = web.AppKey("summary", PoolSummary)
 
 # The `/-/` sub-application's own.

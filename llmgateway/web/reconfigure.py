@@ -9,8 +9,8 @@ instances. Putting it into effect neither waits nor fails, so no request
 ever sees half of a reload: the pool follows the new configuration, removed
 or disabled instances leave it, added and changed ones are reconciled with
 their stored keys (a kept key keeps its status, cool-down and schedule),
-and the gateway, keeper, follower, summary, admin guard and the failed-token
-limit switch over. A request in flight keeps the route it started with.
+and the gateway, prober, keeper, follower, summary, admin guard and the
+failed-token limit switch over. A request in flight keeps the route it started with.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from llmgateway.web.keys import (
     KEY_SYNC,
     MASKER,
     POOL,
+    PROBER,
     SUMMARY,
 )
 
@@ -84,6 +85,8 @@ class AppReload:
             app[KEY_SYNC].adopt(new, records)
         if GATEWAY in app:
             app[GATEWAY].use(new, adapters)
+        if PROBER in app:
+            app[PROBER].use(new, adapters)
         if KEEPER in app:
             app[KEEPER].use(new, adapters)
         if FOLLOWER in app:

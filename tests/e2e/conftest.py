@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestServer
 
 from llmgateway.web.app import create_app
 from tests.fakes.upstream import FakeUpstream
+from tests.support.databases import postgres_database
 from tests.support.gateway import (
     GatewayConfig,
     RunningGateway,
@@ -112,3 +113,15 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """A raw aiohttp client session (for header-level checks), closed after the test."""
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store_engine(
+    request: pytest.FixtureRequest, gateway_config: GatewayConfig
+) -> AsyncIterator[str]:
+    """Runs the test on both engines: the configuration's SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield "sqlite"
+        return
+    async with postgres_database("llmgw_e2e", gateway_config, pool_max_size=4):
+        yield "postgres"

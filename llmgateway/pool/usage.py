@@ -1,0 +1,123 @@
+"""Per-key usage counted on the request path: requests, failures, last use.
+
+`UsageCounter.count` is called for every attempt the gateway makes with a
+key; it only bumps a key's tally (made when the pool loads, or at the key's
+first use when it joined later) and puts the tally on the dirty list the first time it changes since
+the last drain. `drain()` hands the increments accumulated since the last
+drain to whoever writes them (the store's write-behind queue), in one batch;
+nothing here touches the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Final, final
+
+from llmgateway.store.key_admin import UsageDelta
+
+__all__ = ["FLUSH_INTERVAL", "UsageCounter", "UsageDelta", "draining"]
+
+FLUSH_INTERVAL: Final = 1.0
+"""Seconds between two drains of the counters into the write queue."""
+
+
+class _Tally:
+    __slots__ = ("key_id", "requests", "failures", "last_used", "dirty")
+
+    def __init__(self, key_id: int) -> None:
+        self.key_id = key_id
+        self.requests = 0
+        self.failures = 0
+        self.last_used = 0.0
+        self.dirty = False
+
+
+@final
+class UsageCounter:
+    """Counts the requests and failures of every key in the pool until they are drained."""
+
+    __slots__ = ("_tallies", "_dirty")
+
+    def __init__(self) -> None:
+        self._tallies: dict[int, _Tally] = {}
+        self._dirty: list[_Tally] = []
+
+    def track(self, key_ids: Iterable[int]) -> None:
+        """Keep a tally for each of `key_ids` (keys joining the pool)."""
+        tallies = self._tallies
+        for key_id in key_ids:
+            if key_id not in tallies:
+                tallies[key_id] = _Tally(key_id)
+
+    def forget(self, key_ids: Iterable[int]) -> None:
+        """Stop counting `key_ids` (keys deleted); what they counted is dropped."""
+        for key_id in key_ids:
+            self._tallies.pop(key_id, None)
+
+    def count(self, key_id: int, failed: bool, now: float) -> None:
+        """One request made with key `key_id` at `now` (epoch seconds); `failed` if it failed."""
+        tally = self._tallies.get(key_id)
+        if tally is None:  # a key that joined after start-up: its tally is made once
+            tally = self._tallies[key_id] = _Tally(key_id)
+        tally.requests += 1
+        if failed:
+            tally.failures += 1
+        tally.last_used = now
+        if not tally.dirty:
+            tally.dirty = True
+            self._dirty.append(tally)
+
+    def drain(self) -> list[UsageDelta]:
+        """The increments of every key used since the last drain; the counts start again."""
+        dirty, self._dirty = self._dirty, []
+        deltas: list[UsageDelta] = []
+        tallies = self._tallies
+        for tally in dirty:
+            tally.dirty = False
+            if tallies.get(tally.key_id) is not tally:
+                continue  # forgotten since: its key was deleted
+            deltas.append(
+                UsageDelta(
+                    tally.key_id,
+                    tally.requests,
+                    tally.failures,
+                    datetime.fromtimestamp(tally.last_used, UTC),
+                )
+            )
+            tally.requests = tally.failures = 0
+        return deltas
+
+    def pending(self, key_id: int) -> tuple[int, int, datetime | None] | None:
+        """What key `key_id` counted since the last drain (None: nothing)."""
+        tally = self._tallies.get(key_id)
+        if tally is None or not tally.dirty:
+            return None
+        return tally.requests, tally.failures, datetime.fromtimestamp(tally.last_used, UTC)
+
+
+@asynccontextmanager
+async def draining(
+    counter: UsageCounter, put: Callable[[UsageDelta], None], interval: float = FLUSH_INTERVAL
+) -> AsyncIterator[None]:
+    """Hand `counter`'s increments to `put` (the write queue's) every `interval` for the body.
+
+    A last drain on exit, so nothing counted is lost at shutdown.
+    """
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            for delta in counter.drain():
+                put(delta)
+
+    task = asyncio.create_task(loop(), name="llmgateway-usage")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        for delta in counter.drain():
+            put(delta)
