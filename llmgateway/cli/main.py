@@ -11,6 +11,7 @@ import importlib.metadata
 import click
 
 from llmgateway.cli.config_commands import config
+from llmgateway.cli.keys_crypto import keys
 from llmgateway.cli.serve import serve
 from llmgateway.cli.status import status
 
@@ -31,3 +32,4 @@ def main() -> None:
 main.add_command(serve)
 main.add_command(status)
 main.add_command(config)
+main.add_command(keys)

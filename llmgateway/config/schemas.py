@@ -80,7 +80,7 @@ class DatabaseConfig:
     pool_max_size: int = option(10, COUNT, "PostgreSQL connections at most")
     encryption_key: str = option(
         "",
-        Leaf(f.encryption_key, f"\"\" or {ENCRYPTION_KEY_FORMS}", secret=True),
+        Leaf(f.encryption_key, f'"" or {ENCRYPTION_KEY_FORMS}', secret=True),
         "encrypts stored keys (32 random bytes, hex or base64: openssl rand -hex 32); "
         "empty: stored in clear",
     )
