@@ -35,7 +35,7 @@ def _seeded(tmp_path: Path) -> Path:
             await store.close()
 
     asyncio.run(seed())
-    config.set("database.encryption_key", "${%s:-}" % VARIABLE)
+    config.set("database.encryption_key", "${" + VARIABLE + ":-}")
     return config.write()
 
 
