@@ -27,8 +27,8 @@ from llmgateway.store.sqlite import SqliteStore
 from llmgateway.store.write_queue import WriteQueue
 from tests.fakes.family import Behaviour
 from tests.fakes.upstream import FakeUpstream
-from tests.integration.conftest import Database
 from tests.integration.keeper_rig import Rig, key_for, open_rig
+from tests.support.databases import Database
 
 POSTGRES = [pytest.param("postgres", marks=pytest.mark.postgres)]
 SQLITE = ["sqlite"]

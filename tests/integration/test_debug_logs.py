@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 from tests.fakes.hostile_upstream import key_forms
-from tests.integration.conftest import Database
+from tests.support.databases import Database
 
 KEYS = [f"sk-proj-debug-log-{i:04d}-0123456789abcdef" for i in range(20)]
 

@@ -13,7 +13,7 @@ from llmgateway.store.changes import Changes
 from llmgateway.store.key_admin import KeyFilter
 from llmgateway.store.postgres import PostgresStore
 from llmgateway.store.sqlite import SqliteStore
-from tests.integration.conftest import Database
+from tests.support.databases import Database
 
 type AnyStore = SqliteStore | PostgresStore
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from llmgateway.store import model_statuses
 from llmgateway.store.key_codec import PLAIN
 from llmgateway.store.migrations import Engine, engine_migrations
-from tests.integration.conftest import Database
+from tests.support.databases import Database
 
 KEYS = ["sk-proj-migration-key-one-0123456789", "short-key"]
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

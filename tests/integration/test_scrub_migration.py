@@ -10,7 +10,7 @@ import pytest
 from llmgateway.core.masking import mask_key
 from llmgateway.store.migrations import Engine, engine_migrations
 from tests.fakes.hostile_upstream import key_forms
-from tests.integration.conftest import Database
+from tests.support.databases import Database
 
 KEYS = ["AIzaSyMigrationKeyNumberOne0123456789", "sk-proj-migration-key-two-0123456789ab"]
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

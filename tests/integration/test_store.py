@@ -14,7 +14,7 @@ from llmgateway.core.models import KeyRecord
 from llmgateway.store.postgres import PostgresStore
 from llmgateway.store.protocol import KeySyncReport
 from llmgateway.store.sqlite import SqliteStore
-from tests.integration.conftest import Database
+from tests.support.databases import Database
 
 type AnyStore = SqliteStore | PostgresStore
 
