@@ -14,7 +14,6 @@ import asyncio
 import base64
 import signal
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 
 from llmgateway.cli.common import EXIT_CONFIG_ERROR
 from tests.fakes.upstream import FakeUpstream
+from tests.support.databases import postgres_database
 from tests.support.gateway import (
     ASK,
     OPENAI,
@@ -36,7 +36,6 @@ from tests.support.gateway import (
 
 pytestmark = pytest.mark.slow
 
-PG_ADMIN: Final = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "postgres"}
 KEYS: Final = [f"sk-proj-at-rest-{n}-0123456789abcdefXYZ" for n in range(5)]
 HEX: Final = bytes(range(32)).hex()
 VARIABLE: Final = "LLMGW_ENCRYPTION_KEY"
@@ -49,14 +48,8 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'data' / 'llmgateway.db'}"
         return
-    name = f"llmgw_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(**PG_ADMIN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with postgres_database("llmgw_test") as dsn:
+        yield dsn
 
 
 async def _rows(url: str, sql: str) -> list[tuple[object, ...]]:

@@ -15,7 +15,7 @@ from llmgateway.store.key_filter import KeyFilter
 from llmgateway.store.key_rekey import Rekeying, rekey
 from llmgateway.store.postgres import PostgresStore
 from llmgateway.store.sqlite import SqliteStore
-from tests.integration.conftest import Database
+from tests.support.databases import Database
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 INSTANCE = "openai-main"
