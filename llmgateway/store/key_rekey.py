@@ -10,7 +10,9 @@ end the database is compacted so the former values do not linger in free
 pages (SQLite: VACUUM and a WAL checkpoint; PostgreSQL: VACUUM FULL of api_keys).
 
 Run it with the gateway stopped: a process still running reads keys with
-the codec it started with.
+the codec it started with. A gateway whose keeper runs holds the store's
+`keeper` lock, and one syncing keys the `keysync` lock: the rewrite takes
+both first and refuses to start while another process holds either.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from llmgateway.core.errors import KeyEncryptionMismatch
+from llmgateway.core.errors import KeyEncryptionMismatch, StoreError
 from llmgateway.store.engine import Conn, SqlStore
 from llmgateway.store.key_codec import KeyCodec
 from llmgateway.store.key_encryption import (
@@ -34,6 +36,8 @@ from llmgateway.store.key_encryption import (
     read_meta,
 )
 from llmgateway.store.migrations import Engine
+from llmgateway.store.postgres import PostgresStore
+from llmgateway.store.sqlite import SqliteStore
 
 BATCH: Final = 1000
 """Keys rewritten per transaction by default."""
@@ -119,8 +123,12 @@ async def _finish(conn: Conn, run: Rekeying) -> None:
     await delete_meta(conn, KEY_MIGRATION)
 
 
+class StoreInUse(StoreError):
+    """A gateway's keeper or key sync holds its lock on the store: it is running."""
+
+
 async def rekey(
-    store: SqlStore,
+    store: SqliteStore | PostgresStore,
     run: Rekeying,
     *,
     batch: int = BATCH,
@@ -129,11 +137,25 @@ async def rekey(
     """Rewrite every stored key from `run.source` to `run.target`, resuming an unfinished run.
 
     `store` must be open without the start-up check (`verify_codec=False`).
-    `progress` is called with the running count after each batch. Raises
-    KeyEncryptionMismatch when the store is not kept with `run.source` (nor
-    halfway from it to `run.target`), and KeyDecryptionError (a StoreError)
-    when a stored value does not decrypt; the batch in progress is rolled back.
+    `progress` is called with the running count after each batch. The store's
+    `keeper` and `keysync` locks are held throughout: StoreInUse when a
+    running gateway holds either. Raises KeyEncryptionMismatch when the store
+    is not kept with `run.source` (nor halfway from it to `run.target`), and
+    KeyDecryptionError (a StoreError) when a stored value does not decrypt;
+    the batch in progress is rolled back.
     """
+    async with store.exclusive("keeper") as keeper, store.exclusive("keysync") as syncing:
+        if not (keeper and syncing):
+            raise StoreInUse(
+                "a running gateway holds the store's keeper or key sync lock: stop it, "
+                f"then run `llmgateway keys {run.command}` again"
+            )
+        return await _rewrite(store, run, batch, progress)
+
+
+async def _rewrite(
+    store: SqlStore, run: Rekeying, batch: int, progress: Callable[[int], None] | None
+) -> RekeyReport:
     begun = await store._write(f"starting keys {run.command}", lambda c: _begin(c, run))
     if begun is None:
         return RekeyReport(0, already_done=True)

@@ -12,7 +12,7 @@ from llmgateway.core.errors import KeyEncryptionMismatch
 from llmgateway.store.key_codec import PLAIN, KeyCodec
 from llmgateway.store.key_crypto import AesGcmCodec, KeyDecryptionError
 from llmgateway.store.key_filter import KeyFilter
-from llmgateway.store.key_rekey import Rekeying, rekey
+from llmgateway.store.key_rekey import Rekeying, StoreInUse, rekey
 from llmgateway.store.postgres import PostgresStore
 from llmgateway.store.sqlite import SqliteStore
 from tests.support.databases import Database
@@ -192,3 +192,20 @@ async def test_a_damaged_value_fails_loudly_never_as_garbage(database: Database)
     )
     with pytest.raises(KeyDecryptionError):
         await _keys(database, OLD)
+
+
+async def test_a_rekey_refuses_while_a_gateway_holds_the_keeper_lock(database: Database) -> None:
+    """Another process's keeper lock (a running gateway): StoreInUse, nothing rewritten."""
+    await _seed(database, PLAIN)
+    gateway, command = _store(database, PLAIN), _store(database, PLAIN, verify=False)
+    await gateway.open()
+    await command.open()
+    try:
+        async with gateway.exclusive("keeper") as got:
+            assert got
+            with pytest.raises(StoreInUse, match="stop it"):
+                await rekey(command, Rekeying("encrypt", PLAIN, OLD))
+    finally:
+        await command.close()
+        await gateway.close()
+    assert sorted(await _stored_values(database)) == sorted(KEYS[:5])
