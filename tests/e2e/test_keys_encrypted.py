@@ -145,7 +145,9 @@ async def test_the_search_finds_the_keys_of_a_clear_store(
     assert _found(await _store_text(database_url)) == KEYS
 
 
-@pytest.mark.parametrize("key", ["", bytes(range(1, 33)).hex()])
+@pytest.mark.parametrize(
+    ("key", "workers"), [("", 1), (bytes(range(1, 33)).hex(), 1), (bytes(range(1, 33)).hex(), 2)]
+)
 async def test_serve_refuses_an_encrypted_store_without_its_key(
     gateway_config: GatewayConfig,
     serve_gateway: ServeGateway,
@@ -153,14 +155,16 @@ async def test_serve_refuses_an_encrypted_store_without_its_key(
     fake_upstream: FakeUpstream,
     tmp_path: Path,
     key: str,
+    workers: int,
 ) -> None:
-    """No key or another key: exit 2 before serving, naming what to do; the key never printed."""
+    """No key or another key, one process or a supervisor of two: exit 2 before serving, naming what to do; the key never printed."""
     url = f"sqlite:///{tmp_path / 'data' / 'llmgateway.db'}"
     gateway_config.set("database.encryption_key", "${%s:-}" % VARIABLE)  # noqa: UP031
     gateway_config.env[VARIABLE] = HEX
     await _serve_traffic_and_sync(gateway_config, serve_gateway, fake_upstream, url)
 
     gateway_config.env[VARIABLE] = key
+    gateway_config.set("server.workers", workers)
     refused = await spawn_gateway(gateway_config, log_name="refused.log")
     assert await asyncio.wait_for(refused.process.wait(), 30) == EXIT_CONFIG_ERROR
     output = refused.output()
