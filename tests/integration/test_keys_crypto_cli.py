@@ -105,3 +105,14 @@ def test_the_commands_refuse_what_does_not_fit(tmp_path: Path) -> None:
     assert "not encrypted with database.encryption_key" in wrong.output
     assert NEW not in wrong.output
     assert _status_ok(path, OLD)
+
+
+def test_encrypting_leaves_no_former_value_in_the_sqlite_files(tmp_path: Path) -> None:
+    """After `keys encrypt` the database file, its -wal and -shm hold no former clear value."""
+    path = _seeded(tmp_path)
+    database = tmp_path / "data" / "llmgateway.db"
+    assert all(k.encode() in database.read_bytes() for k in KEYS)  # the search sees clear keys
+    assert _run(path, "keys", "encrypt", key=OLD).exit_code == 0
+    files = [database, *(database.with_name(database.name + s) for s in ("-wal", "-shm"))]
+    data = b"".join(f.read_bytes() for f in files if f.exists())
+    assert not [k for k in KEYS if k.encode() in data]
