@@ -55,11 +55,14 @@ class AesGcmCodec(KeyCodec):
     Immutable and shared by every store operation, like the plain codec.
     """
 
-    __slots__ = ("_aead", "_check", "_fingerprint_key")
+    __slots__ = ("_aead", "_check", "_fingerprinter")
 
     def __init__(self, master: bytes) -> None:
         self._aead = AESGCM(_subkey(master, "llmgateway key encryption v1"))
-        self._fingerprint_key = _subkey(master, "llmgateway key fingerprint v1")
+        # Keyed once: each fingerprint copies this state instead of re-deriving the HMAC pads.
+        self._fingerprinter = hmac.new(
+            _subkey(master, "llmgateway key fingerprint v1"), digestmod=hashlib.sha256
+        )
         check_key = _subkey(master, "llmgateway key check v1")
         self._check = hmac.new(check_key, _CHECK_TEXT, hashlib.sha256).hexdigest()
 
@@ -70,7 +73,9 @@ class AesGcmCodec(KeyCodec):
 
     def fingerprint(self, key: str) -> str:
         """HMAC-SHA256 of the key's UTF-8 bytes under the fingerprint subkey (64 hex)."""
-        return hmac.new(self._fingerprint_key, key.encode("utf-8"), hashlib.sha256).hexdigest()
+        digest = self._fingerprinter.copy()
+        digest.update(key.encode("utf-8"))
+        return digest.hexdigest()
 
     def seal(self, key: str) -> str:
         """`enc1:` + base64 of a fresh random nonce and the ciphertext (with its tag)."""
