@@ -127,5 +127,7 @@ def _search_condition(q: str, params: Params, codec: KeyCodec, alias: str) -> st
     ]
     prefix = fingerprint_prefix(q)
     if prefix is not None:
-        options.append(f"substr({alias}.fingerprint, 1, {len(prefix)}) = {params(prefix)}")
+        # A range, so the fingerprint index serves it ("g" sorts after every hex digit).
+        low, high = params(prefix), params(prefix + "g")
+        options.append(f"({alias}.fingerprint >= {low} AND {alias}.fingerprint < {high})")
     return f"({' OR '.join(options)})"

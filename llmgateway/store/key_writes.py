@@ -308,9 +308,8 @@ class KeyWrites(KeyReads):
             await self._announce(conn, records, ())
             return records
 
-        changed = await self._write("disabling keys" if disabled else "enabling keys", run)
-        await self._refresh_statistics(len(changed))
-        return changed
+        # No statistics refresh: listings read api_keys, whose rows did not come or go.
+        return await self._write("disabling keys" if disabled else "enabling keys", run)
 
     async def _refresh_statuses(
         self, conn: Conn, key_ids: Sequence[int] = (), *, instance: str | None = None

@@ -37,8 +37,12 @@ UPDATE api_keys SET model_statuses = a.v FROM (
 CREATE UNIQUE INDEX api_keys_fingerprint ON api_keys (instance, fingerprint);
 -- Listing one instance's keys in id order.
 CREATE INDEX api_keys_instance ON api_keys (instance, id);
--- Counting keys per instance and model statuses (listing facets) from the index alone.
-CREATE INDEX api_keys_model_statuses ON api_keys (instance, model_statuses);
+-- Finding a key by its mask or fingerprint (the `q` of a listing).
+CREATE INDEX api_keys_mask ON api_keys (key_mask);
+CREATE INDEX api_keys_fingerprint_alone ON api_keys (fingerprint);
+-- model_statuses changes with every status written, so it is in no index: its updates stay
+-- heap-only (HOT: no index to touch), with room left in each page for the new row versions.
+ALTER TABLE api_keys SET (fillfactor = 80);
 -- Keys of one status, whatever their model (list and bulk actions filtered by status).
 CREATE INDEX key_model_status_status ON key_model_status (status, key_id);
 

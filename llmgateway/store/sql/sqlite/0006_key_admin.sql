@@ -37,6 +37,9 @@ UPDATE api_keys SET model_statuses = a.v FROM (
 CREATE UNIQUE INDEX api_keys_fingerprint ON api_keys (instance, fingerprint);
 -- Listing one instance's keys in id order (the rowid rides along in every SQLite index).
 CREATE INDEX api_keys_instance ON api_keys (instance);
+-- Finding a key by its mask or fingerprint (the `q` of a listing).
+CREATE INDEX api_keys_mask ON api_keys (key_mask);
+CREATE INDEX api_keys_fingerprint_alone ON api_keys (fingerprint);
 -- Counting keys per instance and model statuses (listing facets) from the index alone.
 CREATE INDEX api_keys_model_statuses ON api_keys (instance, model_statuses);
 -- Keys of one status, whatever their model (list and bulk actions filtered by status).
