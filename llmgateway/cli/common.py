@@ -39,9 +39,13 @@ def config_error_exit(error: ConfigError) -> SystemExit:
     return SystemExit(EXIT_CONFIG_ERROR)
 
 
-def load_or_exit(config_path: Path) -> AppConfig:
-    """The configuration at `config_path`, or exit 2 with the whole report of its problems."""
+def load_or_exit(config_path: Path, *, read_only: bool = False) -> AppConfig:
+    """The configuration at `config_path`, or exit 2 with the whole report of its problems.
+
+    `read_only` is for commands that only look at the store (`status`): a
+    client token whose `${VAR}` is unset is then left empty, not an error.
+    """
     try:
-        return load_config(config_path)
+        return load_config(config_path, read_only=read_only)
     except ConfigError as exc:
         raise config_error_exit(exc) from None

@@ -7,7 +7,7 @@ import click
 from llmgateway.cli.common import CONFIG_HELP, config_error_exit, load_or_exit, resolve
 from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.core.errors import ConfigError
-from llmgateway.process.stop_signals import process_stop_signals
+from llmgateway.process.stop_signals import process_reload_signals, process_stop_signals
 
 
 @click.command()
@@ -27,13 +27,16 @@ def serve(
 ) -> None:
     """Run the gateway and the key keeper (in N processes sharing the port with --workers N)."""
     # From here on (from the start of the process when launched as `llmgateway serve`) a
-    # SIGTERM or SIGINT stops the server gracefully, whatever it is doing.
+    # SIGTERM or SIGINT stops the server gracefully, whatever it is doing; a SIGHUP
+    # never ends it (it reloads the configuration once the application serves).
     signals = process_stop_signals()
+    reloads = process_reload_signals()
     config_path = resolve(config_option)
     try:
         accessor = ConfigAccessor(load_or_exit(config_path))
     except SystemExit:  # nothing started: the signals are handled as they were before
         signals.release()
+        reloads.release()
         raise
     # Imported here: the server pulls in uvloop and the whole application, which the
     # other commands do not need.
@@ -46,6 +49,7 @@ def serve(
             port,
             accessor=accessor,
             signals=signals,
+            reloads=reloads,
             workers=workers,
             worker_index=worker_index,
             supervisor_pid=supervisor_pid,

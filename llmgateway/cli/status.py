@@ -2,7 +2,9 @@
 
 No server is needed: the command opens the store named by the configuration,
 builds the same document `/-/status` answers (`--json`) or a table of it, and
-closes the store. Keys are masked as in `/-/status`.
+closes the store. Keys are masked as in `/-/status`. No client token is
+needed either: the configuration is loaded read-only (an unset `${VAR}` of a
+client token is no error).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from llmgateway.web.status import build_status_document
 @click.option("--keys", "show_keys", is_flag=True, help="List every (masked) key.")
 def status(config_option: str | None, as_json: bool, show_keys: bool) -> None:
     """Show the stored status of every key (what /-/status shows)."""
-    accessor = ConfigAccessor(load_or_exit(resolve(config_option)))
+    # Reading the store needs no client token: their variables may be unset here.
+    accessor = ConfigAccessor(load_or_exit(resolve(config_option), read_only=True))
     for text in accessor.deprecations:
         click.echo(f"Warning: {text}", err=True)
     try:

@@ -42,6 +42,11 @@ class ConfigAccessor:
         }
 
     @property
+    def config(self) -> AppConfig:
+        """The whole validated configuration (what a reload compares with the file)."""
+        return self._config
+
+    @property
     def server(self) -> ServerConfig:
         """The `server` section."""
         return self._config.server

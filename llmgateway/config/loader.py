@@ -9,6 +9,12 @@
 The old name `worker:` of the `keeper:` section is still read, with a
 deprecation warning in `AppConfig.deprecations`.
 
+A read-only load (`read_only=True`, for commands that only look at the store,
+such as `llmgateway status`) tolerates an unset `${VAR}` in a client token
+(`providers.<name>.access_control.gateway_access_token`): the token is left
+empty (no client could select the instance with it), and everything else is
+validated as usual.
+
 Any failure raises one `ConfigError` whose `problems` lists every mistake found.
 """
 
@@ -22,7 +28,6 @@ from pathlib import Path
 from typing import Any, Final
 
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
@@ -32,6 +37,7 @@ from llmgateway.config.options import Leaf, ListOf, MapOf, Node, options_of
 from llmgateway.config.schemas import AppConfig
 from llmgateway.config.validator import Path as TreePath
 from llmgateway.config.validator import Problem, validate
+from llmgateway.config.variables import Resolution, resolve_tree
 from llmgateway.core.constants import ProviderType
 from llmgateway.core.errors import ConfigError
 
@@ -58,10 +64,6 @@ KEEPER_RENAMED: Final = (
     "(`worker:` is still read, with this warning)"
 )
 
-_REFERENCE: Final = re.compile(
-    r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<has_default>:-(?P<default>[^}]*))?\}|\$\{"
-)
-
 
 def resolve_config_path(cli_value: str | None, env: Mapping[str, str] | None = None) -> Path:
     """The configuration file to use: `--config`, else `$LLMGW_CONFIG`, else `config/providers.yaml`."""
@@ -72,11 +74,17 @@ def resolve_config_path(cli_value: str | None, env: Mapping[str, str] | None = N
     return Path(from_env) if from_env else DEFAULT_CONFIG_PATH
 
 
-def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> AppConfig:
+def load_config(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    read_only: bool = False,
+) -> AppConfig:
     """Load, resolve, merge, validate and build the configuration at `path`.
 
     `path` None means `resolve_config_path(None, env)`; `env` None means
-    `os.environ`. Raises `ConfigError` listing every problem.
+    `os.environ`; `read_only` tolerates unset variables in client tokens (see
+    the module docstring). Raises `ConfigError` listing every problem.
     """
     environ = os.environ if env is None else env
     file = Path(path) if path is not None else resolve_config_path(None, environ)
@@ -89,15 +97,19 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {file}: {exc}") from None
-    return load_config_text(text, environ, source=str(file))
+    return load_config_text(text, environ, source=str(file), read_only=read_only)
 
 
-def load_config_text(text: str, env: Mapping[str, str], source: str = "<config>") -> AppConfig:
+def load_config_text(
+    text: str, env: Mapping[str, str], source: str = "<config>", *, read_only: bool = False
+) -> AppConfig:
     """`load_config` for YAML text already read (`source` names it in messages)."""
     raw = parse_yaml(text, source)
     problems: list[Problem] = []
     lines: dict[TreePath, int] = {}
-    resolved = _resolve(raw, (), env, lines, problems)
+    # Read-only: the client tokens left empty by an unset variable (not problems).
+    unusable: set[TreePath] | None = set() if read_only else None
+    resolved = resolve_tree(raw, (), Resolution(env, lines, problems, unusable))
     if resolved is None:
         resolved = {}
     if not isinstance(resolved, dict):
@@ -108,8 +120,9 @@ def load_config_text(text: str, env: Mapping[str, str], source: str = "<config>"
     typed, invalid = validate(merged, lines)
     if renamed:
         invalid = [_as_written(p) for p in invalid]
-    # A value left empty by an unset variable is already reported once; don't cascade.
-    unresolved = {p.path for p in problems}
+    # A value left empty by an unset variable is already reported once (or tolerated,
+    # read-only); don't cascade.
+    unresolved = {p.path for p in problems} | (unusable or set())
     problems.extend(p for p in invalid if p.path not in unresolved)
     if problems:
         problems.sort(key=lambda p: (p.line if p.line is not None else 1 << 30))
@@ -188,72 +201,6 @@ def _yaml_problem(exc: MarkedYAMLError) -> str:
         return "a key is written twice in the same mapping"
     problem = exc.problem or type(exc).__name__
     return _QUOTED.sub("(…)", problem)
-
-
-def substitute(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
-    """`text` with `${VAR}` / `${VAR:-default}` resolved from `env`; `$$` is a literal `$`.
-
-    Returns the result and the problems (unset variables, malformed references).
-    `${VAR:-default}` uses the default when VAR is unset or empty.
-    """
-    problems: list[str] = []
-
-    def replace(m: re.Match[str]) -> str:
-        if m.group() == "$$":
-            return "$"
-        name = m.group("name")
-        if name is None:
-            problems.append("has a malformed '${' reference (write ${NAME} or ${NAME:-default})")
-            return m.group()
-        value = env.get(name)
-        if m.group("has_default") is not None:
-            return value if value else (m.group("default") or "")
-        if value is None:
-            problems.append(f"uses ${{{name}}} but environment variable {name} is not set")
-            return ""
-        return value
-
-    return _REFERENCE.sub(replace, text), problems
-
-
-def _resolve(
-    node: Any,
-    path: TreePath,
-    env: Mapping[str, str],
-    lines: dict[TreePath, int],
-    problems: list[Problem],
-) -> Any:
-    """Plain dicts/lists of `node` with every string substituted, recording line numbers."""
-    if isinstance(node, CommentedMap):
-        out: dict[Any, Any] = {}
-        for key, value in node.items():
-            sub = (*path, str(key))
-            position = node.lc.key(key)
-            if position is not None:
-                lines[sub] = position[0] + 1
-            out[key] = _resolve(value, sub, env, lines, problems)
-        return out
-    if isinstance(node, CommentedSeq):
-        items: list[Any] = []
-        for index, value in enumerate(node):
-            sub = (*path, index)
-            position = node.lc.item(index)
-            if position is not None:
-                lines[sub] = position[0] + 1
-            items.append(_resolve(value, sub, env, lines, problems))
-        return items
-    if isinstance(node, str):
-        text, found = substitute(str(node), env)
-        problems.extend(Problem(path, msg, "", _nearest(lines, path)) for msg in found)
-        return text
-    return node
-
-
-def _nearest(lines: Mapping[TreePath, int], path: TreePath) -> int | None:
-    for end in range(len(path), 0, -1):
-        if (line := lines.get(path[:end])) is not None:
-            return line
-    return None
 
 
 def merge(base: Any, override: Any) -> Any:

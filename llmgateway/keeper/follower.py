@@ -105,6 +105,10 @@ class PoolFollower:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def use(self, instances: Sequence[str]) -> None:
+        """Follow `instances` from now on (a reload changed what this process serves)."""
+        self._instances = tuple(instances)
+
     def deliver(self, changes: Changes) -> None:
         """Apply what another process changed (the feed's callback), in commit order.
 

@@ -223,9 +223,21 @@ class Keeper:
         finally:
             self._idle = False
 
+    def use(self, accessor: ConfigAccessor, adapters: Mapping[str, ProviderAdapter]) -> None:
+        """Probe the instances of `accessor` through `adapters` from the next round on (a reload).
+
+        An added instance gets its own probe slots; the concurrency limits
+        themselves are fixed while serving.
+        """
+        limit = max(accessor.keeper.max_concurrent_probes_per_instance, 1)
+        for provider in accessor.enabled_providers():
+            self._instance_slots.setdefault(provider.name, asyncio.Semaphore(limit))
+        self._accessor = accessor
+        self._adapters = adapters
+
     async def _rounds(self) -> None:
-        settings = self._accessor.keeper
         while not self._stopping:
+            settings = self._accessor.keeper  # each round reads the configuration in effect
             probed = 0
             try:
                 if self._clock() >= self._next_sync:

@@ -109,6 +109,42 @@ class KeySync:
                 self._loaded.add(name)
         return reports
 
+    async def prepare(
+        self, accessor: ConfigAccessor, instances: Iterable[str]
+    ) -> dict[str, list[KeyRecord]]:
+        """A reload's store work: `accessor`'s provider rows, then the keys of `instances`.
+
+        Each of `instances` enabled in `accessor` has its keys synced (under
+        the `keysync` lock, waited for) and its stored records read back and
+        registered with the masker; nothing in the pool changes yet (see
+        `adopt`). A store failure raises.
+        """
+        wanted = set(instances)
+        providers = [p for p in accessor.enabled_providers() if p.name in wanted]
+        now = self._now()
+        await self._store.sync_providers([(p.name, p.provider_type) for p in accessor.providers()])
+        async with self._store.exclusive("keysync", wait=True):
+            for provider in providers:
+                await self._sync_instance(provider, now)
+        records = {p.name: await self._store.load_records(p.name) for p in providers}
+        self.register(r.key for stored in records.values() for r in stored)
+        return records
+
+    def adopt(self, accessor: ConfigAccessor, records: dict[str, list[KeyRecord]]) -> None:
+        """Put a prepared reload into effect: follow `accessor`, and its instances into the pool.
+
+        The instances of `records` are reconciled with their stored keys
+        (the keys kept keep their in-memory state); the instances no longer
+        served leave the pool. Neither waits nor fails.
+        """
+        self._accessor = accessor
+        for name in [n for n in self._loaded if not accessor.serves(n)]:
+            self._pool.drop_instance(name)
+            self._loaded.discard(name)
+        for name, stored in records.items():
+            self._pool.sync_instance(name, stored)
+            self._loaded.add(name)
+
     def register(self, keys: Iterable[str]) -> None:
         """Make `keys` known to the masker (before anything logs, stores or picks them)."""
         self._masker.add(keys)

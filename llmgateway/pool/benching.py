@@ -26,13 +26,14 @@ SERVER_ERROR_STREAK: Final = 3
 class Bench:
     """The server-error streaks of the keys seen on traffic, and the benching they lead to."""
 
-    __slots__ = ("streaks", "_table", "_seconds")
+    __slots__ = ("streaks", "_table", "seconds")
 
     def __init__(self, table: SlotTable, seconds: float) -> None:
         self.streaks: dict[tuple[str, str, int], int] = {}
         """(instance, model, key id) → server errors in a row (only keys with a streak)."""
         self._table = table
-        self._seconds = seconds
+        self.seconds = seconds
+        """How long a benched key stays benched (`keeper.server_error_cooldown`)."""
 
     def server_error(self, record: KeyRecord, now: float) -> None:
         """Count a server error of `record`'s key; bench the key when the streak is long enough."""
@@ -45,12 +46,12 @@ class Bench:
         entry = self._table.entry(record)
         if entry is None:
             return
-        entry.bench_until = now + self._seconds
+        entry.bench_until = now + self.seconds
         log.info(
             "key_benched",
             instance=record.instance,
             model=record.model,
             key=mask_key(record.key),
             server_errors=streak,
-            seconds=self._seconds,
+            seconds=self.seconds,
         )

@@ -99,6 +99,16 @@ class KeyPool:
         """
         return self._table.remove(instance, key_ids)
 
+    def use(self, accessor: ConfigAccessor) -> None:
+        """Follow the configuration `accessor` from now on (a reload; the keys stay as they are)."""
+        self._accessor = accessor
+        self._writer.use(accessor.serves)
+        self._verdicts.use(accessor)
+
+    def drop_instance(self, instance: str) -> None:
+        """Take every key of `instance` out of the pool (it is no longer served here)."""
+        self.sync_instance(instance, ())
+
     # -- the request path -------------------------------------------------
 
     def slot_model(self, instance: str, model: str) -> str:

@@ -45,6 +45,10 @@ class StatusWriter:
         self._hub = hub
         self._served = served
 
+    def use(self, served: Callable[[str], bool]) -> None:
+        """Tell the instances served here by `served` from now on (a reload)."""
+        self._served = served
+
     def set(self, slot: Slot, entry: Entry, new: KeyRecord, result: CheckResult) -> None:
         """Make `new` the entry's record: tallies, rotation, the store's queue, logs, events."""
         old = entry.record

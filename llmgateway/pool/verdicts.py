@@ -63,6 +63,14 @@ class Verdicts:
         self.guard = IncidentGuard(settings.incident_window)
         self.bench = Bench(table, settings.server_error_cooldown)
 
+    def use(self, accessor: ConfigAccessor) -> None:
+        """Read health policies and keeper options from `accessor` from now on (a reload)."""
+        settings = accessor.keeper
+        self._accessor = accessor
+        self._confirm_within = settings.confirm_within
+        self.guard.window = settings.incident_window
+        self.bench.seconds = settings.server_error_cooldown
+
     def report(self, record: KeyRecord, result: CheckResult, probe: bool) -> Incident | None:
         """Apply the outcome of a call made with `record`'s key (see `KeyPool.report`)."""
         reason = result.reason

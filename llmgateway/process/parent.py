@@ -2,11 +2,11 @@
 
 A worker must never outlive the supervisor that started it (a supervisor
 killed with SIGKILL cannot stop its workers itself), and must never be killed
-by a stop signal that arrives before it can handle one.
+by a stop or reload signal that arrives before it can handle one.
 
 - `child_setup(parent)` runs in the child right after fork, before exec. It
-  blocks SIGTERM and SIGINT, so a stop signal sent while the worker's
-  interpreter starts stays pending until `StopSignals.capture()` unblocks it;
+  blocks SIGTERM, SIGINT and SIGHUP, so a stop or reload signal sent while
+  the worker's interpreter starts stays pending until `capture()` unblocks it;
   it asks the kernel to send SIGTERM when the parent dies
   (`prctl(PR_SET_PDEATHSIG)`, which survives exec); then it looks at its
   parent again: a parent that died before the `prctl` call sends no signal
@@ -29,7 +29,7 @@ import sys
 from collections.abc import Callable
 from typing import Final, final
 
-from llmgateway.process.stop_signals import STOP_SIGNALS
+from llmgateway.process.stop_signals import RELOAD_SIGNALS, STOP_SIGNALS
 
 PR_SET_PDEATHSIG: Final = 1
 """`prctl` option: the signal this process gets when its parent dies (linux/prctl.h)."""
@@ -69,7 +69,7 @@ def child_setup(parent: int) -> Callable[[], None]:
     prctl = load_prctl()
 
     def setup() -> None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, (*STOP_SIGNALS, *RELOAD_SIGNALS))
         if prctl is not None:
             prctl(PR_SET_PDEATHSIG, int(PARENT_DEATH_SIGNAL), 0, 0, 0)
         if os.getppid() != parent:  # died before the prctl call: no signal will come

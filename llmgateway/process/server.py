@@ -21,6 +21,10 @@ moment; whatever the process was doing, it ends within
 - a second signal during any of this hurries the shutdown: client
   connections are closed at once, the rest is done within about a second.
 
+A SIGHUP never stops it: once the application serves, each one reloads the
+configuration file (see `llmgateway.config.live`); one that arrived during
+start-up reloads as soon as it serves.
+
 A watchdog thread ends the process (exit 1, logged) if the shutdown ever
 overruns its deadline.
 
@@ -44,14 +48,21 @@ import structlog
 from aiohttp import web
 
 from llmgateway.config.accessor import ConfigAccessor
+from llmgateway.config.live import LiveConfig
 from llmgateway.core.errors import StoreError
 from llmgateway.core.lifecycle import WATCHDOG_SLACK, ShutdownClock, Watchdog
 from llmgateway.core.logs import configure_logging
 from llmgateway.core.masking import Masker
 from llmgateway.process.parent import ParentWatch
-from llmgateway.process.stop_signals import StopSignals, process_stop_signals
+from llmgateway.process.stop_signals import (
+    ReloadSignals,
+    StopSignals,
+    process_reload_signals,
+    process_stop_signals,
+)
 from llmgateway.web.admin_guard import TOKEN_HINT
 from llmgateway.web.app import create_app
+from llmgateway.web.keys import RELOADS
 
 log = structlog.get_logger("llmgateway.process.server")
 
@@ -68,14 +79,21 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def build_server_app(
-    accessor: ConfigAccessor,
+    live: LiveConfig,
     worker_index: int | None = None,
     shutdown: ShutdownClock | None = None,
     masker: Masker | None = None,
+    supervisor_pid: int | None = None,
 ) -> web.Application:
     """The application `run_server` serves: `create_app` plus shutdown logging."""
-    app = create_app(accessor, worker_index=worker_index, shutdown=shutdown, masker=masker)
-    timeout = accessor.server.shutdown_timeout
+    app = create_app(
+        live,
+        worker_index=worker_index,
+        shutdown=shutdown,
+        masker=masker,
+        supervisor_pid=supervisor_pid,
+    )
+    timeout = live.current.server.shutdown_timeout
 
     async def announce(_: web.Application) -> None:
         log.info("shutting_down", deadline_seconds=timeout)
@@ -94,6 +112,7 @@ def run_server(
     signals: StopSignals | None = None,
     *,
     accessor: ConfigAccessor,
+    reloads: ReloadSignals | None = None,
 ) -> None:
     """Serve the configuration loaded from `config_path` until SIGINT/SIGTERM, then stop gracefully.
 
@@ -102,46 +121,45 @@ def run_server(
     `worker_index` makes this process one of them (it binds with
     SO_REUSEPORT), `supervisor_pid` names the supervisor it must not
     outlive. `signals` are the stop signals captured since the command
-    began (captured here when not given). Returns normally after a stop
-    signal; raises SystemExit(1) when a worker died unexpectedly, and the
-    start-up's own error when it failed (after stopping whatever it had
-    started).
+    began (captured here when not given), `reloads` its SIGHUPs (likewise).
+    Returns normally after a stop signal; raises SystemExit(1) when a worker
+    died unexpectedly, and the start-up's own error when it failed (after
+    stopping whatever it had started).
     """
     if signals is None:
         signals = process_stop_signals()
+    if reloads is None:
+        reloads = process_reload_signals()
+    since = len(reloads.received)  # the configuration was loaded just before
     masker = configure_logging(accessor.logging, accessor.secrets())
     if worker_index is None:  # said once, by the process the user started
-        for text in accessor.deprecations:
-            log.warning("config_deprecated", detail=text)
-    if not accessor.server.admin_token and worker_index is None:
-        log.warning(
-            "admin_surface_loopback_only",
-            hint=TOKEN_HINT,
-        )
+        _warn_about(accessor)
     count = workers if workers is not None else accessor.server.workers
     if worker_index is None and count > 1:
         from llmgateway.process.supervisor import supervise
 
         code = supervise(
-            config_path, count, host, port, signals=signals, grace=accessor.server.shutdown_timeout
+            config_path,
+            count,
+            host,
+            port,
+            signals=signals,
+            reloads=reloads,
+            grace=accessor.server.shutdown_timeout,
         )
         if code:
             raise SystemExit(code)
         return
     shutdown = ShutdownClock(accessor.server.shutdown_timeout)
-    watchdog = Watchdog()
-    shutdown.on_change(lambda: watchdog.arm(shutdown.deadline + WATCHDOG_SLACK, "serve"))
-    parent = ParentWatch(supervisor_pid) if supervisor_pid is not None else None
-    _follow_signals(signals, shutdown, parent)
-    if parent is not None and parent.orphaned():
-        orphaned(shutdown, parent, "start-up")
+    parent = _watched(shutdown, signals, supervisor_pid)
     if shutdown.begun:
         log.info("stopped_before_startup", worker_index=worker_index)
         return
-    app = build_server_app(accessor, worker_index, shutdown, masker)
+    live = LiveConfig(accessor, path=config_path)
+    app = build_server_app(live, worker_index, shutdown, masker, supervisor_pid)
     serving = _serve(
         app,
-        signals,
+        (signals, reloads, since),
         shutdown,
         parent,
         host=host or accessor.server.host,
@@ -152,6 +170,31 @@ def run_server(
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(serving)
     log.info("stopped", worker_index=worker_index)
+
+
+def _warn_about(accessor: ConfigAccessor) -> None:
+    """The configuration's warnings, said once by the process the user started."""
+    for text in accessor.deprecations:
+        log.warning("config_deprecated", detail=text)
+    if not accessor.server.admin_token:
+        log.warning("admin_surface_loopback_only", hint=TOKEN_HINT)
+
+
+def _watched(
+    shutdown: ShutdownClock, signals: StopSignals, supervisor_pid: int | None
+) -> ParentWatch | None:
+    """Arm the watchdog on the shutdown's deadline, follow the stop signals and the supervisor.
+
+    Returns the watch of the supervisor (None for a process of its own); an
+    orphan found already begins its shutdown here.
+    """
+    watchdog = Watchdog()
+    shutdown.on_change(lambda: watchdog.arm(shutdown.deadline + WATCHDOG_SLACK, "serve"))
+    parent = ParentWatch(supervisor_pid) if supervisor_pid is not None else None
+    _follow_signals(signals, shutdown, parent)
+    if parent is not None and parent.orphaned():
+        orphaned(shutdown, parent, "start-up")
+    return parent
 
 
 def _follow_signals(
@@ -181,7 +224,7 @@ def orphaned(shutdown: ShutdownClock, parent: ParentWatch, noticed_by: str) -> N
 
 async def _serve(
     app: web.Application,
-    signals: StopSignals,
+    captured: tuple[StopSignals, ReloadSignals, int],
     shutdown: ShutdownClock,
     parent: ParentWatch | None,
     *,
@@ -190,7 +233,13 @@ async def _serve(
     reuse_port: bool | None,
     worker_index: int | None,
 ) -> None:
-    """Start `app`, serve until the shutdown begins, then stop whatever was started."""
+    """Start `app`, serve until the shutdown begins, then stop whatever was started.
+
+    `captured` are the stop signals, the reload signals and how many of these
+    had arrived when the configuration was loaded (one arrived since then
+    reloads as soon as the application serves).
+    """
+    signals, reloads, since = captured
     stopping = asyncio.Event()
     shutdown.on_change(stopping.set)
     if shutdown.begun:
@@ -215,6 +264,7 @@ async def _serve(
             site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
             if await _unless_stopping(site.start(), stopping, "binding"):
                 log.info("listening", address=f"http://{host}:{port}", worker_index=worker_index)
+                _follow_reloads(app, reloads, since, shutdown)
                 await stopping.wait()
     finally:
         shutdown.begin()  # also after a failed start-up
@@ -225,6 +275,23 @@ async def _serve(
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
             signals.detach()
+            reloads.detach()
+
+
+def _follow_reloads(
+    app: web.Application, reloads: ReloadSignals, since: int, shutdown: ShutdownClock
+) -> None:
+    """From now on (the application serves) every SIGHUP reloads it, until the shutdown begins."""
+    trigger = app[RELOADS]
+
+    def on_signal(signum: int) -> None:
+        if not shutdown.begun:
+            trigger.on_signal(signum)
+
+    reloads.attach(asyncio.get_running_loop())
+    reloads.on_signal(on_signal)
+    if len(reloads.received) > since:  # arrived during start-up: the file may be newer
+        on_signal(reloads.numbers[0])
 
 
 async def _unless_stopping(step: Awaitable[None], stopping: asyncio.Event, what: str) -> bool:

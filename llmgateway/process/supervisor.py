@@ -6,9 +6,11 @@ SO_REUSEPORT, so the kernel spreads new connections across them, and runs the
 whole application (its own live pool, keeper, follower). The workers are put
 in their own process group: a terminal's Ctrl-C reaches the supervisor only,
 which forwards every SIGINT or SIGTERM it receives to every worker (the first
-starts their graceful shutdown, a second one hurries it).
+starts their graceful shutdown, a second one hurries it). A SIGHUP it
+receives (from the user, or from a worker asked to reload through the API)
+is forwarded to every worker: each reloads the configuration.
 
-Each worker is forked with SIGTERM and SIGINT blocked and with the kernel's
+Each worker is forked with SIGTERM, SIGINT and SIGHUP blocked and with the kernel's
 parent-death signal set (`llmgateway.process.parent.child_setup`): a signal forwarded
 while a worker's interpreter is still starting waits until the worker can
 handle it, and a supervisor killed with SIGKILL takes its workers with it.
@@ -41,7 +43,12 @@ from typing import Final, final
 import structlog
 
 from llmgateway.process.parent import child_setup
-from llmgateway.process.stop_signals import STOP_SIGNALS, StopSignals
+from llmgateway.process.stop_signals import (
+    RELOAD_SIGNALS,
+    STOP_SIGNALS,
+    ReloadSignals,
+    StopSignals,
+)
 
 log = structlog.get_logger("llmgateway.process.supervisor")
 
@@ -71,14 +78,15 @@ def worker_command(
 
 @final
 class _Worker:
-    """One worker process and how many of the stop orders it was sent."""
+    """One worker process, how many of the stop orders it was sent, and the reloads it knows of."""
 
-    __slots__ = ("index", "process", "sent")
+    __slots__ = ("index", "process", "reloads", "sent")
 
-    def __init__(self, index: int, process: subprocess.Popen[bytes]) -> None:
+    def __init__(self, index: int, process: subprocess.Popen[bytes], reloads: int) -> None:
         self.index = index
         self.process = process
         self.sent = 0
+        self.reloads = reloads
 
     def send(self, orders: list[int]) -> None:
         """Send the orders (signal numbers) it has not received yet."""
@@ -86,6 +94,19 @@ class _Worker:
             with suppress(ProcessLookupError):  # exited since the last look
                 os.kill(self.process.pid, signum)
         self.sent = len(orders)
+
+    def reload(self, reloads: int) -> bool:
+        """Send SIGHUP when the supervisor received one since the last; True when sent.
+
+        `reloads` counts the SIGHUPs received: several since the last look
+        make one reload (the worker reads the file as it is now).
+        """
+        if reloads <= self.reloads:
+            return False
+        self.reloads = reloads
+        with suppress(ProcessLookupError):
+            os.kill(self.process.pid, signal.SIGHUP)
+        return True
 
 
 def supervise(
@@ -95,20 +116,23 @@ def supervise(
     port: int | None,
     *,
     signals: StopSignals,
+    reloads: ReloadSignals,
     grace: float,
     clock: Callable[[], float] = time.monotonic,
 ) -> int:
     """Run `workers` worker processes until a signal stops them; return the exit code.
 
-    `signals` are this process's stop signals, captured before any worker is
-    started; `grace` is `server.shutdown_timeout`.
+    `signals` are this process's stop signals, `reloads` its SIGHUPs, both
+    captured before any worker is started; `grace` is `server.shutdown_timeout`.
     """
     supervisor = os.getpid()
     running: list[_Worker] = []
     for index in range(workers):
         if signals.requested:
             break
-        running.append(_Worker(index, _start(config_path, index, host, port, supervisor)))
+        process = _start(config_path, index, host, port, supervisor)
+        # A worker reads the file at its start: earlier SIGHUPs are nothing to it.
+        running.append(_Worker(index, process, len(reloads.received)))
     log.info("workers_started", workers=len(running), pids=[w.process.pid for w in running])
     # SIGTERM to every worker once one died on its own (appended to the received signals).
     own_orders: list[int] = []
@@ -121,6 +145,8 @@ def supervise(
             stop_since = clock()
         for worker in running:
             worker.send(orders)
+        if not orders:  # a stopping worker has no use for a reload
+            _forward_reloads(running, len(reloads.received))
         time.sleep(POLL_INTERVAL)
         for worker in list(running):
             code = worker.process.poll()
@@ -143,10 +169,17 @@ def supervise(
     return exit_code if failed else 0
 
 
+def _forward_reloads(running: list[_Worker], reloads: int) -> None:
+    """Forward the SIGHUPs received since the last look to every worker (logged)."""
+    sent = [worker.process.pid for worker in running if worker.reload(reloads)]
+    if sent:
+        log.info("reload_forwarded", pids=sent)
+
+
 def _start(
     config_path: Path, index: int, host: str | None, port: int | None, supervisor: int
 ) -> subprocess.Popen[bytes]:
-    """Start worker `index` with the stop signals blocked from its very fork on.
+    """Start worker `index` with the stop and reload signals blocked from its very fork on.
 
     They are blocked here, around the fork, so the child never runs a moment
     with them deliverable: one sent to it before its exec is still pending
@@ -154,7 +187,7 @@ def _start(
     meanwhile, and arrive when they are unblocked.
     """
     command = worker_command(config_path, index, host, port, supervisor)
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, (*STOP_SIGNALS, *RELOAD_SIGNALS))
     try:
         return subprocess.Popen(command, process_group=0, preexec_fn=child_setup(supervisor))
     finally:

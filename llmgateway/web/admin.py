@@ -29,8 +29,9 @@ from llmgateway.core.masking import Masker
 from llmgateway.pool.key_pool import PoolEvent
 from llmgateway.store.write_queue import WriteQueue
 from llmgateway.web.admin_guard import AdminGuard, admin_error
+from llmgateway.web.api import build_api_app
 from llmgateway.web.keys import (
-    ACCESSOR,
+    ADMIN_GUARD,
     AUTH_FAILURES,
     CLOCK,
     EVENT_STREAMS,
@@ -38,6 +39,7 @@ from llmgateway.web.keys import (
     GATEWAY,
     HEARTBEAT,
     KEEPER,
+    LIVE,
     MASKER,
     METRICS,
     POOL,
@@ -90,7 +92,7 @@ async def status_handler(request: web.Request) -> web.Response:
         return web.json_response({"status": "starting"}, status=503)
     masker = app[MASKER]
     document = build_status_document(
-        app[ACCESSOR].enabled_providers(),
+        app[LIVE].current.enabled_providers(),
         pool.records(),
         app.get(PROCESS),
         _store_view(app),
@@ -123,7 +125,7 @@ async def events_handler(request: web.Request) -> web.StreamResponse:
     if pool is None:
         return web.json_response({"status": "starting"}, status=503)
     streams = app[EVENT_STREAMS]
-    limit = app[ACCESSOR].server.max_event_subscribers
+    limit = app[LIVE].current.server.max_event_subscribers
     if len(streams) >= limit:
         return admin_error(
             503,
@@ -201,12 +203,14 @@ def install_admin(app: web.Application) -> None:
     Call after `app`'s own on_shutdown handlers are appended (the event
     streams end after them) and before the catch-all proxy route.
     """
-    guard = AdminGuard(app[ACCESSOR].server.admin_token, app[AUTH_FAILURES], PUBLIC_ROUTES)
+    guard = AdminGuard(app[LIVE].current.server.admin_token, app[AUTH_FAILURES], PUBLIC_ROUTES)
+    app[ADMIN_GUARD] = guard
     admin = web.Application(middlewares=[guard])
     admin.router.add_get("/healthy", healthy_handler, name="healthy")
     admin.router.add_get("/ready", ready_handler, name="ready")
     admin.router.add_get("/status", status_handler)
     admin.router.add_get("/events", events_handler)
+    admin.add_subapp("/api/", build_api_app())
     admin.router.add_route("*", "/{tail:.*}", not_found_handler)
     admin[EVENT_STREAMS] = set()
     admin.on_shutdown.append(_end_event_streams)

@@ -81,6 +81,10 @@ class AdminGuard:
         self._failures = failures
         self._public = frozenset(public)
 
+    def use(self, admin_token: str) -> None:
+        """Require `admin_token` from the next request on (a reload; "" means loopback only)."""
+        self._token = admin_token.encode()
+
     async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Refuse or serve `request`; every answer, errors included, is JSON.
 

@@ -28,6 +28,7 @@ import structlog
 from aiohttp import web
 
 from llmgateway.config.accessor import ConfigAccessor
+from llmgateway.config.live import LiveConfig
 from llmgateway.core.errors import StoreError
 from llmgateway.core.lifecycle import ShutdownClock
 from llmgateway.core.logs import active_masker
@@ -44,7 +45,6 @@ from llmgateway.web.admin import install_admin, metrics_ctx
 from llmgateway.web.auth_failures import AuthFailures
 from llmgateway.web.gateway import Gateway
 from llmgateway.web.keys import (
-    ACCESSOR,
     ADAPTERS,
     AUTH_FAILURES,
     CLOCK,
@@ -52,15 +52,20 @@ from llmgateway.web.keys import (
     GATEWAY,
     KEEPER,
     KEY_SYNC,
+    LIVE,
     MASKER,
     METRICS,
     POOL,
+    RELOADS,
     SESSION,
     SHUTDOWN,
     STORE,
+    SUMMARY,
     WORKER_INDEX,
     WRITE_QUEUE,
 )
+from llmgateway.web.reconfigure import AppReload
+from llmgateway.web.reloading import Reloads
 from llmgateway.web.summary import PoolSummary
 
 log = structlog.get_logger("llmgateway.web.app")
@@ -82,7 +87,7 @@ FLUSH_RESERVE = 1.0
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    store = open_store(app[ACCESSOR].database)
+    store = open_store(app[LIVE].current.database)
     await store.open()
     app[STORE] = store
     yield
@@ -120,7 +125,7 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
-    accessor = app[ACCESSOR]
+    accessor = app[LIVE].current
     masker = app[MASKER]
     adapters = {p.name: build_adapter(p, masker=masker) for p in accessor.enabled_providers()}
     pool = KeyPool(accessor, sink=app[WRITE_QUEUE].put, clock=app[CLOCK], observer=app.get(METRICS))
@@ -146,14 +151,14 @@ def _follower_ctx(app: web.Application) -> AbstractAsyncContextManager[None]:
         # One process alone on its SQLite file: nobody else writes there, so there is
         # nothing to follow (and no periodic full reload to pay for).
         return nullcontext()
-    names = [p.name for p in app[ACCESSOR].enabled_providers()]
+    names = [p.name for p in app[LIVE].current.enabled_providers()]
     follower = PoolFollower(app[STORE], app[POOL], app[KEY_SYNC], names, clock=app[CLOCK])
     app[FOLLOWER] = follower
     return follower.running()
 
 
 def _keeper_ctx(app: web.Application) -> AbstractAsyncContextManager[None]:
-    accessor = app[ACCESSOR]
+    accessor = app[LIVE].current
     if not accessor.keeper.enabled:
         return nullcontext()
     adapters: dict[str, ProviderAdapter] = app[ADAPTERS]
@@ -175,13 +180,14 @@ def _keeper_ctx(app: web.Application) -> AbstractAsyncContextManager[None]:
 
 
 def _summary_ctx(app: web.Application) -> AbstractAsyncContextManager[None]:
-    return PoolSummary(app[ACCESSOR], app[POOL], app.get(METRICS)).running()
+    summary = app[SUMMARY] = PoolSummary(app[LIVE].current, app[POOL], app.get(METRICS))
+    return summary.running()
 
 
 def _keeper_grace(app: web.Application) -> float:
     """What the keeper's in-flight probes get: `keeper.shutdown_timeout`, within the deadline."""
     shutdown = app[SHUTDOWN]
-    wanted = min(app[ACCESSOR].keeper.shutdown_timeout, shutdown.grace)
+    wanted = min(app[LIVE].current.keeper.shutdown_timeout, shutdown.grace)
     return shutdown.allow(wanted, keep=FLUSH_RESERVE + STORE_CLOSE_RESERVE)
 
 
@@ -206,25 +212,34 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(
-    accessor: ConfigAccessor,
+    config: ConfigAccessor | LiveConfig,
     *,
     clock: Clock = time.time,
     worker_index: int | None = None,
     masker: Masker | None = None,
     shutdown: ShutdownClock | None = None,
+    supervisor_pid: int | None = None,
 ) -> web.Application:
     """Build the application: lifecycles in order, reserved routes, then the catch-all proxy.
 
-    `worker_index` is this process's number among `--workers N` (shown by
-    `/-/status`). `masker` holds the process's secrets (default: the logging
+    `config` is the configuration, or its holder when it can be reloaded
+    (`LiveConfig` with the file's path); `app[LIVE]` holds it either way, and
+    the application follows each reload (`AppReload`). `worker_index` is this
+    process's number among `--workers N` (shown by `/-/status`),
+    `supervisor_pid` its supervisor's pid (a reload applied through the API
+    is spread to every worker through it). `masker` holds the process's secrets (default: the logging
     configuration's, so that logs and answers mask the same set; a new one
     when logging is not configured); the configuration's tokens and keys are
     added to it here, every stored key when the pool loads. `shutdown` is
     the process's shutdown clock (the server begins it at the stop signal;
     by default the application's own, begun by `on_shutdown`).
     """
+    live = config if isinstance(config, LiveConfig) else LiveConfig(config)
+    accessor = live.current
     app = web.Application(client_max_size=int(accessor.server.max_body_mb * 1024 * 1024) + 1)
-    app[ACCESSOR] = accessor
+    app[LIVE] = live
+    app[RELOADS] = Reloads(live, supervisor_pid)
+    live.follow(AppReload(app))
     app[CLOCK] = clock
     app[WORKER_INDEX] = worker_index
     if masker is None:

@@ -82,6 +82,10 @@ class AuthFailures:
         self.totals: dict[str, int] = dict.fromkeys(SURFACES, 0)
         """Failed attempts since start, per surface (`llmgateway_auth_failures_total`)."""
 
+    def use(self, per_minute: int) -> None:
+        """Block after `per_minute` failures from now on (a reload; 0: never block)."""
+        self._per_minute = per_minute
+
     def failed(self, remote: str | None, surface: str) -> float | None:
         """Record one failed attempt; the block's remaining seconds, or None if not blocked."""
         self.totals[surface] = self.totals.get(surface, 0) + 1

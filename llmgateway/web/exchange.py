@@ -12,7 +12,7 @@ from typing import Final, Protocol
 from aiohttp import web
 
 from llmgateway.config.schemas import ProviderConfig, RetryBudget
-from llmgateway.core.constants import ErrorReason, ProviderType, StreamingMode
+from llmgateway.core.constants import ALL_MODELS_MARKER, ErrorReason, ProviderType, StreamingMode
 from llmgateway.providers import build_adapter
 from llmgateway.providers.base import ProviderAdapter
 from llmgateway.providers.upstream import CallLimits
@@ -46,6 +46,12 @@ class Route:
     server_retry: RetryBudget
     retry_enabled: bool
     limits: CallLimits
+
+    def status_model(self, model: str) -> str:
+        """The status model a request for `model` picks its key under (see the accessor's)."""
+        if self.config.shared_key_status:
+            return ALL_MODELS_MARKER
+        return model if model in self.configured_models else self.config.default_model
 
     @classmethod
     def of(cls, config: ProviderConfig, adapter: ProviderAdapter) -> Route:

@@ -101,16 +101,23 @@ class Gateway:
         self._auth_failures = auth_failures
         self._access_log = accessor.logging.access_log
         self._max_body = int(accessor.server.max_body_mb * 1024 * 1024)
-        self._routes: dict[str, Route] = {}
-        for provider in accessor.enabled_providers():
-            token = provider.access_control.gateway_access_token
-            if token:
-                self._routes[token] = Route.of(provider, adapters[provider.name])
+        self._routes = _routes(accessor, adapters)
         self._shapes = {t: shape_adapter(t) for t in ProviderType}
         # Request ids: a random per-process prefix and a counter (unique, and far cheaper
         # than a uuid4 per request).
         self._id_prefix = f"{secrets.token_hex(8)}-"
         self._ids = itertools.count(1)
+
+    def use(self, accessor: ConfigAccessor, adapters: Mapping[str, ProviderAdapter]) -> None:
+        """Serve the configuration `accessor` through `adapters` from the next request on.
+
+        A request in flight keeps the `Route` (its instance's configuration
+        and adapter) it authenticated with, to its end.
+        """
+        routes = _routes(accessor, adapters)
+        self._access_log = accessor.logging.access_log
+        self._max_body = int(accessor.server.max_body_mb * 1024 * 1024)
+        self._routes = routes
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Proxy one client request; every exit answers in the provider's error shape."""
@@ -186,7 +193,7 @@ class Gateway:
         url, headers, model = _prepare(request, route, body)
         exchange.model = model
         instance = route.config.name
-        slot_model = self._pool.slot_model(instance, model)
+        slot_model = route.status_model(model)
         rotation = Rotation(route)
         while True:
             record = await rotation.next_key(self._pool, instance, slot_model)
@@ -331,3 +338,13 @@ def _prepare(request: web.Request, route: Route, body: bytes) -> tuple[URL, CIMu
     model = route.adapter.extract_model(request.path, body)
     url = URL(route.base_url + raw_path, encoded=True)
     return url, upstream_headers(request.headers), model
+
+
+def _routes(accessor: ConfigAccessor, adapters: Mapping[str, ProviderAdapter]) -> dict[str, Route]:
+    """Client token → route of every enabled instance that has one."""
+    routes: dict[str, Route] = {}
+    for provider in accessor.enabled_providers():
+        token = provider.access_control.gateway_access_token
+        if token:
+            routes[token] = Route.of(provider, adapters[provider.name])
+    return routes

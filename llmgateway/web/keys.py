@@ -14,7 +14,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
-from llmgateway.config.accessor import ConfigAccessor
+from llmgateway.config.live import LiveConfig
 from llmgateway.core.lifecycle import ShutdownClock
 from llmgateway.core.masking import Masker
 from llmgateway.keeper.follower import PoolFollower
@@ -24,13 +24,19 @@ from llmgateway.pool.key_pool import Clock, KeyPool
 from llmgateway.providers.base import ProviderAdapter
 from llmgateway.store.protocol import Store
 from llmgateway.store.write_queue import WriteQueue
+from llmgateway.web.admin_guard import AdminGuard
 from llmgateway.web.auth_failures import AuthFailures
 from llmgateway.web.gateway import Gateway
 from llmgateway.web.metrics import Metrics
+from llmgateway.web.reloading import Reloads
 from llmgateway.web.status import ProcessInfo
+from llmgateway.web.summary import PoolSummary
 
 # Set by `create_app` before start-up.
-ACCESSOR: Final = web.AppKey("accessor", ConfigAccessor)
+LIVE: Final = web.AppKey("live", LiveConfig)
+"""The configuration holder: `app[LIVE].current` is the configuration in effect."""
+RELOADS: Final = web.AppKey("reloads", Reloads)
+ADMIN_GUARD: Final = web.AppKey("admin_guard", AdminGuard)
 CLOCK: Final = web.AppKey[Clock]("clock")
 WORKER_INDEX: Final = web.AppKey[int | None]("worker_index")
 MASKER: Final = web.AppKey("masker", Masker)
@@ -50,6 +56,7 @@ KEY_SYNC: Final = web.AppKey("key_sync", KeySync)
 GATEWAY: Final = web.AppKey("gateway", Gateway)
 FOLLOWER: Final = web.AppKey("follower", PoolFollower)
 KEEPER: Final = web.AppKey("keeper", Keeper)
+SUMMARY: Final = web.AppKey("summary", PoolSummary)
 
 # The `/-/` sub-application's own.
 EVENT_STREAMS: Final = web.AppKey[set[EventSourceResponse]]("event_streams")

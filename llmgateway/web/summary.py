@@ -51,6 +51,11 @@ class PoolSummary:
         self._sleep = sleep
         self._last: dict[str, RequestTally] = {}
 
+    def use(self, accessor: ConfigAccessor) -> None:
+        """Summarise the instances of `accessor`, at its interval, from the next line on."""
+        self._instances = tuple(p.name for p in accessor.enabled_providers())
+        self._interval = max(accessor.logging.summary_interval, MIN_INTERVAL)
+
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Run the periodic summary for the body; cancel it on exit."""

@@ -8,6 +8,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from llmgateway.cli.main import main
@@ -142,3 +143,30 @@ def test_status_before_any_serve_says_so_and_creates_nothing(tmp_path: Path) -> 
     assert "no store at" in result.output
     assert "llmgateway serve" in result.output
     assert not list(tmp_path.rglob("*.db"))
+
+
+def test_status_needs_no_client_token_in_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Client tokens written as unset `${VAR}` do not stop status; other variables still do."""
+    path = _seeded(tmp_path)
+    config = build_config(tmp_path, "http://127.0.0.1:9", {OPENAI: KEYS})
+    for instance in config.tree["providers"]:
+        variable = f"LLMGW_TEST_TOKEN_{instance.upper().replace('-', '_')}"
+        monkeypatch.delenv(variable, raising=False)
+        config.provider(instance)["access_control"]["gateway_access_token"] = f"${{{variable}}}"
+    assert config.write() == path
+
+    result = CliRunner().invoke(main, ["status", "--config", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output)
+    assert printed["providers"][OPENAI]["models"][MODELS[OPENAI]]["valid"] == 1
+
+    # A full load (what `serve` does) still refuses the same file.
+    assert CliRunner().invoke(main, ["config", "check", "--config", str(path)]).exit_code == 2
+    monkeypatch.delenv("LLMGW_TEST_ADMIN", raising=False)
+    config.set("server.admin_token", "${LLMGW_TEST_ADMIN}")
+    config.write()
+    result = CliRunner().invoke(main, ["status", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "LLMGW_TEST_ADMIN" in result.output

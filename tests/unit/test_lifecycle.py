@@ -20,7 +20,7 @@ from llmgateway.core.lifecycle import (
     interruptible_sleep,
 )
 from llmgateway.process.parent import PR_SET_PDEATHSIG, ParentWatch, child_setup, load_prctl
-from llmgateway.process.stop_signals import StopSignals
+from llmgateway.process.stop_signals import ReloadSignals, StopSignals
 
 PR_GET_PDEATHSIG = 2
 
@@ -104,6 +104,25 @@ class TestStopSignals:
             signals.release()
 
 
+def test_a_sighup_is_recorded_as_a_reload_and_never_kills() -> None:
+    """Captured: SIGHUP is recorded by the reload signals alone; released: the handler is restored."""
+    before = signal.getsignal(signal.SIGHUP)
+    stops, reloads = StopSignals(), ReloadSignals()
+    heard: list[int] = []
+    reloads.on_signal(heard.append)
+    stops.capture()
+    reloads.capture()
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert reloads.received == [signal.SIGHUP, signal.SIGHUP] == heard
+        assert not stops.requested
+    finally:
+        reloads.release()
+        stops.release()
+    assert signal.getsignal(signal.SIGHUP) == before
+
+
 async def test_an_interruptible_sleep_ends_when_asked_to_stop() -> None:
     """A long wait returns as soon as the event is set; once set, waits return at once."""
     stopping = asyncio.Event()
@@ -128,17 +147,18 @@ def _run_child(code: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.skipif(load_prctl() is None, reason="prctl is Linux-only")
-def test_a_worker_starts_with_stop_signals_blocked_and_the_parent_death_signal_set() -> None:
-    """`child_setup` blocks SIGTERM/SIGINT through exec and asks for SIGTERM on the parent's death."""
+def test_a_worker_starts_with_its_signals_blocked_and_the_parent_death_signal_set() -> None:
+    """`child_setup` blocks SIGTERM/SIGINT/SIGHUP through exec, asks for SIGTERM on parent death."""
     result = _run_child(f"""
         import ctypes, signal
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
         value = ctypes.c_int()
         ctypes.CDLL(None).prctl({PR_GET_PDEATHSIG}, ctypes.byref(value), 0, 0, 0)
-        print(int(signal.SIGTERM in blocked), int(signal.SIGINT in blocked), value.value)
+        print(*(int(s in blocked) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)))
+        print(value.value)
         """)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["1", "1", str(int(signal.SIGTERM))]
+    assert result.stdout.split() == ["1", "1", "1", str(int(signal.SIGTERM))]
     assert PR_SET_PDEATHSIG == 1
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from llmgateway.config.loader import load_config, substitute
+from llmgateway.config.loader import load_config
+from llmgateway.config.variables import substitute
+from llmgateway.core.errors import ConfigError
 from tests.unit.config.conftest import LoadText, Problems, WriteConfig
 
 BASE = """
@@ -130,3 +132,50 @@ class TestEnvInConfig:
         config = load_config(path, env=env)
         expected = "tok-from-process-0123" if env is None else "none-0123456789abcdef"
         assert config.providers["p"].access_control.gateway_access_token == expected
+
+
+class TestReadOnlyLoad:
+    def test_an_unset_client_token_leaves_the_token_empty(self, write_config: WriteConfig) -> None:
+        """Read-only, a client token whose variable is unset loads, empty (selecting nothing)."""
+        path = write_config(_config(token="${GATEWAY_TOK}"))
+        config = load_config(path, env={}, read_only=True)
+        assert config.providers["p"].access_control.gateway_access_token == ""
+
+    def test_a_partly_unset_client_token_is_wholly_empty(self, write_config: WriteConfig) -> None:
+        """A token with an unset variable inside a longer text is not kept in part either."""
+        path = write_config(_config(token="tok-${GATEWAY_TOK}-0123456789"))
+        config = load_config(path, env={}, read_only=True)
+        assert config.providers["p"].access_control.gateway_access_token == ""
+
+    def test_set_client_tokens_still_resolve(self, write_config: WriteConfig) -> None:
+        """A client token whose variable is set is read as in a full load."""
+        path = write_config(_config(token="${GATEWAY_TOK}"))
+        config = load_config(path, env={"GATEWAY_TOK": "tok-env-0123456789"}, read_only=True)
+        assert config.providers["p"].access_control.gateway_access_token == "tok-env-0123456789"
+
+    def test_everything_else_is_validated_as_before(self, write_config: WriteConfig) -> None:
+        """Unset admin token and key variables, a short client token: still errors, read-only."""
+        path = write_config(_config(admin="${A1}", key="${K1}", token="short"))
+        with pytest.raises(ConfigError) as caught:
+            load_config(path, env={}, read_only=True)
+        assert [p.split(":")[0] for p in caught.value.problems] == [
+            "server.admin_token (line 3)",
+            "providers.p.keys[0] (line 9)",
+            "providers.p.access_control.gateway_access_token (line 11)",
+        ]
+
+    def test_a_malformed_reference_in_a_client_token_is_still_an_error(
+        self, write_config: WriteConfig
+    ) -> None:
+        """Only an unset variable is tolerated, not a broken reference."""
+        path = write_config(_config(token="${GATEWAY_TOK} ${oops"))
+        with pytest.raises(ConfigError) as caught:
+            load_config(path, env={}, read_only=True)
+        assert any("malformed" in p for p in caught.value.problems)
+
+    def test_a_full_load_still_requires_it(self, problems_of: Problems) -> None:
+        """Without read_only the unset client token is the error it always was."""
+        assert problems_of(_config(token="${GATEWAY_TOK}")) == [
+            "providers.p.access_control.gateway_access_token (line 11): "
+            "uses ${GATEWAY_TOK} but environment variable GATEWAY_TOK is not set"
+        ]
