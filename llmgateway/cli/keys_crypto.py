@@ -6,7 +6,8 @@
   current key) to a new key, read from $LLMGW_NEW_ENCRYPTION_KEY or asked for
   (never from the command line, where other users and shell history see it).
 
-Each runs in batches, one transaction each, and resumes where it stopped when
+They read the configuration as `status` does (a client token whose `${VAR}`
+is unset is left empty: they never serve). Each runs in batches, one transaction each, and resumes where it stopped when
 run again. Stop the gateway first; afterwards, set `database.encryption_key`
 to the key the store now expects (unset it after `decrypt`). Exit codes as
 every command: 2 when the configuration or the keys given do not fit the
@@ -107,7 +108,7 @@ def _report(report: RekeyReport, done: str, already: str, then: str) -> None:
 @click.option("--batch", type=click.IntRange(min=1), default=BATCH, help=_BATCH_HELP)
 def encrypt(config_option: str | None, batch: int) -> None:
     """Encrypt the keys stored in clear with database.encryption_key (gateway stopped)."""
-    database = load_or_exit(resolve(config_option)).database
+    database = load_or_exit(resolve(config_option), read_only=True).database
     target = codec_for(_configured_key(database, "encrypt"))
     report = _migrate(database, Rekeying("encrypt", PLAIN, target), batch)
     _report(
@@ -123,7 +124,7 @@ def encrypt(config_option: str | None, batch: int) -> None:
 @click.option("--batch", type=click.IntRange(min=1), default=BATCH, help=_BATCH_HELP)
 def decrypt(config_option: str | None, batch: int) -> None:
     """Store the keys in clear again; database.encryption_key is their key (gateway stopped)."""
-    database = load_or_exit(resolve(config_option)).database
+    database = load_or_exit(resolve(config_option), read_only=True).database
     source = codec_for(_configured_key(database, "decrypt"))
     report = _migrate(database, Rekeying("decrypt", source, PLAIN), batch)
     _report(
@@ -139,7 +140,7 @@ def decrypt(config_option: str | None, batch: int) -> None:
 @click.option("--batch", type=click.IntRange(min=1), default=BATCH, help=_BATCH_HELP)
 def rotate_encryption_key(config_option: str | None, batch: int) -> None:
     """Re-encrypt the keys with a new key from $LLMGW_NEW_ENCRYPTION_KEY or a prompt."""
-    database = load_or_exit(resolve(config_option)).database
+    database = load_or_exit(resolve(config_option), read_only=True).database
     source = codec_for(_configured_key(database, "rotate-encryption-key"))
     target = codec_for(_new_key())
     report = _migrate(database, Rekeying("rotate-encryption-key", source, target), batch)

@@ -11,7 +11,7 @@ from click.testing import CliRunner, Result
 from llmgateway.cli.common import EXIT_CONFIG_ERROR
 from llmgateway.cli.main import main
 from llmgateway.store import open_store
-from tests.support.gateway import MODELS, OPENAI, build_config
+from tests.support.gateway import MODELS, OPENAI, TOKENS, build_config
 
 KEYS = [f"sk-cli-crypto-{n}-0123456789abcdef" for n in range(4)]
 OLD = bytes(range(32)).hex()
@@ -116,3 +116,13 @@ def test_encrypting_leaves_no_former_value_in_the_sqlite_files(tmp_path: Path) -
     files = [database, *(database.with_name(database.name + s) for s in ("-wal", "-shm"))]
     data = b"".join(f.read_bytes() for f in files if f.exists())
     assert not [k for k in KEYS if k.encode() in data]
+
+
+def test_the_commands_need_no_client_token(tmp_path: Path) -> None:
+    """A client token whose ${VAR} is unset does not stop a command that only rewrites the store."""
+    path = _seeded(tmp_path)
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace(TOKENS[OPENAI], "${LLMGW_TEST_UNSET_TOKEN}"), encoding="utf-8")
+    assert "LLMGW_TEST_UNSET_TOKEN" in path.read_text(encoding="utf-8")
+    result = _run(path, "keys", "encrypt", key=OLD)
+    assert result.exit_code == 0, result.output
