@@ -28,6 +28,7 @@ from typing import Any, Final, final
 import structlog
 
 from llmgateway.core.errors import StoreError
+from llmgateway.core.memory import bulk_load
 from llmgateway.core.models import KeyRecord
 from llmgateway.keeper.key_sync import KeySync
 from llmgateway.pool.key_pool import Clock, KeyPool
@@ -162,11 +163,14 @@ class PoolFollower:
             if change.instance not in self._instances:
                 continue
             if change.reload:
-                stored = await self._store.load_records(change.instance)
-                self._key_sync.apply(change.instance, stored)
-                self.applied += sum(self._pool.apply_remote(r) for r in stored)
+                with bulk_load():
+                    stored = await self._store.load_records(change.instance)
+                    await self._key_sync.apply(change.instance, stored)
+                    self.applied += await self._apply_newer(stored)
             added.extend(change.added)
-        return await self._store.load_key_records(added)
+        loaded = await self._store.load_key_records(added)
+        await self._key_sync.register_off_loop(r.key for r in loaded)  # before `_apply`
+        return loaded
 
     async def _resync_quietly(self) -> None:
         try:
@@ -180,21 +184,27 @@ class PoolFollower:
         Keys added or removed in the store (another process's key sync)
         join or leave the pool; newer statuses replace the pool's.
         """
-        records = await self._store.load_records()
-        by_instance: defaultdict[str, list[KeyRecord]] = defaultdict(list)
-        for record in records:
-            by_instance[record.instance].append(record)
         applied = 0
-        for name in self._instances:
-            stored = by_instance.get(name, [])
-            self._key_sync.apply(name, stored)
-            for index, record in enumerate(stored, 1):
-                applied += self._pool.apply_remote(record)
-                if index % YIELD_EVERY == 0:
-                    await asyncio.sleep(0)  # let requests run between slices of a large pool
+        with bulk_load():
+            by_instance: defaultdict[str, list[KeyRecord]] = defaultdict(list)
+            for record in await self._store.load_records():
+                by_instance[record.instance].append(record)
+            for name in self._instances:
+                stored = by_instance.get(name, [])
+                await self._key_sync.apply(name, stored)
+                applied += await self._apply_newer(stored)
         self.applied += applied
         self.reconciliations += 1
         self.last_reconciled_at = self._clock()
+        return applied
+
+    async def _apply_newer(self, records: Sequence[KeyRecord]) -> int:
+        """`apply_remote` each record, letting requests run between slices; how many were taken."""
+        applied = 0
+        for index, record in enumerate(records, 1):
+            applied += self._pool.apply_remote(record)
+            if index % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
         return applied
 
     def view(self) -> dict[str, Any]:

@@ -11,10 +11,10 @@ other processes' syncs added, `register` and `apply`) all go through it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import final
+from typing import Final, final
 
 import structlog
 
@@ -22,6 +22,7 @@ from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.config.schemas import ProviderConfig
 from llmgateway.core.errors import StoreError
 from llmgateway.core.masking import Masker
+from llmgateway.core.memory import bulk_load
 from llmgateway.core.models import KeyRecord
 from llmgateway.keeper.keyfiles import load_keys, warn_if_keyless
 from llmgateway.pool.key_pool import Clock, KeyPool
@@ -68,17 +69,34 @@ class KeySync:
         await self._store.sync_providers(
             [(p.name, p.provider_type) for p in self._accessor.providers()]
         )
-        async with self._store.exclusive("keysync", wait=True):
-            for provider in enabled:
-                await self._sync_instance(provider, now)
-        records = await self._store.load_records()
-        self.register(r.key for r in records)
-        self._pool.load(records)
+        with bulk_load(collect_first=True):
+            async with self._store.exclusive("keysync", wait=True):
+                records = await self._synced_records(enabled, now)
+            await self.register_off_loop(r.key for r in records)
+            self._pool.load(records)
         self._loaded = {p.name for p in enabled}
         with_keys = {r.instance for r in records}
         for provider in enabled:
             warn_if_keyless(provider, int(provider.name in with_keys), self._cwd)
         log.info("key_pool_loaded", instances=len(enabled), records=len(records))
+
+    async def _synced_records(
+        self, enabled: Sequence[ProviderConfig], now: datetime
+    ) -> list[KeyRecord]:
+        """Sync every enabled instance's keys; every stored record afterwards.
+
+        The store is read first: a restart whose key files did not change
+        writes nothing and reads once.
+        """
+        records = await self._store.load_records()
+        by_instance: dict[str, list[KeyRecord]] = {p.name: [] for p in enabled}
+        for record in records:
+            by_instance.get(record.instance, []).append(record)
+        changed = False
+        for provider in enabled:
+            report = await self._sync_instance(provider, now, by_instance[provider.name])
+            changed = changed or report is not _UNCHANGED
+        return await self._store.load_records() if changed else records
 
     async def sync(self) -> dict[str, KeySyncReport | None]:
         """Re-read every enabled instance's keys, unless another process is syncing right now.
@@ -101,11 +119,11 @@ class KeySync:
                     changed = report is not None and (report.added > 0 or report.removed > 0)
                     if name in self._loaded and not changed:
                         continue
-                    records = await self._store.load_records(name)
+                    with bulk_load():
+                        await self.apply(name, await self._store.load_records(name))
                 except StoreError as exc:
                     log.error("keeper_key_sync_failed", instance=name, error=str(exc))
                     continue
-                self.apply(name, records)
                 self._loaded.add(name)
         return reports
 
@@ -149,25 +167,40 @@ class KeySync:
         """Make `keys` known to the masker (before anything logs, stores or picks them)."""
         self._masker.add(keys)
 
-    def apply(self, instance: str, records: Iterable[KeyRecord]) -> None:
-        """Reconcile `instance` in the pool with its stored `records`, keys masked first."""
+    async def register_off_loop(self, keys: Iterable[str]) -> None:
+        """`register`, the masker's index rebuilt on a thread (100,000 keys: no stall)."""
+        await self._masker.add_off_loop(keys)
+
+    async def apply(self, instance: str, records: Iterable[KeyRecord]) -> None:
+        """Reconcile `instance` in the pool with its stored `records`, keys masked first.
+
+        The pool is brought in step in slices (`KeyPool.resync_instance`):
+        requests go on meanwhile, however large the instance.
+        """
         stored = list(records)
-        self.register(r.key for r in stored)
-        self._pool.sync_instance(instance, stored)
+        await self.register_off_loop(r.key for r in stored)
+        await self._pool.resync_instance(instance, stored)
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
 
-    async def _sync_instance(self, provider: ProviderConfig, now: datetime) -> KeySyncReport | None:
+    async def _sync_instance(
+        self,
+        provider: ProviderConfig,
+        now: datetime,
+        current: Sequence[KeyRecord] | None = None,
+    ) -> KeySyncReport | None:
         """Read `provider`'s keys and make the store match them.
 
         Returns the sync report, or None when a key file or the folder could
         not be read: that is logged as an error naming the path, and the
         stored keys are left as they are (a missing folder must not wipe an
-        instance). Raises StoreError when the store fails.
+        instance). With `current` (the instance's records, just read) a store
+        already matching the keys is not written to: `_UNCHANGED` is returned.
+        Raises StoreError when the store fails.
         """
         read = await load_keys(provider, self._cwd)
-        self.register(read.keys)
+        await self.register_off_loop(read.keys)
         models = ConfigAccessor.status_models(provider)
         keys = read.keys
         if read.missing and len(read.errors) == 1:
@@ -187,6 +220,8 @@ class KeySync:
             for problem in read.errors:
                 log.error("keys_not_synced", instance=provider.name, problem=problem)
             return None
+        if current is not None and _matches(current, keys, models):
+            return _UNCHANGED
         report = await self._store.sync_keys(provider.name, keys, models, now, files=read.files)
         if report.added or report.removed:
             log.info(
@@ -197,3 +232,22 @@ class KeySync:
                 total=report.total,
             )
         return report
+
+
+_UNCHANGED: Final = KeySyncReport(added=0, removed=0, total=-1)
+"""What `_sync_instance` returns when the store already held exactly the keys."""
+
+
+def _matches(stored: Sequence[KeyRecord], keys: Sequence[str], models: Sequence[str]) -> bool:
+    """Whether `stored` is one row per key of `keys` and model of `models`, nothing else.
+
+    (key, model) rows are unique in the store, so equal key sets, known
+    models and the right number of rows mean every key has every model.
+    """
+    wanted = {k for k in keys if k}
+    known = set(models)
+    return (
+        len(stored) == len(wanted) * len(known)
+        and all(r.model in known for r in stored)
+        and {r.key for r in stored} == wanted
+    )

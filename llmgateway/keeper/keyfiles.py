@@ -9,6 +9,7 @@ path, never a crash, and never a reason to delete the keys already stored.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,7 @@ def parse_key_lines(lines: Iterable[str]) -> list[str]:
             cut = text.find(mark)
             if cut != -1:
                 text = text[:cut].rstrip()
-        keys.append(text)
+        keys.append(sys.intern(text))  # one copy shared with the store's records and the masker
     return keys
 
 

@@ -15,7 +15,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import final
+from typing import Final, final
 
 from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.core.constants import Status
@@ -23,9 +23,13 @@ from llmgateway.core.errors import KeysCoolingDown, NoUsableKey
 from llmgateway.core.models import CheckResult, KeyRecord
 from llmgateway.pool.events import EventHub, IncidentEvent, PoolEvent, StatusEvent
 from llmgateway.pool.incidents import Incident
+from llmgateway.pool.listing import ModelTally, Position, page, tally
 from llmgateway.pool.slots import AllKeysTried, Clock, SlotTable
 from llmgateway.pool.statuses import RecordSink, StatusWriter
 from llmgateway.pool.verdicts import PoolObserver, Verdicts
+
+SLICE: Final = 2000
+"""Records a sliced resync handles before it lets the event loop run."""
 
 __all__ = [
     "AllKeysTried",
@@ -90,6 +94,35 @@ class KeyPool:
         self._table.sync(instance, fresh)
         present = {key_id for _, key_id in fresh}
         for incident in self._guard.forget(instance, present):
+            self._verdicts.incident_over(incident, "its keys left the pool")
+
+    async def resync_instance(self, instance: str, records: Iterable[KeyRecord]) -> None:
+        """`sync_instance` in slices: the event loop runs between every `SLICE` records.
+
+        What a reconciliation or a key sync of a large pool uses: rows new to
+        the pool are added as they come, rows no longer stored are dropped at
+        the end, one status model at a time.
+        """
+        present: dict[str, set[int]] = {}
+        stored: set[int] = set()
+        slots = self._slots
+        for index, record in enumerate(records, 1):
+            present.setdefault(record.model, set()).add(record.key_id)
+            stored.add(record.key_id)
+            slot = slots.get((instance, record.model))
+            if slot is None or record.key_id not in slot.entries:
+                self._table.add(record)
+            if index % SLICE == 0:
+                await asyncio.sleep(0)
+        for (name, model), slot in list(slots.items()):
+            if name != instance:
+                continue
+            kept = present.get(model, set())
+            slot.drop([key_id for key_id in slot.entries if key_id not in kept])
+            if not slot.entries:
+                del slots[(name, model)]
+            await asyncio.sleep(0)
+        for incident in self._guard.forget(instance, stored):
             self._verdicts.incident_over(incident, "its keys left the pool")
 
     def remove_keys(self, instance: str, key_ids: Iterable[int]) -> int:
@@ -209,6 +242,15 @@ class KeyPool:
             if instance is None or name == instance
             for entry in slot.entries.values()
         ]
+
+    def tallies(self) -> list[ModelTally]:
+        """The counts of every (instance, status model) now, from the slots' own tallies."""
+        now = self._clock()
+        return [tally(slot, now) for slot in self._slots.values()]
+
+    def page(self, after: Position | None, limit: int) -> list[KeyRecord]:
+        """Up to `limit` records after `after` in (instance, key id, model) order."""
+        return page(self._slots.values(), after, limit)
 
     def get(self, instance: str, model: str, key_id: int) -> KeyRecord | None:
         """The current record of one (key, model), or None."""

@@ -47,7 +47,17 @@ class Entry:
 class Slot:
     """The keys of one (instance, status model): ring, cool-down heap, index, tallies."""
 
-    __slots__ = ("instance", "model", "ring", "cooling", "entries", "usable", "counts", "why")
+    __slots__ = (
+        "instance",
+        "model",
+        "ring",
+        "cooling",
+        "entries",
+        "usable",
+        "counts",
+        "why",
+        "_ordered",
+    )
 
     def __init__(self, instance: str, model: str) -> None:
         self.instance = instance
@@ -61,6 +71,21 @@ class Slot:
         """Entries per status."""
         self.why: tuple[float, str] | None = None
         """The last "no usable key" explanation and until when it may be reused."""
+        self._ordered: list[int] | None = None
+
+    def put(self, entry: Entry) -> None:
+        """Add a new entry (its key id not in the slot yet): index, tallies, rotation."""
+        self.entries[entry.record.key_id] = entry
+        self._ordered = None
+        self.count(entry.record, 1)
+        self.admit(entry)
+
+    def ordered_ids(self) -> list[int]:
+        """The slot's key ids in ascending order (sorted again only after keys came or went)."""
+        if self._ordered is None:
+            # Nearly always sorted already (ids grow, entries keep their order): linear.
+            self._ordered = sorted(self.entries)
+        return self._ordered
 
     def pick(self, now: float, exclude: Sequence[int]) -> KeyRecord | None:
         """The next usable key not in `exclude`, rotating fairly; None when none can be picked.
@@ -121,6 +146,7 @@ class Slot:
         for key_id in hits:
             self.count(self.entries.pop(key_id).record, -1)
         if hits:
+            self._ordered = None
             self.ring = deque(e for e in self.ring if e.record.key_id in self.entries)
             self.cooling = [c for c in self.cooling if c[1] in self.entries]
             heapq.heapify(self.cooling)
@@ -184,10 +210,7 @@ class SlotTable:
         if slot is None:
             slot = self.slots[key] = Slot(record.instance, record.model)
         cool = record.cooldown_until.timestamp() if record.cooldown_until else 0.0
-        entry = Entry(record, cool if cool > self._clock() else 0.0)
-        slot.entries[record.key_id] = entry
-        slot.count(record, 1)
-        slot.admit(entry)
+        slot.put(Entry(record, cool if cool > self._clock() else 0.0))
 
     def sync(self, instance: str, fresh: dict[tuple[str, int], KeyRecord]) -> None:
         """Make `instance`'s entries the (model, key id) pairs of `fresh`.

@@ -29,13 +29,14 @@ from llmgateway.store.fingerprints import KEY_FINGERPRINTS, fingerprinted
 from llmgateway.store.key_codec import PLAIN, KeyCodec, StoredRow, stored_rows
 from llmgateway.store.key_encryption import ENCRYPTION_MIGRATION, check_codec
 from llmgateway.store.migrations import Engine, Migration, engine_migrations, plan
-from llmgateway.store.protocol import KeySyncReport
+from llmgateway.store.protocol import KeySyncReport, StatusCount
 from llmgateway.store.rows import (
     RECORD_COLUMNS,
     TimeIn,
     TimeOut,
     as_utc,
     latest_per_row,
+    parse_status,
     to_records,
 )
 from llmgateway.store.scrub import SCRUB_KEY_MESSAGES, scrubbed_messages
@@ -46,7 +47,15 @@ SELECT_RECORDS: Final = (
     f"SELECT {RECORD_COLUMNS} FROM key_model_status AS s JOIN api_keys AS k ON k.id = s.key_id"
 )
 """Every record, each with its key (`s`: key_model_status, `k`: api_keys); add WHERE, ORDER BY."""
-_BY_INSTANCE: Final = " WHERE k.instance = $1"
+_COUNT_STATUSES: Final = (
+    "SELECT k.instance, s.model, s.status, COUNT(*), "
+    "SUM(CASE WHEN s.cooldown_until > $1 THEN 1 ELSE 0 END) "
+    "FROM key_model_status AS s JOIN api_keys AS k ON k.id = s.key_id "
+    "GROUP BY k.instance, s.model, s.status"
+)
+_COUNT_KEYS: Final = "SELECT instance, COUNT(*) FROM api_keys GROUP BY instance"
+LOAD_PAGE: Final = 5000
+"""Rows `load_records` reads per query."""
 PROVIDER_EXISTS: Final = "SELECT 1 FROM providers WHERE name = $1"
 """A row when the instance `$1` has a provider row."""
 _UPSERT_PROVIDER: Final = (
@@ -207,15 +216,53 @@ class SqlStore(ABC):
         return KeySyncReport(added=added, removed=removed, total=len(rows))
 
     async def load_records(self, instance: str | None = None) -> list[KeyRecord]:
-        """Every (key, model) record, of one instance or all, by instance, key_id, model."""
-        order = " ORDER BY k.instance, s.key_id, s.model"
-        args: tuple[str, ...]
-        if instance is None:
-            query, args = SELECT_RECORDS + order, ()
-        else:
-            query, args = SELECT_RECORDS + _BY_INSTANCE + order, (instance,)
+        """Every (key, model) record, of one instance or all, by key_id, model.
+
+        Read `LOAD_PAGE` rows at a time (`records_page`), so that neither the
+        rows of a large pool nor their decoding hold the event loop at once.
+        """
+        records: list[KeyRecord] = []
+        after: tuple[int, str] | None = None
+        while True:
+            page = await self.records_page(instance, after, LOAD_PAGE)
+            records += page
+            if len(page) < LOAD_PAGE:
+                return records
+            after = (page[-1].key_id, page[-1].model)
+
+    async def records_page(
+        self, instance: str | None, after: tuple[int, str] | None, limit: int
+    ) -> list[KeyRecord]:
+        """Up to `limit` records (of `instance`, or all) after (key_id, model) `after`, in order."""
+        where = ["(s.key_id, s.model) > ($1, $2)"]
+        args: list[Any] = [*(after or (-1, "")), limit]
+        if instance is not None:
+            where.append("k.instance = $4")
+            args.append(instance)
+        # CROSS JOIN: SQLite then walks key_model_status in key order and stops at the limit
+        # (not every row of the instance, sorted); PostgreSQL reads it as a plain join.
+        query = (
+            f"SELECT {RECORD_COLUMNS} FROM key_model_status AS s CROSS JOIN api_keys AS k "
+            f"WHERE k.id = s.key_id AND {' AND '.join(where)} ORDER BY s.key_id, s.model LIMIT $3"
+        )
         rows = await self._read("loading records", lambda conn: conn.fetch(query, *args))
         return await asyncio.to_thread(to_records, rows, self.sql.time_in, self.codec.unseal)
+
+    async def status_counts(self, now: datetime) -> list[StatusCount]:
+        """(key, model) rows per instance, model and status, and how many cool down at `now`."""
+        rows = await self._read(
+            "counting statuses",
+            lambda conn: conn.fetch(_COUNT_STATUSES, self.sql.time_out(as_utc(now))),
+        )
+        return [
+            StatusCount(str(r[0]), str(r[1]), parse_status(r[2]), int(r[3]), int(r[4] or 0))
+            for r in rows
+        ]
+
+    async def key_counts(self) -> dict[str, int]:
+        """The number of stored keys of each instance (instances with keys only)."""
+        rows = await self._read("counting keys", lambda conn: conn.fetch(_COUNT_KEYS))
+        return {str(r[0]): int(r[1]) for r in rows}
 
     async def load_key_records(self, key_ids: Sequence[int]) -> list[KeyRecord]:
         """Every (key, model) record of the keys `key_ids` (the ones still stored)."""

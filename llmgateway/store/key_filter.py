@@ -62,6 +62,20 @@ class Params:
             return f"{column} IN (SELECT value FROM json_each({self(_json(values))}))"
         return f"{column} = ANY({self(list(values))}::{pg_type}[])"
 
+    def none_of(self, column: str, values: Sequence[object], pg_type: str = "text") -> str:
+        """The condition `column` is none of `values` (an anti-join, whatever their number).
+
+        SQLite builds the list's index once (`NOT IN`); PostgreSQL hashes it
+        (`NOT EXISTS`), where a `NOT IN` over a large list may compare each row
+        with every value.
+        """
+        if self.engine is Engine.SQLITE:
+            return f"{column} NOT IN (SELECT value FROM json_each({self(_json(values))}))"
+        return (
+            f"NOT EXISTS (SELECT 1 FROM unnest({self(list(values))}::{pg_type}[]) AS n(v) "
+            f"WHERE n.v = {column})"
+        )
+
     def rows(
         self, alias: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[object]]
     ) -> str:

@@ -90,11 +90,13 @@ class KeyWrites(KeyReads):
         of a disabled key are disabled too.
         """
         stamp = await self._stamp(conn)
+        # Each statement binds only the columns it reads (a sync re-sends every key).
+        fingerprints = [r[0] for r in rows]
         p = self._params()
         gone = await conn.fetch(
             f"SELECT k.id FROM api_keys AS k WHERE k.instance = {p(instance)} "
-            "AND k.source_file IS NOT NULL AND k.from_api = FALSE AND k.fingerprint NOT IN "
-            f"(SELECT w.fingerprint FROM {p.rows('w', _WANTED, rows)})",
+            "AND k.source_file IS NOT NULL AND k.from_api = FALSE AND "
+            f"{p.none_of('k.fingerprint', fingerprints)}",
             *p.values,
         )
         removed = [int(r[0]) for r in gone]
@@ -103,18 +105,20 @@ class KeyWrites(KeyReads):
         p = self._params()
         await conn.execute(
             f"UPDATE api_keys SET source_file = NULL WHERE instance = {p(instance)} "
-            "AND from_api = TRUE AND source_file IS NOT NULL AND fingerprint NOT IN "
-            f"(SELECT w.fingerprint FROM {p.rows('w', _WANTED, rows)})",
+            "AND from_api = TRUE AND source_file IS NOT NULL AND "
+            f"{p.none_of('api_keys.fingerprint', fingerprints)}",
             *p.values,
         )
-        p = self._params()
-        await conn.execute(
-            f"UPDATE api_keys SET source_file = w.source_file FROM {p.rows('w', _WANTED, rows)} "
-            f"WHERE api_keys.instance = {p(instance)} AND api_keys.fingerprint = w.fingerprint "
-            "AND w.source_file IS NOT NULL "
-            "AND (api_keys.source_file IS NULL OR api_keys.source_file <> w.source_file)",
-            *p.values,
-        )
+        named = [(r[0], r[3]) for r in rows if r[3] is not None]
+        if named:
+            p = self._params()
+            files = p.rows("w", [("fingerprint", "text"), ("source_file", "text")], named)
+            await conn.execute(
+                f"UPDATE api_keys SET source_file = w.source_file FROM {files} "
+                f"WHERE api_keys.instance = {p(instance)} AND api_keys.fingerprint = w.fingerprint "
+                "AND (api_keys.source_file IS NULL OR api_keys.source_file <> w.source_file)",
+                *p.values,
+            )
         added = await self._insert_keys(conn, instance, rows, models, from_api=False, at=at)
         dropped, created = await self._sync_models(conn, instance, models, at, stamp)
         if dropped or created > len(added) * len(models):
@@ -148,8 +152,8 @@ class KeyWrites(KeyReads):
             f"from_api, added_at, model_statuses) SELECT {name}, w.key_value, w.fingerprint, "
             f"w.key_mask, {source}, {'TRUE' if from_api else 'FALSE'}, {p.time(at)}, "
             f"{p(untested)} FROM {wanted} "
-            "WHERE w.fingerprint NOT IN (SELECT a.fingerprint FROM api_keys AS a "
-            f"WHERE a.instance = {name} AND a.fingerprint IS NOT NULL) "
+            "WHERE NOT EXISTS (SELECT 1 FROM api_keys AS a "
+            f"WHERE a.instance = {name} AND a.fingerprint = w.fingerprint) "
             "ORDER BY w.n ON CONFLICT DO NOTHING RETURNING id",
             *p.values,
         )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from llmgateway.core.constants import ProviderType
+from llmgateway.core.constants import ProviderType, Status
 from llmgateway.core.models import KeyRecord
 from llmgateway.store.changes import ChangeFeed
 from llmgateway.store.key_admin import (
@@ -39,6 +39,18 @@ class KeySyncReport:
     added: int
     removed: int
     total: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatusCount:
+    """How many (key, model) rows of one instance and model are in one status."""
+
+    instance: str
+    model: str
+    status: Status
+    count: int
+    cooling: int = 0
+    """Of those, the rows still cooling down at the time asked."""
 
 
 class Store(Protocol):
@@ -132,6 +144,21 @@ class Store(Protocol):
         Ends the rows' leases and announces the records to the other
         processes' change feeds.
         """
+
+    async def records_page(
+        self, instance: str | None, after: tuple[int, str] | None, limit: int
+    ) -> list[KeyRecord]:
+        """Up to `limit` records (of `instance`, or all) after (key_id, model) `after`, in order.
+
+        Pages follow the primary key: `after` is the last row of the page before
+        (None: from the first row).
+        """
+
+    async def status_counts(self, now: datetime) -> list[StatusCount]:
+        """Rows counted per instance, model and status (and cooling at `now`), in SQL."""
+
+    async def key_counts(self) -> dict[str, int]:
+        """The number of stored keys of each instance (instances with keys only)."""
 
     def exclusive(self, name: str, *, wait: bool = False) -> AbstractAsyncContextManager[bool]:
         """`async with store.exclusive("keysync") as got:` one process at a time.

@@ -10,6 +10,7 @@ normalised the same way for SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -37,6 +38,8 @@ STATUS_COLUMNS: Final = (
     "reason",
 )
 """The columns of `key_model_status` a recorded status writes, in `status_columns` order."""
+
+_MISSING: Final[Any] = object()
 
 type TimeIn = Callable[[Any], datetime | None]
 """How an engine reads a time column (None stays None)."""
@@ -92,8 +95,59 @@ def to_record(row: Sequence[Any], time_in: TimeIn, unseal: Unseal = str) -> KeyR
 def to_records(
     rows: Iterable[Sequence[Any]], time_in: TimeIn, unseal: Unseal = str
 ) -> list[KeyRecord]:
-    """KeyRecords from rows laid out as `RECORD_COLUMNS` (keys read with `unseal`)."""
-    return [to_record(row, time_in, unseal) for row in rows]
+    """KeyRecords from rows laid out as `RECORD_COLUMNS`, equal values sharing one object.
+
+    `unseal` turns each stored `key_value` into the key (the store's key codec).
+
+    A large pool is mostly repeats: the same instance and model names, a
+    key's text on each of its models' rows, the same messages, codes and
+    (after a sync or a bulk check) times. Each is kept once per call, so the
+    records of 100,000 keys hold one copy of each instead of one per row, and
+    a time already seen is not decoded again.
+    """
+    shared: dict[Any, Any] = {}
+    share = shared.setdefault
+    times: dict[Any, datetime | None] = {None: None}
+    statuses: dict[str, Status] = {}
+    reasons: dict[str | None, ErrorReason | None] = {None: None}
+
+    def time_of(raw: Any) -> datetime | None:
+        if raw in times:
+            return times[raw]
+        stamp = times[raw] = time_in(raw)
+        return stamp
+
+    records: list[KeyRecord] = []
+    last_id: Any = None
+    last_key: Any = None
+    for row in rows:
+        if row[0] != last_id:  # rows come by key: a key's text once for all its models
+            last_id, last_key = row[0], sys.intern(unseal(row[2]))  # shared with key files, masker
+        status = statuses.get(row[4])
+        if status is None:
+            status = statuses[row[4]] = parse_status(row[4])
+        reason = reasons.get(row[13], _MISSING)
+        if reason is _MISSING:
+            reason = reasons[row[13]] = parse_reason(row[13])
+        records.append(
+            KeyRecord(
+                key_id=last_id,
+                instance=share(row[1], row[1]),
+                key=last_key,
+                model=share(row[3], row[3]),
+                status=status,
+                last_checked_at=time_of(row[5]),
+                next_check_at=time_of(row[6]),
+                failing_since=time_of(row[7]),
+                consecutive_failures=row[8],
+                status_code=share(row[9], row[9]),
+                message=share(row[10], row[10]),
+                response_ms=row[11],
+                cooldown_until=time_of(row[12]),
+                reason=reason,
+            )
+        )
+    return records
 
 
 def status_columns(records: Sequence[KeyRecord], time_out: TimeOut) -> list[list[Any]]:

@@ -25,6 +25,7 @@ from aiohttp_sse import EventSourceResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from llmgateway.core.errors import StoreError
+from llmgateway.core.loop_lag import LoopLagMonitor
 from llmgateway.core.masking import Masker
 from llmgateway.pool.key_pool import PoolEvent
 from llmgateway.store.write_queue import WriteQueue
@@ -49,7 +50,13 @@ from llmgateway.web.keys import (
     WRITE_QUEUE,
 )
 from llmgateway.web.metrics import Metrics
-from llmgateway.web.status import ProcessInfo, build_status_document
+from llmgateway.web.status import (
+    Cursor,
+    PageRequest,
+    ProcessInfo,
+    add_key_page,
+    summary_document,
+)
 
 log = structlog.get_logger("llmgateway.admin")
 
@@ -85,21 +92,35 @@ async def ready_handler(request: web.Request) -> web.Response:
 
 
 async def status_handler(request: web.Request) -> web.Response:
-    """`GET /-/status`: the status document of the live pool (503 while starting)."""
+    """`GET /-/status`: the summary of the live pool; `?keys=1`: with a page of keys (503 while starting).
+
+    The summary is read from the pool's tallies; a page (`limit` ≤ 1000,
+    default 1000, `cursor` from the previous page's `next_cursor`) costs what
+    it holds. A wrong `limit` or `cursor` is a 400.
+    """
     app = request.config_dict
     pool = app.get(POOL)
     if pool is None:
         return web.json_response({"status": "starting"}, status=503)
-    masker = app[MASKER]
-    document = build_status_document(
+    document = summary_document(
         app[LIVE].current.enabled_providers(),
-        pool.records(),
-        app.get(PROCESS),
-        _store_view(app),
-        now=datetime.fromtimestamp(app[CLOCK](), UTC),
+        pool.tallies(),
         incidents=[incident.as_dict() for incident in pool.incidents()],
-        mask=masker.mask_text,
+        process=app.get(PROCESS),
+        store_view=_store_view(app),
     )
+    if request.query.get("keys", "0") not in ("", "0", "false"):
+        try:
+            ask = PageRequest.parse(request.query.get("limit"), request.query.get("cursor"))
+        except ValueError as exc:
+            return admin_error(400, "bad_request", str(exc))
+        after = (
+            None if ask.after is None else (ask.after.instance, ask.after.key_id, ask.after.model)
+        )
+        rows = pool.page(after, ask.limit)
+        last = rows[-1] if len(rows) == ask.limit else None
+        following = None if last is None else Cursor(last.instance, last.key_id, last.model)
+        add_key_page(document, rows, following, app[MASKER].mask_text)
     return web.json_response(document, dumps=_dumps)
 
 
@@ -229,3 +250,9 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
         auth=lambda: app.get(AUTH_FAILURES),
     )
     yield
+
+
+async def loop_lag_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Cleanup context running the event-loop lag monitor into `app[METRICS]` (after metrics_ctx)."""
+    async with LoopLagMonitor(app[METRICS].loop_lag).running():
+        yield

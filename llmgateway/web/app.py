@@ -33,6 +33,7 @@ from llmgateway.core.errors import StoreError
 from llmgateway.core.lifecycle import ShutdownClock
 from llmgateway.core.logs import active_masker
 from llmgateway.core.masking import Masker
+from llmgateway.core.memory import release_free_memory
 from llmgateway.keeper.follower import PoolFollower
 from llmgateway.keeper.keeper import Keeper
 from llmgateway.keeper.key_sync import KeySync
@@ -41,7 +42,7 @@ from llmgateway.providers import build_adapter
 from llmgateway.providers.base import ProviderAdapter
 from llmgateway.store import open_store
 from llmgateway.store.write_queue import WriteQueue
-from llmgateway.web.admin import install_admin, metrics_ctx
+from llmgateway.web.admin import install_admin, loop_lag_ctx, metrics_ctx
 from llmgateway.web.auth_failures import AuthFailures
 from llmgateway.web.gateway import Gateway
 from llmgateway.web.keys import (
@@ -131,6 +132,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     pool = KeyPool(accessor, sink=app[WRITE_QUEUE].put, clock=app[CLOCK], observer=app.get(METRICS))
     key_sync = KeySync(accessor, app[STORE], pool, masker, app[CLOCK])
     await key_sync.initial()
+    release_free_memory()  # the load's buffers: a large pool's start-up high-water mark
     app[ADAPTERS] = adapters
     app[POOL] = pool
     app[KEY_SYNC] = key_sync
@@ -255,6 +257,7 @@ def create_app(
             _write_queue_ctx,
             _session_ctx,
             metrics_ctx,
+            loop_lag_ctx,
             _pool_ctx,
             _follower_ctx,
             _keeper_ctx,

@@ -3,13 +3,14 @@
 `Metrics` is the gateway's `RequestObserver`: label children are bound once
 per (instance, code) or (instance, reason) and cached, so a request costs a
 dictionary look-up and an increment. Key counts and the write-queue depth are
-computed only when `/metrics` is scraped. No label ever carries key material:
+read from the pool's tallies only when `/metrics` is scraped (never a walk over
+every key), and the event loop's lag is observed by the process's monitor. No
+label ever carries key material:
 instances, models, statuses, reasons and HTTP codes only.
 """
 
 from __future__ import annotations
 
-from collections import Counter as Tally
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from llmgateway.core.constants import ErrorReason, Status
+from llmgateway.core.loop_lag import LAG_BUCKETS
 from llmgateway.pool.key_pool import KeyPool
 from llmgateway.store.write_queue import WriteQueue
 from llmgateway.web.auth_failures import SURFACES, AuthFailures
@@ -99,12 +101,12 @@ class _PoolCollector(Collector):
         )
         pool = self._pool()
         if pool is not None:
-            counts: dict[tuple[str, str], Tally[Status]] = {}
-            for record in pool.records():
-                counts.setdefault((record.instance, record.model), Tally())[record.status] += 1
-            for (instance, model), tally in sorted(counts.items()):
+            # The pool's own tallies: a scrape costs the same for 10 keys or 100,000.
+            for tally in sorted(pool.tallies(), key=lambda t: (t.instance, t.model)):
                 for status in Status:  # zeros too, so a series drops to 0 instead of vanishing
-                    keys.add_metric([instance, model, status.value], tally.get(status, 0))
+                    keys.add_metric(
+                        [tally.instance, tally.model, status.value], tally.counts.get(status, 0)
+                    )
         yield keys
         depth = GaugeMetricFamily(
             "llmgateway_write_queue_depth",
@@ -187,6 +189,13 @@ class Metrics:
             ["instance", "reason"],
             registry=registry,
         )
+        self.loop_lag = Histogram(
+            "llmgateway_event_loop_lag_seconds",
+            "How late the event loop woke a task sleeping a fixed interval (stalls: every client waits).",
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
+        """Fed by the process's `LoopLagMonitor`."""
         registry.register(_PoolCollector(pool, queue, auth))
         self._request_children: dict[tuple[str, int], Counter] = {}
         self._failed_children: dict[tuple[str, ErrorReason], Counter] = {}

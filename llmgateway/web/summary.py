@@ -68,8 +68,13 @@ class PoolSummary:
 
     def emit(self) -> None:
         """Log one `pool summary` line per instance."""
+        by_instance: dict[str, Counter[Status]] = {name: Counter() for name in self._instances}
+        for tally in self._pool.tallies():  # the pool's own counts: no walk over every key
+            counts = by_instance.get(tally.instance)
+            if counts is not None:
+                counts.update(tally.counts)
         for instance in self._instances:
-            statuses: Counter[Status] = Counter(r.status for r in self._pool.records(instance))
+            statuses = by_instance[instance]
             now = self._metrics.tally(instance) if self._metrics else RequestTally()
             last = self._last.get(instance, RequestTally())
             self._last[instance] = now

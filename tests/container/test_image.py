@@ -233,7 +233,7 @@ async def test_serve_stops_on_sigterm_as_pid_1_and_a_restart_keeps_the_statuses(
     code, output = await container.run_command(health, mounts=mounts)
     assert code != 0, output
 
-    code, output = await container.run(["status", "--json"], mounts=mounts)
+    code, output = await container.run(["status", "--json", "--keys"], mounts=mounts)
     assert code == 0, output
     # Seen on traffic, awaiting the keeper's confirming probe (the keeper is off here).
     expected = {mask_key(key): (Status.VERIFYING.value, "invalid_key") for key in BAD_KEYS}

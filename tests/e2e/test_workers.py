@@ -41,7 +41,7 @@ async def _status(url: str) -> dict[str, Any]:
     """`/-/status` over a fresh connection (SO_REUSEPORT spreads connections, not requests)."""
     async with (
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session,
-        session.get(url + "/-/status") as response,
+        session.get(url + "/-/status?keys=1") as response,
     ):
         assert response.status == 200
         document: dict[str, Any] = await response.json()

@@ -64,7 +64,7 @@ async def test_status_reports_the_live_pool(
     fake_upstream.set_key(BAD_KEY, Behaviour.INVALID_KEY)
     client = await _client(aiohttp_client, _config(tmp_path, fake_upstream, [BAD_KEY, GOOD_KEY]))
     assert await _chat(client) == 200
-    response = await client.get("/-/status")
+    response = await client.get("/-/status?keys=1")
     assert response.status == 200
     text = await response.text()
     assert GOOD_KEY not in text and BAD_KEY not in text
@@ -287,3 +287,16 @@ async def test_a_slow_stream_counts_as_upstream_time_not_gateway_overhead(
     overhead = after[("llmgateway_gateway_overhead_seconds_sum", labels)]
     assert upstream >= 0.45  # ten chunks 50 ms apart
     assert overhead < upstream / 5
+
+
+async def test_metrics_show_the_event_loop_lag(
+    tmp_path: Path, fake_upstream: FakeUpstream, aiohttp_client: ClientFactory
+) -> None:
+    """/metrics carries the lag histogram the application's monitor feeds while it runs."""
+    client = await _client(aiohttp_client, _config(tmp_path, fake_upstream, [GOOD_KEY]))
+    await asyncio.sleep(0.1)
+    samples = _samples(await (await client.get("/metrics")).text())
+    count = samples[("llmgateway_event_loop_lag_seconds_count", frozenset())]
+    assert count >= 3
+    assert ("llmgateway_event_loop_lag_seconds_bucket", frozenset({("le", "0.02")})) in samples
+    assert not any("key" in dict(labels) for _, labels in samples)

@@ -12,11 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from llmgateway.cli.main import main
-from llmgateway.config.accessor import ConfigAccessor
-from llmgateway.config.loader import load_config
 from llmgateway.core.constants import ProviderType, Status
 from llmgateway.store import open_store
-from llmgateway.web.status import build_status_document
 from tests.support.gateway import ANTHROPIC, MODELS, OPENAI, GatewayConfig, build_config
 
 KEYS = [
@@ -93,28 +90,35 @@ def test_status_keys_lists_masked_keys(tmp_path: Path) -> None:
     assert not any(key in result.output for key in KEYS)
 
 
-def test_status_json_is_the_status_document(tmp_path: Path) -> None:
-    """--json prints exactly the /-/status document built from the stored records."""
+def test_status_json_is_the_summary_document(tmp_path: Path) -> None:
+    """--json prints the summary /-/status answers, counted by the store; no key rows."""
     path = _seeded(tmp_path)
     result = CliRunner().invoke(main, ["status", "--config", str(path), "--json"])
     assert result.exit_code == 0, result.output
     printed = json.loads(result.output)
-    accessor = ConfigAccessor(load_config(path))
-
-    async def expected() -> dict[str, object]:
-        store = open_store(accessor.database)
-        await store.open()
-        try:
-            return build_status_document(accessor.enabled_providers(), await store.load_records())
-        finally:
-            await store.close()
-
-    assert printed == asyncio.run(expected())
+    assert list(printed) == ["providers"]
     oai = printed["providers"][OPENAI]
-    assert oai["provider_type"] == ProviderType.OPENAI_LIKE.value
-    assert oai["models"] == {MODELS[OPENAI]: {"valid": 1, "invalid_key": 1, "no_quota": 1}}
+    assert oai == {
+        "provider_type": ProviderType.OPENAI_LIKE.value,
+        "keys_total": 3,
+        "models": {MODELS[OPENAI]: {"valid": 1, "invalid_key": 1, "no_quota": 1}},
+        "usable": {MODELS[OPENAI]: 1},
+        "incidents": [],
+    }
+    assert printed["providers"][ANTHROPIC]["keys_total"] == 0
+    assert "sk-v...aaaa" not in result.output
+
+
+def test_status_json_with_keys_adds_every_row(tmp_path: Path) -> None:
+    """--json --keys prints the same document with each instance's rows, keys masked."""
+    path = _seeded(tmp_path)
+    result = CliRunner().invoke(main, ["status", "--config", str(path), "--json", "--keys"])
+    assert result.exit_code == 0, result.output
+    oai = json.loads(result.output)["providers"][OPENAI]
     assert [k["key"] for k in oai["keys"]] == ["sk-v...aaaa", "sk-i...bbbb", "sk-q...cccc"]
     assert oai["keys"][1]["last_checked_at"] == "2026-01-01T00:00:00Z"
+    assert oai["keys"][1]["status"] == "invalid_key"
+    assert oai["models"] == {MODELS[OPENAI]: {"valid": 1, "invalid_key": 1, "no_quota": 1}}
     assert not any(key in result.output for key in KEYS)
 
 

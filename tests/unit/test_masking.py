@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from urllib.parse import quote
@@ -190,3 +191,17 @@ class TestKeyPattern:
         wrapped = base64.b64encode(f"Bearer {KEY}".encode()).decode()
         assert pattern.appears_in(wrapped)
         assert not pattern.appears_in("x-request-id: req_0123456789abcdef\nserver: nginx")
+
+
+async def test_adding_off_the_loop_keeps_what_was_added_meanwhile() -> None:
+    """Secrets added on the loop while the index is built on a thread are not lost."""
+    masker = Masker(["sk-first-0123456789abcdef"])
+    pending = asyncio.ensure_future(
+        masker.add_off_loop([f"sk-bulk-{i:06d}-0123456789" for i in range(20_000)])
+    )
+    await asyncio.sleep(0)
+    masker.add(["sk-meanwhile-0123456789abcdef"])
+    await pending
+    text = "sk-first-0123456789abcdef sk-meanwhile-0123456789abcdef sk-bulk-000123-0123456789"
+    assert masker.mask_text(text) == "sk-f...cdef sk-m...cdef sk-b...6789"
+    assert len(masker) == 20_002

@@ -1,0 +1,393 @@
+"""Scale bench: a gateway with N keys × 2 models, and whether any operation stalls its clients.
+
+Usage: .venv/bin/python bench/scale_bench.py [--keys 10000,100000] [--engine sqlite|postgres]
+       [--rate 100] [--label before]
+
+For each engine and N it seeds a store (key file + the gateway's start-up sync
+on an empty store: the cold start; then statuses through the store API),
+restarts the gateway (warm start) and measures ready time, RSS, the latency of
+`/-/status` (summary, one page of keys, every page), `/metrics` and
+`llmgateway status` (summary, `--json`, `--keys`), then, for each operation, the
+p99 of a steady stream of proxied requests (`--rate` per second, open loop)
+while it runs, against the p99 with nothing running, and the largest
+event-loop lag the gateway's own histogram saw. A second gateway run with the
+keeper on covers the periodic key-file sync and a sync adding and removing
+1,000 keys (followed by the keeper's round probing the 2,000 new rows); on
+PostgreSQL the follower's reconciliation and another process's key sync are
+covered too. The write queue flushing 10,000 statuses is measured in-process.
+The report goes to bench/results/<date>_<time>-scale[-label].md (+ .json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import scale_parts as parts
+from processes import (
+    BENCH_DIR,
+    REPO_DIR,
+    Server,
+    free_port,
+    gateway,
+    rss_kib,
+    wait_for_port,
+    wait_for_ready,
+)
+from scale_ops import cpu_per_request, flush_in_process
+
+RECONCILE_PERIOD = 30.0
+Op = Callable[[], Awaitable[object]]
+
+
+class Run:
+    """One engine × N: the processes, the figures gathered so far."""
+
+    def __init__(self, engine: str, keys: int, rate: float, workdir: Path, db_url: str) -> None:
+        self.engine, self.n, self.rate, self.dir, self.db_url = engine, keys, rate, workdir, db_url
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.figures: dict[str, Any] = {"engine": engine, "keys": keys, "rows": keys * 2}
+        self.windows: list[dict[str, Any]] = []
+        self.server: Server | None = None
+        self.ready_at = 0.0
+        self.env = {**os.environ, "PYTHONPATH": str(REPO_DIR)}
+
+    def start(self, config: Path, name: str) -> float:
+        """Start the gateway; return seconds until /-/ready answered 200."""
+        server = gateway(config, 1, self.dir / f"{name}.log")
+        begin = time.perf_counter()
+        server.start(env=self.env, cwd=self.dir)
+        try:
+            wait_for_ready(f"{self.base}/-/ready", server.process, 600)
+        except RuntimeError:
+            print(server.log_tail(), file=sys.stderr)
+            raise
+        self.server = server
+        self.ready_at = time.perf_counter()
+        return self.ready_at - begin
+
+    def stop(self) -> None:
+        """Stop the gateway (graceful)."""
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    @property
+    def pid(self) -> int:
+        """The gateway's pid."""
+        assert self.server is not None
+        return self.server.pid
+
+    async def get(self, session: aiohttp.ClientSession, path: str) -> tuple[float, bytes, int]:
+        """GET `path`: (seconds, body, status)."""
+        begin = time.perf_counter()
+        async with session.get(self.base + path) as answer:
+            body = await answer.read()
+            return time.perf_counter() - begin, body, answer.status
+
+    async def lag(self, session: aiohttp.ClientSession) -> dict[float, float]:
+        """The gateway's event-loop lag buckets now ({} before the monitor existed)."""
+        _, body, _ = await self.get(session, "/metrics")
+        return parts.lag_buckets(body.decode())
+
+    async def quiet_slot(self, needed: float) -> None:
+        """On PostgreSQL, wait until `needed` s fit before the follower's next reconciliation."""
+        if self.engine != "postgres":
+            return
+        phase = (time.perf_counter() - self.ready_at) % RECONCILE_PERIOD
+        if 3.0 <= phase <= RECONCILE_PERIOD - needed - 3.0:
+            return
+        await asyncio.sleep((RECONCILE_PERIOD - phase) % RECONCILE_PERIOD + 3.0)
+
+    async def window(
+        self,
+        session: aiohttp.ClientSession,
+        label: str,
+        op: Op | None,
+        *,
+        repeat: int = 1,
+        idle: float = 5.0,
+        lead: float = 0.5,
+        needed: float = 12.0,
+        slot: bool = True,
+    ) -> dict[str, Any]:
+        """Run `op` `repeat` times under the steady stream; record p50/p99/max and the lag."""
+        if slot:
+            await self.quiet_slot(needed)
+        before = await self.lag(session)
+        await asyncio.sleep(0.3)
+        durations: list[float] = []
+
+        async def repeated() -> None:
+            for index in range(repeat):
+                if index:
+                    await asyncio.sleep(0.3)
+                begin = time.perf_counter()
+                assert op is not None
+                await op()
+                durations.append(time.perf_counter() - begin)
+
+        stream, _ = await parts.under_stream(
+            session, self.base, self.rate, None if op is None else repeated, idle=idle, lead=lead
+        )
+        after = await self.lag(session)
+        row = {
+            "operation": label,
+            "op_seconds": sorted(durations)[len(durations) // 2] if durations else None,
+            "requests": len(stream.latencies),
+            "errors": stream.errors,
+            "p50_ms": parts.percentile(stream.latencies, 0.50) * 1000,
+            "p99_ms": parts.percentile(stream.latencies, 0.99) * 1000,
+            "max_ms": max(stream.latencies, default=0.0) * 1000,
+            "lag_max_le_s": parts.max_lag_bound(before, after),
+        }
+        self.windows.append(row)
+        print(
+            f"  {label:<52} op {row['op_seconds'] or 0:7.3f} s  p99 {row['p99_ms']:8.1f} ms  "
+            f"max {row['max_ms']:8.1f} ms  lag<= {row['lag_max_le_s']}",
+            flush=True,
+        )
+        return row
+
+
+async def timed_get(run: Run, session: aiohttp.ClientSession, path: str, label: str) -> None:
+    """Median latency and size of 5 GETs of `path` (no stream)."""
+    samples = []
+    size = 0
+    for _ in range(5):
+        seconds, body, status = await run.get(session, path)
+        samples.append(seconds)
+        size = len(body)
+        if status != 200:
+            raise RuntimeError(f"{path}: HTTP {status}: {body[:200]!r}")
+    run.figures[label] = {"ms": sorted(samples)[2] * 1000, "bytes": size}
+    print(f"  {label:<30} {sorted(samples)[2] * 1000:9.1f} ms  {size:>12,} bytes", flush=True)
+
+
+async def walk_pages(run: Run, session: aiohttp.ClientSession) -> dict[str, Any]:
+    """Every page of `/-/status?keys=1`: pages, rows, seconds, slowest page."""
+    begin = time.perf_counter()
+    cursor: str | None = None
+    pages = rows = 0
+    slowest = 0.0
+    while True:
+        path = "/-/status?keys=1&limit=1000" + (f"&cursor={cursor}" if cursor else "")
+        seconds, body, _ = await run.get(session, path)
+        slowest = max(slowest, seconds)
+        document = json.loads(body)
+        pages += 1
+        rows += sum(len(p.get("keys", [])) for p in document["providers"].values())
+        cursor = document.get("next_cursor")
+        if not cursor:
+            break
+    return {
+        "pages": pages,
+        "rows": rows,
+        "seconds": time.perf_counter() - begin,
+        "slowest_page_ms": slowest * 1000,
+    }
+
+
+def cli(run: Run, config: Path, *flags: str) -> Op:
+    """`llmgateway status [flags]` as an operation (in a thread): records time and max RSS."""
+    argv = [sys.executable, "-m", "llmgateway", "status", "--config", str(config), *flags]
+    label = "cli status " + " ".join(flags)
+
+    async def op() -> None:
+        seconds, code, rss, printed = await asyncio.to_thread(parts.run_measured, argv, run.env)
+        run.figures[label.strip()] = {"s": seconds, "rss_kib": rss, "bytes": printed, "rc": code}
+
+    return op
+
+
+async def main_run(run: Run, session: aiohttp.ClientSession, config: Path) -> None:
+    """The keeper-off run: status, metrics, CLI, and (PostgreSQL) follower work."""
+    for label, path in (
+        ("status summary", "/-/status"),
+        ("status keys page", "/-/status?keys=1&limit=1000"),
+        ("metrics", "/metrics"),
+    ):
+        await run.quiet_slot(12)
+        await timed_get(run, session, path, label)
+    run.figures["status all pages"] = await walk_pages(run, session)
+    await run.window(session, "nothing (steady stream alone)", None, idle=5.0)
+    await run.window(
+        session, "GET /-/status (summary) x5", _get(run, session, "/-/status"), repeat=5
+    )
+    page = "/-/status?keys=1&limit=1000"
+    await run.window(
+        session, "GET /-/status?keys=1 (one page) x5", _get(run, session, page), repeat=5
+    )
+    await run.window(
+        session, "every page of /-/status?keys=1", lambda: walk_pages(run, session), needed=20
+    )
+    await run.window(session, "GET /metrics x5", _get(run, session, "/metrics"), repeat=5)
+    await run.window(session, "llmgateway status", cli(run, config))
+    await run.window(session, "llmgateway status --json", cli(run, config, "--json"))
+    await run.window(session, "llmgateway status --keys", cli(run, config, "--keys"), needed=20)
+    _, _body, status = await run.get(session, "/-/api/keys")
+    run.figures["key admin API"] = "present" if status != 404 else "absent (404): skipped"
+    if run.engine == "postgres":
+        keys = parts.make_keys(run.n)
+        changed = keys[1000:] + parts.make_keys(1000, start=run.n)
+        await run.window(
+            session,
+            "key sync +1,000/-1,000 by another process (followed)",
+            lambda: parts.external_sync(run.db_url, changed),
+            lead=3.0,
+        )
+        phase = (time.perf_counter() - run.ready_at) % RECONCILE_PERIOD
+        await asyncio.sleep(max(RECONCILE_PERIOD - phase - 2.0, 0.0))
+        await run.window(
+            session, "reconciliation (follower's full reload)", None, idle=6, slot=False
+        )
+
+
+def _get(run: Run, session: aiohttp.ClientSession, path: str) -> Op:
+    async def op() -> None:
+        await run.get(session, path)
+
+    return op
+
+
+async def keeper_run(run: Run, session: aiohttp.ClientSession) -> None:
+    """The keeper-on run: the periodic key-file sync, then one changing 1,000 keys."""
+    await asyncio.sleep(3.0)  # past the keeper's first sync at start
+    await run.window(session, "keeper on, idle (periodic unchanged key sync)", None, idle=12.0)
+    keys = parts.make_keys(run.n)
+    changed = keys[1000:] + parts.make_keys(1000, start=run.n)
+
+    async def edit() -> None:
+        parts.write_key_file(run.dir, changed)
+        await asyncio.sleep(14.0)
+
+    await run.window(
+        session, "key-file sync +1,000/-1,000, then probing 2,000 new rows", edit, slot=False
+    )
+
+
+async def bench_one(
+    engine: str, n: int, rate: float, cpu_rounds: int, cpu_only: bool = False
+) -> dict[str, Any]:
+    """Every measurement of one engine at `n` keys."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"scale-{engine}-{n}-"))
+    admin: asyncpg.Connection | None = None
+    if engine == "sqlite":
+        (workdir / "data").mkdir()
+        db_url = f"sqlite:///{workdir / 'data' / 'scale.db'}"
+    else:
+        name = f"llmgw_scale_{uuid.uuid4().hex[:8]}"
+        admin = await asyncpg.connect(host="127.0.0.1", user="postgres", database="postgres")
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        db_url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    run = Run(engine, n, rate, workdir, db_url)
+    run.figures["load_before"] = os.getloadavg()[0]
+    upstream_port = free_port()
+    upstream = Server(
+        "upstream",
+        [sys.executable, str(BENCH_DIR / "scale_parts.py"), str(upstream_port)],
+        0,
+        workdir / "upstream.log",
+    )
+    upstream.start(env=run.env, cwd=BENCH_DIR)
+    print(f"{engine}, {n:,} keys x 2 models ({workdir})", flush=True)
+    try:
+        wait_for_port(upstream_port, upstream.process, 30)
+        upstream_url = f"http://127.0.0.1:{upstream_port}"
+        parts.write_key_file(workdir, parts.make_keys(n))
+        parts.write_key_file(workdir, ["sk-one-only-key-0123456789abcdef"], parts.ONE)
+        config = parts.write_config(workdir, run.port, upstream_url, db_url, keeper=False)
+        cold = run.start(config, "cold")
+        run.figures["ready_cold_s"] = cold
+        run.figures["rss_cold_mib"] = rss_kib(run.pid) / 1024
+        run.stop()
+        await parts.seed_statuses(db_url)
+        warm = run.start(config, "warm")
+        run.figures["ready_warm_s"] = warm
+        run.figures["rss_ready_mib"] = rss_kib(run.pid) / 1024
+        print(
+            f"  ready cold {cold:.2f} s, warm {warm:.2f} s, RSS {run.figures['rss_ready_mib']:.0f} MiB"
+        )
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            if not cpu_only:
+                await main_run(run, session, config)
+            if cpu_rounds:
+                run.figures["cpu"] = await asyncio.to_thread(
+                    cpu_per_request, run.base, run.pid, run.n, upstream.pid, cpu_rounds
+                )
+            run.figures["rss_after_mib"] = rss_kib(run.pid) / 1024
+            run.figures["rss_peak_mib"] = parts.hwm_kib(run.pid) / 1024
+            run.stop()
+            if cpu_only:
+                return run.figures
+            run.figures["write queue flush 10,000"] = await flush_in_process(db_url)
+            keeper_config = parts.write_config(workdir, run.port, upstream_url, db_url, keeper=True)
+            run.figures["ready_keeper_s"] = run.start(keeper_config, "keeper")
+            await keeper_run(run, session)
+        run.stop()
+    finally:
+        run.stop()
+        upstream.stop()
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(workdir, ignore_errors=True)
+        if admin is not None:
+            await admin.execute(
+                f'DROP DATABASE IF EXISTS "{db_url.rsplit("/", 1)[1]}" WITH (FORCE)'
+            )
+            await admin.close()
+    run.figures["windows"] = run.windows
+    run.figures["load_after"] = os.getloadavg()[0]
+    return run.figures
+
+
+def main() -> None:
+    """Parse the arguments, run every engine × N, write the report."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--keys", default="10000,100000", help="comma-separated N (e.g. 300000)")
+    parser.add_argument("--engine", choices=["sqlite", "postgres"], action="append")
+    parser.add_argument("--rate", type=float, default=100.0, help="steady requests per second")
+    parser.add_argument("--label", default="", help="suffix of the report's file name")
+    parser.add_argument(
+        "--cpu-rounds",
+        type=int,
+        default=3,
+        help="wrk rounds per instance for CPU/request (0: none)",
+    )
+    parser.add_argument(
+        "--cpu-only", action="store_true", help="only ready, RSS and CPU per request"
+    )
+    args = parser.parse_args()
+    results = []
+    for engine in args.engine or ["sqlite", "postgres"]:
+        for n in (int(k) for k in args.keys.split(",")):
+            results.append(
+                asyncio.run(bench_one(engine, n, args.rate, args.cpu_rounds, args.cpu_only))
+            )
+    from scale_report import write_report
+
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d_%H%M")
+    suffix = f"-scale-{args.label}" if args.label else "-scale"
+    path = BENCH_DIR / "results" / f"{stamp}{suffix}.md"
+    write_report(path, results, args)
+    print(f"report: {path}")
+
+
+if __name__ == "__main__":
+    main()
