@@ -12,6 +12,7 @@ import click
 
 from llmgateway.cli.config_commands import config
 from llmgateway.cli.keys import keys
+from llmgateway.cli.keys_crypto import CRYPTO_COMMANDS
 from llmgateway.cli.serve import serve
 from llmgateway.cli.status import status
 
@@ -33,3 +34,5 @@ main.add_command(serve)
 main.add_command(status)
 main.add_command(keys)
 main.add_command(config)
+for _command in CRYPTO_COMMANDS:
+    keys.add_command(_command)

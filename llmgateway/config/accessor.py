@@ -112,6 +112,8 @@ class ConfigAccessor:
         found: set[str] = set()
         if self._config.server.admin_token:
             found.add(self._config.server.admin_token)
+        if self._config.database.encryption_key:
+            found.add(self._config.database.encryption_key)
         for p in self._config.providers.values():
             found.update(k for k in p.keys if k)
             if p.access_control.gateway_access_token:

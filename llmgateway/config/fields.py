@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from llmgateway.core.key_material import decode_encryption_key
+
 INSTANCE_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]*")
 """What a provider instance name must look like."""
 
@@ -76,6 +78,14 @@ def string(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("is not a string")
     return value
+
+
+def encryption_key(value: Any) -> str:
+    """An encryption key as `decode_encryption_key` reads it, or "" (keys stored in clear)."""
+    text = string(value).strip()
+    if text:
+        decode_encryption_key(text)
+    return text
 
 
 def non_empty(value: Any) -> str:

@@ -28,6 +28,7 @@ from llmgateway.core.errors import ConfigError, ProviderNotAdded
 
 _COMMENT_COLUMN: Final = 44
 _ADMIN_TOKEN_FROM_ENV: Final = "${LLMGW_ADMIN_TOKEN:-}"
+_ENCRYPTION_KEY_FROM_ENV: Final = "${LLMGW_ENCRYPTION_KEY:-}"
 _POLICIES: Final = ("timeouts", "health_policy", "gateway_policy")
 """The provider sections `config create` writes commented out, with their defaults."""
 
@@ -216,6 +217,7 @@ def _base_sections() -> str:
     """Every section of the file but `providers`, each option at its default with its help."""
     values = defaults.app_template()
     values["server"]["admin_token"] = _ADMIN_TOKEN_FROM_ENV
+    values["database"]["encryption_key"] = _ENCRYPTION_KEY_FROM_ENV
     base = defaults.app_template()
     out = ""
     for name, declared in options_of(AppConfig).items():

@@ -32,6 +32,7 @@ from llmgateway.config.options import (
     sequence,
 )
 from llmgateway.core.constants import ErrorReason, ProviderType, StreamingMode
+from llmgateway.core.key_material import ENCRYPTION_KEY_FORMS
 from llmgateway.core.logs import LOG_FORMATS, LOG_LEVELS
 
 REASON: Final = enum_of(ErrorReason)
@@ -77,6 +78,12 @@ class DatabaseConfig:
     )
     pool_min_size: int = option(1, COUNT, "PostgreSQL connections kept open")
     pool_max_size: int = option(10, COUNT, "PostgreSQL connections at most")
+    encryption_key: str = option(
+        "",
+        Leaf(f.encryption_key, f'"" or {ENCRYPTION_KEY_FORMS}', secret=True),
+        "encrypts stored keys (32 random bytes, hex or base64: openssl rand -hex 32); "
+        "empty: stored in clear",
+    )
 
 
 @dataclass(frozen=True, slots=True)

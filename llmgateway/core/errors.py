@@ -2,6 +2,7 @@
 
     GatewayError                  base of everything raised on purpose
     ├── ConfigError               the configuration cannot be loaded or is invalid
+    │   └── KeyEncryptionMismatch the store's keys are not encrypted as database.encryption_key says
     ├── ProviderNotAdded          `config create` refuses: the name exists, or no safe place
     ├── StoreError                the database failed or holds an unexpected schema
     │   └── SchemaTooNew          the database was migrated by a newer llmgateway
@@ -37,6 +38,13 @@ class ConfigError(GatewayError):
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
         super().__init__(message)
         self.problems: list[str] = problems if problems is not None else [message]
+
+
+class KeyEncryptionMismatch(ConfigError):
+    """The store's keys are encrypted with another key, or not as `database.encryption_key` says.
+
+    Its message names what to run (`llmgateway keys encrypt` ...); commands exit 2 on it.
+    """
 
 
 class ProviderNotAdded(GatewayError):

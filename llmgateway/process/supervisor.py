@@ -20,9 +20,11 @@ start (no further worker is started). From the first signal on, the workers
 get `server.shutdown_timeout` + ESCALATE_AFTER seconds; one still running
 then is killed with SIGKILL, which is logged, and the supervisor exits 1.
 
-Exit: 0 when every worker exited 0 after a forwarded signal; 1 when a worker
-died on its own (the others are then stopped), exited non-zero, or had to be
-killed. Workers are not restarted: a process manager (systemd, Kubernetes)
+Exit: 0 when every worker exited 0 after a forwarded signal; 2 when a worker
+died on its own with 2 (its configuration cannot be used, e.g. a
+`database.encryption_key` that does not fit the store); 1 when a worker died
+on its own otherwise (the others are then stopped), exited non-zero, or had
+to be killed. Workers are not restarted: a process manager (systemd, Kubernetes)
 restarts the whole.
 """
 
@@ -57,6 +59,8 @@ ESCALATE_AFTER: Final = 5.0
 """Seconds after `server.shutdown_timeout` from which a worker still running is killed."""
 
 EXIT_WORKER_FAILED: Final = 1
+EXIT_CONFIG_ERROR: Final = 2
+"""A worker's exit code when the configuration cannot be used (the CLI's); passed on."""
 
 
 def worker_command(
@@ -134,6 +138,7 @@ def supervise(
     own_orders: list[int] = []
     stop_since: float | None = None
     failed = False
+    exit_code = EXIT_WORKER_FAILED
     while running:
         orders = [*signals.received, *own_orders]
         if orders and stop_since is None:
@@ -151,6 +156,8 @@ def supervise(
             if not (signals.received or own_orders):
                 log.error("worker_died", pid=worker.process.pid, code=code)
                 failed = True
+                if code == EXIT_CONFIG_ERROR:
+                    exit_code = EXIT_CONFIG_ERROR
                 own_orders.append(signal.SIGTERM)
             elif code != 0:
                 log.error("worker_failed", pid=worker.process.pid, code=code)
@@ -159,7 +166,7 @@ def supervise(
             _kill(running, clock() - stop_since)
             failed = True
     log.info("workers_stopped", failed=failed)
-    return EXIT_WORKER_FAILED if failed else 0
+    return exit_code if failed else 0
 
 
 def _forward_reloads(running: list[_Worker], reloads: int) -> None:

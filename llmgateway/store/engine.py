@@ -27,6 +27,7 @@ from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
 from llmgateway.store.fingerprints import KEY_FINGERPRINTS, fingerprinted
 from llmgateway.store.key_codec import PLAIN, KeyCodec, StoredRow, stored_rows
+from llmgateway.store.key_encryption import ENCRYPTION_MIGRATION, check_codec
 from llmgateway.store.migrations import Engine, Migration, engine_migrations, plan
 from llmgateway.store.protocol import KeySyncReport, StatusCount
 from llmgateway.store.rows import (
@@ -124,6 +125,9 @@ class SqlStore(ABC):
     codec: KeyCodec = PLAIN
     """How keys are stored and fingerprinted (every read and write of key_value goes through it)."""
 
+    verify_codec: bool = True
+    """Check at open that `codec` reads the stored keys (off only while re-encrypting them)."""
+
     _migrations: Sequence[Migration] | None
     """The schema to reach (None: the migrations shipped with this release)."""
 
@@ -167,6 +171,11 @@ class SqlStore(ABC):
         if self._migrations is not None:
             return self._migrations
         return await asyncio.to_thread(engine_migrations, self.sql.engine)
+
+    async def _check_codec(self, migrations: Sequence[Migration]) -> None:
+        """Raise KeyEncryptionMismatch unless `codec` matches how the stored keys are kept."""
+        if self.verify_codec and any(m.name == ENCRYPTION_MIGRATION for m in migrations):
+            await self._write("checking key encryption", lambda c: check_codec(c, self.codec))
 
     async def ping(self) -> None:
         """Raise StoreError unless the database answers."""
@@ -340,18 +349,24 @@ class SqlStore(ABC):
                 )
 
     async def _run_step(self, conn: Conn, step: str) -> None:
-        """Run a migration's data step on `conn` (inside the migration's transaction)."""
+        """Run a migration's data step on `conn` (inside the migration's transaction).
+
+        The steps belong to migrations older than encryption at rest: the keys
+        they read are in clear, so they use the plain codec (a store then
+        opened with an encryption key asks for `llmgateway keys encrypt`).
+        """
+        codec = PLAIN
         if step == KEY_FINGERPRINTS:
             keyed = [
                 (int(r[0]), str(r[1]))
                 for r in await conn.fetch("SELECT id, key_value FROM api_keys")
             ]
-            await conn.executemany(_SET_FINGERPRINT, fingerprinted(self.codec, keyed))
+            await conn.executemany(_SET_FINGERPRINT, fingerprinted(codec, keyed))
             return
         if step != SCRUB_KEY_MESSAGES:
             raise StoreError(f"{self.sql.engine}: unknown migration step {step!r}")
         stored = await conn.fetch("SELECT key_value FROM api_keys")
-        keys = [self.codec.unseal(str(r[0])) for r in stored]
+        keys = [codec.unseal(str(r[0])) for r in stored]
         rows = [
             (int(r[0]), str(r[1]), str(r[2]))
             for r in await conn.fetch(

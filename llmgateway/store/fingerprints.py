@@ -1,9 +1,11 @@
 """The data step of migration 6: fingerprints and masks of the keys stored before it.
 
-A fingerprint comes from the store's key codec (SHA-256, or a keyed HMAC when
-keys are encrypted at rest), which SQL cannot compute, so the migration file
-only names this step; each engine runs it in the migration's transaction,
-with every stored key, before the version is recorded.
+A fingerprint comes from a key codec, which SQL cannot compute, so the
+migration file only names this step; each engine runs it in the migration's
+transaction, with every stored key, before the version is recorded. Keys
+stored before migration 8 are in clear: the step runs with the plain codec
+(SHA-256), and `llmgateway keys encrypt` later rewrites the fingerprints with
+the keyed one.
 """
 
 from __future__ import annotations

@@ -39,6 +39,11 @@ class KeyCodec:
 
     __slots__ = ()
 
+    @property
+    def state(self) -> str:
+        """What the store records of this codec (`store_meta.key_encryption`): `none`, clear text."""
+        return "none"
+
     def fingerprint(self, key: str) -> str:
         """The 64-hex-character fingerprint of `key` (SHA-256 of its UTF-8 bytes)."""
         return hashlib.sha256(key.encode("utf-8")).hexdigest()

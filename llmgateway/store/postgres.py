@@ -202,12 +202,11 @@ class PostgresStore(KeyActivity, SqlStore):
         origin: str | None = None,
         migrations: Sequence[Migration] | None = None,
         codec: KeyCodec = PLAIN,
+        verify_codec: bool = True,
     ) -> None:
-        self.dsn = dsn
-        self.codec = codec
+        self.dsn, self.codec, self.verify_codec = dsn, codec, verify_codec
         self._migrations = migrations
-        self.min_size = min_size
-        self.max_size = max_size
+        self.min_size, self.max_size = min_size, max_size
         self.origin = origin or new_origin()
         """Tags this store's notifications, so its own listener ignores them."""
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
@@ -226,6 +225,7 @@ class PostgresStore(KeyActivity, SqlStore):
             with _translated("migrating"):
                 async with pool.acquire() as raw:
                     await self._migrate(_PgConn(raw), migrations)
+            await self._check_codec(migrations)
         except BaseException:
             await self.close()
             raise

@@ -156,9 +156,11 @@ class SqliteStore(KeyActivity, SqlStore):
         *,
         migrations: Sequence[Migration] | None = None,
         codec: KeyCodec = PLAIN,
+        verify_codec: bool = True,
     ) -> None:
         self.path = path if path == MEMORY else Path(path)
         self.codec = codec
+        self.verify_codec = verify_codec
         self._migrations = migrations
         self._conn: _SqliteConn | None = None
         self._lock = asyncio.Lock()
@@ -187,6 +189,7 @@ class SqliteStore(KeyActivity, SqlStore):
             await self._write(
                 "migrating", lambda c: self._apply_pending(c, migrations, nullcontext)
             )
+            await self._check_codec(migrations)
         except BaseException:
             await self.close()
             raise
