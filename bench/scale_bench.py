@@ -241,6 +241,8 @@ async def main_run(run: Run, session: aiohttp.ClientSession, config: Path) -> No
     await run.window(session, "llmgateway status --keys", cli(run, config, "--keys"), needed=20)
     _, _body, status = await run.get(session, "/-/api/keys")
     run.figures["key admin API"] = "present" if status != 404 else "absent (404): skipped"
+    if status != 404:
+        await admin_api_run(run, session)
     if run.engine == "postgres":
         keys = parts.make_keys(run.n)
         changed = keys[1000:] + parts.make_keys(1000, start=run.n)
@@ -255,6 +257,32 @@ async def main_run(run: Run, session: aiohttp.ClientSession, config: Path) -> No
         await run.window(
             session, "reconciliation (follower's full reload)", None, idle=6, slot=False
         )
+
+
+IMPORTED = 100_000
+"""Keys one import through the key admin API adds (new ones, beside the pool's)."""
+
+
+async def admin_api_run(run: Run, session: aiohttp.ClientSession) -> None:
+    """An import of 100,000 new keys through `POST /-/api/keys`, then a reload, under the stream."""
+    text = "\n".join(parts.make_keys(IMPORTED, start=10 * run.n))
+    answers: list[dict[str, Any]] = []
+
+    async def import_keys() -> None:
+        body = {"instance": parts.INSTANCE, "text": text}
+        async with session.post(f"{run.base}/-/api/keys", json=body) as answer:
+            answers.append(await answer.json())
+
+    await run.window(
+        session, f"import {IMPORTED:,} keys (POST /-/api/keys)", import_keys, slot=False
+    )
+    run.figures["import answer"] = {k: answers[-1].get(k) for k in ("added", "duplicates")}
+
+    async def reload() -> None:
+        async with session.post(f"{run.base}/-/api/reload") as answer:
+            await answer.read()
+
+    await run.window(session, "reload (POST /-/api/reload) x3", reload, repeat=3)
 
 
 def _get(run: Run, session: aiohttp.ClientSession, path: str) -> Op:
