@@ -84,21 +84,37 @@ class StatusWriter:
         A (key, model) not in the pool is added when the record carries its
         key and the instance is served here. Returns True when applied.
         """
+        found = self._held(record)
+        if isinstance(found, bool):
+            return found
+        slot, entry = found
+        self._take(slot, entry, record)
+        return True
+
+    def _held(self, record: KeyRecord) -> tuple[Slot, Entry] | bool:
+        """The slot and entry holding `record`'s (key, model); else whether it was added.
+
+        A (key, model) not in the pool is added when the record carries its
+        key and the instance is served here (True); otherwise nothing (False).
+        """
         if not self._served(record.instance):
             return False
         slot = self._table.slots.get((record.instance, record.model))
         entry = slot.entries.get(record.key_id) if slot else None
-        if slot is None or entry is None:
-            if not record.key:
-                return False
-            self._table.add(record)
-            return True
+        if slot is not None and entry is not None:
+            return slot, entry
+        if not record.key:
+            return False
+        self._table.add(record)
+        return True
+
+    def _take(self, slot: Slot, entry: Entry, record: KeyRecord) -> None:
+        """Make `record` (the pool's copy of the key kept) current, announcing a status change."""
         old = entry.record
         new = replace(record, key=old.key)
         self.replace(slot, entry, new)
         if old.status is not new.status:
             self._hub.status_changed(old, new, new.last_checked_at or datetime.now(UTC))
-        return True
 
     def replace(self, slot: Slot, entry: Entry, new: KeyRecord) -> None:
         """Make `new` the entry's record in the slot (tallies, rotation); log an emptied slot."""
@@ -126,22 +142,14 @@ class StatusWriter:
 
         See `KeyPool.apply_remote`.
         """
-        if not self._served(record.instance):
-            return False
-        slot = self._table.slots.get((record.instance, record.model))
-        entry = slot.entries.get(record.key_id) if slot else None
-        if slot is None or entry is None:
-            if not record.key:
-                return False
-            self._table.add(record)
-            return True
+        found = self._held(record)
+        if isinstance(found, bool):
+            return found
+        slot, entry = found
         old = entry.record
         if record.last_checked_at is None or (
             old.last_checked_at is not None and record.last_checked_at <= old.last_checked_at
         ):
             return False
-        new = replace(record, key=old.key)
-        self.replace(slot, entry, new)
-        if old.status is not new.status:
-            self._hub.status_changed(old, new, new.last_checked_at or datetime.now(UTC))
+        self._take(slot, entry, record)
         return True
