@@ -94,6 +94,18 @@ class Params:
         )
         return f"unnest({arrays}) AS {alias}({names})"
 
+    def with_rows(
+        self, alias: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[object]]
+    ) -> str:
+        """A `WITH` clause naming `rows` `alias`, built once before the statement reads it.
+
+        For a statement that joins a table to the rows (an `UPDATE ... FROM`):
+        a plain FROM item of `rows` is flattened by SQLite into a `json_each`
+        scan for every row of the table, n x m; materialized, the planner
+        walks the rows once and looks each up in the table's index.
+        """
+        return f"WITH {alias} AS MATERIALIZED (SELECT * FROM {self.rows(alias, columns, rows)}) "
+
 
 def _json(values: Sequence[object]) -> str:
     return orjson.dumps(values).decode()

@@ -112,9 +112,9 @@ class KeyWrites(KeyReads):
         named = [(r[0], r[3]) for r in rows if r[3] is not None]
         if named:
             p = self._params()
-            files = p.rows("w", [("fingerprint", "text"), ("source_file", "text")], named)
+            files = p.with_rows("w", [("fingerprint", "text"), ("source_file", "text")], named)
             await conn.execute(
-                f"UPDATE api_keys SET source_file = w.source_file FROM {files} "
+                f"{files}UPDATE api_keys SET source_file = w.source_file FROM w "
                 f"WHERE api_keys.instance = {p(instance)} AND api_keys.fingerprint = w.fingerprint "
                 "AND (api_keys.source_file IS NULL OR api_keys.source_file <> w.source_file)",
                 *p.values,

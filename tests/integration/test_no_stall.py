@@ -40,10 +40,6 @@ KEYS: Final = 10_000
 SECOND_MODEL: Final = "gpt-4o"
 STALL_BOUND: Final = 0.1
 """Seconds the loop may be held at most by any one operation."""
-KNOWN_STALLS: Final = frozenset({"key sync +1,000/-1,000"})
-"""Operations still known to hold the loop over the bound (reported as an expected failure
-while every other operation is held to it): since key sync records sources and usage, a
-sync adding and removing 1,000 keys at 20,000 rows has held the loop 190-340 ms here."""
 ATTEMPTS: Final = 3
 """Runs of an operation over the bound before it counts as holding the loop."""
 
@@ -197,7 +193,4 @@ async def test_no_operation_holds_the_loop(big: Client, tmp_path: Path) -> None:
             if held[name] <= STALL_BOUND:
                 break
 
-    over = {name: s for name, s in held.items() if s > STALL_BOUND}
-    assert {name: s for name, s in over.items() if name not in KNOWN_STALLS} == {}
-    if over:
-        pytest.xfail(f"known stall, still to fix: {over}")
+    assert {name: s for name, s in held.items() if s > STALL_BOUND} == {}
