@@ -17,6 +17,9 @@ start-up), compares it with the one in effect (`diff_configs`), and then:
 3. in one step that neither waits nor fails, swaps `current` and puts every
    prepared part into effect, then logs `config_reloaded` with the diff.
 
+A file that differs in nothing from the one in effect is a reload done
+already: it is `applied`, logged as `config_unchanged`, and no part is asked.
+
 Reloads run one at a time. A dry run stops after the comparison.
 """
 
@@ -115,6 +118,11 @@ class LiveConfig:
                 return self._failed(diff, diff.errors)
             if dry_run:
                 return ReloadResult(applied=False, diff=diff)
+            if diff.empty:
+                # The file in effect, read again (e.g. the SIGHUP a worker's API reload
+                # brings back to it through the supervisor): nothing to prepare or swap.
+                log.info("config_unchanged")
+                return ReloadResult(applied=True, diff=diff)
             accessor = ConfigAccessor(new)
             commits: list[Commit] = []
             try:

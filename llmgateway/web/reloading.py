@@ -5,7 +5,8 @@ forwarded by the supervisor of `serve --workers N` to every worker) or by
 `POST /-/api/reload` on any worker. Either way this process reloads its own
 `LiveConfig`; a reload applied through the API of a worker then signals the
 supervisor (SIGHUP), which forwards it to every worker, so they all reload the
-same file (the worker that asked finds nothing more to change). A SIGHUP that
+same file (the worker that asked reads it again, finds it the one in effect,
+and does nothing more: `config_unchanged`). A SIGHUP that
 arrives while a reload runs waits for it and reloads again: the file read
 last is the one in effect.
 """

@@ -150,3 +150,27 @@ async def test_a_missing_file_is_an_error(tmp_path: Path) -> None:
     result = await live.reload()
     assert not result.applied and "does not exist" in result.errors[0]
     assert live.current is before
+
+
+async def test_the_file_in_effect_read_again_asks_no_part(tmp_path: Path) -> None:
+    """A reload of an unchanged file is applied already: no part prepares, `current` stays."""
+    live, path = _live(tmp_path)
+    part = Part(live)
+    live.follow(part)
+    path.write_text(MINIMAL + SECOND, encoding="utf-8")
+    await live.reload()
+    in_effect = live.current
+
+    with capture_logs() as logs:
+        result = await live.reload()
+
+    assert result.document() == {
+        "applied": True,
+        "added": [],
+        "removed": [],
+        "changed": [],
+        "errors": [],
+    }
+    assert live.current is in_effect
+    assert len(part.prepared) == 1  # the first reload only
+    assert [e["event"] for e in logs] == ["config_unchanged"]
