@@ -23,58 +23,25 @@ import argparse
 import asyncio
 import importlib.util
 import statistics
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import asyncpg
+from store_bench import postgres_store, sqlite_store
 
 from llmgateway.core.constants import ProviderType, Status
 from llmgateway.core.masking import mask_key
 from llmgateway.store.key_admin import KeyFilter
 from llmgateway.store.key_codec import PLAIN
-from llmgateway.store.postgres import PostgresStore
 from llmgateway.store.protocol import Store
-from llmgateway.store.sqlite import SqliteStore
 
 INSTANCE = "bench"
 OTHER = "bench-other"
 MODELS = ["model-0", "model-1"]
 TARGETS = {"list p95": 0.300, "import": 30.0, "bulk": 10.0}
-
-
-@asynccontextmanager
-async def sqlite_store() -> AsyncIterator[SqliteStore]:
-    """A migrated store on a file in a temporary folder."""
-    with tempfile.TemporaryDirectory() as folder:
-        store = SqliteStore(Path(folder) / "bench.db")
-        await store.open()
-        try:
-            yield store
-        finally:
-            await store.close()
-
-
-@asynccontextmanager
-async def postgres_store() -> AsyncIterator[PostgresStore]:
-    """A migrated store on a database created for this run and dropped after it."""
-    name = f"llmgw_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(host="127.0.0.1", user="postgres", database="postgres")
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    store = PostgresStore(f"postgresql://postgres@127.0.0.1:5432/{name}", 1, 4)
-    try:
-        await store.open()
-        yield store
-    finally:
-        await store.close()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 class LoopLag:

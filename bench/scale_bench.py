@@ -64,6 +64,7 @@ class Run:
         self.windows: list[dict[str, Any]] = []
         self.server: Server | None = None
         self.ready_at = 0.0
+        self.upstream = ""
         self.env = {**os.environ, "PYTHONPATH": str(REPO_DIR)}
 
     def start(self, config: Path, name: str) -> float:
@@ -277,12 +278,66 @@ async def admin_api_run(run: Run, session: aiohttp.ClientSession) -> None:
         session, f"import {IMPORTED:,} keys (POST /-/api/keys)", import_keys, slot=False
     )
     run.figures["import answer"] = {k: answers[-1].get(k) for k in ("added", "duplicates")}
+    await recheck_run(run, session)
 
     async def reload() -> None:
         async with session.post(f"{run.base}/-/api/reload") as answer:
             await answer.read()
 
     await run.window(session, "reload (POST /-/api/reload) x3", reload, repeat=3)
+
+
+RECHECKED = 10_000
+"""Keys one recheck job probes (each on both models)."""
+
+
+async def recheck_run(run: Run, session: aiohttp.ClientSession) -> None:
+    """A recheck job over 10,000 keys under the stream: its pace, and the probes' concurrency.
+
+    The job must progress at the keeper's concurrency limit
+    (`max_concurrent_probes`, 10 by default): the upstream's peak of requests
+    in flight shows it (the steady stream adds one or two).
+    """
+    ids: list[int] = []
+    cursor: str | None = None
+    while len(ids) < RECHECKED:
+        query = f"instance={parts.INSTANCE}&limit=1000" + (f"&cursor={cursor}" if cursor else "")
+        _, body, _ = await run.get(session, f"/-/api/keys?{query}")
+        page = json.loads(body)
+        ids += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    ids = ids[:RECHECKED]
+    figures: dict[str, Any] = {}
+
+    async def recheck() -> None:
+        async with session.get(f"{run.upstream}{parts.PEAK_PATH}"):
+            pass  # the peak starts again from here
+        begin = time.perf_counter()
+        async with session.post(f"{run.base}/-/api/keys/recheck", json={"ids": ids}) as answer:
+            job = (await answer.json())["job"]
+        while True:
+            async with session.get(f"{run.base}/-/api/jobs/{job}") as answer:
+                state = await answer.json()
+            if state["state"] != "running":
+                break
+            await asyncio.sleep(0.2)
+        seconds = time.perf_counter() - begin
+        async with session.get(f"{run.upstream}{parts.PEAK_PATH}") as answer:
+            peak = (await answer.json())["peak"]
+        figures.update(
+            keys=len(ids),
+            probes=state["total"],
+            state=state["state"],
+            seconds=seconds,
+            probes_per_s=state["done"] / seconds,
+            upstream_peak_in_flight=peak,
+        )
+
+    await run.window(session, f"recheck job over {len(ids):,} keys", recheck, slot=False)
+    run.figures["recheck"] = figures
+    print(f"  recheck: {figures}", flush=True)
 
 
 def _get(run: Run, session: aiohttp.ClientSession, path: str) -> Op:
@@ -335,7 +390,7 @@ async def bench_one(
     print(f"{engine}, {n:,} keys x 2 models ({workdir})", flush=True)
     try:
         wait_for_port(upstream_port, upstream.process, 30)
-        upstream_url = f"http://127.0.0.1:{upstream_port}"
+        upstream_url = run.upstream = f"http://127.0.0.1:{upstream_port}"
         parts.write_key_file(workdir, parts.make_keys(n))
         parts.write_key_file(workdir, ["sk-one-only-key-0123456789abcdef"], parts.ONE)
         config = parts.write_config(workdir, run.port, upstream_url, db_url, keeper=False)

@@ -1,8 +1,9 @@
 """Parts of the scale bench: the upstream stand-in, files, seeding, the steady stream, readings.
 
 `python bench/scale_parts.py PORT` runs the upstream: a tiny aiohttp server
-(uvloop) answering every POST with OpenAI's fixed chat completion (the
-gateway's proxied requests and the keeper's probes alike).
+(uvloop) answering every POST after 5 ms with OpenAI's fixed chat completion
+(the gateway's proxied requests and the probes alike), and its peak of
+requests in flight at `GET /-/peak`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ REQUEST_BODY = json.dumps(
     {"model": MODELS[0], "messages": [{"role": "user", "content": "hi"}]}
 ).encode()
 LAG_METRIC = "llmgateway_event_loop_lag_seconds"
+PROBE_DELAY = 0.005
+"""Seconds the upstream takes to answer anything (a close provider's round trip)."""
+PEAK_PATH = "/-/peak"
+"""The upstream's own endpoint: its peak of requests in flight (reset on each read)."""
 
 
 def make_keys(count: int, start: int = 0) -> list[str]:
@@ -275,12 +280,25 @@ def serve_upstream(port: int) -> None:
     from nginx_upstream import completion_body
 
     body = completion_body().encode()
+    flight = {"now": 0, "peak": 0}
 
     async def answer(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(body=body, content_type="application/json")
+        flight["now"] += 1
+        flight["peak"] = max(flight["peak"], flight["now"])
+        try:
+            await request.read()
+            await asyncio.sleep(PROBE_DELAY)  # an upstream's round trip: probes overlap
+            return web.Response(body=body, content_type="application/json")
+        finally:
+            flight["now"] -= 1
+
+    async def peak(request: web.Request) -> web.Response:
+        """The most requests in flight at once since the last call (which resets it)."""
+        seen, flight["peak"] = flight["peak"], flight["now"]
+        return web.json_response({"peak": seen})
 
     app = web.Application()
+    app.router.add_get(PEAK_PATH, peak)
     app.router.add_route("*", "/{tail:.*}", answer)
     web.run_app(
         app, host="127.0.0.1", port=port, access_log=None, print=None, loop=uvloop.new_event_loop()

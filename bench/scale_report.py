@@ -76,6 +76,20 @@ def _section(figures: dict[str, Any]) -> list[str]:
         f"worst loop lag {flush['worst_lag_ms']:.1f} ms |"
     )
     lines.append(f"| key admin API (`/-/api/keys`) | {figures['key admin API']} |")
+    imported = figures.get("import answer")
+    if imported:
+        lines.append(
+            f"| import through `POST /-/api/keys` | {imported['added']:,} added, "
+            f"{imported['duplicates']:,} duplicates |"
+        )
+    recheck = figures.get("recheck")
+    if recheck:
+        lines.append(
+            f"| recheck job over {recheck['keys']:,} keys ({recheck['probes']:,} probes) | "
+            f"{recheck['state']} in {recheck['seconds']:.1f} s, "
+            f"{recheck['probes_per_s']:.0f} probes/s, upstream peak "
+            f"{recheck['upstream_peak_in_flight']} in flight |"
+        )
     cpu = figures.get("cpu")
     if cpu:
         lines.append(

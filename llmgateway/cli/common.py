@@ -9,15 +9,17 @@ Each command loads the configuration file once and hands it on.
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import click
 
 from llmgateway.config.loader import describe_problems, load_config, resolve_config_path
 from llmgateway.config.schemas import AppConfig
-from llmgateway.core.errors import ConfigError
+from llmgateway.core.errors import ConfigError, StoreError
 
 EXIT_CONFIG_ERROR: Final = 2
 """Exit code of every command when the configuration cannot be used."""
@@ -49,3 +51,18 @@ def load_or_exit(config_path: Path, *, read_only: bool = False) -> AppConfig:
         return load_config(config_path, read_only=read_only)
     except ConfigError as exc:
         raise config_error_exit(exc) from None
+
+
+def run_or_exit[T](work: Coroutine[Any, Any, T], store_failure: str) -> T:
+    """Run `work` to its end; exit 2 on a ConfigError, 1 on a StoreError.
+
+    The store's failure is printed on stderr after `store_failure` (what the
+    command could not do). Any other exception goes on to the caller.
+    """
+    try:
+        return asyncio.run(work)
+    except ConfigError as exc:
+        raise config_error_exit(exc) from None
+    except StoreError as exc:
+        click.echo(f"{store_failure}: {exc}", err=True)
+        raise SystemExit(EXIT_FAILURE) from None

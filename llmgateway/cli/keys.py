@@ -21,9 +21,9 @@ import orjson
 from llmgateway.cli.common import (
     CONFIG_HELP,
     EXIT_FAILURE,
-    config_error_exit,
     load_or_exit,
     resolve,
+    run_or_exit,
 )
 from llmgateway.cli.keys_client import (
     KeysBackend,
@@ -36,7 +36,6 @@ from llmgateway.cli.keys_client import (
     render_route,
 )
 from llmgateway.config.accessor import ConfigAccessor
-from llmgateway.core.errors import ConfigError, StoreError
 from llmgateway.core.logs import configure_logging
 
 _FILTER_OPTIONS = ("instance", "model", "status", "source", "q")
@@ -87,14 +86,9 @@ def _run[T](config_option: str | None, work: Callable[[KeysBackend], Awaitable[T
             await backend.close()
 
     try:
-        return asyncio.run(go())
-    except ConfigError as exc:
-        raise config_error_exit(exc) from None
+        return run_or_exit(go(), "cannot reach the key store")
     except KeysCommandError as exc:
         click.echo(f"Error: {exc}", err=True)
-        raise SystemExit(EXIT_FAILURE) from None
-    except StoreError as exc:
-        click.echo(f"cannot reach the key store: {exc}", err=True)
         raise SystemExit(EXIT_FAILURE) from None
 
 

@@ -16,24 +16,26 @@ store, 1 when the store fails.
 
 from __future__ import annotations
 
-import asyncio
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import click
 
 from llmgateway.cli.common import (
     CONFIG_HELP,
-    EXIT_FAILURE,
     config_error_exit,
     load_or_exit,
     resolve,
+    run_or_exit,
 )
 from llmgateway.config.schemas import DatabaseConfig
 from llmgateway.core.errors import ConfigError, StoreError
 from llmgateway.core.key_material import ENCRYPTION_KEY_FORMS, decode_encryption_key
 from llmgateway.store import open_store, sqlite_path
-from llmgateway.store.key_codec import PLAIN
+from llmgateway.store.key_codec import PLAIN, KeyCodec
 from llmgateway.store.key_crypto import codec_for
 from llmgateway.store.key_encryption import NEW_KEY_VARIABLE
 from llmgateway.store.key_rekey import BATCH, Rekeying, RekeyReport, rekey
@@ -83,74 +85,75 @@ def _migrate(database: DatabaseConfig, run: Rekeying, batch: int) -> RekeyReport
         finally:
             await store.close()
 
-    try:
-        return asyncio.run(go())
-    except ConfigError as exc:
-        raise config_error_exit(exc) from None
-    except StoreError as exc:
-        click.echo(f"Error: cannot {run.command} the stored keys: {exc}", err=True)
-        raise SystemExit(EXIT_FAILURE) from None
+    return run_or_exit(go(), f"Error: cannot {run.command} the stored keys")
 
 
 def _progress(done: int) -> None:
     click.echo(f"{done} keys rewritten", err=True)
 
 
-def _report(report: RekeyReport, done: str, already: str, then: str) -> None:
-    if report.already_done:
-        click.echo(already)
-    else:
-        click.echo(f"{report.rewritten} keys {done}; {then}")
+@dataclass(frozen=True, slots=True)
+class _Migration:
+    """One command: from which codec to which, and what it says when done."""
+
+    name: str
+    help: str
+    codecs: Callable[[DatabaseConfig], tuple[KeyCodec, KeyCodec]]
+    done: str
+    already: str
+    then: str
 
 
-@click.command("encrypt")
-@click.option("--config", "config_option", metavar="PATH", help=CONFIG_HELP)
-@click.option("--batch", type=click.IntRange(min=1), default=BATCH, help=_BATCH_HELP)
-def encrypt(config_option: str | None, batch: int) -> None:
-    """Encrypt the keys stored in clear with database.encryption_key (gateway stopped)."""
-    database = load_or_exit(resolve(config_option), read_only=True).database
-    target = codec_for(_configured_key(database, "encrypt"))
-    report = _migrate(database, Rekeying("encrypt", PLAIN, target), batch)
-    _report(
-        report,
-        "encrypted",
-        "the stored keys are already encrypted with database.encryption_key",
-        "start the gateway with this database.encryption_key",
+def _command(migration: _Migration) -> click.Command:
+    """The click command that runs `migration` on the configured store."""
+
+    @click.command(migration.name, help=migration.help)
+    @click.option("--config", "config_option", metavar="PATH", help=CONFIG_HELP)
+    @click.option("--batch", type=click.IntRange(min=1), default=BATCH, help=_BATCH_HELP)
+    def command(config_option: str | None, batch: int) -> None:
+        database = load_or_exit(resolve(config_option), read_only=True).database
+        source, target = migration.codecs(database)
+        report = _migrate(database, Rekeying(migration.name, source, target), batch)
+        if report.already_done:
+            click.echo(migration.already)
+        else:
+            click.echo(f"{report.rewritten} keys {migration.done}; {migration.then}")
+
+    return command
+
+
+def _configured(database: DatabaseConfig, command: str) -> KeyCodec:
+    return codec_for(_configured_key(database, command))
+
+
+CRYPTO_COMMANDS: Final = tuple(
+    _command(m)
+    for m in (
+        _Migration(
+            "encrypt",
+            "Encrypt the keys stored in clear with database.encryption_key (gateway stopped).",
+            lambda db: (PLAIN, _configured(db, "encrypt")),
+            "encrypted",
+            "the stored keys are already encrypted with database.encryption_key",
+            "start the gateway with this database.encryption_key",
+        ),
+        _Migration(
+            "decrypt",
+            "Store the keys in clear again; database.encryption_key is their key "
+            "(gateway stopped).",
+            lambda db: (_configured(db, "decrypt"), PLAIN),
+            "decrypted",
+            "the stored keys are already in clear",
+            "unset database.encryption_key before starting the gateway",
+        ),
+        _Migration(
+            "rotate-encryption-key",
+            "Re-encrypt the keys with a new key from $LLMGW_NEW_ENCRYPTION_KEY or a prompt.",
+            lambda db: (_configured(db, "rotate-encryption-key"), codec_for(_new_key())),
+            "re-encrypted",
+            "the stored keys are already encrypted with the new key",
+            "set database.encryption_key to the new key before starting the gateway",
+        ),
     )
-
-
-@click.command("decrypt")
-@click.option("--config", "config_option", metavar="PATH", help=CONFIG_HELP)
-@click.option("--batch", type=click.IntRange(min=1), default=BATCH, help=_BATCH_HELP)
-def decrypt(config_option: str | None, batch: int) -> None:
-    """Store the keys in clear again; database.encryption_key is their key (gateway stopped)."""
-    database = load_or_exit(resolve(config_option), read_only=True).database
-    source = codec_for(_configured_key(database, "decrypt"))
-    report = _migrate(database, Rekeying("decrypt", source, PLAIN), batch)
-    _report(
-        report,
-        "decrypted",
-        "the stored keys are already in clear",
-        "unset database.encryption_key before starting the gateway",
-    )
-
-
-@click.command("rotate-encryption-key")
-@click.option("--config", "config_option", metavar="PATH", help=CONFIG_HELP)
-@click.option("--batch", type=click.IntRange(min=1), default=BATCH, help=_BATCH_HELP)
-def rotate_encryption_key(config_option: str | None, batch: int) -> None:
-    """Re-encrypt the keys with a new key from $LLMGW_NEW_ENCRYPTION_KEY or a prompt."""
-    database = load_or_exit(resolve(config_option), read_only=True).database
-    source = codec_for(_configured_key(database, "rotate-encryption-key"))
-    target = codec_for(_new_key())
-    report = _migrate(database, Rekeying("rotate-encryption-key", source, target), batch)
-    _report(
-        report,
-        "re-encrypted",
-        "the stored keys are already encrypted with the new key",
-        "set database.encryption_key to the new key before starting the gateway",
-    )
-
-
-CRYPTO_COMMANDS = (encrypt, decrypt, rotate_encryption_key)
+)
 """The commands of this module, for the `llmgateway keys` group."""

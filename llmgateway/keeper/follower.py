@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -186,11 +186,10 @@ class PoolFollower:
         """
         applied = 0
         with bulk_load():
-            by_instance: defaultdict[str, list[KeyRecord]] = defaultdict(list)
-            for record in await self._store.load_records():
-                by_instance[record.instance].append(record)
             for name in self._instances:
-                stored = by_instance.get(name, [])
+                # One instance at a time: the store sorts them out (no pass over every
+                # record on the event loop), and only one instance's records are held.
+                stored = await self._store.load_records(name)
                 await self._key_sync.apply(name, stored)
                 applied += await self._apply_newer(stored)
         self.applied += applied
