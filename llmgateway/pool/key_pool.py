@@ -159,10 +159,12 @@ class KeyPool:
             if name != instance:
                 continue
             kept = present.get(model, set())
-            slot.drop([key_id for key_id in slot.entries if key_id not in kept])
-            if not slot.entries:
+            ids = list(slot.entries)
+            for start in range(0, len(ids), SLICE):
+                slot.drop([key_id for key_id in ids[start : start + SLICE] if key_id not in kept])
+                await asyncio.sleep(0)
+            if not slot.entries and slots.get((name, model)) is slot:
                 del slots[(name, model)]
-            await asyncio.sleep(0)
         for incident in self._guard.forget(instance, stored):
             self._verdicts.incident_over(incident, "its keys left the pool")
 

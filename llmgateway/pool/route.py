@@ -47,9 +47,8 @@ class EntryView(Protocol):
 class SlotView(Protocol):
     """What the inspection reads of a pool slot."""
 
-    @property
-    def ring(self) -> Iterable[EntryView]:
-        """The rotation, next first."""
+    def in_rotation(self) -> Iterable[EntryView]:
+        """The rotation, next first (entries still in the slot only)."""
 
     @property
     def entries(self) -> Mapping[int, EntryView]:
@@ -154,7 +153,7 @@ def inspect_slot(
 def _next_entry(slot: SlotView, now: float) -> EntryView | None:
     """The entry a pick would return at `now` (no exclusions), or None."""
     benched: EntryView | None = None
-    for entry in slot.ring:
+    for entry in slot.in_rotation():
         record = entry.record
         if not record.status.is_usable or (entry.cool_until and entry.cool_until > now):
             continue
@@ -175,6 +174,6 @@ def _next_entry(slot: SlotView, now: float) -> EntryView | None:
 
 def _in_order(slot: SlotView) -> Iterable[EntryView]:
     """The ring's entries in rotation order, then every other entry by key id."""
-    yield from slot.ring
+    yield from slot.in_rotation()
     for key_id in sorted(slot.entries):
         yield slot.entries[key_id]

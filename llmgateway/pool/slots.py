@@ -2,8 +2,9 @@
 
 Picking is O(1) amortised with fair rotation: each slot keeps a ring of key
 entries rotated on every pick; condemned or cooling entries are dropped from
-the ring lazily when they reach its head, and cooling ones come back from a
-heap ordered by the end of their cool-down. A benched entry (server errors in
+the ring lazily when they reach its head (so are entries dropped from the
+slot: their cool-down never ends), and cooling ones come back from a heap
+ordered by the end of their cool-down. A benched entry (server errors in
 a row) stays in the ring but is picked only when no other entry can be.
 `SlotTable` holds every slot of the process and finds the entries a change
 applies to; it never derives a status itself.
@@ -15,13 +16,17 @@ import heapq
 import math
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import final
+from typing import Final, final
 
 from llmgateway.core.constants import ErrorReason, Status
 from llmgateway.core.models import KeyRecord
 
 Clock = Callable[[], float]
 """Returns the current time as epoch seconds (time.time); injectable for tests."""
+
+
+DROPPED: Final = math.inf
+"""The `cool_until` of an entry dropped from its slot: it never comes back."""
 
 
 class AllKeysTried(LookupError):
@@ -141,16 +146,28 @@ class Slot:
         self.why = None
 
     def drop(self, key_ids: Iterable[int]) -> int:
-        """Take the entries of `key_ids` out of the slot; return how many were in it."""
-        hits = [key_id for key_id in key_ids if key_id in self.entries]
-        for key_id in hits:
-            self.count(self.entries.pop(key_id).record, -1)
-        if hits:
+        """Take the entries of `key_ids` out of the slot; return how many were in it.
+
+        The work is in the number dropped, not in the slot's size: a dropped
+        entry is marked cooling for ever (`DROPPED`), so the ring and the
+        cool-down heap pass it by and shed it lazily, as they shed condemned
+        entries (see the module docstring).
+        """
+        dropped = 0
+        for key_id in key_ids:
+            entry = self.entries.pop(key_id, None)
+            if entry is not None:
+                self.count(entry.record, -1)
+                entry.cool_until = DROPPED
+                dropped += 1
+        if dropped:
             self._ordered = None
-            self.ring = deque(e for e in self.ring if e.record.key_id in self.entries)
-            self.cooling = [c for c in self.cooling if c[1] in self.entries]
-            heapq.heapify(self.cooling)
-        return len(hits)
+        return dropped
+
+    def in_rotation(self) -> Iterator[Entry]:
+        """The ring's entries still in the slot, in rotation order (not the dropped ones)."""
+        entries = self.entries
+        return (e for e in self.ring if entries.get(e.record.key_id) is e)
 
     def thaw(self, now: float) -> None:
         """Return the entries whose cool-down has ended to the ring."""

@@ -271,7 +271,7 @@ class SqlStore(ABC):
         query = SELECT_RECORDS + self.sql.by_key_ids + " ORDER BY s.key_id, s.model"
         ids = self.sql.array(list(key_ids))
         rows = await self._read("loading keys", lambda conn: conn.fetch(query, ids))
-        return to_records(rows, self.sql.time_in, self.codec.unseal)
+        return await asyncio.to_thread(to_records, rows, self.sql.time_in, self.codec.unseal)
 
     async def lease_due(
         self,

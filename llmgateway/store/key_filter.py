@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import final
 
-import orjson
-
 from llmgateway.store import model_statuses
+from llmgateway.store.json_array import JsonArray
 from llmgateway.store.key_admin import KeyFilter, KeySource, Selection
 from llmgateway.store.key_codec import KeyCodec, fingerprint_prefix
 from llmgateway.store.migrations import Engine
@@ -107,8 +106,8 @@ class Params:
         return f"WITH {alias} AS MATERIALIZED (SELECT * FROM {self.rows(alias, columns, rows)}) "
 
 
-def _json(values: Sequence[object]) -> str:
-    return orjson.dumps(values).decode()
+def _json(values: Sequence[object]) -> JsonArray:
+    return JsonArray(values)
 
 
 def filter_where(flt: KeyFilter, params: Params, codec: KeyCodec, alias: str = "k") -> str:

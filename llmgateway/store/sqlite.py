@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Final, final
 
 import aiosqlite
-import orjson
 
 from llmgateway.core.constants import Status
 from llmgateway.core.errors import StoreError
@@ -28,6 +27,7 @@ from llmgateway.core.models import KeyRecord
 from llmgateway.store.changes import Changes, KeySetChange, SqlitePoller
 from llmgateway.store.engine import SELECT_RECORDS, Conn, Dialect, LeaseAsk, Row, SqlStore
 from llmgateway.store.file_lock import file_lock
+from llmgateway.store.json_array import JsonArray
 from llmgateway.store.key_activity import KeyActivity
 from llmgateway.store.key_codec import PLAIN, KeyCodec
 from llmgateway.store.migrations import Engine, Migration
@@ -70,8 +70,8 @@ _DUE: Final = (
 )
 
 
-def _json_array(values: Sequence[Any]) -> str:
-    return orjson.dumps(values).decode()
+def _json_array(values: Sequence[Any]) -> JsonArray:
+    return JsonArray(values)
 
 
 SQLITE: Final = Dialect(

@@ -8,6 +8,7 @@ own limit (`MAX_BODY_BYTES`), not the proxy's.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -20,6 +21,8 @@ from llmgateway.web.api.validation import MAX_BODY_BYTES, ApiError, parse_json_o
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 READ_CHUNK: Final = 1 << 16
+PARSE_ON_THREAD: Final = 1 << 18
+"""Bodies larger than this (256 KiB: an import of thousands of keys) are parsed on a thread."""
 
 
 def answer(document: dict[str, Any], status: int = 200) -> web.Response:
@@ -42,6 +45,8 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         body += chunk
         if len(body) > MAX_BODY_BYTES:
             raise too_large()
+    if len(body) > PARSE_ON_THREAD:
+        return await asyncio.to_thread(parse_json_object, bytes(body))
     return parse_json_object(bytes(body))
 
 

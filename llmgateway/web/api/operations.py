@@ -125,10 +125,12 @@ class KeyAdmin:
 
     async def add_keys(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """`POST /-/api/keys`: store new keys (source api), untested, in the pool at once."""
-        request = parse_import(body, self.instances)
+        # On a thread: 100,000 lines take a while to check.
+        request = await asyncio.to_thread(parse_import, body, self.instances)
         provider = self._config().get_provider(request.instance)
         assert provider is not None  # parse_import checked the instance
-        self._masker.add(request.keys)  # masked in every log line before anything can use them
+        # Masked in every log line before anything can use them (the index built off the loop).
+        await self._masker.add_off_loop(request.keys)
         report = await self._store.add_keys(
             request.instance,
             request.keys,

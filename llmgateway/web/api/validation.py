@@ -8,6 +8,7 @@ unknown field, a wrong type or a malformed body refuses the whole request.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -280,13 +281,17 @@ def _read_lines(instance: str, lines: Iterable[tuple[int, str]]) -> ImportReques
     return ImportRequest(instance, tuple(keys), tuple(rejected), repeats)
 
 
+_WHITESPACE: Final = re.compile(r"\s")
+"""Any whitespace character (str.isspace's, as `\\s` matches in a str pattern)."""
+
+
 def key_problem(key: str) -> str | None:
     """Why `key` (trimmed) cannot be a key, or None: any other format is accepted."""
     if not key:
         return "empty"
     if len(key) > MAX_KEY_LENGTH:
         return f"longer than {MAX_KEY_LENGTH} characters"
-    if any(ch.isspace() for ch in key):
+    if _WHITESPACE.search(key):
         return "whitespace inside the key (one key a line)"
     if not key.isprintable():
         return "control or non-printable characters"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
+from llmgateway.core.constants import ErrorReason
 from llmgateway.core.errors import NoUsableKey
-from tests.unit.pool.test_pool import MODELS, FakeClock, Sink, make_pool, picks
+from tests.unit.pool.test_pool import MODELS, FakeClock, Sink, fail, make_pool, picks
 
 
 @pytest.fixture
@@ -43,3 +46,27 @@ def test_other_instances_and_unknown_ids_are_left_alone(clock: FakeClock, sink: 
     assert pool.remove_keys("elsewhere", [1, 2]) == 0
     assert pool.remove_keys("main", [7]) == 0
     assert len(pool.records("main")) == 2 * len(MODELS)
+
+
+def test_a_removed_key_cooling_down_never_returns(clock: FakeClock, sink: Sink) -> None:
+    """A key removed while it cools down stays out once its cool-down ends."""
+    pool = make_pool(clock, sink, count=2)
+    cooling = pool.get("main", MODELS[0], 1)
+    assert cooling is not None
+    pool.report(cooling, fail(ErrorReason.RATE_LIMITED, retry_after=30.0))
+    pool.remove_keys("main", [1])
+    clock.advance(31.0)
+    assert set(picks(pool, MODELS[0], 6)) == {2}
+    assert [k.key_id for k in pool.route("main", MODELS[0]).skipped] == []
+
+
+def test_a_key_removed_and_added_again_rotates_once(clock: FakeClock, sink: Sink) -> None:
+    """The dropped entry left in the ring is shed: the key comes back once per round, not twice."""
+    pool = make_pool(clock, sink, count=3)
+    kept = pool.records("main")
+    pool.remove_keys("main", [2])
+    assert pool.add_records(r for r in kept if r.key_id == 2) == len(MODELS)
+    chosen = picks(pool, MODELS[0], 30)
+    assert Counter(chosen) == {1: 10, 2: 10, 3: 10}
+    route = pool.route("main", MODELS[0])
+    assert route.usable == 3 and route.next is not None

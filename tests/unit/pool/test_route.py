@@ -30,6 +30,9 @@ class FakeSlot:
     ring: deque[FakeEntry] = field(default_factory=deque)
     entries: dict[int, FakeEntry] = field(default_factory=dict)
 
+    def in_rotation(self) -> deque[FakeEntry]:
+        return self.ring
+
     def put(self, entry: FakeEntry, in_ring: bool = True) -> FakeEntry:
         self.entries[entry.record.key_id] = entry
         if in_ring:
