@@ -34,13 +34,18 @@ def _lag(value: float | None) -> str:
 
 def _section(figures: dict[str, Any]) -> list[str]:
     if "windows" not in figures:
-        cpu = figures["cpu"]
+        cpu = figures.get("cpu")
+        per_request = (
+            f"; CPU µs/request {figures['keys']:,} keys {cpu['n_keys']:.0f}, 1 key "
+            f"{cpu['one_key']:.0f} ({(cpu['ratio'] - 1) * 100:+.1f}%); samples {cpu['samples']}"
+            if cpu
+            else ""
+        )
         return [
-            f"## {figures['engine']}, {figures['keys']:,} keys: CPU per request",
+            f"## {figures['engine']}, {figures['keys']:,} keys: ready, RSS, CPU per request",
             "",
-            f"ready warm {figures['ready_warm_s']:.2f} s, RSS {figures['rss_ready_mib']:.0f} MiB; "
-            f"CPU µs/request {figures['keys']:,} keys {cpu['n_keys']:.0f}, 1 key "
-            f"{cpu['one_key']:.0f} ({(cpu['ratio'] - 1) * 100:+.1f}%); samples {cpu['samples']}",
+            f"ready cold {figures['ready_cold_s']:.2f} s, warm {figures['ready_warm_s']:.2f} s, "
+            f"RSS {figures['rss_ready_mib']:.0f} MiB{per_request}",
             "",
         ]
     lines = [

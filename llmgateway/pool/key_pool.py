@@ -91,7 +91,6 @@ class KeyPool:
         self._slots.clear()
         for record in records:
             self._table.add(record)
-            self.usage.track((record.key_id,))
 
     def add_records(self, records: Iterable[KeyRecord]) -> int:
         """Add the (key, model) records of keys just stored (the key admin's import).

@@ -1,11 +1,12 @@
 """Per-key usage counted on the request path: requests, failures, last use.
 
 `UsageCounter.count` is called for every attempt the gateway makes with a
-key; it only bumps a key's tally (made when the pool loads, or at the key's
-first use when it joined later) and puts the tally on the dirty list the first time it changes since
-the last drain. `drain()` hands the increments accumulated since the last
-drain to whoever writes them (the store's write-behind queue), in one batch;
-nothing here touches the database.
+key; it only bumps a key's tally (made at the key's first use: a pool of
+100,000 keys holds tallies for the keys in use only) and puts the tally on
+the dirty list the first time it changes since the last drain. `drain()`
+hands the increments accumulated since the last drain to whoever writes
+them (the store's write-behind queue), in one batch; nothing here touches
+the database.
 """
 
 from __future__ import annotations
@@ -45,13 +46,6 @@ class UsageCounter:
         self._tallies: dict[int, _Tally] = {}
         self._dirty: list[_Tally] = []
 
-    def track(self, key_ids: Iterable[int]) -> None:
-        """Keep a tally for each of `key_ids` (keys joining the pool)."""
-        tallies = self._tallies
-        for key_id in key_ids:
-            if key_id not in tallies:
-                tallies[key_id] = _Tally(key_id)
-
     def forget(self, key_ids: Iterable[int]) -> None:
         """Stop counting `key_ids` (keys deleted); what they counted is dropped."""
         for key_id in key_ids:
@@ -60,7 +54,7 @@ class UsageCounter:
     def count(self, key_id: int, failed: bool, now: float) -> None:
         """One request made with key `key_id` at `now` (epoch seconds); `failed` if it failed."""
         tally = self._tallies.get(key_id)
-        if tally is None:  # a key that joined after start-up: its tally is made once
+        if tally is None:  # the key's first use: its tally is made once
             tally = self._tallies[key_id] = _Tally(key_id)
         tally.requests += 1
         if failed:

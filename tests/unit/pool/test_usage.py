@@ -11,7 +11,6 @@ T0 = 1_800_000_000.0
 
 def test_requests_and_failures_are_drained_as_increments() -> None:
     counter = UsageCounter()
-    counter.track([1, 2, 3])
     counter.count(1, False, T0)
     counter.count(1, True, T0 + 1)
     counter.count(2, False, T0 + 2)
@@ -29,7 +28,6 @@ def test_requests_and_failures_are_drained_as_increments() -> None:
 
 def test_what_a_forgotten_key_counted_is_not_drained() -> None:
     counter = UsageCounter()
-    counter.track([1, 2])
     counter.count(1, False, T0)
     counter.count(2, False, T0)
     counter.forget([1])
