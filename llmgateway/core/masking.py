@@ -17,6 +17,7 @@ import binascii
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
 from typing import Final, final
 
 SHORT_KEY: Final = 12
@@ -74,8 +75,9 @@ class _SecretIndex:
     with the number of keys either.
     """
 
-    masks: dict[str, str]
     plain: frozenset[str]
+    others: frozenset[str]
+    """The secrets that are not plain (few: hand-written tokens); a mask is made when one is found."""
     lengths: tuple[int, ...]
     runs: re.Pattern[str] | None
     other: re.Pattern[str] | None
@@ -83,9 +85,10 @@ class _SecretIndex:
     """Runs of base64 characters long enough to hold the encoding of a plain secret."""
 
     @classmethod
-    def of(cls, masks: dict[str, str]) -> _SecretIndex:
-        plain = frozenset(s for s in masks if _PLAIN_SECRET.fullmatch(s))
-        other = sorted((s for s in masks if s not in plain), key=len, reverse=True)
+    def of(cls, secrets: Iterable[str]) -> _SecretIndex:
+        every = frozenset(secrets)
+        plain = frozenset(s for s in every if _PLAIN_SECRET.fullmatch(s))
+        other = sorted(every - plain, key=len, reverse=True)
         lengths = tuple(sorted({len(s) for s in plain}, reverse=True))
         encodable = [n for n in lengths if n >= ENCODED_MIN]
         encoded = None
@@ -93,20 +96,28 @@ class _SecretIndex:
             shortest = -(-4 * encodable[-1] // 3)  # base64 of the shortest secret, unpadded
             encoded = re.compile(f"(?<![A-Za-z0-9+/_\\-])[A-Za-z0-9+/_\\-]{{{shortest},}}+={{0,2}}")
         return cls(
-            masks=masks,
             plain=plain,
+            others=frozenset(other),
             lengths=lengths,
             runs=re.compile(f"[{_TOKEN_CHARS}]{{{lengths[-1]},}}") if lengths else None,
             other=re.compile("|".join(re.escape(s) for s in other)) if other else None,
             encoded=encoded,
         )
 
+    @property
+    def empty(self) -> bool:
+        """No secret at all (nothing to mask)."""
+        return not self.plain and not self.others
+
+    def knows(self, secret: str) -> bool:
+        """Whether `secret` is one of the index's secrets."""
+        return secret in self.plain or secret in self.others
+
     # -- raw --------------------------------------------------------------------------------
 
     def mask_text(self, text: str) -> str:
         if self.other is not None:
-            masks = self.masks
-            text = self.other.sub(lambda m: masks.get(m.group(), "***"), text)
+            text = self.other.sub(lambda m: mask_key(m.group()), text)
         if self.runs is None:
             return text
         text = self.runs.sub(self._mask_run, text)
@@ -121,14 +132,14 @@ class _SecretIndex:
     def _mask_run(self, match: re.Match[str]) -> str:
         run = match.group()
         if run in self.plain:
-            return self.masks[run]
+            return mask_key(run)
         found = self._find(run)
         if not found:
             return run
         parts: list[str] = []
         start = 0
         for begin, end in found:
-            parts += (run[start:begin], self.masks[run[begin:end]])
+            parts += (run[start:begin], mask_key(run[begin:end]))
             start = end
         parts.append(run[start:])
         return "".join(parts)
@@ -174,7 +185,7 @@ class _SecretIndex:
         start = 0
         for begin, end in spans:
             parts.extend(units[start:begin])
-            parts.append(self.masks[decoded[begin:end]])
+            parts.append(mask_key(decoded[begin:end]))
             start = end
         parts.extend(units[start:])
         return "".join(parts)
@@ -217,7 +228,7 @@ class _SecretIndex:
         parts: list[str] = []
         start = 0
         for begin, end in spans:
-            parts += (plain[start:begin], self.masks[plain[begin:end]])
+            parts += (plain[start:begin], mask_key(plain[begin:end]))
             start = end
         parts.append(plain[start:])
         encoded = binascii.b2a_base64("".join(parts).encode("latin-1"), newline=False)
@@ -228,7 +239,7 @@ class _SecretIndex:
         return encoded.decode("ascii")
 
 
-_EMPTY_INDEX: Final = _SecretIndex.of({})
+_EMPTY_INDEX: Final = _SecretIndex.of(())
 
 
 def _with_added(
@@ -236,8 +247,8 @@ def _with_added(
 ) -> tuple[list[str], _SecretIndex | None]:
     """`secrets` as a list, and the index of `base` plus those it lacks (None: it lacks none)."""
     wanted = [s for s in secrets if s]
-    added = {s: mask_key(s) for s in wanted if s not in base.masks}
-    return wanted, (_SecretIndex.of(base.masks | added) if added else None)
+    added = [s for s in wanted if not base.knows(s)]
+    return wanted, (_SecretIndex.of(chain(base.plain, base.others, added)) if added else None)
 
 
 @final
@@ -258,17 +269,16 @@ class Masker:
         self.add(secrets)
 
     def __len__(self) -> int:
-        return len(self._index.masks)
+        return len(self._index.plain) + len(self._index.others)
 
     def __contains__(self, secret: object) -> bool:
-        return secret in self._index.masks
+        return isinstance(secret, str) and self._index.knows(secret)
 
     def add(self, secrets: Iterable[str]) -> None:
         """Add `secrets` to the masked set (empty strings are ignored)."""
-        current = self._index.masks
-        added = {s: mask_key(s) for s in secrets if s and s not in current}
-        if added:
-            self._index = _SecretIndex.of(current | added)
+        _, index = _with_added(self._index, secrets)
+        if index is not None:
+            self._index = index
 
     async def add_off_loop(self, secrets: Iterable[str]) -> None:
         """`add`, done on a thread: with 100,000 secrets it takes a while.
@@ -290,20 +300,20 @@ class Masker:
 
     def remember(self, secret: str) -> None:
         """Add one secret; a dictionary look-up when it is already known (the request path)."""
-        if secret and secret not in self._index.masks:
+        if secret and not self._index.knows(secret):
             self.add((secret,))
 
     def mask_text(self, text: str) -> str:
         """`text` with every known secret, in any of its forms, replaced by its mask."""
         index = self._index
-        if not index.masks or not text:
+        if index.empty or not text:
             return text
         return index.mask_text(text)
 
     def mask_bytes(self, data: bytes) -> bytes:
         """`mask_text` for bytes; bytes that are not ASCII pass through unchanged."""
         index = self._index
-        if not index.masks or not data:
+        if index.empty or not data:
             return data
         text = data.decode("latin-1")
         masked = index.mask_text(text)
