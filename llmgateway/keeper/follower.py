@@ -164,9 +164,7 @@ class PoolFollower:
                 continue
             if change.reload:
                 with bulk_load():
-                    stored = await self._store.load_records(change.instance)
-                    await self._key_sync.apply(change.instance, stored)
-                    self.applied += await self._apply_newer(stored)
+                    await self._reload(change.instance)
             added.extend(change.added)
         loaded = await self._store.load_key_records(added)
         await self._key_sync.register_off_loop(r.key for r in loaded)  # before `_apply`
@@ -187,14 +185,25 @@ class PoolFollower:
         applied = 0
         with bulk_load():
             for name in self._instances:
-                # One instance at a time: the store sorts them out (no pass over every
-                # record on the event loop), and only one instance's records are held.
-                stored = await self._store.load_records(name)
-                await self._key_sync.apply(name, stored)
-                applied += await self._apply_newer(stored)
-        self.applied += applied
+                applied += await self._reload(name)
         self.reconciliations += 1
         self.last_reconciled_at = self._clock()
+        return applied
+
+    async def _reload(self, instance: str) -> int:
+        """Bring `instance` in step with the store, a page at a time; the newer records taken.
+
+        They count in `applied` as each page is taken.
+        """
+        applied = 0
+
+        async def take_newer(page: list[KeyRecord]) -> None:
+            nonlocal applied
+            taken = await self._apply_newer(page)
+            applied += taken
+            self.applied += taken
+
+        await self._key_sync.reload_instance(instance, take_newer)
         return applied
 
     async def _apply_newer(self, records: Sequence[KeyRecord]) -> int:

@@ -5,13 +5,13 @@ makes the store match them (one process at a time, under the store's
 `keysync` lock), registers every key with the process's `Masker` before
 anything else handles it, and applies the change to the live pool. Start-up
 (`initial`), the keeper's periodic re-read (`sync`) and the follower (keys
-other processes' syncs added, `register` and `apply`) all go through it.
+other processes' syncs added, `register` and `reload_instance`) all go through it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, final
@@ -120,7 +120,7 @@ class KeySync:
                     if name in self._loaded and not changed:
                         continue
                     with bulk_load():
-                        await self.apply(name, await self._store.load_records(name))
+                        await self.reload_instance(name)
                 except StoreError as exc:
                     log.error("keeper_key_sync_failed", instance=name, error=str(exc))
                     continue
@@ -171,15 +171,28 @@ class KeySync:
         """`register`, the masker's index rebuilt on a thread (100,000 keys: no stall)."""
         await self._masker.add_off_loop(keys)
 
-    async def apply(self, instance: str, records: Iterable[KeyRecord]) -> None:
-        """Reconcile `instance` in the pool with its stored `records`, keys masked first.
+    async def reload_instance(
+        self, instance: str, each_page: Callable[[list[KeyRecord]], Awaitable[object]] | None = None
+    ) -> None:
+        """Reconcile `instance` in the pool with the store, read one page at a time.
 
-        The pool is brought in step in slices (`KeyPool.resync_instance`):
-        requests go on meanwhile, however large the instance.
+        Each page's keys are registered with the masker, then its rows new to
+        the pool join it (`KeyPool.resync`), then `each_page` sees it; once
+        every page was read, the rows no page named leave the pool. At most
+        one page of records is held (not 200,000 for 100,000 keys x 2 models).
         """
-        stored = list(records)
-        await self.register_off_loop(r.key for r in stored)
-        await self._pool.resync_instance(instance, stored)
+        resync = self._pool.resync(instance)
+        after: tuple[int, str] | None = None
+        while True:
+            page = await self._store.records_page(instance, after, RELOAD_PAGE)
+            await self.register_off_loop(r.key for r in page)
+            await resync.add(page)
+            if each_page is not None:
+                await each_page(page)
+            if len(page) < RELOAD_PAGE:
+                break
+            after = (page[-1].key_id, page[-1].model)
+        await resync.finish()
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
@@ -233,6 +246,9 @@ class KeySync:
             )
         return report
 
+
+RELOAD_PAGE: Final = 5000
+"""Records read per page when an instance is reloaded from the store."""
 
 _UNCHANGED: Final = KeySyncReport(added=0, removed=0, total=-1)
 """What `_sync_instance` returns when the store already held exactly the keys."""
