@@ -56,6 +56,9 @@ class KeySync:
         self._clock = clock
         self._cwd = cwd
         self._loaded: set[str] = set()
+        self._synced: dict[str, tuple[int, tuple[str, ...]]] = {}
+        """Per instance, the digest of the keys and the models this process last made the
+        store match: a periodic sync of unchanged key files writes nothing."""
 
     async def initial(self) -> None:
         """Start-up: provider rows, then every enabled instance's keys, then the pool from the store.
@@ -209,8 +212,10 @@ class KeySync:
         not be read: that is logged as an error naming the path, and the
         stored keys are left as they are (a missing folder must not wipe an
         instance). With `current` (the instance's records, just read) a store
-        already matching the keys is not written to: `_UNCHANGED` is returned.
-        Raises StoreError when the store fails.
+        already matching the keys is not written to: `_UNCHANGED` is returned;
+        so it is when the files read exactly as at this process's last sync of
+        the instance, with the same models (a periodic sync of 100,000
+        unchanged keys writes nothing). Raises StoreError when the store fails.
         """
         read = await load_keys(provider, self._cwd)
         await self.register_off_loop(read.keys)
@@ -233,9 +238,15 @@ class KeySync:
             for problem in read.errors:
                 log.error("keys_not_synced", instance=provider.name, problem=problem)
             return None
+        signature = (read.digest, tuple(models))
+        if not read.missing and self._synced.get(provider.name) == signature:
+            return _UNCHANGED  # the files read as they were at this process's last sync
         if current is not None and _matches(current, keys, models):
+            self._synced[provider.name] = signature
             return _UNCHANGED
         report = await self._store.sync_keys(provider.name, keys, models, now, files=read.files)
+        if not read.missing:
+            self._synced[provider.name] = signature
         if report.added or report.removed:
             log.info(
                 "keys_synced",

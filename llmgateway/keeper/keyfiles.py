@@ -40,6 +40,8 @@ class KeyFileRead:
     files: Mapping[str, str] = field(default_factory=dict, compare=False)
     """The file each key was first found in: its name in the folder (`read_key_files`), or
     the path as configured, `keys_path` joined with it, or `inline` (`load_keys`)."""
+    digest: int = field(default=0, compare=False)
+    """A hash of `keys` and `files` (`load_keys`): equal digests, the same keys in the same files."""
 
     @property
     def ok(self) -> bool:
@@ -132,7 +134,8 @@ def _read_provider_keys(provider: ProviderConfig, cwd: Path | None) -> KeyFileRe
         files[key] = path
     for key in inline:
         files.setdefault(key, INLINE_SOURCE)
-    return KeyFileRead(keys, from_files.errors, from_files.missing, files)
+    digest = hash((keys, tuple(files.items())))
+    return KeyFileRead(keys, from_files.errors, from_files.missing, files, digest)
 
 
 def warn_if_keyless(provider: ProviderConfig, total: int, cwd: Path | None = None) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import pytest
 from structlog.testing import capture_logs
 
 from llmgateway.config.schemas import ModelConfig, ProviderConfig
@@ -178,3 +181,33 @@ async def test_a_file_change_reaches_the_pool_at_the_next_sync(
     await sync.once()
     assert {r.key for r in sync.pool.records()} == {"sk-new-key-000001"}
     assert "sk-new-key-000001" in sync.masker
+
+
+async def test_a_sync_of_unchanged_files_writes_nothing(
+    store: AnyStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files read as at the last sync: the store is not written; a changed file is synced again."""
+    write_keys(tmp_path, "a.txt", "sk-file-1\nsk-file-2\n")
+    sync = await synced(store, provider(), tmp_path)
+    written: list[tuple[str, ...]] = []
+    sync_keys = store.sync_keys
+
+    async def counted(instance: str, keys: Sequence[str], *args: Any, **kw: Any) -> KeySyncReport:
+        written.append(tuple(keys))
+        return await sync_keys(instance, keys, *args, **kw)
+
+    monkeypatch.setattr(store, "sync_keys", counted)
+    assert await sync.once() == KeySyncReport(added=2, removed=0, total=2)
+    assert (await sync.once()).total == -1  # unchanged: nothing written, nothing reloaded
+    assert written == [("sk-file-1", "sk-file-2")]
+
+    write_keys(tmp_path, "b.txt", "sk-file-3\n")
+    assert await sync.once() == KeySyncReport(added=1, removed=0, total=3)
+    (tmp_path / "keys" / "openai-main" / "b.txt").rename(
+        tmp_path / "keys" / "openai-main" / "c.txt"
+    )
+    assert await sync.once() == KeySyncReport(added=0, removed=0, total=3)  # moved: files recorded
+    assert len(written) == 3
+    assert sorted(r.key for r in sync.pool.records("openai-main")) == [
+        k for k in ("sk-file-1", "sk-file-2", "sk-file-3") for _ in range(2)
+    ]
