@@ -1,18 +1,22 @@
-"""A list bound to one SQLite parameter as JSON text, encoded on the connection's thread.
+"""A list bound to one statement parameter as JSON text, encoded off the event loop.
 
-SQLite reads a list of keys, ids or rows from one bound JSON text
-(`json_each`). Encoding 100,000 rows takes tens of milliseconds: done where
-the statement is built, it would hold the event loop. A `JsonArray` is bound
-instead, and the `sqlite3` module turns it into text through the adapter
-registered here when it binds the statement's parameters, which happens on
-the connection's own thread (aiosqlite's).
+Both engines read a list of keys, ids or rows from one bound JSON text
+(`json_each`, `jsonb_array_elements`). Encoding 100,000 rows takes tens of
+milliseconds, and so does a driver's encoding of as many array elements:
+done where the statement is built, either would hold the event loop. A
+`JsonArray` is bound instead. On SQLite the `sqlite3` module turns it into
+text through the adapter registered here when it binds the statement's
+parameters, on the connection's own thread (aiosqlite's); the PostgreSQL
+connection encodes a large one on a thread before handing the text to
+asyncpg (`as_text`), which sends it as it is.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Sequence
-from typing import final
+from typing import Final, final
 
 import orjson
 
@@ -30,8 +34,20 @@ class JsonArray:
         return f"JsonArray(<{len(self.values)} values>)"
 
 
-def _as_text(array: JsonArray) -> str:
+ON_THREAD: Final = 2000
+"""Values from which `as_text_off_loop` encodes on a thread (fewer: a thread hop costs more)."""
+
+
+def as_text(array: JsonArray) -> str:
+    """The JSON text of `array`."""
     return orjson.dumps(array.values).decode()
 
 
-sqlite3.register_adapter(JsonArray, _as_text)
+async def as_text_off_loop(array: JsonArray) -> str:
+    """The JSON text of `array`, encoded on a thread when it is large."""
+    if len(array.values) < ON_THREAD:
+        return as_text(array)
+    return await asyncio.to_thread(as_text, array)
+
+
+sqlite3.register_adapter(JsonArray, as_text)

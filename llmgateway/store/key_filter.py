@@ -1,9 +1,9 @@
 """A key selection as SQL: one WHERE clause over `api_keys AS k`, the same on both engines.
 
 A filter never becomes one bound variable per key: ids travel as one JSON
-array (SQLite, read with `json_each`) or one array parameter (PostgreSQL), so
-a selection of 100,000 keys binds one value, far below SQLite's limit of
-32,766 variables. Placeholders are numbered (`?1` on SQLite, `$1` on
+array (read with `json_each` on SQLite, `jsonb_array_elements` on
+PostgreSQL), so a selection of 100,000 keys binds one value, far below
+SQLite's limit of 32,766 variables, and is encoded off the event loop. Placeholders are numbered (`?1` on SQLite, `$1` on
 PostgreSQL), so clauses compose in any order.
 """
 
@@ -59,7 +59,10 @@ class Params:
         """The condition `column` is one of `values`, bound as one JSON text or array."""
         if self.engine is Engine.SQLITE:
             return f"{column} IN (SELECT value FROM json_each({self(_json(values))}))"
-        return f"{column} = ANY({self(list(values))}::{pg_type}[])"
+        return (
+            f"{column} IN (SELECT v::{pg_type} "
+            f"FROM jsonb_array_elements_text({self(_json(values))}::jsonb) AS v)"
+        )
 
     def none_of(self, column: str, values: Sequence[object], pg_type: str = "text") -> str:
         """The condition `column` is none of `values` (an anti-join, whatever their number).
@@ -71,8 +74,8 @@ class Params:
         if self.engine is Engine.SQLITE:
             return f"{column} NOT IN (SELECT value FROM json_each({self(_json(values))}))"
         return (
-            f"NOT EXISTS (SELECT 1 FROM unnest({self(list(values))}::{pg_type}[]) AS n(v) "
-            f"WHERE n.v = {column})"
+            f"NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text({self(_json(values))}::jsonb) "
+            f"AS n(v) WHERE n.v::{pg_type} = {column})"
         )
 
     def rows(
@@ -80,18 +83,17 @@ class Params:
     ) -> str:
         """A FROM item `alias` of `rows`, its `(name, PostgreSQL type)` columns bound as one value each.
 
-        SQLite reads one JSON array of arrays with `json_each`; PostgreSQL
-        `unnest`s one array per column. Either way a million rows bind a few values.
+        Both engines read one JSON array of arrays (SQLite with `json_each`,
+        PostgreSQL with `jsonb_array_elements`): a million rows bind one value,
+        encoded off the event loop (see `llmgateway.store.json_array`).
         """
-        names = ", ".join(name for name, _ in columns)
         if self.engine is Engine.SQLITE:
             picks = ", ".join(f"value ->> {i} AS {name}" for i, (name, _) in enumerate(columns))
             return f"(SELECT {picks} FROM json_each({self(_json(rows))})) AS {alias}"
-        arrays = ", ".join(
-            f"{self([row[i] for row in rows])}::{pg_type}[]"
-            for i, (_, pg_type) in enumerate(columns)
+        picks = ", ".join(
+            f"(e ->> {i})::{pg_type} AS {name}" for i, (name, pg_type) in enumerate(columns)
         )
-        return f"unnest({arrays}) AS {alias}({names})"
+        return f"(SELECT {picks} FROM jsonb_array_elements({self(_json(rows))}::jsonb) AS e) AS {alias}"
 
     def with_rows(
         self, alias: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[object]]

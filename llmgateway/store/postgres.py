@@ -36,6 +36,7 @@ from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
 from llmgateway.store.changes import CHANNEL, KeySetChange, encode_key_changes, encode_notifications
 from llmgateway.store.engine import Conn, Dialect, LeaseAsk, Row, SqlStore
+from llmgateway.store.json_array import JsonArray, as_text_off_loop
 from llmgateway.store.key_activity import KeyActivity
 from llmgateway.store.key_codec import PLAIN, KeyCodec
 from llmgateway.store.migrations import Engine, Migration
@@ -154,6 +155,13 @@ def _count(status: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
+async def _encoded(args: Sequence[Any]) -> Sequence[Any]:
+    """`args` with each JsonArray turned into its JSON text (a large one on a thread)."""
+    if not any(isinstance(a, JsonArray) for a in args):
+        return args
+    return [await as_text_off_loop(a) if isinstance(a, JsonArray) else a for a in args]
+
+
 @final
 class _PgConn:
     """A pooled asyncpg connection as the shared code's `Conn`."""
@@ -166,11 +174,11 @@ class _PgConn:
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         """The rows `sql` returns."""
         # asyncpg's Record is indexable like a tuple (its stubs do not say Sequence).
-        return cast(list[Row], await self.raw.fetch(sql, *args))
+        return cast(list[Row], await self.raw.fetch(sql, *await _encoded(args)))
 
     async def execute(self, sql: str, *args: Any) -> int:
         """Run `sql`; the number of rows it changed."""
-        return _count(await self.raw.execute(sql, *args))
+        return _count(await self.raw.execute(sql, *await _encoded(args)))
 
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
         """Run `sql` once per argument tuple."""
