@@ -87,11 +87,15 @@ class KeyPool:
     # -- building ---------------------------------------------------------
 
     def load(self, records: Iterable[KeyRecord]) -> None:
-        """Replace the pool's content with `records` (start-up, from the store)."""
+        """Replace the pool's content with `records` (start-up, from the store).
+
+        Usage tallies are made at each key's first use, not here: a large
+        pool whose keys are not all used does not carry one per key.
+        """
         self._slots.clear()
+        add = self._table.add
         for record in records:
-            self._table.add(record)
-            self.usage.track((record.key_id,))
+            add(record)
 
     def add_records(self, records: Iterable[KeyRecord]) -> int:
         """Add the (key, model) records of keys just stored (the key admin's import).

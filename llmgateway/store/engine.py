@@ -102,6 +102,10 @@ class Dialect:
     create_migrations_table: str
     renew_leases: str
     """(key ids array, models array, owner, until): the number of rows changed."""
+    load_columns: str = RECORD_COLUMNS
+    """The SELECT list of `records_page`: `RECORD_COLUMNS`, times in the form `load_time_in` reads."""
+    load_time_in: TimeIn | None = None
+    """How `records_page` reads a time column (None: `time_in`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,20 +237,28 @@ class SqlStore(ABC):
     async def records_page(
         self, instance: str | None, after: tuple[int, str] | None, limit: int
     ) -> list[KeyRecord]:
-        """Up to `limit` records (of `instance`, or all) after (key_id, model) `after`, in order."""
-        where = ["(s.key_id, s.model) > ($1, $2)"]
-        args: list[Any] = [*(after or (-1, "")), limit]
+        """Up to `limit` records (of `instance`, or all) after (key_id, model) `after`, in order.
+
+        The rows are decoded on a thread, a page at a time.
+        """
+        after_id, after_model = after or (-1, "")
+        # `k.id >= $1` (implied by the join) lets PostgreSQL start its scan of api_keys at
+        # the page instead of at the first key: without it every page re-reads the keys
+        # before it, and a whole load reads them quadratically.
+        where = ["(s.key_id, s.model) > ($1, $2)", "k.id >= $1"]
+        args: list[Any] = [after_id, after_model, limit]
         if instance is not None:
             where.append("k.instance = $4")
             args.append(instance)
         # CROSS JOIN: SQLite then walks key_model_status in key order and stops at the limit
         # (not every row of the instance, sorted); PostgreSQL reads it as a plain join.
         query = (
-            f"SELECT {RECORD_COLUMNS} FROM key_model_status AS s CROSS JOIN api_keys AS k "
+            f"SELECT {self.sql.load_columns} FROM key_model_status AS s CROSS JOIN api_keys AS k "
             f"WHERE k.id = s.key_id AND {' AND '.join(where)} ORDER BY s.key_id, s.model LIMIT $3"
         )
         rows = await self._read("loading records", lambda conn: conn.fetch(query, *args))
-        return await asyncio.to_thread(to_records, rows, self.sql.time_in, self.codec.unseal)
+        time_in = self.sql.load_time_in or self.sql.time_in
+        return await asyncio.to_thread(to_records, rows, time_in, self.codec.unseal)
 
     async def status_counts(self, now: datetime) -> list[StatusCount]:
         """(key, model) rows per instance, model and status, and how many cool down at `now`."""
