@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -182,18 +182,15 @@ class PoolFollower:
         """Reload every record of the served instances; return how many were applied.
 
         Keys added or removed in the store (another process's key sync)
-        join or leave the pool; newer statuses replace the pool's.
+        join or leave the pool; newer statuses replace the pool's. The store
+        is read and merged a page at a time (`KeySync.reconcile`), so a
+        reconciliation never holds a second copy of a large pool.
         """
         applied = 0
         with bulk_load():
-            by_instance: defaultdict[str, list[KeyRecord]] = defaultdict(list)
-            for record in await self._store.load_records():
-                by_instance[record.instance].append(record)
-            for name in self._instances:
-                stored = by_instance.get(name, [])
-                await self._key_sync.apply(name, stored)
-                applied += await self._apply_newer(stored)
-        self.applied += applied
+            async for taken in self._key_sync.reconcile(self._instances):
+                applied += taken
+                self.applied += taken
         self.reconciliations += 1
         self.last_reconciled_at = self._clock()
         return applied

@@ -11,7 +11,7 @@ other processes' syncs added, `register` and `apply`) all go through it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, final
@@ -29,6 +29,9 @@ from llmgateway.pool.key_pool import Clock, KeyPool
 from llmgateway.store.protocol import KeySyncReport, Store
 
 log = structlog.get_logger(__name__)
+
+RECONCILE_PAGE: Final = 2000
+"""Records `reconcile` reads and merges at a time (the event loop runs between pages)."""
 
 
 @final
@@ -180,6 +183,38 @@ class KeySync:
         stored = list(records)
         await self.register_off_loop(r.key for r in stored)
         await self._pool.resync_instance(instance, stored)
+
+    async def reconcile(self, instances: Sequence[str]) -> AsyncIterator[int]:
+        """Bring `instances` in the pool in step with the store; yield the newer statuses per page.
+
+        The store is read a page (`RECONCILE_PAGE` rows) at a time and each
+        page merged at once (`KeyPool.merge_stored`, keys masked first): keys
+        new to the pool join it, newer statuses replace the pool's, and at the
+        end the keys no longer stored leave it. Only one page of records
+        is held at a time (not a second copy of the pool), and the event loop
+        runs between pages. Each page's count is yielded as soon as it is
+        merged. Raises StoreError when the store fails (the pool then keeps
+        what it merged, and drops nothing).
+        """
+        present: dict[str, dict[str, set[int]]] = {name: {} for name in instances}
+        merge = self._pool.merge_stored
+        after: tuple[int, str] | None = None
+        while True:
+            page = await self._store.records_page(None, after, RECONCILE_PAGE)
+            if not page:
+                break
+            after = (page[-1].key_id, page[-1].model)
+            mine = [r for r in page if r.instance in present]
+            await self.register_off_loop(r.key for r in mine)
+            taken = 0
+            for record in mine:
+                present[record.instance].setdefault(record.model, set()).add(record.key_id)
+                taken += merge(record)
+            yield taken
+            if len(page) < RECONCILE_PAGE:
+                break
+        for name, models in present.items():
+            await self._pool.drop_missing(name, models)
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final, final
 
 from llmgateway.config.accessor import ConfigAccessor
@@ -144,21 +144,42 @@ class KeyPool:
     async def resync_instance(self, instance: str, records: Iterable[KeyRecord]) -> None:
         """`sync_instance` in slices: the event loop runs between every `SLICE` records.
 
-        What a reconciliation or a key sync of a large pool uses: rows new to
-        the pool are added as they come, rows no longer stored are dropped at
-        the end, one status model at a time.
+        What a key sync of a large pool uses: rows new to the pool are added
+        as they come, rows no longer stored are dropped at the end, one status
+        model at a time.
         """
         present: dict[str, set[int]] = {}
-        stored: set[int] = set()
         slots = self._slots
         for index, record in enumerate(records, 1):
             present.setdefault(record.model, set()).add(record.key_id)
-            stored.add(record.key_id)
             slot = slots.get((instance, record.model))
             if slot is None or record.key_id not in slot.entries:
                 self._table.add(record)
             if index % SLICE == 0:
                 await asyncio.sleep(0)
+        await self.drop_missing(instance, present)
+
+    def merge_stored(self, record: KeyRecord) -> bool:
+        """Add a stored (key, model) the pool lacks, or take its newer status; True if taken.
+
+        One record of a reconciliation read page by page (see
+        `KeySync.reconcile`): a (key, model) new to the pool is added (False:
+        nothing was newer), one already there takes the record when it is
+        newer (`apply_remote`).
+        """
+        slot = self._slots.get((record.instance, record.model))
+        if slot is None or record.key_id not in slot.entries:
+            self._table.add(record)
+            return False
+        return self._writer.apply_remote(record)
+
+    async def drop_missing(self, instance: str, present: Mapping[str, set[int]]) -> None:
+        """Drop `instance`'s entries whose key id is not in `present[model]`, a model at a time.
+
+        The end of a reconciliation: `present` holds every (model, key id) the
+        store has for the instance. Incidents forget the keys gone.
+        """
+        slots = self._slots
         for (name, model), slot in list(slots.items()):
             if name != instance:
                 continue
@@ -167,6 +188,7 @@ class KeyPool:
             if not slot.entries:
                 del slots[(name, model)]
             await asyncio.sleep(0)
+        stored: set[int] = set().union(*present.values())
         for incident in self._guard.forget(instance, stored):
             self._verdicts.incident_over(incident, "its keys left the pool")
 

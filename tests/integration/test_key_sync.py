@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 
 from llmgateway.config.schemas import ModelConfig, ProviderConfig
-from llmgateway.core.constants import ALL_MODELS_MARKER, ProviderType
+from llmgateway.core.constants import ALL_MODELS_MARKER, ProviderType, Status
 from llmgateway.core.masking import Masker
+from llmgateway.keeper import key_sync as key_sync_module
 from llmgateway.keeper.key_sync import KeySync
 from llmgateway.pool.key_pool import KeyPool
 from llmgateway.store.postgres import PostgresStore
@@ -178,3 +180,40 @@ async def test_a_file_change_reaches_the_pool_at_the_next_sync(
     await sync.once()
     assert {r.key for r in sync.pool.records()} == {"sk-new-key-000001"}
     assert "sk-new-key-000001" in sync.masker
+
+
+async def test_reconcile_merges_page_by_page(
+    store: AnyStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages of 3 rows: stored keys new to the pool join it (masked), newer statuses are taken,
+    keys no longer stored leave, another instance's rows are left out, the pool's own newer
+    state is kept."""
+    monkeypatch.setattr(key_sync_module, "RECONCILE_PAGE", 3)
+    write_keys(tmp_path, "a.txt", "sk-rec-1\nsk-rec-2\nsk-rec-3\n")
+    sync = await synced(store, provider(), tmp_path)
+    await sync.once()
+    await store.sync_providers([("other", ProviderType.OPENAI_LIKE)])
+    await store.sync_keys("other", ["sk-other-1"], ["m-a"], NOW)
+    stored = {(r.key, r.model): r for r in await store.load_records("openai-main")}
+    later = NOW + timedelta(minutes=1)
+    newer = replace(stored[("sk-rec-2", "m-b")], status=Status.INVALID_KEY, last_checked_at=later)
+    await store.record([newer])
+    pool_own = replace(stored[("sk-rec-1", "m-a")], status=Status.VALID, last_checked_at=later)
+    assert sync.pool.apply_remote(pool_own)
+    older = replace(pool_own, status=Status.NO_QUOTA, last_checked_at=NOW)
+    await store.record([older])
+    # Another process's sync: sk-rec-3 leaves the store, sk-rec-4 joins it.
+    await store.sync_keys("openai-main", ["sk-rec-1", "sk-rec-2", "sk-rec-4"], ["m-a", "m-b"], NOW)
+
+    taken = [n async for n in sync.key_sync.reconcile(["openai-main"])]
+
+    assert len(taken) == 3  # 6 rows of openai-main and 1 of other: pages of 3, 3 and 1
+    assert sum(taken) == 1  # only sk-rec-2/m-b was newer than the pool's
+    records = {(r.key, r.model): r for r in sync.pool.records("openai-main")}
+    assert sorted(records) == [
+        (key, model) for key in ("sk-rec-1", "sk-rec-2", "sk-rec-4") for model in ("m-a", "m-b")
+    ]
+    assert records[("sk-rec-2", "m-b")].status is Status.INVALID_KEY
+    assert records[("sk-rec-1", "m-a")].status is Status.VALID
+    assert sync.pool.records("other") == []
+    assert sync.masker.mask_text("sk-rec-4") != "sk-rec-4"
