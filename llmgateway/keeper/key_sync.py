@@ -196,7 +196,9 @@ class KeySync:
         merged. Raises StoreError when the store fails (the pool then keeps
         what it merged, and drops nothing).
         """
-        present: dict[str, dict[str, set[int]]] = {name: {} for name in instances}
+        # What the pool holds now; each stored row crosses its key out: what is left, the
+        # store no longer has. (The pool's own ids: no new object per row is kept.)
+        missing = {name: self._pool.key_ids(name) for name in instances}
         merge = self._pool.merge_stored
         after: tuple[int, str] | None = None
         while True:
@@ -204,16 +206,18 @@ class KeySync:
             if not page:
                 break
             after = (page[-1].key_id, page[-1].model)
-            mine = [r for r in page if r.instance in present]
+            mine = [r for r in page if r.instance in missing]
             await self.register_off_loop(r.key for r in mine)
             taken = 0
             for record in mine:
-                present[record.instance].setdefault(record.model, set()).add(record.key_id)
+                ids = missing[record.instance].get(record.model)
+                if ids is not None:
+                    ids.discard(record.key_id)
                 taken += merge(record)
             yield taken
             if len(page) < RECONCILE_PAGE:
                 break
-        for name, models in present.items():
+        for name, models in missing.items():
             await self._pool.drop_missing(name, models)
 
     def _now(self) -> datetime:

@@ -149,15 +149,34 @@ class KeyPool:
         model at a time.
         """
         present: dict[str, set[int]] = {}
+        stored: set[int] = set()
         slots = self._slots
         for index, record in enumerate(records, 1):
             present.setdefault(record.model, set()).add(record.key_id)
+            stored.add(record.key_id)
             slot = slots.get((instance, record.model))
             if slot is None or record.key_id not in slot.entries:
                 self._table.add(record)
             if index % SLICE == 0:
                 await asyncio.sleep(0)
-        await self.drop_missing(instance, present)
+        for (name, model), slot in list(slots.items()):
+            if name != instance:
+                continue
+            kept = present.get(model, set())
+            slot.drop([key_id for key_id in slot.entries if key_id not in kept])
+            if not slot.entries:
+                del slots[(name, model)]
+            await asyncio.sleep(0)
+        for incident in self._guard.forget(instance, stored):
+            self._verdicts.incident_over(incident, "its keys left the pool")
+
+    def key_ids(self, instance: str) -> dict[str, set[int]]:
+        """The key ids of each status model of `instance` in the pool now (a copy)."""
+        return {
+            model: set(slot.entries)
+            for (name, model), slot in self._slots.items()
+            if name == instance
+        }
 
     def merge_stored(self, record: KeyRecord) -> bool:
         """Add a stored (key, model) the pool lacks, or take its newer status; True if taken.
@@ -173,23 +192,25 @@ class KeyPool:
             return False
         return self._writer.apply_remote(record)
 
-    async def drop_missing(self, instance: str, present: Mapping[str, set[int]]) -> None:
-        """Drop `instance`'s entries whose key id is not in `present[model]`, a model at a time.
+    async def drop_missing(self, instance: str, missing: Mapping[str, Iterable[int]]) -> None:
+        """Drop the entries of `instance` whose key ids `missing[model]` names, a model at a time.
 
-        The end of a reconciliation: `present` holds every (model, key id) the
-        store has for the instance. Incidents forget the keys gone.
+        The end of a reconciliation: `missing` holds what the pool had
+        (`key_ids`) and the store no longer has. Incidents forget the keys gone.
         """
         slots = self._slots
         for (name, model), slot in list(slots.items()):
             if name != instance:
                 continue
-            kept = present.get(model, set())
-            slot.drop([key_id for key_id in slot.entries if key_id not in kept])
+            slot.drop(missing.get(model, ()))
             if not slot.entries:
                 del slots[(name, model)]
             await asyncio.sleep(0)
-        stored: set[int] = set().union(*present.values())
-        for incident in self._guard.forget(instance, stored):
+        left: set[int] = set()
+        for (name, _), slot in slots.items():
+            if name == instance:
+                left.update(slot.entries)
+        for incident in self._guard.forget(instance, left):
             self._verdicts.incident_over(incident, "its keys left the pool")
 
     def remove_keys(self, instance: str, key_ids: Iterable[int]) -> int:
