@@ -99,13 +99,14 @@ def to_records(
     `unseal` turns each stored `key_value` into the key (the store's key codec).
 
     A large pool is mostly repeats: the same instance and model names, a
-    key's text on each of its models' rows, the same messages, codes and
-    (after a sync or a bulk check) times. Each is kept once per call, so the
-    records of 100,000 keys hold one copy of each instead of one per row, and
-    a time already seen is not decoded again. The look-ups are plain dict
-    subscripts (a miss decodes once, `_Decoded`), and each record is filled in
-    through its slots (`new_record`): 200,000 rows decode in a fraction of
-    the time the generated `__init__` of a frozen dataclass takes.
+    key's text on each of its models' rows, the same messages, codes,
+    response times and (after a sync or a bulk check) times. Each is kept
+    once per call, so the records of 100,000 keys hold one copy of each
+    instead of one per row, and a time already seen is not decoded again.
+    The look-ups are plain dict subscripts (a miss decodes once,
+    `_Decoded`), and each record is filled in through its slots
+    (`new_record`): 200,000 rows decode in a fraction of the time the
+    generated `__init__` of a frozen dataclass takes.
     """
     shared: _Decoded[Any, Any] = _Decoded(_same)
     times: _Decoded[Any, datetime | None] = _Decoded(time_in)
@@ -151,7 +152,7 @@ def to_records(
         set_consecutive_failures(record, row[8])
         set_status_code(record, shared[row[9]])
         set_message(record, shared[row[10]])
-        set_response_ms(record, row[11])
+        set_response_ms(record, shared[row[11]])
         set_cooldown_until(record, times[row[12]])
         set_reason(record, reasons[row[13]])
         append(record)
