@@ -1,9 +1,9 @@
 """Per-key usage counted on the request path: requests, failures, last use.
 
 `UsageCounter.count` is called for every attempt the gateway makes with a
-key; it only bumps a key's tally (made when the pool loads, or at the key's
-first use when it joined later) and puts the tally on the dirty list the first time it changes since
-the last drain. `drain()` hands the increments accumulated since the last
+key; it only bumps a key's tally (made at the key's first use) and puts the
+tally on the dirty list the first time it changes since the last drain.
+`drain()` hands the increments accumulated since the last
 drain to whoever writes them (the store's write-behind queue), in one batch;
 nothing here touches the database.
 """
