@@ -40,9 +40,6 @@ log = structlog.get_logger(__name__)
 RECONCILE_INTERVAL: Final = 30.0
 """Seconds between two full reloads of the store into the pool."""
 
-YIELD_EVERY: Final = 2000
-"""A reconciliation hands the event loop back after applying this many records."""
-
 FEED_RESTART_DELAY: Final = 1.0
 """Seconds before a crashed feed is started again."""
 
@@ -180,40 +177,23 @@ class PoolFollower:
         """Reload every record of the served instances; return how many were applied.
 
         Keys added or removed in the store (another process's key sync)
-        join or leave the pool; newer statuses replace the pool's.
+        join or leave the pool; newer statuses replace the pool's. The store
+        is read and merged a page at a time (`KeySync.reconcile`), so a
+        reconciliation never holds a second copy of a large pool.
         """
         applied = 0
         with bulk_load():
-            for name in self._instances:
-                applied += await self._reload(name)
+            async for taken in self._key_sync.reconcile(self._instances):
+                applied += taken
+                self.applied += taken
         self.reconciliations += 1
         self.last_reconciled_at = self._clock()
         return applied
 
-    async def _reload(self, instance: str) -> int:
-        """Bring `instance` in step with the store, a page at a time; the newer records taken.
-
-        They count in `applied` as each page is taken.
-        """
-        applied = 0
-
-        async def take_newer(page: list[KeyRecord]) -> None:
-            nonlocal applied
-            taken = await self._apply_newer(page)
-            applied += taken
+    async def _reload(self, instance: str) -> None:
+        """Bring `instance` in step with the store (another process asked for it)."""
+        async for taken in self._key_sync.reconcile((instance,)):
             self.applied += taken
-
-        await self._key_sync.reload_instance(instance, take_newer)
-        return applied
-
-    async def _apply_newer(self, records: Sequence[KeyRecord]) -> int:
-        """`apply_remote` each record, letting requests run between slices; how many were taken."""
-        applied = 0
-        for index, record in enumerate(records, 1):
-            applied += self._pool.apply_remote(record)
-            if index % YIELD_EVERY == 0:
-                await asyncio.sleep(0)
-        return applied
 
     def view(self) -> dict[str, Any]:
         """The pool's view of the store, for `/-/status`."""

@@ -5,13 +5,13 @@ makes the store match them (one process at a time, under the store's
 `keysync` lock), registers every key with the process's `Masker` before
 anything else handles it, and applies the change to the live pool. Start-up
 (`initial`), the keeper's periodic re-read (`sync`) and the follower (keys
-other processes' syncs added, `register` and `reload_instance`) all go through it.
+other processes' syncs added, `register` and `reconcile`) all go through it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, final
@@ -29,6 +29,9 @@ from llmgateway.pool.key_pool import Clock, KeyPool
 from llmgateway.store.protocol import KeySyncReport, Store
 
 log = structlog.get_logger(__name__)
+
+RECONCILE_PAGE: Final = 2000
+"""Records `reconcile` reads and merges at a time (the event loop runs between pages)."""
 
 
 @final
@@ -123,7 +126,8 @@ class KeySync:
                     if name in self._loaded and not changed:
                         continue
                     with bulk_load():
-                        await self.reload_instance(name)
+                        async for _ in self.reconcile((name,)):
+                            pass
                 except StoreError as exc:
                     log.error("keeper_key_sync_failed", instance=name, error=str(exc))
                     continue
@@ -174,28 +178,42 @@ class KeySync:
         """`register`, the masker's index rebuilt on a thread (100,000 keys: no stall)."""
         await self._masker.add_off_loop(keys)
 
-    async def reload_instance(
-        self, instance: str, each_page: Callable[[list[KeyRecord]], Awaitable[object]] | None = None
-    ) -> None:
-        """Reconcile `instance` in the pool with the store, read one page at a time.
+    async def reconcile(self, instances: Sequence[str]) -> AsyncIterator[int]:
+        """Bring `instances` in the pool in step with the store; yield the newer statuses per page.
 
-        Each page's keys are registered with the masker, then its rows new to
-        the pool join it (`KeyPool.resync`), then `each_page` sees it; once
-        every page was read, the rows no page named leave the pool. At most
-        one page of records is held (not 200,000 for 100,000 keys x 2 models).
+        The store is read a page (`RECONCILE_PAGE` rows) at a time and each
+        page merged at once (`KeyPool.merge_stored`, keys masked first): keys
+        new to the pool join it, newer statuses replace the pool's, and at the
+        end the keys no longer stored leave it. Only one page of records
+        is held at a time (not a second copy of the pool), and the event loop
+        runs between pages. Each page's count is yielded as soon as it is
+        merged. Raises StoreError when the store fails (the pool then keeps
+        what it merged, and drops nothing).
         """
-        resync = self._pool.resync(instance)
+        # What the pool holds now; each stored row crosses its key out: what is left, the
+        # store no longer has. (The pool's own ids: no new object per row is kept.)
+        missing = {name: self._pool.key_ids(name) for name in instances}
+        only = instances[0] if len(instances) == 1 else None  # one instance: read its rows only
+        merge = self._pool.merge_stored
         after: tuple[int, str] | None = None
         while True:
-            page = await self._store.records_page(instance, after, RELOAD_PAGE)
-            await self.register_off_loop(r.key for r in page)
-            await resync.add(page)
-            if each_page is not None:
-                await each_page(page)
-            if len(page) < RELOAD_PAGE:
+            page = await self._store.records_page(only, after, RECONCILE_PAGE)
+            if not page:
                 break
             after = (page[-1].key_id, page[-1].model)
-        await resync.finish()
+            mine = [r for r in page if r.instance in missing]
+            await self.register_off_loop(r.key for r in mine)
+            taken = 0
+            for record in mine:
+                ids = missing[record.instance].get(record.model)
+                if ids is not None:
+                    ids.discard(record.key_id)
+                taken += merge(record)
+            yield taken
+            if len(page) < RECONCILE_PAGE:
+                break
+        for name, models in missing.items():
+            await self._pool.drop_missing(name, models)
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
@@ -257,9 +275,6 @@ class KeySync:
             )
         return report
 
-
-RELOAD_PAGE: Final = 5000
-"""Records read per page when an instance is reloaded from the store."""
 
 _UNCHANGED: Final = KeySyncReport(added=0, removed=0, total=-1)
 """What `_sync_instance` returns when the store already held exactly the keys."""

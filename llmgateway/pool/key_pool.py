@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final, final
 
 from llmgateway.config.accessor import ConfigAccessor
@@ -87,10 +87,15 @@ class KeyPool:
     # -- building ---------------------------------------------------------
 
     def load(self, records: Iterable[KeyRecord]) -> None:
-        """Replace the pool's content with `records` (start-up, from the store)."""
+        """Replace the pool's content with `records` (start-up, from the store).
+
+        Usage tallies are made at each key's first use, not here: a large
+        pool whose keys are not all used does not carry one per key.
+        """
         self._slots.clear()
+        add = self._table.add
         for record in records:
-            self._table.add(record)
+            add(record)
 
     def add_records(self, records: Iterable[KeyRecord]) -> int:
         """Add the (key, model) records of keys just stored (the key admin's import).
@@ -132,27 +137,51 @@ class KeyPool:
         """
         fresh: dict[tuple[str, int], KeyRecord] = {(r.model, r.key_id): r for r in records}
         self._table.sync(instance, fresh)
-        self._keys_left(instance, {key_id for _, key_id in fresh})
-
-    async def resync_instance(self, instance: str, records: Iterable[KeyRecord]) -> None:
-        """`sync_instance` in slices: the event loop runs between every `SLICE` records.
-
-        What a reconciliation or a key sync of a large pool uses: rows new to
-        the pool are added as they come, rows no longer stored are dropped at
-        the end, one status model at a time. `resync` does the same from
-        records given page by page.
-        """
-        resync = self.resync(instance)
-        await resync.add(records)
-        await resync.finish()
-
-    def resync(self, instance: str) -> Resync:
-        """A resync of `instance` fed page by page (see `Resync`)."""
-        return Resync(instance, self._table, self._keys_left)
-
-    def _keys_left(self, instance: str, present: set[int]) -> None:
-        """End the incidents of `instance` whose keys are no longer among `present`."""
+        present = {key_id for _, key_id in fresh}
         for incident in self._guard.forget(instance, present):
+            self._verdicts.incident_over(incident, "its keys left the pool")
+
+    def key_ids(self, instance: str) -> dict[str, set[int]]:
+        """The key ids of each status model of `instance` in the pool now (a copy)."""
+        return {
+            model: set(slot.entries)
+            for (name, model), slot in self._slots.items()
+            if name == instance
+        }
+
+    def merge_stored(self, record: KeyRecord) -> bool:
+        """Add a stored (key, model) the pool lacks, or take its newer status; True if taken.
+
+        One record of a reconciliation read page by page (see
+        `KeySync.reconcile`): a (key, model) new to the pool is added (False:
+        nothing was newer), one already there takes the record when it is
+        newer (`apply_remote`).
+        """
+        slot = self._slots.get((record.instance, record.model))
+        if slot is None or record.key_id not in slot.entries:
+            self._table.add(record)
+            return False
+        return self._writer.apply_remote(record)
+
+    async def drop_missing(self, instance: str, missing: Mapping[str, Iterable[int]]) -> None:
+        """Drop the entries of `instance` whose key ids `missing[model]` names, a model at a time.
+
+        The end of a reconciliation: `missing` holds what the pool had
+        (`key_ids`) and the store no longer has. Incidents forget the keys gone.
+        """
+        slots = self._slots
+        for (name, model), slot in list(slots.items()):
+            if name != instance:
+                continue
+            slot.drop(missing.get(model, ()))
+            if not slot.entries:
+                del slots[(name, model)]
+            await asyncio.sleep(0)
+        left: set[int] = set()
+        for (name, _), slot in slots.items():
+            if name == instance:
+                left.update(slot.entries)
+        for incident in self._guard.forget(instance, left):
             self._verdicts.incident_over(incident, "its keys left the pool")
 
     def remove_keys(self, instance: str, key_ids: Iterable[int]) -> int:
@@ -306,53 +335,3 @@ class KeyPool:
         slot = self._slots.get((instance, model))
         entry = slot.entries.get(key_id) if slot else None
         return entry.record if entry else None
-
-
-@final
-class Resync:
-    """Bringing one instance of the pool in step with the store, from records read page by page.
-
-    `add` each page (rows new to the pool join at once, in slices); `finish`
-    once every stored record was given: the rows of the instance no record
-    named are dropped, one status model at a time, in slices. Only the key
-    ids seen are kept in between, so a reconciliation of 100,000 keys holds
-    one page of records at a time.
-    """
-
-    __slots__ = ("instance", "_table", "_keys_left", "_present", "_stored")
-
-    def __init__(
-        self, instance: str, table: SlotTable, keys_left: Callable[[str, set[int]], None]
-    ) -> None:
-        self.instance = instance
-        self._table = table
-        self._keys_left = keys_left
-        self._present: dict[str, set[int]] = {}
-        self._stored: set[int] = set()
-
-    async def add(self, records: Iterable[KeyRecord]) -> None:
-        """Records of the instance as stored now: the ones new to the pool join it."""
-        slots, instance = self._table.slots, self.instance
-        for index, record in enumerate(records, 1):
-            self._present.setdefault(record.model, set()).add(record.key_id)
-            self._stored.add(record.key_id)
-            slot = slots.get((instance, record.model))
-            if slot is None or record.key_id not in slot.entries:
-                self._table.add(record)
-            if index % SLICE == 0:
-                await asyncio.sleep(0)
-
-    async def finish(self) -> None:
-        """Every stored record was given: drop the instance's rows none of them named."""
-        slots = self._table.slots
-        for (name, model), slot in list(slots.items()):
-            if name != self.instance:
-                continue
-            kept = self._present.get(model, set())
-            ids = list(slot.entries)
-            for start in range(0, len(ids), SLICE):
-                slot.drop([key_id for key_id in ids[start : start + SLICE] if key_id not in kept])
-                await asyncio.sleep(0)
-            if not slot.entries and slots.get((name, model)) is slot:
-                del slots[(name, model)]
-        self._keys_left(self.instance, self._stored)

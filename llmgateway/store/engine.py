@@ -25,6 +25,7 @@ from typing import Any, Final, Protocol
 from llmgateway.core.constants import ProviderType
 from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
+from llmgateway.store import model_statuses
 from llmgateway.store.fingerprints import KEY_FINGERPRINTS, fingerprinted
 from llmgateway.store.key_codec import PLAIN, KeyCodec, StoredRow, stored_rows
 from llmgateway.store.key_encryption import ENCRYPTION_MIGRATION, check_codec
@@ -47,11 +48,13 @@ SELECT_RECORDS: Final = (
     f"SELECT {RECORD_COLUMNS} FROM key_model_status AS s JOIN api_keys AS k ON k.id = s.key_id"
 )
 """Every record, each with its key (`s`: key_model_status, `k`: api_keys); add WHERE, ORDER BY."""
-_COUNT_STATUSES: Final = (
-    "SELECT k.instance, s.model, s.status, COUNT(*), "
-    "SUM(CASE WHEN s.cooldown_until > $1 THEN 1 ELSE 0 END) "
+_COUNT_MODEL_STATUSES: Final = (
+    "SELECT instance, model_statuses, COUNT(*) FROM api_keys GROUP BY instance, model_statuses"
+)
+_COUNT_COOLING: Final = (
+    "SELECT k.instance, s.model, s.status, COUNT(*) "
     "FROM key_model_status AS s JOIN api_keys AS k ON k.id = s.key_id "
-    "GROUP BY k.instance, s.model, s.status"
+    "WHERE s.cooldown_until > $1 GROUP BY k.instance, s.model, s.status"
 )
 _COUNT_KEYS: Final = "SELECT instance, COUNT(*) FROM api_keys GROUP BY instance"
 LOAD_PAGE: Final = 5000
@@ -102,6 +105,10 @@ class Dialect:
     create_migrations_table: str
     renew_leases: str
     """(key ids array, models array, owner, until): the number of rows changed."""
+    load_columns: str = RECORD_COLUMNS
+    """The SELECT list of `records_page`: `RECORD_COLUMNS`, times in the form `load_time_in` reads."""
+    load_time_in: TimeIn | None = None
+    """How `records_page` reads a time column (None: `time_in`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,30 +240,53 @@ class SqlStore(ABC):
     async def records_page(
         self, instance: str | None, after: tuple[int, str] | None, limit: int
     ) -> list[KeyRecord]:
-        """Up to `limit` records (of `instance`, or all) after (key_id, model) `after`, in order."""
-        where = ["(s.key_id, s.model) > ($1, $2)"]
-        args: list[Any] = [*(after or (-1, "")), limit]
+        """Up to `limit` records (of `instance`, or all) after (key_id, model) `after`, in order.
+
+        The rows are decoded on a thread, a page at a time.
+        """
+        after_id, after_model = after or (-1, "")
+        # `k.id >= $1` (implied by the join) lets PostgreSQL start its scan of api_keys at
+        # the page instead of at the first key: without it every page re-reads the keys
+        # before it, and a whole load reads them quadratically.
+        where = ["(s.key_id, s.model) > ($1, $2)", "k.id >= $1"]
+        args: list[Any] = [after_id, after_model, limit]
         if instance is not None:
             where.append("k.instance = $4")
             args.append(instance)
         # CROSS JOIN: SQLite then walks key_model_status in key order and stops at the limit
         # (not every row of the instance, sorted); PostgreSQL reads it as a plain join.
         query = (
-            f"SELECT {RECORD_COLUMNS} FROM key_model_status AS s CROSS JOIN api_keys AS k "
+            f"SELECT {self.sql.load_columns} FROM key_model_status AS s CROSS JOIN api_keys AS k "
             f"WHERE k.id = s.key_id AND {' AND '.join(where)} ORDER BY s.key_id, s.model LIMIT $3"
         )
         rows = await self._read("loading records", lambda conn: conn.fetch(query, *args))
-        return await asyncio.to_thread(to_records, rows, self.sql.time_in, self.codec.unseal)
+        time_in = self.sql.load_time_in or self.sql.time_in
+        return await asyncio.to_thread(to_records, rows, time_in, self.codec.unseal)
 
     async def status_counts(self, now: datetime) -> list[StatusCount]:
-        """(key, model) rows per instance, model and status, and how many cool down at `now`."""
-        rows = await self._read(
-            "counting statuses",
-            lambda conn: conn.fetch(_COUNT_STATUSES, self.sql.time_out(as_utc(now))),
-        )
+        """(key, model) rows per instance, model and status, and how many cool down at `now`.
+
+        Counted from `api_keys.model_statuses` (each key's models and statuses
+        in one column, see `model_statuses`): one pass over the keys, no join
+        of every status row with its key; the few rows cooling down are
+        counted apart.
+        """
+        at = self.sql.time_out(as_utc(now))
+
+        async def run(conn: Conn) -> tuple[list[Row], list[Row]]:
+            return await conn.fetch(_COUNT_MODEL_STATUSES), await conn.fetch(_COUNT_COOLING, at)
+
+        per_key, cooling_rows = await self._read("counting statuses", run)
+        counts: dict[tuple[str, str, str], int] = {}
+        for instance, text, keys in per_key:
+            for model, status in model_statuses.decode(text).items():
+                row = (str(instance), model, status)
+                counts[row] = counts.get(row, 0) + int(keys)
+        cooling = {(str(i), str(m), str(s)): int(n) for i, m, s, n in cooling_rows}
         return [
-            StatusCount(str(r[0]), str(r[1]), parse_status(r[2]), int(r[3]), int(r[4] or 0))
-            for r in rows
+            StatusCount(instance, model, parse_status(status), n, cooling.get(row, 0))
+            for row, n in sorted(counts.items())
+            for instance, model, status in (row,)
         ]
 
     async def key_counts(self) -> dict[str, int]:

@@ -20,11 +20,6 @@ import hmac
 import os
 from typing import Final
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from llmgateway.core.errors import StoreError
 from llmgateway.core.key_material import decode_encryption_key
 from llmgateway.store.key_codec import PLAIN, KeyCodec
@@ -45,6 +40,9 @@ class KeyDecryptionError(StoreError):
 
 def _subkey(master: bytes, purpose: str) -> bytes:
     """The 32-byte subkey of `master` for `purpose` (HKDF-SHA256, no salt, purpose as info)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode())
     return hkdf.derive(master)
 
@@ -53,11 +51,17 @@ class AesGcmCodec(KeyCodec):
     """Seals keys with AES-256-GCM and fingerprints them with a keyed HMAC-SHA256.
 
     Immutable and shared by every store operation, like the plain codec.
+    `cryptography` is imported when the first one is made: a process without
+    an encryption key never loads it (several MiB resident).
     """
 
-    __slots__ = ("_aead", "_check", "_fingerprinter")
+    __slots__ = ("_aead", "_check", "_fingerprinter", "_invalid")
 
     def __init__(self, master: bytes) -> None:
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        self._invalid = InvalidTag
         self._aead = AESGCM(_subkey(master, "llmgateway key encryption v1"))
         # Keyed once: each fingerprint copies this state instead of re-deriving the HMAC pads.
         self._fingerprinter = hmac.new(
@@ -91,7 +95,7 @@ class AesGcmCodec(KeyCodec):
             raw = base64.b64decode(stored.removeprefix(SEALED_PREFIX), validate=True)
             clear = self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], None)
             return clear.decode("utf-8")
-        except (binascii.Error, InvalidTag, ValueError) as exc:
+        except (binascii.Error, self._invalid, ValueError) as exc:
             raise KeyDecryptionError(
                 "a stored key does not decrypt with database.encryption_key"
             ) from exc

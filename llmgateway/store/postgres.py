@@ -42,7 +42,14 @@ from llmgateway.store.key_codec import PLAIN, KeyCodec
 from llmgateway.store.migrations import Engine, Migration
 from llmgateway.store.pg_listener import PgListener
 from llmgateway.store.protocol import CLOSE_TIMEOUT, KeySyncReport
-from llmgateway.store.rows import RECORD_COLUMNS, as_utc_or_none, same, status_columns
+from llmgateway.store.rows import (
+    RECORD_COLUMNS,
+    RECORD_COLUMNS_MICROS,
+    as_utc_or_none,
+    from_micros,
+    same,
+    status_columns,
+)
 
 type _Raw = PoolConnectionProxy[asyncpg.Record]
 
@@ -111,8 +118,11 @@ POSTGRES: Final = Dialect(
         "FROM unnest($1::bigint[], $2::text[]) AS r(key_id, model) "
         "WHERE s.key_id = r.key_id AND s.model = r.model AND s.lease_owner = $3"
     ),
+    load_columns=RECORD_COLUMNS_MICROS,
+    load_time_in=from_micros,
 )
-"""PostgreSQL's SQL: lists travel as arrays expanded with `unnest`, times as timestamptz."""
+"""PostgreSQL's SQL: lists travel as arrays expanded with `unnest`, times as timestamptz
+(loaded as epoch microseconds)."""
 
 
 def new_origin() -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +13,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from llmgateway.config.schemas import ModelConfig, ProviderConfig
-from llmgateway.core.constants import ALL_MODELS_MARKER, ProviderType
+from llmgateway.core.constants import ALL_MODELS_MARKER, ProviderType, Status
 from llmgateway.core.masking import Masker
+from llmgateway.keeper import key_sync as key_sync_module
 from llmgateway.keeper.key_sync import KeySync
 from llmgateway.pool.key_pool import KeyPool
 from llmgateway.store.postgres import PostgresStore
@@ -211,3 +212,40 @@ async def test_a_sync_of_unchanged_files_writes_nothing(
     assert sorted(r.key for r in sync.pool.records("openai-main")) == [
         k for k in ("sk-file-1", "sk-file-2", "sk-file-3") for _ in range(2)
     ]
+
+
+async def test_reconcile_merges_page_by_page(
+    store: AnyStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages of 3 rows: stored keys new to the pool join it (masked), newer statuses are taken,
+    keys no longer stored leave, another instance's rows are left out, the pool's own newer
+    state is kept."""
+    monkeypatch.setattr(key_sync_module, "RECONCILE_PAGE", 3)
+    write_keys(tmp_path, "a.txt", "sk-rec-1\nsk-rec-2\nsk-rec-3\n")
+    sync = await synced(store, provider(), tmp_path)
+    await sync.once()
+    await store.sync_providers([("other", ProviderType.OPENAI_LIKE)])
+    await store.sync_keys("other", ["sk-other-1"], ["m-a"], NOW)
+    stored = {(r.key, r.model): r for r in await store.load_records("openai-main")}
+    later = NOW + timedelta(minutes=1)
+    newer = replace(stored[("sk-rec-2", "m-b")], status=Status.INVALID_KEY, last_checked_at=later)
+    await store.record([newer])
+    pool_own = replace(stored[("sk-rec-1", "m-a")], status=Status.VALID, last_checked_at=later)
+    assert sync.pool.apply_remote(pool_own)
+    older = replace(pool_own, status=Status.NO_QUOTA, last_checked_at=NOW)
+    await store.record([older])
+    # Another process's sync: sk-rec-3 leaves the store, sk-rec-4 joins it.
+    await store.sync_keys("openai-main", ["sk-rec-1", "sk-rec-2", "sk-rec-4"], ["m-a", "m-b"], NOW)
+
+    taken = [n async for n in sync.key_sync.reconcile(["openai-main"])]
+
+    assert len(taken) == 2  # one instance: only its 6 rows are read, pages of 3 and 3
+    assert sum(taken) == 1  # only sk-rec-2/m-b was newer than the pool's
+    records = {(r.key, r.model): r for r in sync.pool.records("openai-main")}
+    assert sorted(records) == [
+        (key, model) for key in ("sk-rec-1", "sk-rec-2", "sk-rec-4") for model in ("m-a", "m-b")
+    ]
+    assert records[("sk-rec-2", "m-b")].status is Status.INVALID_KEY
+    assert records[("sk-rec-1", "m-a")].status is Status.VALID
+    assert sync.pool.records("other") == []
+    assert sync.masker.mask_text("sk-rec-4") != "sk-rec-4"

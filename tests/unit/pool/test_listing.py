@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
-
 from llmgateway.core.constants import ErrorReason, Status
 from llmgateway.core.models import CheckResult, KeyRecord
 from llmgateway.pool.key_pool import KeyPool
 from llmgateway.pool.listing import Position
 from tests.support.config import accessor_of
-from tests.unit.pool.test_pool import MODELS, START, FakeClock, provider, records
+from tests.unit.pool.test_pool import MODELS, FakeClock, provider, records
 
 
 def _pool(*loaded: KeyRecord) -> tuple[KeyPool, FakeClock]:
@@ -68,21 +65,3 @@ def test_tallies_count_statuses_and_what_is_usable_now() -> None:
     assert tallies[("main", "model-b")].usable == 4
     clock.advance(3600)
     assert {(t.model, t.usable) for t in pool.tallies()} == {("model-a", 4), ("model-b", 4)}
-
-
-async def test_a_sliced_resync_adds_drops_and_keeps_newer_state() -> None:
-    """New rows join, rows no longer stored leave, rows kept keep the pool's own newer record."""
-    pool, _ = _pool(*records(5, "main"), *records(2, "other"))
-    checked = datetime.fromtimestamp(START, UTC) + timedelta(seconds=1)
-    valid = replace(records(1, "main")[0], status=Status.VALID, last_checked_at=checked)
-    pool.apply_remote(valid)
-    stored = [r for r in records(8, "main") if r.key_id not in (2, 3)]
-
-    await pool.resync_instance("main", stored)
-
-    main = {(r.key_id, r.model) for r in pool.records("main")}
-    assert main == {(r.key_id, r.model) for r in stored}
-    kept = pool.get("main", valid.model, 1)
-    assert kept is not None and kept.status is Status.VALID
-    assert len(pool.records("other")) == 4
-    assert {t.rows for t in pool.tallies() if t.instance == "main"} == {6}

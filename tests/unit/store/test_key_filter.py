@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from llmgateway.store import model_statuses
+from llmgateway.store.json_array import JsonArray
 from llmgateway.store.key_admin import INLINE_SOURCE, KeyFilter, Selection
 from llmgateway.store.key_codec import PLAIN
 from llmgateway.store.key_filter import (
@@ -142,14 +143,17 @@ def test_unknown_source_is_refused() -> None:
 
 
 def test_postgres_placeholders_are_numbered() -> None:
-    """The same filter binds `$n` placeholders and an id array on PostgreSQL."""
+    """The same filter binds `$n` placeholders and the ids as one JSON array on PostgreSQL."""
     params = Params(Engine.POSTGRES)
     where = filter_where(KeyFilter(instance="openai", status="valid"), params, PLAIN)
     assert "$1" in where and "$2" in where and "?" not in where
     assert params.values == ["openai", model_statuses.pattern(None, "valid")]
     ids = Params(Engine.POSTGRES)
-    assert selection_where((3, 1), ids, PLAIN) == "k.id = ANY($1::bigint[])"
-    assert ids.values == [[3, 1]]
+    assert selection_where((3, 1), ids, PLAIN) == (
+        "k.id IN (SELECT v::bigint FROM jsonb_array_elements_text($1::jsonb) AS v)"
+    )
+    (bound,) = ids.values
+    assert isinstance(bound, JsonArray) and list(bound.values) == [3, 1]
 
 
 def test_a_key_carries_each_model_with_its_status(conn: sqlite3.Connection) -> None:
