@@ -6,8 +6,8 @@ running work on a `Conn`: `_read` (no transaction) and `_write` (one
 transaction). The engines (`sqlite.py`, `postgres.py`) supply those, plus
 what only they do: connecting, named locks, change feeds, and the statements
 of a key sync, of a status batch and of a lease step, whose shapes differ
-(SQLite reads lists from JSON with `json_each`; PostgreSQL expands arrays
-with `unnest`). The statements both engines run alike are written once,
+(SQLite reads lists from JSON with `json_each`; PostgreSQL expands its
+status batches' arrays with `unnest`). The statements both engines run alike are written once,
 here, with PostgreSQL's numbered parameters (`$1`); SQLite's connection reads
 them as its own (`?1`), in the same order.
 """

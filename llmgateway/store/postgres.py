@@ -1,7 +1,10 @@
 """The PostgreSQL engine of the store, through an asyncpg pool.
 
-Batches travel as arrays expanded with `unnest` on the server: a sync of
-100,000 keys or a batch of status updates is one statement, one round trip.
+A batch of status updates travels as arrays expanded with `unnest` on the
+server; the key admin's and a key sync's lists of keys, ids or rows travel as
+one JSON parameter (`llmgateway.store.json_array`), encoded on a thread when
+large: a sync of 100,000 keys is a handful of statements, none of which holds
+the event loop to encode its parameters.
 Every asyncpg and OS error becomes a StoreError in `_translated`, the one
 place that knows asyncpg's exception tree.
 """
@@ -121,8 +124,8 @@ POSTGRES: Final = Dialect(
     load_columns=RECORD_COLUMNS_MICROS,
     load_time_in=from_micros,
 )
-"""PostgreSQL's SQL: lists travel as arrays expanded with `unnest`, times as timestamptz
-(loaded as epoch microseconds)."""
+"""PostgreSQL's SQL: status batches travel as arrays expanded with `unnest`, other lists as
+one JSON parameter; times as timestamptz (loaded as epoch microseconds)."""
 
 
 def new_origin() -> str:
