@@ -1,0 +1,30 @@
+"""A list bound as one JSON parameter: the same JSON whether encoded whole or in chunks."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import orjson
+import pytest
+
+from llmgateway.store.json_array import CHUNK, JsonArray, as_text, as_text_off_loop
+
+
+@pytest.mark.parametrize("count", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 7])
+def test_chunked_encoding_is_the_whole_list(count: int) -> None:
+    """Lists longer than a chunk are encoded piece by piece into the same JSON array."""
+    values = [[i, f"sk-{i:06d}", None, "ü"] for i in range(count)]
+    assert orjson.loads(as_text(JsonArray(values))) == values
+
+
+async def test_a_large_list_is_encoded_on_a_thread_to_the_same_text() -> None:
+    values = list(range(3 * CHUNK))
+    assert await as_text_off_loop(JsonArray(values)) == as_text(JsonArray(values))
+
+
+def test_sqlite_binds_it_as_json_text() -> None:
+    """The sqlite3 module turns a bound JsonArray into its text (read with json_each)."""
+    conn = sqlite3.connect(":memory:")
+    rows = conn.execute("SELECT value FROM json_each(?)", (JsonArray(["a", "b"]),)).fetchall()
+    assert rows == [("a",), ("b",)]
+    conn.close()
