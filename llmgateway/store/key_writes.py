@@ -147,7 +147,8 @@ class KeyWrites(KeyReads):
         wanted = p.rows("w", _WANTED, rows)
         name = p(instance)
         source = "NULL" if from_api else "COALESCE(w.source_file, '')"
-        inserted = await conn.fetch(
+        return await self._returned_ids(
+            conn,
             "INSERT INTO api_keys (instance, key_value, fingerprint, key_mask, source_file, "
             f"from_api, added_at, model_statuses) SELECT {name}, w.key_value, w.fingerprint, "
             f"w.key_mask, {source}, {'TRUE' if from_api else 'FALSE'}, {p.time(at)}, "
@@ -155,9 +156,16 @@ class KeyWrites(KeyReads):
             "WHERE NOT EXISTS (SELECT 1 FROM api_keys AS a "
             f"WHERE a.instance = {name} AND a.fingerprint = w.fingerprint) "
             "ORDER BY w.n ON CONFLICT DO NOTHING RETURNING id",
-            *p.values,
+            p.values,
         )
-        return sorted(int(r[0]) for r in inserted)
+
+    async def _returned_ids(self, conn: Conn, sql: str, values: Sequence[object]) -> list[int]:
+        """The ids a statement ending in `RETURNING id` returns, in ascending order.
+
+        SQLite's rows are made on the connection's thread; PostgreSQL's
+        engine overrides this so that 100,000 ids arrive as one value.
+        """
+        return sorted(int(r[0]) for r in await conn.fetch(sql, *values))
 
     async def _sync_models(
         self, conn: Conn, instance: str, models: list[str], at: datetime, stamp: int | None

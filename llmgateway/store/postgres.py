@@ -162,6 +162,11 @@ def _translated(action: str) -> Iterator[None]:
         raise StoreError(f"postgres: {action} failed: {type(exc).__name__}: {exc}") from exc
 
 
+def _ids_of(text: str) -> list[int]:
+    """The ids of a comma-separated list."""
+    return [int(part) for part in text.split(",")]
+
+
 def _count(status: str) -> int:
     """The row count of a command status such as `DELETE 3` or `INSERT 0 5` (0 for `CREATE TABLE`)."""
     last = status.rsplit(" ", 1)[-1]
@@ -300,6 +305,19 @@ class PostgresStore(KeyActivity, SqlStore):
             await self._read(
                 "analyzing", lambda conn: conn.script("ANALYZE api_keys, key_model_status")
             )
+
+    async def _returned_ids(self, conn: Conn, sql: str, values: Sequence[object]) -> list[int]:
+        """The ids `sql` returns, aggregated by the server into one text read on a thread.
+
+        asyncpg decodes each row of a result on the event loop: 100,000
+        returned ids held it for 100-200 ms.
+        """
+        rows = await conn.fetch(
+            f"WITH returned AS ({sql}) SELECT string_agg(id::text, ',' ORDER BY id) FROM returned",
+            *values,
+        )
+        text = rows[0][0] if rows else None
+        return await asyncio.to_thread(_ids_of, text) if text else []
 
     async def _stamp(self, conn: Conn) -> None:
         """Nothing: PostgreSQL announces changes with NOTIFY (see `_announce`)."""
