@@ -3,7 +3,8 @@
 `python bench/scale_parts.py PORT` runs the upstream: a tiny aiohttp server
 (uvloop) answering every POST after 5 ms with OpenAI's fixed chat completion
 (the gateway's proxied requests and the probes alike), and its peak of
-requests in flight at `GET /-/peak`.
+requests in flight at `GET /-/peak`. `python bench/scale_parts.py sync URL FILE` is
+another process's key sync: the instance's stored keys become those of FILE.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -133,7 +135,27 @@ async def seed_statuses(database_url: str) -> int:
 
 
 async def external_sync(database_url: str, keys: Sequence[str]) -> tuple[int, int]:
-    """Another process's key sync through the store API: the stored keys become `keys`."""
+    """Another process's key sync through the store API: the stored keys become `keys`.
+
+    It runs in a process of its own (`scale_parts.py sync URL FILE`), as another
+    gateway's would: in the bench's process its work would delay the stream's client.
+    """
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as file:
+        file.write("\n".join(keys) + "\n")
+    try:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "sync", database_url, file.name, stdout=subprocess.PIPE
+        )
+        out, _ = await child.communicate()
+        if child.returncode != 0:
+            raise RuntimeError(f"the external key sync failed (exit {child.returncode})")
+        added, removed = json.loads(out)
+        return int(added), int(removed)
+    finally:
+        os.unlink(file.name)
+
+
+async def _sync_from_file(database_url: str, keys: list[str]) -> tuple[int, int]:
     from llmgateway.config.schemas import DatabaseConfig
     from llmgateway.store import open_store
 
@@ -306,4 +328,8 @@ def serve_upstream(port: int) -> None:
 
 
 if __name__ == "__main__":
-    serve_upstream(int(sys.argv[1]))
+    if sys.argv[1] == "sync":
+        keys = Path(sys.argv[3]).read_text().split()
+        print(json.dumps(asyncio.run(_sync_from_file(sys.argv[2], keys))))
+    else:
+        serve_upstream(int(sys.argv[1]))

@@ -19,6 +19,7 @@ from typing import Any, Final
 from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.core.constants import Status
 from llmgateway.core.masking import Masker
+from llmgateway.core.memory import bulk_load
 from llmgateway.core.models import KeyRecord
 from llmgateway.keeper.recheck import RecheckJobs
 from llmgateway.pool.key_pool import Clock, KeyPool
@@ -139,11 +140,14 @@ class KeyAdmin:
             self._now(),
         )
         if self._pool is not None:
-            # In slices, so that requests keep being served while 100,000 keys join.
-            for start in range(0, len(report.added), POOL_SLICE):
-                chunk = report.added[start : start + POOL_SLICE]
-                self._pool.add_records(await self._store.load_key_records(chunk))
-                await asyncio.sleep(0)
+            # In slices, so that requests keep being served while 100,000 keys join; with
+            # the collector held off, then the new records frozen: full collections walking
+            # 200,000 new records held the loop up to 100 ms (see `bulk_load`).
+            with bulk_load():
+                for start in range(0, len(report.added), POOL_SLICE):
+                    chunk = report.added[start : start + POOL_SLICE]
+                    self._pool.add_records(await self._store.load_key_records(chunk))
+                    await asyncio.sleep(0)
         return shapes.import_json(
             len(report.added), report.duplicates + request.repeats, request.rejected
         )
