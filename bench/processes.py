@@ -116,8 +116,8 @@ def rss_kib(pid: int) -> int:
 class Server:
     """A server process pinned to one CPU, stopped with SIGINT (graceful) then SIGKILL."""
 
-    def __init__(self, name: str, argv: list[str], cpu: int, log_path: Path) -> None:
-        """Prepare (not start) `argv` under `taskset -c cpu`, output to `log_path`."""
+    def __init__(self, name: str, argv: list[str], cpu: int | str, log_path: Path) -> None:
+        """Prepare (not start) `argv` under `taskset -c cpu` (a CPU or a list: "0,1")."""
         self.name = name
         self._argv = ["taskset", "-c", str(cpu), *argv]
         self._log_path = log_path
@@ -175,7 +175,7 @@ def bare_proxy(upstream: str, port: int, cpu: int, log_path: Path) -> Server:
     return Server("bare", argv, cpu, log_path)
 
 
-def gateway(config_path: Path, cpu: int, log_path: Path) -> Server:
+def gateway(config_path: Path, cpu: int | str, log_path: Path) -> Server:
     """`python -m llmgateway serve --config <config_path>`."""
     argv = [sys.executable, "-m", "llmgateway", "serve", "--config", str(config_path)]
     return Server("gateway", argv, cpu, log_path)

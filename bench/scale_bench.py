@@ -56,7 +56,9 @@ Op = Callable[[], Awaitable[object]]
 class Run:
     """One engine × N: the processes, the figures gathered so far."""
 
-    def __init__(self, engine: str, keys: int, rate: float, workdir: Path, db_url: str) -> None:
+    def __init__(
+        self, engine: str, keys: int, rate: float, workdir: Path, db_url: str, cpus: str = "1"
+    ) -> None:
         self.engine, self.n, self.rate, self.dir, self.db_url = engine, keys, rate, workdir, db_url
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -65,11 +67,13 @@ class Run:
         self.server: Server | None = None
         self.ready_at = 0.0
         self.upstream = ""
+        self.cpus = cpus
+        """The CPUs of the gateway process, its threads included (as taskset takes them)."""
         self.env = {**os.environ, "PYTHONPATH": str(REPO_DIR)}
 
     def start(self, config: Path, name: str) -> float:
         """Start the gateway; return seconds until /-/ready answered 200."""
-        server = gateway(config, 1, self.dir / f"{name}.log")
+        server = gateway(config, self.cpus, self.dir / f"{name}.log")
         begin = time.perf_counter()
         server.start(env=self.env, cwd=self.dir)
         try:
@@ -366,7 +370,12 @@ async def keeper_run(run: Run, session: aiohttp.ClientSession) -> None:
 
 
 async def bench_one(
-    engine: str, n: int, rate: float, cpu_rounds: int, cpu_only: bool = False
+    engine: str,
+    n: int,
+    rate: float,
+    cpu_rounds: int,
+    cpu_only: bool = False,
+    gateway_cpus: str = "1",
 ) -> dict[str, Any]:
     """Every measurement of one engine at `n` keys."""
     workdir = Path(tempfile.mkdtemp(prefix=f"scale-{engine}-{n}-"))
@@ -379,7 +388,7 @@ async def bench_one(
         admin = await asyncpg.connect(host="127.0.0.1", user="postgres", database="postgres")
         await admin.execute(f'CREATE DATABASE "{name}"')
         db_url = f"postgresql://postgres@127.0.0.1:5432/{name}"
-    run = Run(engine, n, rate, workdir, db_url)
+    run = Run(engine, n, rate, workdir, db_url, gateway_cpus)
     run.figures["load_before"] = os.getloadavg()[0]
     upstream_port = free_port()
     upstream = Server(
@@ -458,12 +467,22 @@ def main() -> None:
     parser.add_argument(
         "--cpu-only", action="store_true", help="only ready, RSS and CPU per request"
     )
+    parser.add_argument(
+        "--gateway-cpus",
+        default="1",
+        help='CPUs of the gateway process and its threads, as taskset takes them (default "1"; '
+        '"0,1": not pinned, sharing both cores with the upstream and the client)',
+    )
     args = parser.parse_args()
     results = []
     for engine in args.engine or ["sqlite", "postgres"]:
         for n in (int(k) for k in args.keys.split(",")):
             results.append(
-                asyncio.run(bench_one(engine, n, args.rate, args.cpu_rounds, args.cpu_only))
+                asyncio.run(
+                    bench_one(
+                        engine, n, args.rate, args.cpu_rounds, args.cpu_only, args.gateway_cpus
+                    )
+                )
             )
     from scale_report import write_report
 

@@ -134,8 +134,8 @@ def write_report(path: Path, results: list[dict[str, Any]], args: argparse.Names
         f"# Scale bench ({args.label or 'run'})",
         "",
         f"commit {_commit()}; Python {platform.python_version()}; {cpu}; "
-        f"steady stream {args.rate:g} req/s (open loop); gateway pinned to CPU 1, "
-        "upstream (aiohttp) to CPU 0.",
+        f"steady stream {args.rate:g} req/s (open loop); gateway (its threads included) on "
+        f"CPU {getattr(args, 'gateway_cpus', '1')}, upstream (aiohttp) on CPU 0.",
         f"Load average (1 min) at the start of each engine x N: "
         f"{', '.join(str(f.get('load_before', '?')) for f in results)}; at the end: "
         f"{', '.join(str(f.get('load_after', '?')) for f in results)} "
