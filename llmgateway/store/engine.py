@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,10 +27,10 @@ from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
 from llmgateway.store import model_statuses
 from llmgateway.store.fingerprints import KEY_FINGERPRINTS, fingerprinted
-from llmgateway.store.key_codec import PLAIN, KeyCodec, StoredRow, stored_rows
+from llmgateway.store.key_codec import PLAIN, KeyCodec
 from llmgateway.store.key_encryption import ENCRYPTION_MIGRATION, check_codec
 from llmgateway.store.migrations import Engine, Migration, engine_migrations, plan
-from llmgateway.store.protocol import KeySyncReport, StatusCount
+from llmgateway.store.protocol import StatusCount
 from llmgateway.store.rows import (
     RECORD_COLUMNS,
     TimeIn,
@@ -152,17 +152,6 @@ class SqlStore(ABC):
         """`run` on a connection inside one transaction (rolled back on any error)."""
 
     @abstractmethod
-    async def _sync_rows(
-        self,
-        conn: Conn,
-        instance: str,
-        rows: Sequence[StoredRow],
-        models: list[str],
-        at: datetime,
-    ) -> tuple[int, int]:
-        """Add and remove the instance's file keys and rows, announcing it; (added, removed)."""
-
-    @abstractmethod
     def _status_writer(self, batch: Sequence[KeyRecord]) -> Callable[[Conn], Awaitable[None]]:
         """What writes the status fields of `batch` (one record per row) in a transaction.
 
@@ -194,33 +183,6 @@ class SqlStore(ABC):
         await self._write(
             "syncing providers", lambda conn: conn.executemany(_UPSERT_PROVIDER, rows)
         )
-
-    async def sync_keys(
-        self,
-        instance: str,
-        keys: Sequence[str],
-        models: Sequence[str],
-        now: datetime,
-        *,
-        files: Mapping[str, str] | None = None,
-    ) -> KeySyncReport:
-        """Make the instance's file keys and (key, model) rows match `keys` × `models`, in one transaction.
-
-        `files` names the file of each key, as configured (a key it does not
-        name is recorded in an unnamed file). Keys added through the key admin
-        are never deleted; disabled keys stay disabled. Raises StoreError when
-        `instance` has no provider row.
-        """
-        rows = await asyncio.to_thread(stored_rows, self.codec, keys, files)
-        model_list = list(dict.fromkeys(models))
-
-        async def run(conn: Conn) -> tuple[int, int]:
-            if not await conn.fetch(PROVIDER_EXISTS, instance):
-                raise StoreError(f"unknown instance {instance!r}: sync_providers first")
-            return await self._sync_rows(conn, instance, rows, model_list, as_utc(now))
-
-        added, removed = await self._write(f"syncing keys of {instance}", run)
-        return KeySyncReport(added=added, removed=removed, total=len(rows))
 
     async def load_records(self, instance: str | None = None) -> list[KeyRecord]:
         """Every (key, model) record, of one instance or all, by key_id, model.

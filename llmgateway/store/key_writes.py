@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Final
 
@@ -34,6 +34,7 @@ from llmgateway.store.key_admin import (
 from llmgateway.store.key_codec import StoredRow, stored_rows
 from llmgateway.store.key_filter import Params, selection_where
 from llmgateway.store.key_reads import KeyReads
+from llmgateway.store.protocol import KeySyncReport
 from llmgateway.store.rows import as_utc
 
 HAND_DISABLED: Final = "disabled by hand"
@@ -73,6 +74,35 @@ class KeyWrites(KeyReads):
         self, conn: Conn, records: Sequence[KeyRecord], changes: Sequence[KeySetChange]
     ) -> None:
         """Announce changed statuses and key sets to the other processes, on commit."""
+
+    async def sync_keys(
+        self,
+        instance: str,
+        keys: Sequence[str],
+        models: Sequence[str],
+        now: datetime,
+        *,
+        files: Mapping[str, str] | None = None,
+    ) -> KeySyncReport:
+        """Make the instance's file keys and (key, model) rows match `keys` × `models`, in one transaction.
+
+        `files` names the file of each key, as configured (a key it does not
+        name is recorded in an unnamed file). Keys added through the key admin
+        are never deleted; disabled keys stay disabled. Raises StoreError when
+        `instance` has no provider row. After a large change the engine may
+        refresh its planner statistics (`_refresh_statistics`).
+        """
+        rows = await asyncio.to_thread(stored_rows, self.codec, keys, files)
+        model_list = list(dict.fromkeys(models))
+
+        async def run(conn: Conn) -> tuple[int, int]:
+            if not await conn.fetch(PROVIDER_EXISTS, instance):
+                raise StoreError(f"unknown instance {instance!r}: sync_providers first")
+            return await self._sync_rows(conn, instance, rows, model_list, as_utc(now))
+
+        added, removed = await self._write(f"syncing keys of {instance}", run)
+        await self._refresh_statistics(added + removed)
+        return KeySyncReport(added=added, removed=removed, total=len(rows))
 
     async def _sync_rows(
         self,

@@ -22,11 +22,9 @@ from collections.abc import (
     Callable,
     Iterable,
     Iterator,
-    Mapping,
     Sequence,
 )
 from contextlib import asynccontextmanager, contextmanager, suppress
-from datetime import datetime
 from typing import Any, Final, cast, final
 from urllib.parse import urlsplit
 
@@ -44,7 +42,7 @@ from llmgateway.store.key_activity import KeyActivity
 from llmgateway.store.key_codec import PLAIN, KeyCodec
 from llmgateway.store.migrations import Engine, Migration
 from llmgateway.store.pg_listener import PgListener
-from llmgateway.store.protocol import CLOSE_TIMEOUT, KeySyncReport
+from llmgateway.store.protocol import CLOSE_TIMEOUT
 from llmgateway.store.rows import (
     RECORD_COLUMNS,
     RECORD_COLUMNS_MICROS,
@@ -280,20 +278,6 @@ class PostgresStore(KeyActivity, SqlStore):
             await self._apply_pending(conn, migrations, conn.raw.transaction)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
-
-    async def sync_keys(
-        self,
-        instance: str,
-        keys: Sequence[str],
-        models: Sequence[str],
-        now: datetime,
-        *,
-        files: Mapping[str, str] | None = None,
-    ) -> KeySyncReport:
-        """The shared key sync; after a large change, the tables' statistics are refreshed."""
-        report = await super().sync_keys(instance, keys, models, now, files=files)
-        await self._refresh_statistics(report.added + report.removed)
-        return report
 
     async def _refresh_statistics(self, changed: int) -> None:
         """ANALYZE the key tables after a change of ANALYZE_AFTER keys or more.
