@@ -71,6 +71,15 @@ class Run:
         """The CPUs of the gateway process, its threads included (as taskset takes them)."""
         self.env = {**os.environ, "PYTHONPATH": str(REPO_DIR)}
 
+    def other_cpus(self) -> str | None:
+        """The CPUs not given to the gateway (taskset's list), or None when it has them all."""
+        mine: set[int] = set()
+        for part in self.cpus.split(","):
+            low, _, high = part.partition("-")
+            mine.update(range(int(low), int(high or low) + 1))
+        others = sorted(set(os.sched_getaffinity(0)) - mine)
+        return ",".join(map(str, others)) or None
+
     def start(self, config: Path, name: str) -> float:
         """Start the gateway; return seconds until /-/ready answered 200."""
         server = gateway(config, self.cpus, self.dir / f"{name}.log")
@@ -254,7 +263,7 @@ async def main_run(run: Run, session: aiohttp.ClientSession, config: Path) -> No
         await run.window(
             session,
             "key sync +1,000/-1,000 by another process (followed)",
-            lambda: parts.external_sync(run.db_url, changed),
+            lambda: parts.external_sync(run.db_url, changed, run.other_cpus()),
             lead=3.0,
         )
         phase = (time.perf_counter() - run.ready_at) % RECONCILE_PERIOD

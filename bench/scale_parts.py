@@ -134,17 +134,22 @@ async def seed_statuses(database_url: str) -> int:
         await store.close()
 
 
-async def external_sync(database_url: str, keys: Sequence[str]) -> tuple[int, int]:
+async def external_sync(
+    database_url: str, keys: Sequence[str], cpus: str | None = None
+) -> tuple[int, int]:
     """Another process's key sync through the store API: the stored keys become `keys`.
 
     It runs in a process of its own (`scale_parts.py sync URL FILE`), as another
     gateway's would: in the bench's process its work would delay the stream's client.
+    `cpus` (as taskset takes them) keeps it off the gateway's CPUs, as another
+    gateway's host or core would be.
     """
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as file:
         file.write("\n".join(keys) + "\n")
+    pin = ["taskset", "-c", cpus] if cpus else []
     try:
         child = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "sync", database_url, file.name, stdout=subprocess.PIPE
+            *pin, sys.executable, __file__, "sync", database_url, file.name, stdout=subprocess.PIPE
         )
         out, _ = await child.communicate()
         if child.returncode != 0:

@@ -17,7 +17,6 @@ import binascii
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import chain
 from typing import Final, final
 
 SHORT_KEY: Final = 12
@@ -85,11 +84,21 @@ class _SecretIndex:
     """Runs of base64 characters long enough to hold the encoding of a plain secret."""
 
     @classmethod
-    def of(cls, secrets: Iterable[str]) -> _SecretIndex:
-        every = frozenset(secrets)
-        plain = frozenset(s for s in every if _PLAIN_SECRET.fullmatch(s))
-        other = sorted(every - plain, key=len, reverse=True)
-        lengths = tuple(sorted({len(s) for s in plain}, reverse=True))
+    def of(cls, secrets: Iterable[str], base: _SecretIndex | None = None) -> _SecretIndex:
+        """The index of `secrets`, and of `base`'s secrets when given.
+
+        `base`'s sets are copied whole (one fast copy), not sorted through
+        again: adding 1,000 keys to 100,000 costs little more than the 1,000.
+        """
+        new = frozenset(secrets)
+        plain = frozenset(s for s in new if _PLAIN_SECRET.fullmatch(s))
+        others = new - plain
+        found_lengths = {len(s) for s in plain}
+        if base is not None:
+            plain, others = base.plain | plain, base.others | others
+            found_lengths.update(base.lengths)
+        other = sorted(others, key=len, reverse=True)
+        lengths = tuple(sorted(found_lengths, reverse=True))
         encodable = [n for n in lengths if n >= ENCODED_MIN]
         encoded = None
         if encodable:
@@ -248,7 +257,7 @@ def _with_added(
     """`secrets` as a list, and the index of `base` plus those it lacks (None: it lacks none)."""
     wanted = [s for s in secrets if s]
     added = [s for s in wanted if not base.knows(s)]
-    return wanted, (_SecretIndex.of(chain(base.plain, base.others, added)) if added else None)
+    return wanted, (_SecretIndex.of(added, base) if added else None)
 
 
 @final

@@ -10,6 +10,7 @@ other processes' syncs added, `register` and `reconcile`) all go through it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from llmgateway.core.errors import StoreError
 from llmgateway.core.masking import Masker
 from llmgateway.core.memory import bulk_load
 from llmgateway.core.models import KeyRecord
-from llmgateway.keeper.keyfiles import load_keys, warn_if_keyless
+from llmgateway.keeper.keyfiles import KeyFileRead, load_keys, warn_if_keyless
 from llmgateway.pool.key_pool import Clock, KeyPool
 from llmgateway.store.protocol import KeySyncReport, Store
 
@@ -32,6 +33,9 @@ log = structlog.get_logger(__name__)
 
 RECONCILE_PAGE: Final = 2000
 """Records `reconcile` reads and merges at a time (the event loop runs between pages)."""
+
+MERGE_SLICE: Final = 500
+"""Records of a page merged into the pool between two turns of the event loop."""
 
 
 @final
@@ -62,6 +66,8 @@ class KeySync:
         self._synced: dict[str, tuple[int, tuple[str, ...]]] = {}
         """Per instance, the digest of the keys and the models this process last made the
         store match: a periodic sync of unchanged key files writes nothing."""
+        self._reads: dict[str, KeyFileRead] = {}
+        """Per instance, its last read of the key files: unchanged files are not read again."""
 
     async def initial(self) -> None:
         """Start-up: provider rows, then every enabled instance's keys, then the pool from the store.
@@ -192,7 +198,7 @@ class KeySync:
         """
         # What the pool holds now; each stored row crosses its key out: what is left, the
         # store no longer has. (The pool's own ids: no new object per row is kept.)
-        missing = {name: self._pool.key_ids(name) for name in instances}
+        missing = {name: await self._pool.key_ids(name) for name in instances}
         only = instances[0] if len(instances) == 1 else None  # one instance: read its rows only
         merge = self._pool.merge_stored
         after: tuple[int, str] | None = None
@@ -204,7 +210,9 @@ class KeySync:
             mine = [r for r in page if r.instance in missing]
             await self.register_off_loop(r.key for r in mine)
             taken = 0
-            for record in mine:
+            for index, record in enumerate(mine):
+                if index and not index % MERGE_SLICE:
+                    await asyncio.sleep(0)  # let requests through between slices of the page
                 ids = missing[record.instance].get(record.model)
                 if ids is not None:
                     ids.discard(record.key_id)
@@ -235,8 +243,10 @@ class KeySync:
         the instance, with the same models (a periodic sync of 100,000
         unchanged keys writes nothing). Raises StoreError when the store fails.
         """
-        read = await load_keys(provider, self._cwd)
-        await self.register_off_loop(read.keys)
+        previous = self._reads.get(provider.name)
+        read = self._reads[provider.name] = await load_keys(provider, self._cwd, previous)
+        if read is not previous:  # a read reused as it was holds only keys already masked
+            await self.register_off_loop(read.keys)
         models = ConfigAccessor.status_models(provider)
         keys = read.keys
         if read.missing and len(read.errors) == 1:

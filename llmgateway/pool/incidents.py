@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Container
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, final
@@ -172,7 +173,7 @@ class IncidentGuard:
                 ended.append(incident)
         return ended
 
-    def forget(self, instance: str, present: set[int]) -> list[Incident]:
+    def forget(self, instance: str, present: Container[int]) -> list[Incident]:
         """Drop the touched keys of `instance` not in `present` (gone from the pool).
 
         An incident left without touched keys is over; the ended ones are returned.

@@ -15,6 +15,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final, final
 
 from llmgateway.config.accessor import ConfigAccessor
@@ -25,7 +26,7 @@ from llmgateway.pool.events import EventHub, IncidentEvent, JobEvent, PoolEvent,
 from llmgateway.pool.incidents import Incident
 from llmgateway.pool.listing import ModelTally, Position, page, tally
 from llmgateway.pool.route import RouteView, inspect_slot
-from llmgateway.pool.slots import AllKeysTried, Clock, SlotTable
+from llmgateway.pool.slots import AllKeysTried, Clock, Slot, SlotTable
 from llmgateway.pool.statuses import HistorySink, RecordSink, StatusWriter
 from llmgateway.pool.usage import UsageCounter
 from llmgateway.pool.verdicts import PoolObserver, Verdicts
@@ -141,13 +142,18 @@ class KeyPool:
         for incident in self._guard.forget(instance, present):
             self._verdicts.incident_over(incident, "its keys left the pool")
 
-    def key_ids(self, instance: str) -> dict[str, set[int]]:
-        """The key ids of each status model of `instance` in the pool now (a copy)."""
-        return {
-            model: set(slot.entries)
-            for (name, model), slot in self._slots.items()
-            if name == instance
-        }
+    async def key_ids(self, instance: str) -> dict[str, set[int]]:
+        """The key ids of each status model of `instance` in the pool now (a copy).
+
+        A model's copy of 100,000 ids takes milliseconds: the event loop runs
+        between two models.
+        """
+        copies: dict[str, set[int]] = {}
+        for (name, model), slot in list(self._slots.items()):
+            if name == instance:
+                copies[model] = set(slot.entries)
+                await asyncio.sleep(0)
+        return copies
 
     def merge_stored(self, record: KeyRecord) -> bool:
         """Add a stored (key, model) the pool lacks, or take its newer status; True if taken.
@@ -177,10 +183,7 @@ class KeyPool:
             if not slot.entries:
                 del slots[(name, model)]
             await asyncio.sleep(0)
-        left: set[int] = set()
-        for (name, _), slot in slots.items():
-            if name == instance:
-                left.update(slot.entries)
+        left = _InstanceKeys([slot for (name, _), slot in slots.items() if name == instance])
         for incident in self._guard.forget(instance, left):
             self._verdicts.incident_over(incident, "its keys left the pool")
 
@@ -335,3 +338,18 @@ class KeyPool:
         slot = self._slots.get((instance, model))
         entry = slot.entries.get(key_id) if slot else None
         return entry.record if entry else None
+
+
+@dataclass(frozen=True, slots=True)
+class _InstanceKeys:
+    """The key ids an instance still has in the pool, asked one at a time.
+
+    What the incidents' `forget` checks its few touched keys against, instead
+    of a set of every key of the instance (100,000 ids copied on the event
+    loop for a handful of look-ups).
+    """
+
+    slots: list[Slot]
+
+    def __contains__(self, key_id: object) -> bool:
+        return any(key_id in slot.entries for slot in self.slots)

@@ -23,15 +23,33 @@ import orjson
 
 @final
 class JsonArray:
-    """`values`, to be bound as one JSON array (not copied: never change them afterwards)."""
+    """`values`, to be bound as one JSON array (not copied: never change them afterwards).
 
-    __slots__ = ("values",)
+    `encoded` makes one whose text is already made (on a thread): it keeps
+    the text only, so the values can be released where they were made.
+    """
 
-    def __init__(self, values: Sequence[object]) -> None:
+    __slots__ = ("_length", "text", "values")
+
+    def __init__(self, values: Sequence[object], text: str | None = None) -> None:
         self.values = values
+        self.text = text
+        """The JSON text, when made already (`encoded`)."""
+        self._length = len(values)
+
+    @classmethod
+    def encoded(cls, values: Sequence[object]) -> JsonArray:
+        """An array of `values` with its text made now (blocking: for a thread); keeps no values."""
+        array = cls(values)
+        text = as_text(array)
+        array.values, array.text = (), text
+        return array
+
+    def __len__(self) -> int:
+        return self._length
 
     def __repr__(self) -> str:
-        return f"JsonArray(<{len(self.values)} values>)"
+        return f"JsonArray(<{self._length} values>)"
 
 
 ON_THREAD: Final = 2000
@@ -46,16 +64,23 @@ on a thread never holds the loop more than a few milliseconds."""
 
 def as_text(array: JsonArray) -> str:
     """The JSON text of `array` (encoded `CHUNK` values at a time)."""
+    if array.text is not None:
+        return array.text
     values = array.values
     if len(values) <= CHUNK:
         return orjson.dumps(values).decode()
-    parts = [orjson.dumps(values[i : i + CHUNK])[1:-1] for i in range(0, len(values), CHUNK)]
-    return b"".join((b"[", b",".join(parts), b"]")).decode()
+    parts = ["["]
+    for start in range(0, len(values), CHUNK):
+        if start:
+            parts.append(",")
+        parts.append(orjson.dumps(values[start : start + CHUNK])[1:-1].decode())
+    parts.append("]")
+    return "".join(parts)  # the one copy of the whole text
 
 
 async def as_text_off_loop(array: JsonArray) -> str:
     """The JSON text of `array`, encoded on a thread when it is large."""
-    if len(array.values) < ON_THREAD:
+    if array.text is not None or len(array) < ON_THREAD:
         return as_text(array)
     return await asyncio.to_thread(as_text, array)
 

@@ -98,5 +98,10 @@ def stored_rows(
     CPU-bound for large lists: run it on a thread.
     """
     sources = files or {}
-    unique = dict.fromkeys(k for k in keys if k)
-    return [(*codec.stored_row(key), sources.get(key), n) for n, key in enumerate(unique)]
+    seen: set[str] = set()
+    rows: list[StoredRow] = []
+    for key in keys:  # a Python loop, not one call into C: a thread running it yields the GIL
+        if key and key not in seen:
+            seen.add(key)
+            rows.append((*codec.stored_row(key), sources.get(key), len(rows)))
+    return rows

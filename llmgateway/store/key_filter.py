@@ -64,7 +64,9 @@ class Params:
             f"FROM jsonb_array_elements_text({self(_json(values))}::jsonb) AS v)"
         )
 
-    def none_of(self, column: str, values: Sequence[object], pg_type: str = "text") -> str:
+    def none_of(
+        self, column: str, values: Sequence[object] | JsonArray, pg_type: str = "text"
+    ) -> str:
         """The condition `column` is none of `values` (an anti-join, whatever their number).
 
         SQLite builds the list's index once (`NOT IN`); PostgreSQL hashes it
@@ -79,7 +81,10 @@ class Params:
         )
 
     def rows(
-        self, alias: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[object]]
+        self,
+        alias: str,
+        columns: Sequence[tuple[str, str]],
+        rows: Sequence[Sequence[object]] | JsonArray,
     ) -> str:
         """A FROM item `alias` of `rows`, its `(name, PostgreSQL type)` columns bound as one value each.
 
@@ -96,7 +101,10 @@ class Params:
         return f"(SELECT {picks} FROM jsonb_array_elements({self(_json(rows))}::jsonb) AS e) AS {alias}"
 
     def with_rows(
-        self, alias: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[object]]
+        self,
+        alias: str,
+        columns: Sequence[tuple[str, str]],
+        rows: Sequence[Sequence[object]] | JsonArray,
     ) -> str:
         """A `WITH` clause naming `rows` `alias`, built once before the statement reads it.
 
@@ -108,8 +116,8 @@ class Params:
         return f"WITH {alias} AS MATERIALIZED (SELECT * FROM {self.rows(alias, columns, rows)}) "
 
 
-def _json(values: Sequence[object]) -> JsonArray:
-    return JsonArray(values)
+def _json(values: Sequence[object] | JsonArray) -> JsonArray:
+    return values if isinstance(values, JsonArray) else JsonArray(values)
 
 
 def filter_where(flt: KeyFilter, params: Params, codec: KeyCodec, alias: str = "k") -> str:

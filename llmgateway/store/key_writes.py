@@ -15,15 +15,18 @@ from __future__ import annotations
 import asyncio
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
 from llmgateway.core.constants import Status
 from llmgateway.core.errors import StoreError
+from llmgateway.core.memory import release
 from llmgateway.core.models import KeyRecord
 from llmgateway.store import model_statuses
 from llmgateway.store.changes import KeySetChange
 from llmgateway.store.engine import PROVIDER_EXISTS, SELECT_RECORDS, Conn, Row
+from llmgateway.store.json_array import JsonArray
 from llmgateway.store.key_admin import (
     HISTORY_KEPT,
     AddReport,
@@ -31,7 +34,7 @@ from llmgateway.store.key_admin import (
     Selection,
     refusal,
 )
-from llmgateway.store.key_codec import StoredRow, stored_rows
+from llmgateway.store.key_codec import KeyCodec, StoredRow, stored_rows
 from llmgateway.store.key_filter import Params, selection_where
 from llmgateway.store.key_reads import KeyReads
 from llmgateway.store.protocol import KeySyncReport
@@ -51,6 +54,40 @@ _WANTED: Final = (
     ("n", "bigint"),
 )
 """The columns of the keys a sync or an import stores (`n`: their order)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _SyncRows:
+    """What a key sync binds: its rows, and the columns each statement reads, as JSON text.
+
+    Each statement binds only the columns it reads (a sync re-sends every
+    key). All three are made on a thread and kept as text only: built, or
+    merely freed, on the event loop, 100,000 rows' worth of Python objects
+    would hold it for tens of milliseconds.
+    """
+
+    rows: JsonArray
+    """The `StoredRow` of each key (see `_WANTED`)."""
+    fingerprints: JsonArray
+    named: JsonArray
+    """(fingerprint, file) of each key read from a file."""
+
+    @classmethod
+    def of(cls, codec: KeyCodec, keys: Sequence[str], files: Mapping[str, str] | None) -> _SyncRows:
+        """The rows of `keys` (`stored_rows`) and their columns (blocking: run it on a thread)."""
+        rows = stored_rows(codec, keys, files)
+        fingerprints: list[str] = []
+        named: list[tuple[str, str]] = []
+        for row in rows:
+            fingerprints.append(row[0])
+            if row[3] is not None:
+                named.append((row[0], row[3]))
+        made = cls(
+            JsonArray.encoded(rows), JsonArray.encoded(fingerprints), JsonArray.encoded(named)
+        )
+        for values in (named, fingerprints, rows):
+            release(values)
+        return made
 
 
 class KeyWrites(KeyReads):
@@ -92,7 +129,7 @@ class KeyWrites(KeyReads):
         `instance` has no provider row. After a large change the engine may
         refresh its planner statistics (`_refresh_statistics`).
         """
-        rows = await asyncio.to_thread(stored_rows, self.codec, keys, files)
+        rows = await asyncio.to_thread(_SyncRows.of, self.codec, keys, files)
         model_list = list(dict.fromkeys(models))
 
         async def run(conn: Conn) -> tuple[int, int]:
@@ -102,13 +139,13 @@ class KeyWrites(KeyReads):
 
         added, removed = await self._write(f"syncing keys of {instance}", run)
         await self._refresh_statistics(added + removed)
-        return KeySyncReport(added=added, removed=removed, total=len(rows))
+        return KeySyncReport(added=added, removed=removed, total=len(rows.rows))
 
     async def _sync_rows(
         self,
         conn: Conn,
         instance: str,
-        rows: Sequence[StoredRow],
+        rows: _SyncRows,
         models: list[str],
         at: datetime,
     ) -> tuple[int, int]:
@@ -120,8 +157,7 @@ class KeyWrites(KeyReads):
         of a disabled key are disabled too.
         """
         stamp = await self._stamp(conn)
-        # Each statement binds only the columns it reads (a sync re-sends every key).
-        fingerprints = [r[0] for r in rows]
+        fingerprints = rows.fingerprints
         p = self._params()
         gone = await conn.fetch(
             f"SELECT k.id FROM api_keys AS k WHERE k.instance = {p(instance)} "
@@ -139,7 +175,7 @@ class KeyWrites(KeyReads):
             f"{p.none_of('api_keys.fingerprint', fingerprints)}",
             *p.values,
         )
-        named = [(r[0], r[3]) for r in rows if r[3] is not None]
+        named = rows.named
         if named:
             p = self._params()
             files = p.with_rows("w", [("fingerprint", "text"), ("source_file", "text")], named)
@@ -149,7 +185,7 @@ class KeyWrites(KeyReads):
                 "AND (api_keys.source_file IS NULL OR api_keys.source_file <> w.source_file)",
                 *p.values,
             )
-        added = await self._insert_keys(conn, instance, rows, models, from_api=False, at=at)
+        added = await self._insert_keys(conn, instance, rows.rows, models, from_api=False, at=at)
         dropped, created = await self._sync_models(conn, instance, models, at, stamp)
         if dropped or created > len(added) * len(models):
             await self._refresh_statuses(conn, instance=instance)  # the models changed
@@ -161,7 +197,7 @@ class KeyWrites(KeyReads):
         self,
         conn: Conn,
         instance: str,
-        rows: Sequence[StoredRow],
+        rows: Sequence[StoredRow] | JsonArray,
         models: Sequence[str],
         *,
         from_api: bool,

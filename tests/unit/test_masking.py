@@ -205,3 +205,18 @@ async def test_adding_off_the_loop_keeps_what_was_added_meanwhile() -> None:
     text = "sk-first-0123456789abcdef sk-meanwhile-0123456789abcdef sk-bulk-000123-0123456789"
     assert masker.mask_text(text) == "sk-f...cdef sk-m...cdef sk-b...6789"
     assert len(masker) == 20_002
+
+
+def test_secrets_added_later_join_every_kind_already_known() -> None:
+    """An index extended with new secrets keeps the plain and hand-written ones it had.
+
+    Each form is still found: a shorter plain key added later, the earlier
+    longer one, and a token with characters no plain key has.
+    """
+    masker = Masker(["sk-long-0123456789abcdef0123", "token with spaces!"])
+    masker.add(["sk-short-012345", "sk-long-0123456789abcdef0123"])
+    assert len(masker) == 3
+    text = "sk-long-0123456789abcdef0123 / sk-short-012345 / token with spaces!"
+    assert masker.mask_text(text) == "sk-l...0123 / sk-s...2345 / toke...ces!"
+    encoded = base64.b64encode(b"sk-short-012345").decode()
+    assert masker.mask_text(encoded) != encoded

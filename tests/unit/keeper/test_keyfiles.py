@@ -9,6 +9,7 @@ import pytest
 
 from llmgateway.config.schemas import ProviderConfig
 from llmgateway.core.constants import ProviderType
+from llmgateway.keeper import keyfiles
 from llmgateway.keeper.keyfiles import (
     KeyFileRead,
     load_keys,
@@ -129,3 +130,78 @@ class TestLoadKeys:
         """A relative keys_path is taken from cwd; an absolute one is kept."""
         assert resolve_keys_path("keys/a", tmp_path) == tmp_path / "keys" / "a"
         assert resolve_keys_path("/srv/keys", tmp_path) == Path("/srv/keys")
+
+
+class TestReadInBlocks:
+    def test_lines_split_across_blocks_are_whole_keys(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A file read a few characters at a time gives the keys a whole read gives."""
+        text = "\ufeffsk-first-key\r\n# a comment\r\n\r\nsk-second  # note\nsk-third\rsk-last"
+        (tmp_path / "keys.txt").write_text(text, encoding="utf-8")
+        whole = read_key_files(tmp_path).keys
+        assert whole == ("sk-first-key", "sk-second", "sk-third", "sk-last")
+        for block in (1, 2, 5, 7, 13):
+            monkeypatch.setattr(keyfiles, "READ_BLOCK", block)
+            assert read_key_files(tmp_path).keys == whole, block
+
+
+class TestReuse:
+    """`load_keys` returns the previous read when the files are as they were, and settled."""
+
+    @pytest.fixture
+    def folder(self, tmp_path: Path) -> Path:
+        folder = tmp_path / "keys"
+        folder.mkdir()
+        (folder / "a.txt").write_text("k-1\nk-2\n")
+        return folder
+
+    async def test_settled_unchanged_files_are_not_read_again(
+        self, folder: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Same names, sizes, times and inodes: the very same read comes back."""
+        monkeypatch.setattr(keyfiles, "SETTLE_NS", 0)
+        first = await load_keys(provider(str(folder), ("k-9",)))
+        assert first.source is not None
+        assert await load_keys(provider(str(folder), ("k-9",)), previous=first) is first
+
+    async def test_a_changed_file_is_read_again(
+        self, folder: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A rewrite of the same size with its old modification time is still seen (ctime)."""
+        monkeypatch.setattr(keyfiles, "SETTLE_NS", 0)
+        first = await load_keys(provider(str(folder)))
+        stat = (folder / "a.txt").stat()
+        (folder / "a.txt").write_text("k-1\nk-3\n")
+        os.utime(folder / "a.txt", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        again = await load_keys(provider(str(folder)), previous=first)
+        assert again is not first
+        assert again.keys == ("k-1", "k-3")
+
+    async def test_an_added_file_or_other_inline_keys_are_read_again(
+        self, folder: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A new key file, or a change of the inline keys, makes a new read."""
+        monkeypatch.setattr(keyfiles, "SETTLE_NS", 0)
+        first = await load_keys(provider(str(folder)))
+        inline = await load_keys(provider(str(folder), ("k-5",)), previous=first)
+        assert inline is not first and inline.keys == ("k-1", "k-2", "k-5")
+        (folder / "b.txt").write_text("k-4\n")
+        added = await load_keys(provider(str(folder), ("k-5",)), previous=inline)
+        assert added.keys == ("k-1", "k-2", "k-4", "k-5")
+
+    async def test_files_changed_just_before_the_read_are_read_again(self, folder: Path) -> None:
+        """A file changed within the settling time could change again unseen: never reused."""
+        first = await load_keys(provider(str(folder)))
+        assert first.source is None
+        again = await load_keys(provider(str(folder)), previous=first)
+        assert again is not first and again == first
+
+    async def test_a_read_with_errors_is_never_reused(
+        self, folder: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A file that could not be decoded is tried again at the next read."""
+        monkeypatch.setattr(keyfiles, "SETTLE_NS", 0)
+        (folder / "b.txt").write_bytes(b"\xff\xfe")
+        first = await load_keys(provider(str(folder)))
+        assert not first.ok and first.source is None

@@ -28,3 +28,16 @@ def test_sqlite_binds_it_as_json_text() -> None:
     rows = conn.execute("SELECT value FROM json_each(?)", (JsonArray(["a", "b"]),)).fetchall()
     assert rows == [("a",), ("b",)]
     conn.close()
+
+
+async def test_an_encoded_array_keeps_its_text_only() -> None:
+    """`encoded` makes the text at once; it binds as that text and holds no values."""
+    values = [[i, f"sk-{i:06d}"] for i in range(CHUNK + 3)]
+    array = JsonArray.encoded(values)
+    assert array.values == () and len(array) == len(values)
+    assert array.text == as_text(JsonArray(values))
+    assert await as_text_off_loop(array) == array.text
+    conn = sqlite3.connect(":memory:")
+    (count,) = conn.execute("SELECT count(*) FROM json_each(?)", (array,)).fetchone()
+    assert count == len(values)
+    conn.close()
