@@ -244,7 +244,10 @@ def latest_per_row(records: Sequence[KeyRecord]) -> list[KeyRecord]:
 
 def as_utc(value: datetime) -> datetime:
     """`value` in UTC; a naive datetime is taken to be UTC already."""
-    if value.tzinfo is None:
+    zone = value.tzinfo
+    if zone is UTC:  # the common case (every time the gateway makes): nothing to convert
+        return value
+    if zone is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
 
@@ -284,7 +287,9 @@ def from_micros(value: int | None) -> datetime | None:
 
 def to_epoch(value: datetime | None) -> float | None:
     """Seconds since the Unix epoch (SQLite's time columns), or None."""
-    return None if value is None else as_utc(value).timestamp()
+    if value is None:
+        return None
+    return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).timestamp()
 
 
 def from_epoch(value: float | None) -> datetime | None:
