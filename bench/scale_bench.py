@@ -362,10 +362,20 @@ def _get(run: Run, session: aiohttp.ClientSession, path: str) -> Op:
     return op
 
 
+async def keeper_flood_run(run: Run, session: aiohttp.ClientSession) -> None:
+    """The keeper probing every key the import left untested, at its concurrency limit."""
+    await asyncio.sleep(3.0)
+    await run.window(
+        session, "keeper on, probing the imported untested keys", None, idle=12.0, slot=False
+    )
+
+
 async def keeper_run(run: Run, session: aiohttp.ClientSession) -> None:
-    """The keeper-on run: the periodic key-file sync, then one changing 1,000 keys."""
+    """The keeper-on run, nothing due: the periodic key-file sync, then one changing 1,000 keys."""
     await asyncio.sleep(3.0)  # past the keeper's first sync at start
-    await run.window(session, "keeper on, idle (periodic unchanged key sync)", None, idle=12.0)
+    await run.window(
+        session, "keeper on, nothing due (periodic unchanged key sync)", None, idle=12.0
+    )
     keys = parts.make_keys(run.n)
     changed = keys[1000:] + parts.make_keys(1000, start=run.n)
 
@@ -441,6 +451,10 @@ async def bench_one(
             run.figures["write queue flush 10,000"] = await flush_in_process(db_url)
             keeper_config = parts.write_config(workdir, run.port, upstream_url, db_url, keeper=True)
             run.figures["ready_keeper_s"] = run.start(keeper_config, "keeper")
+            await keeper_flood_run(run, session)
+            run.stop()
+            await parts.seed_statuses(db_url)  # every key checked: the keeper finds nothing due
+            run.start(keeper_config, "keeper-checked")
             await keeper_run(run, session)
         run.stop()
     finally:

@@ -8,6 +8,7 @@ facets cover everything the filter matches.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,6 +38,9 @@ from llmgateway.store.rows import RECORD_COLUMNS, parse_status, to_records
 
 MAX_PAGE: Final = 1000
 """The most keys one listing page holds."""
+
+RECORDS_ON_THREAD: Final = 500
+"""Rows from which `_records` decodes on a thread (fewer: a thread hop costs more)."""
 
 _KEY_COLUMNS: Final = (
     "k.id, k.instance, k.key_value, k.fingerprint, k.source_file, "
@@ -150,7 +154,7 @@ class KeyReads(ABC):
             + " ORDER BY s.key_id, s.model"
         )
         rows = await self._read("selecting keys to recheck", lambda c: c.fetch(query, *p.values))
-        return self._records(rows)
+        return await self._records(rows)
 
     async def get_job(self, job_id: int) -> Job | None:
         """The job `job_id`, or None when there is no such job."""
@@ -172,9 +176,15 @@ class KeyReads(ABC):
             updated_at=_required(self.sql.time_in(row[7])),
         )
 
-    def _records(self, rows: Sequence[Row]) -> list[KeyRecord]:
-        """KeyRecords of RECORD_COLUMNS rows, their keys unsealed."""
-        return to_records(rows, self.sql.time_in, self.codec.unseal)
+    async def _records(self, rows: Sequence[Row]) -> list[KeyRecord]:
+        """KeyRecords of RECORD_COLUMNS rows, their keys unsealed (decoded on a thread when many).
+
+        A recheck's page of 2,000 keys is 4,000 rows: 15 ms of decoding, kept
+        off the event loop.
+        """
+        if len(rows) < RECORDS_ON_THREAD:
+            return to_records(rows, self.sql.time_in, self.codec.unseal)
+        return await asyncio.to_thread(to_records, rows, self.sql.time_in, self.codec.unseal)
 
     async def _stored_keys(self, conn: Conn, ids: Sequence[int]) -> list[StoredKey]:
         """The keys `ids` (those still stored), by id, with their records and usage."""

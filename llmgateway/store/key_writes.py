@@ -416,7 +416,7 @@ class KeyWrites(KeyReads):
             SELECT_RECORDS + self.sql.by_key_ids + " ORDER BY s.key_id, s.model",
             self.sql.array(ids),
         )
-        return [r for r in self._records(rows) if (r.key_id, r.model) in pairs]
+        return [r for r in await self._records(rows) if (r.key_id, r.model) in pairs]
 
     async def _prune_history(self, conn: Conn, key_ids: Sequence[int]) -> None:
         """Keep the newest HISTORY_KEPT history rows of each key of `key_ids`."""
