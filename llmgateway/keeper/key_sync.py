@@ -67,7 +67,8 @@ class KeySync:
         """Per instance, the digest of the keys and the models this process last made the
         store match: a periodic sync of unchanged key files writes nothing."""
         self._reads: dict[str, KeyFileRead] = {}
-        """Per instance, its last read of the key files: unchanged files are not read again."""
+        """Per instance, what its last synced read of the key files was read from (no keys,
+        `KeyFileRead.without_keys`): files found as they were then are not read again."""
 
     async def initial(self) -> None:
         """Start-up: provider rows, then every enabled instance's keys, then the pool from the store.
@@ -243,11 +244,15 @@ class KeySync:
         the instance, with the same models (a periodic sync of 100,000
         unchanged keys writes nothing). Raises StoreError when the store fails.
         """
-        previous = self._reads.get(provider.name)
-        read = self._reads[provider.name] = await load_keys(provider, self._cwd, previous)
-        if read is not previous:  # a read reused as it was holds only keys already masked
-            await self.register_off_loop(read.keys)
         models = ConfigAccessor.status_models(provider)
+        previous = self._reads.pop(provider.name, None)
+        read = await load_keys(provider, self._cwd, previous)
+        if read is previous:  # the files are as they were at the last sync
+            if self._synced.get(provider.name) == (read.digest, tuple(models)):
+                self._reads[provider.name] = read
+                return _UNCHANGED
+            read = await load_keys(provider, self._cwd)  # the models changed: the keys are needed
+        await self.register_off_loop(read.keys)
         keys = read.keys
         if read.missing and len(read.errors) == 1:
             # No folder (yet): the inline keys still load. Keys stored earlier stay, since a
@@ -268,13 +273,14 @@ class KeySync:
             return None
         signature = (read.digest, tuple(models))
         if not read.missing and self._synced.get(provider.name) == signature:
+            self._remember(provider.name, read, signature)
             return _UNCHANGED  # the files read as they were at this process's last sync
         if current is not None and _matches(current, keys, models):
-            self._synced[provider.name] = signature
+            self._remember(provider.name, read, signature)
             return _UNCHANGED
         report = await self._store.sync_keys(provider.name, keys, models, now, files=read.files)
         if not read.missing:
-            self._synced[provider.name] = signature
+            self._remember(provider.name, read, signature)
         if report.added or report.removed:
             log.info(
                 "keys_synced",
@@ -284,6 +290,14 @@ class KeySync:
                 total=report.total,
             )
         return report
+
+    def _remember(
+        self, instance: str, read: KeyFileRead, signature: tuple[int, tuple[str, ...]]
+    ) -> None:
+        """The store matches `read` now: a later sync finding the same files writes nothing."""
+        self._synced[instance] = signature
+        if read.source is not None:
+            self._reads[instance] = read.without_keys()
 
 
 _UNCHANGED: Final = KeySyncReport(added=0, removed=0, total=-1)

@@ -16,6 +16,7 @@ from llmgateway.config.schemas import ModelConfig, ProviderConfig
 from llmgateway.core.constants import ALL_MODELS_MARKER, ProviderType, Status
 from llmgateway.core.masking import Masker
 from llmgateway.keeper import key_sync as key_sync_module
+from llmgateway.keeper import keyfiles
 from llmgateway.keeper.key_sync import KeySync
 from llmgateway.pool.key_pool import KeyPool
 from llmgateway.store.postgres import PostgresStore
@@ -212,6 +213,38 @@ async def test_a_sync_of_unchanged_files_writes_nothing(
     assert sorted(r.key for r in sync.pool.records("openai-main")) == [
         k for k in ("sk-file-1", "sk-file-2", "sk-file-3") for _ in range(2)
     ]
+
+
+async def test_settled_unchanged_files_are_not_even_read(
+    store: AnyStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once synced, files found as they were are not read again; a change, or other models
+    (a reload), makes the sync read them."""
+    monkeypatch.setattr(keyfiles, "SETTLE_NS", 0)
+    folder = write_keys(tmp_path, "a.txt", "sk-file-1\n")
+    sync = await synced(store, provider(), tmp_path)
+    reads: list[Path] = []
+    read_key_file = keyfiles._read_key_file
+
+    def counted(file: Path) -> list[str]:
+        reads.append(file)
+        return read_key_file(file)
+
+    monkeypatch.setattr(keyfiles, "_read_key_file", counted)
+    assert await sync.once() == KeySyncReport(added=1, removed=0, total=1)
+    assert (await sync.once()).total == -1
+    assert (await sync.once()).total == -1
+    assert len(reads) == 1
+
+    (folder / "a.txt").write_text("sk-file-1\nsk-file-2\n")
+    assert await sync.once() == KeySyncReport(added=1, removed=0, total=2)
+    assert len(reads) == 2
+
+    wider = replace(provider(), models={"m-a": ModelConfig(), "m-c": ModelConfig()})
+    sync.key_sync.adopt(accessor_of(wider), {})
+    report = await sync.once()
+    assert report is not None and report.total == 2  # the keys were needed: read again
+    assert len(reads) == 3
 
 
 async def test_reconcile_merges_page_by_page(
