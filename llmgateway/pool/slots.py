@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Final, final
 
 from llmgateway.core.constants import ErrorReason, Status
+from llmgateway.core.memory import untrack
 from llmgateway.core.models import KeyRecord
 
 Clock = Callable[[], float]
@@ -43,6 +44,7 @@ class Entry:
     __slots__ = ("record", "in_ring", "cool_until", "bench_until")
 
     def __init__(self, record: KeyRecord, cool_until: float) -> None:
+        untrack(record)  # a full collection never walks the pool's records (see `untrack`)
         self.record = record
         self.in_ring = False
         self.cool_until = cool_until

@@ -15,6 +15,7 @@ from typing import final
 import structlog
 
 from llmgateway.core.logs import mask_key
+from llmgateway.core.memory import untrack
 from llmgateway.core.models import CheckResult, KeyRecord
 from llmgateway.pool.events import EventHub
 from llmgateway.pool.slots import Clock, Entry, Slot, SlotTable
@@ -123,6 +124,7 @@ class StatusWriter:
         if old.status is not new.status:
             slot.count(old, -1)
             slot.count(new, 1)
+        untrack(new)
         entry.record = new
         cool = new.cooldown_until.timestamp() if new.cooldown_until else 0.0
         entry.cool_until = cool if cool > self._clock() else 0.0

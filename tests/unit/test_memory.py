@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import gc
+import weakref
 
-from llmgateway.core.memory import RELEASE_SLICE, bulk_load, release
+from llmgateway.core.memory import RELEASE_SLICE, bulk_load, release, untrack
 
 
 def test_release_empties_the_list_and_frees_its_items() -> None:
@@ -31,3 +32,21 @@ def test_bulk_load_turns_the_collector_back_on_after_the_last_body() -> None:
         assert not gc.isenabled()
     assert gc.isenabled()
     gc.unfreeze()
+
+
+def test_untrack_takes_a_value_out_of_the_collector_and_it_is_still_freed() -> None:
+    """An untracked value is skipped by collections and freed by reference counting."""
+
+    class Value:
+        __slots__ = ("number", "__weakref__")
+
+        def __init__(self) -> None:
+            self.number = 1
+
+    value = Value()
+    assert gc.is_tracked(value)
+    untrack(value)
+    assert not gc.is_tracked(value)
+    gone = weakref.ref(value)
+    del value
+    assert gone() is None

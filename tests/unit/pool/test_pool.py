@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections import Counter
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
+from enum import Enum
 
 import pytest
 
@@ -587,3 +589,42 @@ class TestIncidents:
                 pool.report(record, CheckResult(reason=None, status_code=200), probe=True)
         assert pool.incidents() == []
         assert set(picks(pool, "model-a", 6)) == {1, 2, 3}
+
+
+class TestCollector:
+    """The pool's records are out of the cyclic collector's lists: a full collection skips them."""
+
+    def test_records_loaded_and_replaced_are_not_tracked(
+        self, clock: FakeClock, sink: Sink
+    ) -> None:
+        """Loaded records, and the ones a report puts in their place, are never walked."""
+        pool = make_pool(clock, sink, count=3)
+        assert not any(gc.is_tracked(r) for r in pool.records("main"))
+        record = pool.pick("main", "model-a")
+        pool.report(record, fail(ErrorReason.INVALID_KEY))
+        held = pool.get("main", "model-a", record.key_id)
+        assert held is not None and held is not record
+        assert not gc.is_tracked(held)
+
+    def test_a_record_refers_to_nothing_that_could_refer_back(self) -> None:
+        """What makes untracking safe: every field is a number, string, time, enum or None."""
+        now = datetime.now(UTC)
+        record = KeyRecord(
+            key_id=1,
+            instance="main",
+            key=key_of(1),
+            model="model-a",
+            status=Status.RATE_LIMITED,
+            last_checked_at=now,
+            next_check_at=now,
+            failing_since=now,
+            consecutive_failures=2,
+            status_code=429,
+            message="slow down",
+            response_ms=12,
+            cooldown_until=now,
+            reason=ErrorReason.RATE_LIMITED,
+        )
+        for field in fields(KeyRecord):
+            value = getattr(record, field.name)
+            assert isinstance(value, int | float | str | datetime | Enum), field.name
