@@ -85,4 +85,57 @@ async def as_text_off_loop(array: JsonArray) -> str:
     return await asyncio.to_thread(as_text, array)
 
 
+UPLOAD_MIN: Final = 10_000
+"""Values from which PostgreSQL gets a list by COPY rather than as a bound parameter.
+
+asyncpg builds a statement's message on the event loop, copying each bound value
+into it, and a 20 MB parameter (a key sync's 100,000 rows) several times over:
+30 ms with the loop held. COPY sends it as it comes, a piece at a time."""
+
+COPY_PIECE: Final = 1 << 18
+"""Characters of JSON text in one piece of COPY data."""
+
+
+@final
+class Upload:
+    """A large JSON array for PostgreSQL, bound as the token its COPY stored it under.
+
+    The statement reads it back with `(SELECT doc FROM pg_temp.llmgw_upload
+    WHERE token = $n)` (see `key_filter.Params`); the connection uploads it
+    just before running the statement (`postgres._PgConn`).
+    """
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: JsonArray) -> None:
+        self.array = array
+
+    def __repr__(self) -> str:
+        return f"Upload({self.array!r})"
+
+
+def copy_pieces(array: JsonArray, token: str) -> list[bytes]:
+    """COPY data (text format) of one row, `token` and the JSON text of `array` (blocking).
+
+    In pieces of about `COPY_PIECE` characters, so that neither making them
+    (on a thread) nor sending them holds the GIL or the event loop long. COPY's
+    text format reads a backslash as an escape: each is doubled (orjson escapes
+    every control character, so no tab or newline needs it).
+    """
+    pieces = [f"{token}\t".encode()]
+    if array.text is not None:
+        text = array.text
+        for start in range(0, len(text), COPY_PIECE):
+            pieces.append(text[start : start + COPY_PIECE].replace("\\", "\\\\").encode())
+    else:
+        values = array.values
+        pieces.append(b"[")
+        for start in range(0, len(values), CHUNK):
+            body = orjson.dumps(values[start : start + CHUNK])[1:-1].replace(b"\\", b"\\\\")
+            pieces.append(b"," + body if start else body)
+        pieces.append(b"]")
+    pieces.append(b"\n")
+    return pieces
+
+
 sqlite3.register_adapter(JsonArray, as_text)

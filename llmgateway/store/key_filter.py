@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import final
 
 from llmgateway.store import model_statuses
-from llmgateway.store.json_array import JsonArray
+from llmgateway.store.json_array import UPLOAD_MIN, JsonArray, Upload
 from llmgateway.store.key_admin import KeyFilter, KeySource, Selection
 from llmgateway.store.key_codec import KeyCodec, fingerprint_prefix
 from llmgateway.store.migrations import Engine
@@ -61,7 +61,7 @@ class Params:
             return f"{column} IN (SELECT value FROM json_each({self(_json(values))}))"
         return (
             f"{column} IN (SELECT v::{pg_type} "
-            f"FROM jsonb_array_elements_text({self(_json(values))}::jsonb) AS v)"
+            f"FROM jsonb_array_elements_text({_jsonb(self, values)}) AS v)"
         )
 
     def none_of(
@@ -76,7 +76,7 @@ class Params:
         if self.engine is Engine.SQLITE:
             return f"{column} NOT IN (SELECT value FROM json_each({self(_json(values))}))"
         return (
-            f"NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text({self(_json(values))}::jsonb) "
+            f"NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text({_jsonb(self, values)}) "
             f"AS n(v) WHERE n.v::{pg_type} = {column})"
         )
 
@@ -98,7 +98,7 @@ class Params:
         picks = ", ".join(
             f"(e ->> {i})::{pg_type} AS {name}" for i, (name, pg_type) in enumerate(columns)
         )
-        return f"(SELECT {picks} FROM jsonb_array_elements({self(_json(rows))}::jsonb) AS e) AS {alias}"
+        return f"(SELECT {picks} FROM jsonb_array_elements({_jsonb(self, rows)}) AS e) AS {alias}"
 
     def with_rows(
         self,
@@ -114,6 +114,19 @@ class Params:
         walks the rows once and looks each up in the table's index.
         """
         return f"WITH {alias} AS MATERIALIZED (SELECT * FROM {self.rows(alias, columns, rows)}) "
+
+
+def _jsonb(params: Params, values: Sequence[object] | JsonArray) -> str:
+    """PostgreSQL: the jsonb of `values`, bound as its text, or uploaded when it is large.
+
+    A list of `UPLOAD_MIN` values or more is sent by COPY just before the
+    statement (see `json_array.Upload`): the statement reads it back by its token,
+    in a scalar subquery PostgreSQL evaluates once.
+    """
+    array = _json(values)
+    if len(array) < UPLOAD_MIN:
+        return f"{params(array)}::jsonb"
+    return f"(SELECT u.doc FROM pg_temp.llmgw_upload AS u WHERE u.token = {params(Upload(array))})"
 
 
 def _json(values: Sequence[object] | JsonArray) -> JsonArray:

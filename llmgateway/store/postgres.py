@@ -37,7 +37,7 @@ from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
 from llmgateway.store.changes import CHANNEL, KeySetChange, encode_key_changes, encode_notifications
 from llmgateway.store.engine import Conn, Dialect, LeaseAsk, Row, SqlStore
-from llmgateway.store.json_array import JsonArray, as_text_off_loop
+from llmgateway.store.json_array import JsonArray, Upload, as_text_off_loop, copy_pieces
 from llmgateway.store.key_activity import KeyActivity
 from llmgateway.store.key_codec import PLAIN, KeyCodec
 from llmgateway.store.migrations import Engine, Migration
@@ -171,11 +171,10 @@ def _count(status: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
-async def _encoded(args: Sequence[Any]) -> Sequence[Any]:
-    """`args` with each JsonArray turned into its JSON text (a large one on a thread)."""
-    if not any(isinstance(a, JsonArray) for a in args):
-        return args
-    return [await as_text_off_loop(a) if isinstance(a, JsonArray) else a for a in args]
+UPLOAD_TABLE: Final = (
+    "CREATE TEMP TABLE IF NOT EXISTS llmgw_upload (token text PRIMARY KEY, doc jsonb NOT NULL)"
+)
+"""The session's table of uploaded lists (see `json_array.Upload`); emptied around each use."""
 
 
 @final
@@ -189,12 +188,57 @@ class _PgConn:
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         """The rows `sql` returns."""
+        values, uploaded = await self._encoded(args)
         # asyncpg's Record is indexable like a tuple (its stubs do not say Sequence).
-        return cast(list[Row], await self.raw.fetch(sql, *await _encoded(args)))
+        rows = cast(list[Row], await self.raw.fetch(sql, *values))
+        if uploaded:
+            await self.raw.execute("TRUNCATE pg_temp.llmgw_upload")
+        return rows
 
     async def execute(self, sql: str, *args: Any) -> int:
         """Run `sql`; the number of rows it changed."""
-        return _count(await self.raw.execute(sql, *await _encoded(args)))
+        values, uploaded = await self._encoded(args)
+        status = await self.raw.execute(sql, *values)
+        if uploaded:
+            await self.raw.execute("TRUNCATE pg_temp.llmgw_upload")
+        return _count(status)
+
+    async def _encoded(self, args: Sequence[Any]) -> tuple[Sequence[Any], bool]:
+        """`args` as asyncpg binds them, and whether a list was uploaded for them.
+
+        A JsonArray becomes its JSON text (a large one made on a thread); an
+        Upload is sent by COPY into the session's `llmgw_upload` table and
+        becomes its token.
+        """
+        if not any(isinstance(a, JsonArray | Upload) for a in args):
+            return args, False
+        uploaded = False
+        values: list[Any] = []
+        for arg in args:
+            if isinstance(arg, Upload):
+                if not uploaded:
+                    await self.raw.execute(UPLOAD_TABLE)
+                    await self.raw.execute("TRUNCATE pg_temp.llmgw_upload")
+                    uploaded = True
+                values.append(await self._upload(arg.array, f"u{len(values)}"))
+            elif isinstance(arg, JsonArray):
+                values.append(await as_text_off_loop(arg))
+            else:
+                values.append(arg)
+        return values, uploaded
+
+    async def _upload(self, array: JsonArray, token: str) -> str:
+        """COPY `array` as one row of `llmgw_upload` under `token`; the token."""
+        pieces = await asyncio.to_thread(copy_pieces, array, token)
+
+        async def source() -> AsyncIterator[bytes]:
+            for piece in pieces:
+                yield piece
+
+        await self.raw.copy_to_table(
+            "llmgw_upload", schema_name="pg_temp", columns=("token", "doc"), source=source()
+        )
+        return token
 
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
         """Run `sql` once per argument tuple."""

@@ -19,6 +19,8 @@ from llmgateway.keeper import key_sync as key_sync_module
 from llmgateway.keeper import keyfiles
 from llmgateway.keeper.key_sync import KeySync
 from llmgateway.pool.key_pool import KeyPool
+from llmgateway.store import key_filter
+from llmgateway.store.key_admin import KeyFilter
 from llmgateway.store.postgres import PostgresStore
 from llmgateway.store.protocol import KeySyncReport
 from llmgateway.store.sqlite import SqliteStore
@@ -245,6 +247,27 @@ async def test_settled_unchanged_files_are_not_even_read(
     report = await sync.once()
     assert report is not None and report.total == 2  # the keys were needed: read again
     assert len(reads) == 3
+
+
+async def test_lists_uploaded_by_copy_sync_the_same(
+    store: AnyStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every list sent by COPY (PostgreSQL's path for large ones, forced here for all): the
+    keys, their removal and their files are stored the same, a backslash in a name too."""
+    monkeypatch.setattr(key_filter, "UPLOAD_MIN", 1)
+    write_keys(tmp_path, "a.txt", "sk-file-1\nsk-file-2\n")
+    folder = write_keys(tmp_path, "b\\c.txt", "sk-file-3\n")
+    sync = await synced(store, provider(keys=("sk-inline",)), tmp_path)
+    assert await sync.once() == KeySyncReport(added=4, removed=0, total=4)
+    (folder / "a.txt").write_text("sk-file-2\nsk-file-4\n")
+    assert await sync.once() == KeySyncReport(added=1, removed=1, total=4)
+    page = await store.list_keys(KeyFilter(), after=None, limit=10)
+    assert {key.key: key.source_file for key in page.items} == {
+        "sk-file-2": "keys/openai-main/a.txt",
+        "sk-file-3": "keys/openai-main/b\\c.txt",
+        "sk-file-4": "keys/openai-main/a.txt",
+        "sk-inline": "inline",
+    }
 
 
 async def test_reconcile_merges_page_by_page(

@@ -7,7 +7,7 @@ import sqlite3
 import orjson
 import pytest
 
-from llmgateway.store.json_array import CHUNK, JsonArray, as_text, as_text_off_loop
+from llmgateway.store.json_array import CHUNK, JsonArray, as_text, as_text_off_loop, copy_pieces
 
 
 @pytest.mark.parametrize("count", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 7])
@@ -41,3 +41,15 @@ async def test_an_encoded_array_keeps_its_text_only() -> None:
     (count,) = conn.execute("SELECT count(*) FROM json_each(?)", (array,)).fetchone()
     assert count == len(values)
     conn.close()
+
+
+@pytest.mark.parametrize("encoded", [False, True])
+def test_copy_pieces_are_one_row_of_the_token_and_the_text(encoded: bool) -> None:
+    """COPY's text format: `token<TAB>json<NEWLINE>`, every backslash doubled, in pieces."""
+    values = [[i, f"keys/a\\b-{i}.txt", 'say "hi"'] for i in range(2 * CHUNK + 3)]
+    array = JsonArray.encoded(values) if encoded else JsonArray(values)
+    pieces = copy_pieces(array, "u1")
+    assert len(pieces) > 3
+    data = b"".join(pieces).decode()
+    assert data.startswith("u1\t") and data.endswith("\n") and data.count("\n") == 1
+    assert data[3:-1].replace("\\\\", "\\") == as_text(JsonArray(values))
