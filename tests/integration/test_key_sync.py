@@ -18,6 +18,7 @@ from llmgateway.core.masking import Masker
 from llmgateway.keeper import key_sync as key_sync_module
 from llmgateway.keeper import keyfiles
 from llmgateway.keeper.key_sync import KeySync
+from llmgateway.pool import key_pool as key_pool_module
 from llmgateway.pool.key_pool import KeyPool
 from llmgateway.store import key_filter
 from llmgateway.store.key_admin import KeyFilter
@@ -277,6 +278,7 @@ async def test_reconcile_merges_page_by_page(
     keys no longer stored leave, another instance's rows are left out, the pool's own newer
     state is kept."""
     monkeypatch.setattr(key_sync_module, "RECONCILE_PAGE", 3)
+    monkeypatch.setattr(key_pool_module, "ID_SLICE", 2)  # the pool's ids copied in slices too
     write_keys(tmp_path, "a.txt", "sk-rec-1\nsk-rec-2\nsk-rec-3\n")
     sync = await synced(store, provider(), tmp_path)
     await sync.once()
