@@ -42,6 +42,7 @@ __all__ = [
     "AllKeysTried",
     "Clock",
     "HistorySink",
+    "IdSet",
     "IncidentEvent",
     "JobEvent",
     "KeyPool",
