@@ -36,6 +36,7 @@ from llmgateway.store.rows import (
     TimeIn,
     TimeOut,
     as_utc,
+    decoded_records,
     latest_per_row,
     parse_status,
     to_records,
@@ -223,7 +224,7 @@ class SqlStore(ABC):
         )
         rows = await self._read("loading records", lambda conn: conn.fetch(query, *args))
         time_in = self.sql.load_time_in or self.sql.time_in
-        return await asyncio.to_thread(to_records, rows, time_in, self.codec.unseal)
+        return await decoded_records(rows, time_in, self.codec.unseal)
 
     async def status_counts(self, now: datetime) -> list[StatusCount]:
         """(key, model) rows per instance, model and status, and how many cool down at `now`.
@@ -263,7 +264,7 @@ class SqlStore(ABC):
         query = SELECT_RECORDS + self.sql.by_key_ids + " ORDER BY s.key_id, s.model"
         ids = self.sql.array(list(key_ids))
         rows = await self._read("loading keys", lambda conn: conn.fetch(query, ids))
-        return await asyncio.to_thread(to_records, rows, self.sql.time_in, self.codec.unseal)
+        return await decoded_records(rows, self.sql.time_in, self.codec.unseal)
 
     async def lease_due(
         self,

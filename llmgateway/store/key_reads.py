@@ -8,7 +8,6 @@ facets cover everything the filter matches.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,13 +33,10 @@ from llmgateway.store.key_admin import (
 )
 from llmgateway.store.key_codec import KeyCodec
 from llmgateway.store.key_filter import Params, filter_where, selection_where
-from llmgateway.store.rows import RECORD_COLUMNS, parse_status, to_records
+from llmgateway.store.rows import RECORD_COLUMNS, decoded_records, parse_status, to_records
 
 MAX_PAGE: Final = 1000
 """The most keys one listing page holds."""
-
-RECORDS_ON_THREAD: Final = 500
-"""Rows from which `_records` decodes on a thread (fewer: a thread hop costs more)."""
 
 _KEY_COLUMNS: Final = (
     "k.id, k.instance, k.key_value, k.fingerprint, k.source_file, "
@@ -177,14 +173,8 @@ class KeyReads(ABC):
         )
 
     async def _records(self, rows: Sequence[Row]) -> list[KeyRecord]:
-        """KeyRecords of RECORD_COLUMNS rows, their keys unsealed (decoded on a thread when many).
-
-        A recheck's page of 2,000 keys is 4,000 rows: 15 ms of decoding, kept
-        off the event loop.
-        """
-        if len(rows) < RECORDS_ON_THREAD:
-            return to_records(rows, self.sql.time_in, self.codec.unseal)
-        return await asyncio.to_thread(to_records, rows, self.sql.time_in, self.codec.unseal)
+        """KeyRecords of RECORD_COLUMNS rows, their keys unsealed (`decoded_records`)."""
+        return await decoded_records(rows, self.sql.time_in, self.codec.unseal)
 
     async def _stored_keys(self, conn: Conn, ids: Sequence[int]) -> list[StoredKey]:
         """The keys `ids` (those still stored), by id, with their records and usage."""

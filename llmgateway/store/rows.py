@@ -10,6 +10,7 @@ normalised the same way for SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
@@ -89,6 +90,22 @@ def to_record(row: Sequence[Any], time_in: TimeIn, unseal: Unseal = str) -> KeyR
         cooldown_until=time_in(row[12]),
         reason=parse_reason(row[13]),
     )
+
+
+RECORDS_ON_THREAD: Final = 500
+"""Rows from which `decoded_records` decodes on a thread (fewer: a thread hop costs more)."""
+
+
+async def decoded_records(
+    rows: Sequence[Sequence[Any]], time_in: TimeIn, unseal: Unseal = str
+) -> list[KeyRecord]:
+    """`to_records`, on a thread when the rows are many.
+
+    A page of 2,000 keys is 4,000 rows: 15 ms of decoding, kept off the event loop.
+    """
+    if len(rows) < RECORDS_ON_THREAD:
+        return to_records(rows, time_in, unseal)
+    return await asyncio.to_thread(to_records, rows, time_in, unseal)
 
 
 def to_records(

@@ -11,6 +11,8 @@ from llmgateway.core.models import KeyRecord
 from llmgateway.store.rows import (
     RECORD_COLUMNS,
     RECORD_COLUMNS_MICROS,
+    RECORDS_ON_THREAD,
+    decoded_records,
     from_epoch,
     from_micros,
     new_record,
@@ -74,3 +76,15 @@ def test_micro_columns_differ_from_the_record_columns_only_in_times() -> None:
         "s.cooldown_until",
     ]
     assert all(b == f"(EXTRACT(EPOCH FROM {a}) * 1000000)::int8" for a, b in changed)
+
+
+@pytest.mark.parametrize("count", [1, RECORDS_ON_THREAD + 1])
+async def test_decoding_many_rows_on_a_thread_gives_the_same_records(count: int) -> None:
+    """`decoded_records` is `to_records`, whether it decodes on the loop or on a thread."""
+    rows = [
+        (i, "inst", f"sk-{i}", "m-1", "valid", to_epoch(AT), None, None, 0, 200, "", 5, None, None)
+        for i in range(count)
+    ]
+    assert await decoded_records(rows, from_epoch, str.upper) == to_records(
+        rows, from_epoch, str.upper
+    )
