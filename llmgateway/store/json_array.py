@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Final, final
 
 import orjson
@@ -62,6 +62,15 @@ chunks the event loop's thread can take the GIL back, so a 100,000-row list enco
 on a thread never holds the loop more than a few milliseconds."""
 
 
+def _pieces(values: Sequence[object]) -> Iterator[bytes]:
+    """The JSON text of `values` in pieces of `CHUNK` values: `[`, each chunk's body, `]`."""
+    yield b"["
+    for start in range(0, len(values), CHUNK):
+        body = orjson.dumps(values[start : start + CHUNK])[1:-1]
+        yield b"," + body if start else body
+    yield b"]"
+
+
 def as_text(array: JsonArray) -> str:
     """The JSON text of `array` (encoded `CHUNK` values at a time)."""
     if array.text is not None:
@@ -69,13 +78,7 @@ def as_text(array: JsonArray) -> str:
     values = array.values
     if len(values) <= CHUNK:
         return orjson.dumps(values).decode()
-    parts = ["["]
-    for start in range(0, len(values), CHUNK):
-        if start:
-            parts.append(",")
-        parts.append(orjson.dumps(values[start : start + CHUNK])[1:-1].decode())
-    parts.append("]")
-    return "".join(parts)  # the one copy of the whole text
+    return "".join([piece.decode() for piece in _pieces(values)])  # one copy of the whole text
 
 
 async def as_text_off_loop(array: JsonArray) -> str:
@@ -128,12 +131,7 @@ def copy_pieces(array: JsonArray, token: str) -> list[bytes]:
         for start in range(0, len(text), COPY_PIECE):
             pieces.append(text[start : start + COPY_PIECE].replace("\\", "\\\\").encode())
     else:
-        values = array.values
-        pieces.append(b"[")
-        for start in range(0, len(values), CHUNK):
-            body = orjson.dumps(values[start : start + CHUNK])[1:-1].replace(b"\\", b"\\\\")
-            pieces.append(b"," + body if start else body)
-        pieces.append(b"]")
+        pieces.extend(piece.replace(b"\\", b"\\\\") for piece in _pieces(array.values))
     pieces.append(b"\n")
     return pieces
 

@@ -188,20 +188,20 @@ class _PgConn:
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         """The rows `sql` returns."""
-        values, uploaded = await self._encoded(args)
         # asyncpg's Record is indexable like a tuple (its stubs do not say Sequence).
-        rows = cast(list[Row], await self.raw.fetch(sql, *values))
-        if uploaded:
-            await self.raw.execute("TRUNCATE pg_temp.llmgw_upload")
-        return rows
+        return cast(list[Row], await self._bound(self.raw.fetch, sql, args))
 
     async def execute(self, sql: str, *args: Any) -> int:
         """Run `sql`; the number of rows it changed."""
+        return _count(await self._bound(self.raw.execute, sql, args))
+
+    async def _bound[T](self, run: Callable[..., Awaitable[T]], sql: str, args: Sequence[Any]) -> T:
+        """`run(sql, *args)` with `args` encoded (`_encoded`); uploaded lists emptied after."""
         values, uploaded = await self._encoded(args)
-        status = await self.raw.execute(sql, *values)
+        result = await run(sql, *values)
         if uploaded:
             await self.raw.execute("TRUNCATE pg_temp.llmgw_upload")
-        return _count(status)
+        return result
 
     async def _encoded(self, args: Sequence[Any]) -> tuple[Sequence[Any], bool]:
         """`args` as asyncpg binds them, and whether a list was uploaded for them.
