@@ -192,30 +192,6 @@ async def timed_get(run: Run, session: aiohttp.ClientSession, path: str, label: 
     print(f"  {label:<30} {sorted(samples)[2] * 1000:9.1f} ms  {size:>12,} bytes", flush=True)
 
 
-async def walk_pages(run: Run, session: aiohttp.ClientSession) -> dict[str, Any]:
-    """Every page of `/-/status?keys=1`: pages, rows, seconds, slowest page."""
-    begin = time.perf_counter()
-    cursor: str | None = None
-    pages = rows = 0
-    slowest = 0.0
-    while True:
-        path = "/-/status?keys=1&limit=1000" + (f"&cursor={cursor}" if cursor else "")
-        seconds, body, _ = await run.get(session, path)
-        slowest = max(slowest, seconds)
-        document = json.loads(body)
-        pages += 1
-        rows += sum(len(p.get("keys", [])) for p in document["providers"].values())
-        cursor = document.get("next_cursor")
-        if not cursor:
-            break
-    return {
-        "pages": pages,
-        "rows": rows,
-        "seconds": time.perf_counter() - begin,
-        "slowest_page_ms": slowest * 1000,
-    }
-
-
 def cli(run: Run, config: Path, *flags: str) -> Op:
     """`llmgateway status [flags]` as an operation (in a thread): records time and max RSS."""
     argv = [sys.executable, "-m", "llmgateway", "status", "--config", str(config), *flags]
@@ -237,7 +213,7 @@ async def main_run(run: Run, session: aiohttp.ClientSession, config: Path) -> No
     ):
         await run.quiet_slot(12)
         await timed_get(run, session, path, label)
-    run.figures["status all pages"] = await walk_pages(run, session)
+    run.figures["status all pages"] = await parts.walk_elsewhere(run.base, run.other_cpus())
     await run.window(session, "nothing (steady stream alone)", None, idle=5.0)
     await run.window(
         session, "GET /-/status (summary) x5", _get(run, session, "/-/status"), repeat=5
@@ -247,7 +223,10 @@ async def main_run(run: Run, session: aiohttp.ClientSession, config: Path) -> No
         session, "GET /-/status?keys=1 (one page) x5", _get(run, session, page), repeat=5
     )
     await run.window(
-        session, "every page of /-/status?keys=1", lambda: walk_pages(run, session), needed=20
+        session,
+        "every page of /-/status?keys=1",
+        lambda: parts.walk_elsewhere(run.base, run.other_cpus()),
+        needed=20,
     )
     await run.window(session, "GET /metrics x5", _get(run, session, "/metrics"), repeat=5)
     await run.window(session, "llmgateway status", cli(run, config))

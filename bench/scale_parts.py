@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -332,8 +333,55 @@ def serve_upstream(port: int) -> None:
     )
 
 
+async def walk_pages(base: str) -> dict[str, Any]:
+    """Every page of `base`'s `/-/status?keys=1`: pages, rows, seconds, slowest page (ms)."""
+    begin = time.perf_counter()
+    cursor: str | None = None
+    pages = rows = 0
+    slowest = 0.0
+    async with aiohttp.ClientSession() as session:
+        while True:
+            path = "/-/status?keys=1&limit=1000" + (f"&cursor={cursor}" if cursor else "")
+            sent = time.perf_counter()
+            async with session.get(base + path) as answer:
+                body = await answer.read()
+            slowest = max(slowest, time.perf_counter() - sent)
+            document = json.loads(body)
+            pages += 1
+            rows += sum(len(p.get("keys", [])) for p in document["providers"].values())
+            cursor = document.get("next_cursor")
+            if not cursor:
+                break
+    return {
+        "pages": pages,
+        "rows": rows,
+        "seconds": time.perf_counter() - begin,
+        "slowest_page_ms": slowest * 1000,
+    }
+
+
+async def walk_elsewhere(base: str, cpus: str | None = None) -> dict[str, Any]:
+    """`walk_pages` in a process of its own, on `cpus` (taskset's list) when given.
+
+    An operator's script walks the pages from another process; walked from
+    the bench's own loop, decoding each page (a 200 KB document) would hold
+    back the steady stream that loop also times.
+    """
+    pin = ["taskset", "-c", cpus] if cpus else []
+    child = await asyncio.create_subprocess_exec(
+        *pin, sys.executable, __file__, "walk", base, stdout=subprocess.PIPE
+    )
+    out, _ = await child.communicate()
+    if child.returncode:
+        raise RuntimeError(f"page walk exited with {child.returncode}")
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "sync":
+    if sys.argv[1] == "walk":
+        print(json.dumps(asyncio.run(walk_pages(sys.argv[2]))))
+    elif sys.argv[1] == "sync":
         keys = Path(sys.argv[3]).read_text().split()
         print(json.dumps(asyncio.run(_sync_from_file(sys.argv[2], keys))))
     else:
