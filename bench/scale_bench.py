@@ -356,10 +356,10 @@ async def keeper_run(run: Run, session: aiohttp.ClientSession) -> None:
         session, "keeper on, nothing due (periodic unchanged key sync)", None, idle=12.0
     )
     keys = parts.make_keys(run.n)
-    changed = keys[1000:] + parts.make_keys(1000, start=run.n)
+    move_in = parts.staged_key_file(run.dir, keys[1000:] + parts.make_keys(1000, start=run.n))
 
     async def edit() -> None:
-        parts.write_key_file(run.dir, changed)
+        move_in()
         await asyncio.sleep(14.0)
 
     await run.window(

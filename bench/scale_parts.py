@@ -56,6 +56,20 @@ def write_key_file(workdir: Path, keys: Sequence[str], instance: str = INSTANCE)
     return folder
 
 
+def staged_key_file(
+    workdir: Path, keys: Sequence[str], instance: str = INSTANCE
+) -> Callable[[], None]:
+    """Write an instance's next key file beside its folder; the callable moves it in place.
+
+    The move is one rename, as a deploy would do it: writing 4 MB of keys
+    during a window would stall the bench's own loop, which times the stream.
+    """
+    staged = workdir / f"{instance}.next-keys"
+    staged.write_text("\n".join(keys) + "\n")
+    target = workdir / "keys" / instance / "keys.txt"
+    return lambda: os.replace(staged, target)
+
+
 def write_config(
     workdir: Path, port: int, upstream: str, database_url: str, *, keeper: bool
 ) -> Path:
