@@ -54,6 +54,7 @@ from llmgateway.core.errors import StoreError
 from llmgateway.core.lifecycle import WATCHDOG_SLACK, ShutdownClock, Watchdog
 from llmgateway.core.logs import configure_logging
 from llmgateway.core.masking import Masker
+from llmgateway.core.priority import background_executor
 from llmgateway.process.parent import ParentWatch
 from llmgateway.process.stop_signals import (
     ReloadSignals,
@@ -75,11 +76,20 @@ KEEPALIVE_TIMEOUT: Final = 75.0
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop's loops, whose default executor runs its threads at background priority."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a main dependency
-        return asyncio.new_event_loop
-    return uvloop.new_event_loop
+        new_loop = asyncio.new_event_loop
+    else:
+        new_loop = uvloop.new_event_loop
+
+    def make() -> asyncio.AbstractEventLoop:
+        loop = new_loop()
+        loop.set_default_executor(background_executor())
+        return loop
+
+    return make
 
 
 def build_server_app(

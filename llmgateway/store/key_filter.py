@@ -53,9 +53,11 @@ class Params:
 
     def id_in(self, column: str, ids: Sequence[int]) -> str:
         """The condition `column` is one of `ids` (one bound value whatever their number)."""
-        return self.one_of(column, [int(i) for i in ids], "bigint")
+        return self.one_of(column, ids, "bigint")
 
-    def one_of(self, column: str, values: Sequence[object], pg_type: str = "text") -> str:
+    def one_of(
+        self, column: str, values: Sequence[object] | JsonArray, pg_type: str = "text"
+    ) -> str:
         """The condition `column` is one of `values`, bound as one JSON text or array."""
         if self.engine is Engine.SQLITE:
             return f"{column} IN (SELECT value FROM json_each({self(_json(values))}))"

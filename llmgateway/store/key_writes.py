@@ -38,7 +38,7 @@ from llmgateway.store.key_codec import KeyCodec, StoredRow, stored_rows
 from llmgateway.store.key_filter import Params, selection_where
 from llmgateway.store.key_reads import KeyReads
 from llmgateway.store.protocol import KeySyncReport
-from llmgateway.store.rows import as_utc
+from llmgateway.store.rows import as_utc, sorted_ids
 
 HAND_DISABLED: Final = "disabled by hand"
 """The history message of a key disabled through the key admin."""
@@ -88,6 +88,12 @@ class _SyncRows:
         for values in (named, fingerprints, rows):
             release(values)
         return made
+
+
+def _import_rows(codec: KeyCodec, keys: Sequence[str]) -> tuple[_SyncRows, int]:
+    """The rows of an import's `keys` and how many keys were not blank (blocking: for a thread)."""
+    given = [key for key in keys if key]
+    return _SyncRows.of(codec, given, None), len(given)
 
 
 class KeyWrites(KeyReads):
@@ -231,7 +237,7 @@ class KeyWrites(KeyReads):
         SQLite's rows are made on the connection's thread; PostgreSQL's
         engine overrides this so that 100,000 ids arrive as one value.
         """
-        return sorted(int(r[0]) for r in await conn.fetch(sql, *values))
+        return await sorted_ids(await conn.fetch(sql, *values))
 
     async def _sync_models(
         self, conn: Conn, instance: str, models: list[str], at: datetime, stamp: int | None
@@ -271,8 +277,9 @@ class KeyWrites(KeyReads):
         key admin too, so it stays when it leaves its file. The new keys are
         announced to the other processes. Raises StoreError for an unknown instance.
         """
-        given = [k for k in keys if k]
-        rows = await asyncio.to_thread(stored_rows, self.codec, given, None)
+        # Made on a thread as JSON text, the rows freed there: 100,000 row tuples freed on
+        # the loop when this returned held it for 7 ms and more.
+        rows, given = await asyncio.to_thread(_import_rows, self.codec, keys)
         model_list = list(dict.fromkeys(models))
         at = as_utc(now)
 
@@ -283,10 +290,12 @@ class KeyWrites(KeyReads):
             p = self._params()
             await conn.execute(
                 f"UPDATE api_keys SET from_api = TRUE WHERE instance = {p(instance)} "
-                f"AND from_api = FALSE AND {p.one_of('fingerprint', [r[0] for r in rows])}",
+                f"AND from_api = FALSE AND {p.one_of('fingerprint', rows.fingerprints)}",
                 *p.values,
             )
-            added = await self._insert_keys(conn, instance, rows, model_list, from_api=True, at=at)
+            added = await self._insert_keys(
+                conn, instance, rows.rows, model_list, from_api=True, at=at
+            )
             if added:
                 p = self._params()
                 await conn.execute(
@@ -302,7 +311,7 @@ class KeyWrites(KeyReads):
 
         added = await self._write(f"adding keys to {instance}", run)
         await self._refresh_statistics(len(added))
-        return AddReport(added=added, duplicates=len(given) - len(added))
+        return AddReport(added=added, duplicates=given - len(added))
 
     async def delete_keys(self, sel: Selection) -> DeleteReport:
         """Delete the selected keys added through the key admin; refuse those a key file holds.

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from llmgateway.core.constants import ErrorReason, Status
+from llmgateway.core.memory import release
 from llmgateway.core.models import KeyRecord
 
 RECORD_COLUMNS: Final = (
@@ -106,6 +107,23 @@ async def decoded_records(
     if len(rows) < RECORDS_ON_THREAD:
         return to_records(rows, time_in, unseal)
     return await asyncio.to_thread(to_records, rows, time_in, unseal)
+
+
+async def sorted_ids(rows: list[Sequence[Any]]) -> list[int]:
+    """The first column of `rows` as ints, ascending; on a thread when the rows are many.
+
+    On a thread, `rows` is emptied there (`release`): an import's 100,000
+    returned ids took 17 ms of the event loop to sort and free.
+    """
+    if len(rows) < RECORDS_ON_THREAD:
+        return sorted(int(row[0]) for row in rows)
+    return await asyncio.to_thread(_sorted_ids_released, rows)
+
+
+def _sorted_ids_released(rows: list[Sequence[Any]]) -> list[int]:
+    ids = sorted(int(row[0]) for row in rows)
+    release(rows)
+    return ids
 
 
 def to_records(

@@ -127,6 +127,14 @@ class KeyAdmin:
 
     async def add_keys(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """`POST /-/api/keys`: store new keys (source api), untested, in the pool at once."""
+        # With the collector held off from the first line, then what lives frozen (see
+        # `bulk_load`): checking, storing and loading 100,000 keys makes as many rows and
+        # records, and a collection among them, on the loop or on a thread, holds the GIL
+        # and so the loop for milliseconds (up to 100 ms once the pool's records are in).
+        with bulk_load():
+            return await self._add_keys(body)
+
+    async def _add_keys(self, body: Mapping[str, Any]) -> dict[str, Any]:
         # On a thread: 100,000 lines take a while to check.
         request = await asyncio.to_thread(parse_import, body, self.instances)
         provider = self._config().get_provider(request.instance)
@@ -140,14 +148,11 @@ class KeyAdmin:
             self._now(),
         )
         if self._pool is not None:
-            # In slices, so that requests keep being served while 100,000 keys join; with
-            # the collector held off, then the new records frozen: full collections walking
-            # 200,000 new records held the loop up to 100 ms (see `bulk_load`).
-            with bulk_load():
-                for start in range(0, len(report.added), POOL_SLICE):
-                    chunk = report.added[start : start + POOL_SLICE]
-                    self._pool.add_records(await self._store.load_key_records(chunk))
-                    await asyncio.sleep(0)
+            # In slices, so that requests keep being served while 100,000 keys join.
+            for start in range(0, len(report.added), POOL_SLICE):
+                chunk = report.added[start : start + POOL_SLICE]
+                self._pool.add_records(await self._store.load_key_records(chunk))
+                await asyncio.sleep(0)
         return shapes.import_json(
             len(report.added), report.duplicates + request.repeats, request.rejected
         )
