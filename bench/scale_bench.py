@@ -272,6 +272,10 @@ async def admin_api_run(run: Run, session: aiohttp.ClientSession) -> None:
         session, f"import {IMPORTED:,} keys (POST /-/api/keys)", import_keys, slot=False
     )
     run.figures["import answer"] = {k: answers[-1].get(k) for k in ("added", "duplicates")}
+    listing = f"/-/api/keys?instance={parts.INSTANCE}&limit=1000"
+    await run.window(
+        session, "GET /-/api/keys (a page of 1,000) x5", _get(run, session, listing), repeat=5
+    )
     await recheck_run(run, session)
 
     async def reload() -> None:

@@ -15,10 +15,12 @@ from llmgateway.store.key_admin import (
     JobState,
     KeyFilter,
     KeySource,
+    StoredKey,
     UsageDelta,
 )
 from llmgateway.store.key_codec import PLAIN
 from llmgateway.store.postgres import PostgresStore
+from llmgateway.store.rows import RECORDS_ON_THREAD
 from llmgateway.store.sqlite import SqliteStore
 
 type AnyStore = SqliteStore | PostgresStore
@@ -175,6 +177,24 @@ class TestListing:
                 break
             after = page.next_cursor
         assert len(seen) == 30 and seen == sorted(set(seen))
+
+    async def test_a_page_decoded_on_a_thread_equals_small_pages(self, store: AnyStore) -> None:
+        """A page of many keys (decoded off the loop) holds what small pages (decoded on it) do."""
+        await _instance(store)
+        report = await store.add_keys("openai", [_key(f"t-{i}") for i in range(400)], MODELS, NOW)
+        await store.record_usage([UsageDelta(report.added[7], 3, 1, NOW)])
+        large = await store.list_keys(KeyFilter(), after=None, limit=1000)
+        assert len(large.items) * len(MODELS) >= RECORDS_ON_THREAD  # the thread's path
+        small: list[StoredKey] = []
+        after = None
+        while True:
+            page = await store.list_keys(KeyFilter(), after=after, limit=50)
+            small += page.items
+            if page.next_cursor is None:
+                break
+            after = page.next_cursor
+        assert large.items == small
+        assert large.items[7].usage.requests == 3
 
     async def test_filters_narrow_items_total_and_facets(self, store: AnyStore) -> None:
         """Every filter field applies to the items, the total and the facets alike."""

@@ -12,7 +12,7 @@ refused (404) before any change.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -39,6 +39,9 @@ from llmgateway.web.api.validation import (
 
 MISSING_SHOWN: Final = 10
 """Unknown ids named in a refusal at most."""
+
+KEYS_ON_THREAD: Final = 200
+"""Keys of a listing page from which their JSON is made on a thread."""
 
 POOL_SLICE: Final = 500
 """Keys (or records) applied to the pool at a time (500 keys x 2 models: about 6 ms); the
@@ -91,8 +94,15 @@ class KeyAdmin:
         page = await self._store.list_keys(
             KeyFilter(**asked.filter), after=asked.after, limit=asked.limit
         )
-        items = [self._key(stored) for stored in page.items]
+        if len(page.items) < KEYS_ON_THREAD:
+            items = self._keys(page.items)
+        else:  # a page of 1,000 keys took 15 ms of the event loop to shape
+            items = await asyncio.to_thread(self._keys, page.items)
         return shapes.page_json(items, page.total, page.facets, page.next_cursor)
+
+    def _keys(self, stored: Sequence[StoredKey]) -> list[dict[str, Any]]:
+        """The JSON of `stored` (from a thread too: the pool's records are immutable)."""
+        return [self._key(one) for one in stored]
 
     async def get_key(self, key_id: int) -> dict[str, Any]:
         """`GET /-/api/keys/{id}`: the key and its status history, newest first."""
