@@ -211,17 +211,8 @@ def _decoded_keys(
     codec: KeyCodec,
     time_in: Callable[[Any], datetime | None],
 ) -> list[StoredKey]:
-    """StoredKeys of `_KEY_COLUMNS` rows and their `RECORD_COLUMNS` rows."""
-    return _assemble(rows, to_records(record_rows, time_in), codec, time_in)
-
-
-def _assemble(
-    rows: Sequence[Row],
-    records: Sequence[KeyRecord],
-    codec: KeyCodec,
-    time_in: Callable[[Any], datetime | None],
-) -> list[StoredKey]:
-    """StoredKeys of `_KEY_COLUMNS` rows, each with its records (keyed by model)."""
+    """StoredKeys of `_KEY_COLUMNS` rows, each with its records (`RECORD_COLUMNS` rows, by model)."""
+    records = to_records(record_rows, time_in)
     by_key: dict[int, dict[str, KeyRecord]] = {}
     for record in records:
         by_key.setdefault(record.key_id, {})[record.model] = record
