@@ -54,7 +54,7 @@ from llmgateway.core.errors import StoreError
 from llmgateway.core.lifecycle import WATCHDOG_SLACK, ShutdownClock, Watchdog
 from llmgateway.core.logs import configure_logging
 from llmgateway.core.masking import Masker
-from llmgateway.core.priority import background_executor
+from llmgateway.core.threads import background_executor
 from llmgateway.process.parent import ParentWatch
 from llmgateway.process.stop_signals import (
     ReloadSignals,

@@ -13,12 +13,13 @@ asyncpg (`as_text`), which sends it as it is.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Final, final
 
 import orjson
+
+from llmgateway.core.threads import on_thread_when
 
 
 @final
@@ -83,9 +84,7 @@ def as_text(array: JsonArray) -> str:
 
 async def as_text_off_loop(array: JsonArray) -> str:
     """The JSON text of `array`, encoded on a thread when it is large."""
-    if array.text is not None or len(array) < ON_THREAD:
-        return as_text(array)
-    return await asyncio.to_thread(as_text, array)
+    return await on_thread_when(array.text is None and len(array) >= ON_THREAD, as_text, array)
 
 
 UPLOAD_MIN: Final = 10_000

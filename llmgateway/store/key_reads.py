@@ -8,7 +8,6 @@ facets cover everything the filter matches.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,6 +18,7 @@ import orjson
 
 from llmgateway.core.constants import Status
 from llmgateway.core.models import KeyRecord
+from llmgateway.core.threads import on_thread_when
 from llmgateway.store import model_statuses
 from llmgateway.store.engine import SELECT_RECORDS, Conn, Dialect, Row
 from llmgateway.store.key_admin import (
@@ -197,11 +197,10 @@ class KeyReads(ABC):
             SELECT_RECORDS + self.sql.by_key_ids + " ORDER BY s.key_id, s.model",
             self.sql.array(list(ids)),
         )
-        if len(record_rows) < RECORDS_ON_THREAD:
-            return _decoded_keys(rows, record_rows, self.codec, self.sql.time_in)
         # A page of 1,000 keys took 30 ms of the event loop to decode.
-        return await asyncio.to_thread(
-            _decoded_keys, rows, record_rows, self.codec, self.sql.time_in
+        many = len(record_rows) >= RECORDS_ON_THREAD
+        return await on_thread_when(
+            many, _decoded_keys, rows, record_rows, self.codec, self.sql.time_in
         )
 
 

@@ -10,7 +10,6 @@ normalised the same way for SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
@@ -20,6 +19,7 @@ from typing import Any, Final
 from llmgateway.core.constants import ErrorReason, Status
 from llmgateway.core.memory import release
 from llmgateway.core.models import KeyRecord
+from llmgateway.core.threads import on_thread_when
 
 RECORD_COLUMNS: Final = (
     "s.key_id, k.instance, k.key_value, s.model, s.status, s.last_checked_at, s.next_check_at, "
@@ -104,20 +104,16 @@ async def decoded_records(
 
     A page of 2,000 keys is 4,000 rows: 15 ms of decoding, kept off the event loop.
     """
-    if len(rows) < RECORDS_ON_THREAD:
-        return to_records(rows, time_in, unseal)
-    return await asyncio.to_thread(to_records, rows, time_in, unseal)
+    return await on_thread_when(len(rows) >= RECORDS_ON_THREAD, to_records, rows, time_in, unseal)
 
 
 async def sorted_ids(rows: list[Sequence[Any]]) -> list[int]:
-    """The first column of `rows` as ints, ascending; on a thread when the rows are many.
+    """The first column of `rows` as ints, ascending, `rows` emptied; on a thread when many.
 
-    On a thread, `rows` is emptied there (`release`): an import's 100,000
-    returned ids took 17 ms of the event loop to sort and free.
+    An import's 100,000 returned ids took 17 ms of the event loop to sort and
+    free: on a thread, the rows are freed there too (`release`).
     """
-    if len(rows) < RECORDS_ON_THREAD:
-        return sorted(int(row[0]) for row in rows)
-    return await asyncio.to_thread(_sorted_ids_released, rows)
+    return await on_thread_when(len(rows) >= RECORDS_ON_THREAD, _sorted_ids_released, rows)
 
 
 def _sorted_ids_released(rows: list[Sequence[Any]]) -> list[int]:

@@ -24,7 +24,7 @@ import aiosqlite
 from llmgateway.core.constants import Status
 from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
-from llmgateway.core.priority import lower_this_thread
+from llmgateway.core.threads import lower_this_thread
 from llmgateway.store.changes import Changes, KeySetChange, SqlitePoller
 from llmgateway.store.engine import SELECT_RECORDS, Conn, Dialect, LeaseAsk, Row, SqlStore
 from llmgateway.store.file_lock import file_lock
@@ -181,7 +181,7 @@ class SqliteStore(KeyActivity, SqlStore):
                 await conn.execute("PRAGMA synchronous = NORMAL")
                 await conn.execute("PRAGMA foreign_keys = ON")
                 # The connection's thread runs every statement: background work, which must
-                # not take the CPU from the event loop (see `llmgateway.core.priority`). A
+                # not take the CPU from the event loop (see `llmgateway.core.threads`). A
                 # function SQLite calls runs on that thread, so it lowers that thread alone.
                 await conn.create_function("llmgw_lower_priority", 0, lower_this_thread)
                 await conn.execute("SELECT llmgw_lower_priority()")

@@ -16,6 +16,7 @@ import openai
 import orjson
 import pytest
 
+from llmgateway.web.api.operations import KEYS_ON_THREAD
 from tests.fakes.family import Behaviour
 from tests.fakes.upstream import FakeUpstream
 from tests.support.gateway import (
@@ -125,6 +126,26 @@ async def test_keys_are_listed_masked_with_filters_facets_and_a_cursor(
     assert [i["id"] for i in found["items"]] == [item["id"] + 2]
     for document in (page, api_only, found):
         assert not any(key in str(document) for key in [*FILE_KEYS, *API_KEYS])
+
+
+async def test_a_page_of_many_keys_is_what_small_pages_list(gateway: RunningGateway) -> None:
+    """A page large enough to be shaped on a thread holds what pages shaped on the loop do."""
+    many = [f"sk-many-{i:04d}-0123456789abcdef" for i in range(KEYS_ON_THREAD + 10)]
+    await add(gateway, many)
+    status, large = await call(gateway, "GET", "/keys", params={"limit": "1000"})
+    assert status == 200 and len(large["items"]) == len(FILE_KEYS) + len(many)
+    small: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        params = {"limit": "25", **({"cursor": cursor} if cursor else {})}
+        status, page = await call(gateway, "GET", "/keys", params=params)
+        small += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert large["items"] == small
+    assert large["items"][-1]["key"] == f"{many[-1][:4]}...{many[-1][-4:]}"
+    assert not any(key in str(large) for key in many)
 
 
 async def test_added_keys_serve_at_once_and_each_rejected_line_is_reported(

@@ -8,13 +8,13 @@ own limit (`MAX_BODY_BYTES`), not the proxy's.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
+from llmgateway.core.threads import on_thread_when
 from llmgateway.web.api.shapes import error_body
 from llmgateway.web.api.validation import MAX_BODY_BYTES, ApiError, parse_json_object, too_large
 
@@ -45,9 +45,7 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         body += chunk
         if len(body) > MAX_BODY_BYTES:
             raise too_large()
-    if len(body) > PARSE_ON_THREAD:
-        return await asyncio.to_thread(parse_json_object, bytes(body))
-    return parse_json_object(bytes(body))
+    return await on_thread_when(len(body) > PARSE_ON_THREAD, parse_json_object, bytes(body))
 
 
 @web.middleware

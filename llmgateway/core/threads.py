@@ -1,7 +1,11 @@
-"""Background threads give way to the event loop's thread on a busy CPU.
+"""Work off the event loop: on a thread only when it is large, and at a lower priority.
 
-The gateway's threads do bulk work off the loop: decoding 100,000 stored
-rows, checking an import's lines, hashing a key file, running SQLite's
+`on_thread_when` runs a function here or on a thread: a thread hop costs more
+than a little work, and large work (decoding 100,000 rows) on the loop holds
+every request in flight.
+
+Background threads give way to the event loop's thread on a busy CPU. The
+gateway's threads do bulk work off the loop: decoding 100,000 stored rows, checking an import's lines, hashing a key file, running SQLite's
 statements. On a machine whose CPUs are all busy (a container given one
 CPU, a host with other load), the operating system shares the CPU between
 such a thread and the loop's thread, and a request waits for the thread's
@@ -22,8 +26,10 @@ process's priority, as before.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
@@ -58,3 +64,17 @@ def background_executor() -> ThreadPoolExecutor:
     set with `loop.set_default_executor`; its size is asyncio's default.
     """
     return ThreadPoolExecutor(thread_name_prefix=THREAD_PREFIX, initializer=lower_this_thread)
+
+
+async def on_thread_when[**P, T](
+    many: bool, function: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+) -> T:
+    """`function(*args, **kwargs)`, on a thread (`asyncio.to_thread`) when `many`, else here.
+
+    The caller says what "many" is for its work (rows, keys, bytes): below it
+    the thread hop costs more than the work; above it the work would hold the
+    event loop.
+    """
+    if many:
+        return await asyncio.to_thread(function, *args, **kwargs)
+    return function(*args, **kwargs)

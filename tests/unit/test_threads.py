@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from llmgateway.core.priority import BACKGROUND_NICE, background_executor, lower_this_thread
+from llmgateway.core.threads import (
+    BACKGROUND_NICE,
+    background_executor,
+    lower_this_thread,
+    on_thread_when,
+)
 from llmgateway.process.server import _loop_factory
 from llmgateway.store.sqlite import SqliteStore
 
@@ -67,3 +72,13 @@ async def test_the_sqlite_connection_thread_runs_lowered(tmp_path: Path) -> None
     finally:
         await store.close()
     assert nice_of_this_thread() == before
+
+
+@pytest.mark.parametrize("many", [False, True])
+async def test_work_goes_to_a_thread_only_when_there_is_much(many: bool) -> None:
+    here = threading.get_ident()
+
+    def work(value: int, *, add: int) -> tuple[int, bool]:
+        return value + add, threading.get_ident() != here
+
+    assert await on_thread_when(many, work, 40, add=2) == (42, many)
