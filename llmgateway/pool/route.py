@@ -15,7 +15,7 @@ never the request path.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Protocol
@@ -44,6 +44,19 @@ class EntryView(Protocol):
         """Epoch seconds its bench ends (0: not benched)."""
 
 
+class EntriesView(Protocol):
+    """What the inspection reads of a slot's entries by key id."""
+
+    def __iter__(self) -> Iterator[int]:
+        """Every key id, in no particular order."""
+
+    def __getitem__(self, key_id: int) -> EntryView:
+        """The entry of `key_id`."""
+
+    def values(self) -> Iterable[EntryView]:
+        """Every entry, in no particular order."""
+
+
 class SlotView(Protocol):
     """What the inspection reads of a pool slot."""
 
@@ -51,7 +64,7 @@ class SlotView(Protocol):
         """The rotation, next first (entries still in the slot only)."""
 
     @property
-    def entries(self) -> Mapping[int, EntryView]:
+    def entries(self) -> EntriesView:
         """Every entry of the slot by key id."""
 
 

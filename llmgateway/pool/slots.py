@@ -21,6 +21,7 @@ from typing import Final, final
 from llmgateway.core.constants import ErrorReason, Status
 from llmgateway.core.memory import untrack
 from llmgateway.core.models import KeyRecord
+from llmgateway.pool.sharded import IdMap
 
 Clock = Callable[[], float]
 """Returns the current time as epoch seconds (time.time); injectable for tests."""
@@ -71,7 +72,8 @@ class Slot:
         self.model = model
         self.ring: deque[Entry] = deque()
         self.cooling: list[tuple[float, int, Entry]] = []
-        self.entries: dict[int, Entry] = {}
+        self.entries: IdMap[Entry] = IdMap()
+        """The slot's entries by key id (in small tables: a slot of 100,000 keys grows without a stall)."""
         self.usable = 0
         """Entries whose status is usable (cooling ones included)."""
         self.counts: Counter[Status] = Counter()
@@ -90,7 +92,7 @@ class Slot:
     def ordered_ids(self) -> list[int]:
         """The slot's key ids in ascending order (sorted again only after keys came or went)."""
         if self._ordered is None:
-            # Nearly always sorted already (ids grow, entries keep their order): linear.
+            # One sorted run per shard (ids grow, each shard keeps their order): a short merge.
             self._ordered = sorted(self.entries)
         return self._ordered
 

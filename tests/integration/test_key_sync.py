@@ -278,7 +278,7 @@ async def test_reconcile_merges_page_by_page(
     keys no longer stored leave, another instance's rows are left out, the pool's own newer
     state is kept."""
     monkeypatch.setattr(key_sync_module, "RECONCILE_PAGE", 3)
-    monkeypatch.setattr(key_pool_module, "ID_SLICE", 2)  # the pool's ids copied in slices too
+    monkeypatch.setattr(key_pool_module, "ID_SHARDS_PER_TURN", 1)  # the loop runs between shards
     write_keys(tmp_path, "a.txt", "sk-rec-1\nsk-rec-2\nsk-rec-3\n")
     sync = await synced(store, provider(), tmp_path)
     await sync.once()

@@ -16,7 +16,7 @@ from llmgateway.core.constants import ALL_MODELS_MARKER, ErrorReason, ProviderTy
 from llmgateway.core.errors import KeysCoolingDown, NoUsableKey
 from llmgateway.core.logs import mask_key
 from llmgateway.core.models import CheckResult, KeyRecord
-from llmgateway.pool.key_pool import AllKeysTried, IdSet, KeyPool
+from llmgateway.pool.key_pool import AllKeysTried, KeyPool
 from tests.support.config import accessor_of
 
 START = 1_800_000_000.0
@@ -628,15 +628,3 @@ class TestCollector:
         for field in fields(KeyRecord):
             value = getattr(record, field.name)
             assert isinstance(value, int | float | str | datetime | Enum), field.name
-
-
-def test_an_id_set_holds_what_was_added_and_not_discarded() -> None:
-    """Spread over small sets, it answers as one set would."""
-    ids = IdSet()
-    ids.update(range(1000, 1300))
-    ids.update([5, 5, 1000])
-    for key_id in (5, 1001, 77):
-        ids.discard(key_id)
-    assert len(ids) == 299
-    assert sorted(ids) == [1000, *range(1002, 1300)]
-    assert 1000 in ids and 1001 not in ids and "1000" not in ids
