@@ -60,7 +60,7 @@ class Params:
     ) -> str:
         """The condition `column` is one of `values`, bound as one JSON text or array."""
         if self.engine is Engine.SQLITE:
-            return f"{column} IN (SELECT value FROM json_each({self(_json(values))}))"
+            return f"{column} IN (SELECT value FROM json_each(CAST({self(_json(values))} AS TEXT)))"
         return (
             f"{column} IN (SELECT v::{pg_type} "
             f"FROM jsonb_array_elements_text({_jsonb(self, values)}) AS v)"
@@ -76,7 +76,7 @@ class Params:
         with every value.
         """
         if self.engine is Engine.SQLITE:
-            return f"{column} NOT IN (SELECT value FROM json_each({self(_json(values))}))"
+            return f"{column} NOT IN (SELECT value FROM json_each(CAST({self(_json(values))} AS TEXT)))"
         return (
             f"NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text({_jsonb(self, values)}) "
             f"AS n(v) WHERE n.v::{pg_type} = {column})"
@@ -96,7 +96,7 @@ class Params:
         """
         if self.engine is Engine.SQLITE:
             picks = ", ".join(f"value ->> {i} AS {name}" for i, (name, _) in enumerate(columns))
-            return f"(SELECT {picks} FROM json_each({self(_json(rows))})) AS {alias}"
+            return f"(SELECT {picks} FROM json_each(CAST({self(_json(rows))} AS TEXT))) AS {alias}"
         picks = ", ".join(
             f"(e ->> {i})::{pg_type} AS {name}" for i, (name, pg_type) in enumerate(columns)
         )

@@ -66,7 +66,7 @@ _DUE: Final = (
     f"SELECT {RECORD_COLUMNS} FROM key_model_status AS s CROSS JOIN api_keys AS k "
     "ON k.id = s.key_id WHERE s.next_check_at IS NOT NULL AND s.next_check_at <= ?1 "
     "AND (s.lease_until IS NULL OR s.lease_until < ?1) "
-    "AND s.status {op} ?3 AND k.instance IN (SELECT value FROM json_each(?2)) "
+    "AND s.status {op} ?3 AND k.instance IN (SELECT value FROM json_each(CAST(?2 AS TEXT))) "
     "ORDER BY s.next_check_at, s.key_id, s.model LIMIT ?4"
 )
 
@@ -81,15 +81,15 @@ SQLITE: Final = Dialect(
     time_in=from_epoch,
     time_out=to_epoch,
     array=_json_array,
-    by_key_ids=" WHERE s.key_id IN (SELECT value FROM json_each(?1))",
+    by_key_ids=" WHERE s.key_id IN (SELECT value FROM json_each(CAST(?1 AS TEXT)))",
     create_migrations_table=(
         "CREATE TABLE IF NOT EXISTS schema_migrations "
         "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
     ),
     renew_leases=(
         "UPDATE key_model_status SET lease_until = ?4 WHERE lease_owner = ?3 "
-        "AND (key_id, model) IN (SELECT i.value, m.value FROM json_each(?1) AS i "
-        "JOIN json_each(?2) AS m ON m.key = i.key)"
+        "AND (key_id, model) IN (SELECT i.value, m.value FROM json_each(CAST(?1 AS TEXT)) AS i "
+        "JOIN json_each(CAST(?2 AS TEXT)) AS m ON m.key = i.key)"
     ),
 )
 """SQLite's SQL: lists travel as JSON text read with `json_each`, times as epoch seconds."""
@@ -228,7 +228,10 @@ class SqliteStore(KeyActivity, SqlStore):
     ) -> None:
         """Delete the keys `ids`, noted in removed_keys under `stamp` for the other workers."""
         await _remove_keys(
-            conn, "id IN (SELECT value FROM json_each(?3))", (_json_array(list(ids)),), stamp or 0
+            conn,
+            "id IN (SELECT value FROM json_each(CAST(?3 AS TEXT)))",
+            (_json_array(list(ids)),),
+            stamp or 0,
         )
 
     async def _announce(

@@ -7,7 +7,14 @@ import sqlite3
 import orjson
 import pytest
 
-from llmgateway.store.json_array import CHUNK, JsonArray, as_text, as_text_off_loop, copy_pieces
+from llmgateway.store.json_array import (
+    CHUNK,
+    JsonArray,
+    as_bytes,
+    as_text,
+    as_text_off_loop,
+    copy_pieces,
+)
 
 
 @pytest.mark.parametrize("count", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 7])
@@ -23,23 +30,27 @@ async def test_a_large_list_is_encoded_on_a_thread_to_the_same_text() -> None:
 
 
 def test_sqlite_binds_it_as_json_text() -> None:
-    """The sqlite3 module turns a bound JsonArray into its text (read with json_each)."""
+    """The sqlite3 module turns a bound JsonArray into UTF-8, read as text with json_each."""
     conn = sqlite3.connect(":memory:")
-    rows = conn.execute("SELECT value FROM json_each(?)", (JsonArray(["a", "b"]),)).fetchall()
-    assert rows == [("a",), ("b",)]
+    sql = "SELECT value FROM json_each(CAST(? AS TEXT))"
+    rows = conn.execute(sql, (JsonArray(["a", "ü"]),)).fetchall()
+    assert rows == [("a",), ("ü",)]
     conn.close()
 
 
-async def test_an_encoded_array_keeps_its_text_only() -> None:
-    """`encoded` makes the text at once; it binds as that text and holds no values."""
-    values = [[i, f"sk-{i:06d}"] for i in range(CHUNK + 3)]
+@pytest.mark.parametrize("count", [3, 2 * CHUNK + 3])
+async def test_an_encoded_array_keeps_its_json_only(count: int) -> None:
+    """`encoded` makes the JSON at once; it binds as that text and holds no values."""
+    values = [[i, f"sk-{i:06d}"] for i in range(count)]
     array = JsonArray.encoded(values)
     assert array.values == () and len(array) == len(values)
-    assert array.text == as_text(JsonArray(values))
-    assert await as_text_off_loop(array) == array.text
+    assert array.pieces is not None and len(array.pieces) == (1 if count <= CHUNK else 5)
+    assert as_bytes(array).decode() == as_text(JsonArray(values))
+    assert await as_text_off_loop(array) == as_text(JsonArray(values))
     conn = sqlite3.connect(":memory:")
-    (count,) = conn.execute("SELECT count(*) FROM json_each(?)", (array,)).fetchone()
-    assert count == len(values)
+    sql = "SELECT count(*) FROM json_each(CAST(? AS TEXT))"
+    (count_read,) = conn.execute(sql, (array,)).fetchone()
+    assert count_read == len(values)
     conn.close()
 
 
