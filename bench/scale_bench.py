@@ -193,8 +193,14 @@ async def timed_get(run: Run, session: aiohttp.ClientSession, path: str, label: 
 
 
 def cli(run: Run, config: Path, *flags: str) -> Op:
-    """`llmgateway status [flags]` as an operation (in a thread): records time and max RSS."""
-    argv = [sys.executable, "-m", "llmgateway", "status", "--config", str(config), *flags]
+    """`llmgateway status [flags]` as an operation (in a thread): records time and max RSS.
+
+    The command runs on the CPUs not given to the gateway, as an operator's
+    shell would: on the gateway's CPU it would take turns with its event loop.
+    """
+    others = run.other_cpus()
+    pin = ["taskset", "-c", others] if others else []
+    argv = [*pin, sys.executable, "-m", "llmgateway", "status", "--config", str(config), *flags]
     label = "cli status " + " ".join(flags)
 
     async def op() -> None:
