@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
-from llmgateway.core.masking import KeyPattern, Masker, mask_key, same_length_mask
+from llmgateway.core.masking import SECRET_SHARDS, KeyPattern, Masker, mask_key, same_length_mask
 
 KEY = "sk-proj-AbCdEf0123456789xyzW9f3k"
 OTHER = "AIzaSyExampleRealKey0123456789abcdef"
@@ -220,3 +220,22 @@ def test_secrets_added_later_join_every_kind_already_known() -> None:
     assert masker.mask_text(text) == "sk-l...0123 / sk-s...2345 / toke...ces!"
     encoded = base64.b64encode(b"sk-short-012345").decode()
     assert masker.mask_text(encoded) != encoded
+
+
+def test_keys_spread_over_every_shard_are_all_masked_after_additions() -> None:
+    """Thousands of keys, added in two batches: each shard holds some, and every key is masked.
+
+    The second batch extends the first batch's shards (copied one by one); a
+    repeat of a known key counts once.
+    """
+    first = [f"sk-shard-{i:05d}-0123456789" for i in range(2000)]
+    second = [f"sk-later-{i:05d}-0123456789" for i in range(1500)]
+    masker = Masker(first)
+    masker.add([*second, first[0]])
+    assert len(masker) == 3500
+    assert masker._index.count == 3500 and all(masker._index.plain)
+    assert len(masker._index.plain) == SECRET_SHARDS
+    for key in (*first[::97], *second[::89]):
+        assert key in masker
+        assert masker.mask_text(f"key={key};") == f"key={mask_key(key)};"
+    assert "sk-shard-99999-0123456789" not in masker
