@@ -13,7 +13,7 @@ need the ids in order sort them (`Slot.ordered_ids`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from itertools import chain
 from typing import Final, final, overload
 
@@ -21,14 +21,32 @@ SHARDS: Final = 64
 """Small tables an `IdSet` or `IdMap` spreads its ids over."""
 
 
-@final
-class IdSet:
-    """A set of key ids kept as `SHARDS` small sets."""
+class _Sharded[C: Collection[int]]:
+    """Key ids in `SHARDS` small collections, `key_id % SHARDS` choosing one: what both share."""
 
     __slots__ = ("_shards",)
 
+    def __init__(self, shards: list[C]) -> None:
+        self._shards = shards
+
+    def __contains__(self, key_id: object) -> bool:
+        return isinstance(key_id, int) and key_id in self._shards[key_id % SHARDS]
+
+    def __iter__(self) -> Iterator[int]:
+        return chain.from_iterable(self._shards)
+
+    def __len__(self) -> int:
+        return sum(map(len, self._shards))
+
+
+@final
+class IdSet(_Sharded[set[int]]):
+    """A set of key ids kept as `SHARDS` small sets."""
+
+    __slots__ = ()
+
     def __init__(self) -> None:
-        self._shards: list[set[int]] = [set() for _ in range(SHARDS)]
+        super().__init__([set() for _ in range(SHARDS)])
 
     def update(self, ids: Iterable[int]) -> None:
         """Add `ids`."""
@@ -44,28 +62,19 @@ class IdSet:
         """Remove `key_id` if present."""
         self._shards[key_id % SHARDS].discard(key_id)
 
-    def __contains__(self, key_id: object) -> bool:
-        return isinstance(key_id, int) and key_id in self._shards[key_id % SHARDS]
-
-    def __iter__(self) -> Iterator[int]:
-        return chain.from_iterable(self._shards)
-
-    def __len__(self) -> int:
-        return sum(map(len, self._shards))
-
 
 @final
-class IdMap[V]:
+class IdMap[V](_Sharded[dict[int, V]]):
     """A mapping of key id to value kept as `SHARDS` small dicts.
 
     The subset of the dict interface the pool uses: item get, set and pop (with a default),
     membership, length, truth, iteration over ids and `values()`.
     """
 
-    __slots__ = ("_shards",)
+    __slots__ = ()
 
     def __init__(self) -> None:
-        self._shards: list[dict[int, V]] = [{} for _ in range(SHARDS)]
+        super().__init__([{} for _ in range(SHARDS)])
 
     def __setitem__(self, key_id: int, value: V) -> None:
         self._shards[key_id % SHARDS][key_id] = value
@@ -94,15 +103,6 @@ class IdMap[V]:
     def values(self) -> Iterator[V]:
         """Every value, shard by shard."""
         return chain.from_iterable(shard.values() for shard in self._shards)
-
-    def __contains__(self, key_id: object) -> bool:
-        return isinstance(key_id, int) and key_id in self._shards[key_id % SHARDS]
-
-    def __iter__(self) -> Iterator[int]:
-        return chain.from_iterable(self._shards)
-
-    def __len__(self) -> int:
-        return sum(map(len, self._shards))
 
     def __bool__(self) -> bool:
         return any(self._shards)
