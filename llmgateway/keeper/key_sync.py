@@ -279,9 +279,7 @@ class KeySync:
             self._remember(provider.name, read, signature)
             return _UNCHANGED
         with bulk_load():  # 100,000 rows made on a thread: no collection runs among them
-            report = await self._store.sync_keys(
-                provider.name, keys, models, now, files=read.files
-            )
+            report = await self._store.sync_keys(provider.name, keys, models, now, files=read.files)
         if not read.missing:
             self._remember(provider.name, read, signature)
         if report.added or report.removed:
