@@ -71,6 +71,30 @@ _DUE: Final = (
 )
 
 
+WAL_RETRY: Final = 0.05
+"""Seconds between two attempts to switch a busy database to WAL."""
+
+
+async def _enter_wal(conn: aiosqlite.Connection) -> None:
+    """Switch the database to WAL, retrying while another process holds it (up to busy_timeout).
+
+    Two workers opening a new database together race to change its journal
+    mode, and SQLite answers the loser "database is locked" at once, without
+    waiting on busy_timeout (it does not wait where waiting could deadlock).
+    The loser tries again until the other is done.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            await conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            if not busy or time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(WAL_RETRY)
+
+
 def _json_array(values: Sequence[Any]) -> JsonArray:
     return JsonArray(values)
 
@@ -177,7 +201,7 @@ class SqliteStore(KeyActivity, SqlStore):
             conn = await aiosqlite.connect(str(self.path), autocommit=True)
             try:
                 await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                await conn.execute("PRAGMA journal_mode = WAL")
+                await _enter_wal(conn)
                 await conn.execute("PRAGMA synchronous = NORMAL")
                 await conn.execute("PRAGMA foreign_keys = ON")
                 # The connection's thread runs every statement: background work, which must
