@@ -83,8 +83,12 @@ def cpu_per_request(
 ) -> dict[str, Any]:
     """CPU µs per request of the N-key instance and of the 1-key one, same process, alternately.
 
-    wrk at 16 connections for 5 s per round and instance (CPU 0); the median
-    of the rounds of each, and their ratio.
+    wrk at 16 connections for 5 s per round and instance (CPU 0), the two
+    instances in ABBA order. The figure of each is its lowest round: on a
+    shared machine noise only ever adds CPU time, and a cost the pool's size
+    causes (a bigger heap to collect, a longer look-up) is in every 5 s round,
+    so the lowest round keeps it while dropping the neighbours' interference.
+    The medians are kept beside it, and the ratio is that of the lowest rounds.
     """
     url = f"{base}/v1/chat/completions"
     targets = {
@@ -106,7 +110,18 @@ def cpu_per_request(
                 cpu=0,
             )
             samples[name].append(result.cpu_us_per_request or 0.0)
+    lowest = {name: min(values) for name, values in samples.items()}
     medians = {name: statistics.median(values) for name, values in samples.items()}
-    ratio = medians["n_keys"] / medians["one_key"] if medians["one_key"] else 0.0
-    print(f"  CPU µs/req: {keys:,} keys {medians['n_keys']:.0f}, 1 key {medians['one_key']:.0f}")
-    return {"samples": samples, **medians, "ratio": ratio}
+    ratio = lowest["n_keys"] / lowest["one_key"] if lowest["one_key"] else 0.0
+    median_ratio = medians["n_keys"] / medians["one_key"] if medians["one_key"] else 0.0
+    print(
+        f"  CPU µs/req (lowest round): {keys:,} keys {lowest['n_keys']:.0f}, "
+        f"1 key {lowest['one_key']:.0f}; medians {medians['n_keys']:.0f}, {medians['one_key']:.0f}"
+    )
+    return {
+        "samples": samples,
+        **lowest,
+        "ratio": ratio,
+        "median": medians,
+        "median_ratio": median_ratio,
+    }
