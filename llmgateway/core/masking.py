@@ -46,6 +46,10 @@ _PERCENT_RUN: Final = re.compile(
 _PERCENT_UNIT: Final = re.compile(r"%([0-9A-Fa-f]{2})|[A-Za-z0-9_.~\-]")
 _URLSAFE_TO_STANDARD: Final = str.maketrans("-_", "+/")
 _STANDARD_TO_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
+_URLSAFE_TO_STANDARD_BYTES: Final = bytes.maketrans(b"-_", b"+/")
+_BASE64_ALIGNMENTS: Final = ((b"", 0), (b"\0", 2), (b"\0\0", 3))
+"""To encode a key at each alignment of a 3-byte base64 group: the zero bytes put before it,
+and the characters of the encoding that hold their bits (skipped)."""
 
 
 def mask_key(key: str) -> str:
@@ -362,41 +366,66 @@ _KEY_BYTES: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuv
 
 @final
 class KeyPattern:
-    """One key's forms, prepared once and kept for every request made with it.
+    """One key's forms, prepared for the requests made with it.
 
     For the request path: `appears_in` tells cheaply (substring searches in C)
     whether a text holds the key raw, fully JSON-escaped, fully
-    percent-encoded or in base64 (alone or inside a longer encoded text, at
-    any of the three byte alignments); `whole` masks the raw key in a body,
-    keeping its length (`same_length_mask`), so a Content-Length already
-    announced stays true; `split` does the same for a stream chunk and holds
-    back an end that could be the beginning of the key. Only what every
-    request needs is kept (about 0.6 KiB for a 56-character key); the escaped
-    forms and the mask are made when a text calls for them.
+    percent-encoded or in base64 (standard or URL-safe, alone or inside a
+    longer encoded text, at any of the three byte alignments); `whole` masks
+    the raw key in a body, keeping its length (`same_length_mask`), so a
+    Content-Length already announced stays true; `split` does the same for a
+    stream chunk and holds back an end that could be the beginning of the key.
+    Making one costs an encode: the base64 forms are made on the first
+    `appears_in`, the bytes a key may hold on the first look at a stream, so a
+    request with a key not seen before pays about a microsecond, whatever the
+    size of the pool.
     """
 
-    __slots__ = ("key", "raw", "chars", "_forms")
+    __slots__ = ("key", "raw", "_chars", "_base64")
 
     def __init__(self, key: str) -> None:
         self.key = key
-        raw = key.encode()
-        self.raw = raw
+        self.raw = key.encode()
         """The key's bytes."""
-        self.chars = _KEY_BYTES if _KEY_BYTES.issuperset(raw) else frozenset(raw)
+        self._chars: frozenset[int] | None = None
+        self._base64: tuple[bytes, ...] | None = None
+
+    @property
+    def chars(self) -> frozenset[int]:
         """Bytes the key may hold: a chunk ending in any other cannot end in a part of it."""
-        forms = {key}
-        for pad in range(3):  # the key's bytes at each offset of a 3-byte base64 group
-            encoded = binascii.b2a_base64(b"\0" * pad + raw, newline=False)
-            core = encoded[(0, 2, 3)[pad] : 4 * ((pad + len(raw)) // 3)]
-            if len(core) >= 4:
-                forms.add(core.decode("ascii"))
-                forms.add(core.translate(_STANDARD_TO_URLSAFE).decode("ascii"))
-        self._forms = tuple(forms)
+        chars = self._chars
+        if chars is None:
+            raw = self.raw
+            chars = self._chars = _KEY_BYTES if _KEY_BYTES.issuperset(raw) else frozenset(raw)
+        return chars
+
+    def base64_forms(self) -> tuple[bytes, ...]:
+        """The key in standard base64 at each of the three byte alignments (its full groups)."""
+        forms = self._base64
+        if forms is None:
+            raw, size = self.raw, len(self.raw)
+            made = []
+            for lead, skip in _BASE64_ALIGNMENTS:
+                core = binascii.b2a_base64(lead + raw, newline=False)[
+                    skip : 4 * ((len(lead) + size) // 3)
+                ]
+                if len(core) >= 4:
+                    made.append(core)
+            forms = self._base64 = tuple(made)
+        return forms
 
     def appears_in(self, text: str) -> bool:
-        """True when `text` holds the key in any of its forms (raw, escaped, encoded)."""
-        for form in self._forms:
-            if form in text:
+        """True when `text` holds the key in any of its forms (raw, escaped, encoded).
+
+        It may say True for a text that only resembles an encoded form (the
+        URL-safe and standard alphabets are folded together): the caller then
+        runs the whole masker, which decides.
+        """
+        if self.key in text:
+            return True
+        standard = text.encode("utf-8", "surrogatepass").translate(_URLSAFE_TO_STANDARD_BYTES)
+        for form in self.base64_forms():
+            if standard.find(form) != -1:
                 return True
         raw = self.raw
         if "\\u" in text:  # JSON escapes: \u0073\u006b..., lower- or upper-case hex

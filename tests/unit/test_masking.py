@@ -192,6 +192,27 @@ class TestKeyPattern:
         assert pattern.appears_in(wrapped)
         assert not pattern.appears_in("x-request-id: req_0123456789abcdef\nserver: nginx")
 
+    @pytest.mark.parametrize("lead", [b"", b"x", b"xy"])
+    @pytest.mark.parametrize("urlsafe", [False, True])
+    def test_base64_with_plus_and_slash_is_found_at_every_alignment(
+        self, lead: bytes, urlsafe: bool
+    ) -> None:
+        """A key whose base64 holds `+` and `/` is found in either alphabet, after any prefix."""
+        key = "sk-~~~>>>???-0123456789abcdef"
+        encode = base64.urlsafe_b64encode if urlsafe else base64.b64encode
+        text = encode(lead + key.encode()).decode()
+        assert ("-" in text and "_" in text) if urlsafe else ("+" in text and "/" in text)
+        assert KeyPattern(key).appears_in(f"x-echo: {text}\nserver: nginx")
+        assert not KeyPattern(key).appears_in(f"x-echo: {encode(lead + b'sk-other').decode()}")
+
+    def test_a_pattern_is_made_cheaply_and_completed_on_demand(self) -> None:
+        """Making a pattern only encodes the key; its base64 forms and bytes come when asked."""
+        pattern = KeyPattern(KEY)
+        assert pattern.raw == KEY.encode()
+        assert len(pattern.base64_forms()) == 3
+        assert pattern.base64_forms() is pattern.base64_forms()
+        assert set(KEY.encode()) <= pattern.chars
+
 
 async def test_adding_off_the_loop_keeps_what_was_added_meanwhile() -> None:
     """Secrets added on the loop while the index is built on a thread are not lost."""
