@@ -1,12 +1,13 @@
 """Per-key usage counted on the request path: requests, failures, last use.
 
 `UsageCounter.count` is called for every attempt the gateway makes with a
-key; it only bumps a key's tally (made at the key's first use: a pool of
-100,000 keys holds tallies for the keys in use only) and puts the tally on
-the dirty list the first time it changes since the last drain. `drain()`
-hands the increments accumulated since the last drain to whoever writes
-them (the store's write-behind queue), in one batch; nothing here touches
-the database.
+key; it only bumps a key's tally (made at the key's first use since the last
+drain). `drain()` hands the increments
+accumulated since the last drain to whoever writes them (the store's
+write-behind queue), in one batch, and drops the tallies: between two drains
+the counter holds the keys used in that second only, however large the pool,
+and no long-lived object per key for the garbage collector to walk. Nothing
+here touches the database.
 """
 
 from __future__ import annotations
@@ -26,25 +27,28 @@ FLUSH_INTERVAL: Final = 1.0
 
 
 class _Tally:
-    __slots__ = ("key_id", "requests", "failures", "last_used", "dirty")
+    __slots__ = ("key_id", "requests", "failures", "last_used")
 
     def __init__(self, key_id: int) -> None:
         self.key_id = key_id
         self.requests = 0
         self.failures = 0
         self.last_used = 0.0
-        self.dirty = False
 
 
 @final
 class UsageCounter:
-    """Counts the requests and failures of every key in the pool until they are drained."""
+    """Counts the requests and failures of the keys in use until they are drained."""
 
-    __slots__ = ("_tallies", "_dirty")
+    __slots__ = ("_tallies",)
 
     def __init__(self) -> None:
         self._tallies: dict[int, _Tally] = {}
-        self._dirty: list[_Tally] = []
+        """The keys used since the last drain, in the order of their first use."""
+
+    def __len__(self) -> int:
+        """The keys counted since the last drain."""
+        return len(self._tallies)
 
     def forget(self, key_ids: Iterable[int]) -> None:
         """Stop counting `key_ids` (keys deleted); what they counted is dropped."""
@@ -54,40 +58,25 @@ class UsageCounter:
     def count(self, key_id: int, failed: bool, now: float) -> None:
         """One request made with key `key_id` at `now` (epoch seconds); `failed` if it failed."""
         tally = self._tallies.get(key_id)
-        if tally is None:  # the key's first use: its tally is made once
+        if tally is None:  # the key's first use since the last drain
             tally = self._tallies[key_id] = _Tally(key_id)
         tally.requests += 1
         if failed:
             tally.failures += 1
         tally.last_used = now
-        if not tally.dirty:
-            tally.dirty = True
-            self._dirty.append(tally)
 
     def drain(self) -> list[UsageDelta]:
         """The increments of every key used since the last drain; the counts start again."""
-        dirty, self._dirty = self._dirty, []
-        deltas: list[UsageDelta] = []
-        tallies = self._tallies
-        for tally in dirty:
-            tally.dirty = False
-            if tallies.get(tally.key_id) is not tally:
-                continue  # forgotten since: its key was deleted
-            deltas.append(
-                UsageDelta(
-                    tally.key_id,
-                    tally.requests,
-                    tally.failures,
-                    datetime.fromtimestamp(tally.last_used, UTC),
-                )
-            )
-            tally.requests = tally.failures = 0
-        return deltas
+        tallies, self._tallies = self._tallies, {}
+        return [
+            UsageDelta(t.key_id, t.requests, t.failures, datetime.fromtimestamp(t.last_used, UTC))
+            for t in tallies.values()
+        ]
 
     def pending(self, key_id: int) -> tuple[int, int, datetime | None] | None:
         """What key `key_id` counted since the last drain (None: nothing)."""
         tally = self._tallies.get(key_id)
-        if tally is None or not tally.dirty:
+        if tally is None:
             return None
         return tally.requests, tally.failures, datetime.fromtimestamp(tally.last_used, UTC)
 

@@ -34,3 +34,19 @@ def test_what_a_forgotten_key_counted_is_not_drained() -> None:
     assert [d.key_id for d in counter.drain()] == [2]
     counter.count(1, True, T0 + 3)
     assert counter.drain() == [UsageDelta(1, 1, 1, datetime.fromtimestamp(T0 + 3, UTC))]
+
+
+def test_a_drain_leaves_nothing_per_key_behind() -> None:
+    """Between two drains the counter holds the keys used meanwhile only, not every key ever used.
+
+    A pool of 100,000 keys served round-robin would otherwise keep 100,000
+    tallies alive for the garbage collector to walk.
+    """
+    counter = UsageCounter()
+    for key_id in range(1000):
+        counter.count(key_id, False, T0)
+    assert len(counter) == 1000
+    assert len(counter.drain()) == 1000
+    assert len(counter) == 0
+    counter.count(7, False, T0 + 1)
+    assert len(counter) == 1 and counter.pending(8) is None
