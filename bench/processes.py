@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,7 +176,9 @@ def bare_proxy(upstream: str, port: int, cpu: int, log_path: Path) -> Server:
     return Server("bare", argv, cpu, log_path)
 
 
-def gateway(config_path: Path, cpu: int | str, log_path: Path) -> Server:
-    """`python -m llmgateway serve --config <config_path>`."""
-    argv = [sys.executable, "-m", "llmgateway", "serve", "--config", str(config_path)]
+def gateway(
+    config_path: Path, cpu: int | str, log_path: Path, wrapper: Sequence[str] = ()
+) -> Server:
+    """`python -m llmgateway serve --config <config_path>`, under `wrapper` (e.g. valgrind)."""
+    argv = [*wrapper, sys.executable, "-m", "llmgateway", "serve", "--config", str(config_path)]
     return Server("gateway", argv, cpu, log_path)

@@ -1,0 +1,328 @@
+"""Instructions per proxied request with N keys and with 1 key, counted by callgrind.
+
+Usage: .venv/bin/python bench/instructions_bench.py [--keys 100000] [--engine sqlite|postgres]
+       [--requests 500] [--rounds 4] [--label ...]
+
+CPU time per request on a shared machine moves by ±10% between runs with no code
+change, more than the 3% the comparison needs to resolve. Instructions do not
+move: the gateway runs under `valgrind --tool=callgrind` (instrumentation off
+through start-up, on for the requests) with a fixed hash seed, and for each
+round the counters are zeroed, `--requests` requests are proxied one after the
+other over one connection, and the count is dumped and read.
+
+Two comparisons, each in ABBA order across rounds:
+
+- in one process: the instance holding N keys against the instance holding one
+  key (the pool's size on the request path: the pick, the route);
+- between processes: the N-key gateway against a gateway that holds only the
+  one-key instance (adds what the size of the heap costs a request: garbage
+  collection, caches).
+
+The report goes to bench/results/<date>_<time>-instructions[-label].md (+ .json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import scale_parts as parts
+from processes import (
+    BENCH_DIR,
+    REPO_DIR,
+    Server,
+    free_port,
+    gateway,
+    wait_for_port,
+    wait_for_ready,
+)
+
+BODY = json.dumps(
+    {
+        "model": parts.MODELS[0],
+        "messages": [
+            {"role": "system", "content": "You are a terse assistant."},
+            {"role": "user", "content": "Say hello in one short sentence, please."},
+        ],
+        "temperature": 0.2,
+        "max_tokens": 64,
+        "stream": False,
+    }
+).encode()
+WARM_UP = 200
+READY_TIMEOUT = 1800.0
+
+
+class Counted:
+    """A gateway under callgrind, its counters read through `callgrind_control`."""
+
+    def __init__(self, config: Path, workdir: Path, name: str, env: dict[str, str]) -> None:
+        self.out = workdir / f"callgrind-{name}.out"
+        wrapper = (
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={self.out}",
+        )
+        self.server = gateway(config, "1", workdir / f"{name}.log", wrapper)
+        self.env = {**env, "PYTHONHASHSEED": "0"}
+        self.workdir = workdir
+
+    def start(self, base: str) -> float:
+        """Start under callgrind; seconds until ready."""
+        begin = time.perf_counter()
+        self.server.start(env=self.env, cwd=self.workdir)
+        try:
+            wait_for_ready(f"{base}/-/ready", self.server.process, READY_TIMEOUT)
+        except RuntimeError:
+            print(self.server.log_tail(), file=sys.stderr)
+            raise
+        return time.perf_counter() - begin
+
+    def control(self, *flags: str) -> None:
+        """`callgrind_control FLAGS PID`."""
+        subprocess.run(
+            ["callgrind_control", *flags, str(self.server.pid)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def dumped(self) -> int:
+        """Dump the counters (zeroing them) and return the instructions since the last zero."""
+        before = set(self.workdir.glob(f"{self.out.name}*"))
+        self.control("--dump")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            new = set(self.workdir.glob(f"{self.out.name}*")) - before
+            for path in new:
+                for line in path.read_text().splitlines():
+                    if line.startswith("totals:") or line.startswith("summary:"):
+                        return int(line.split()[1])
+            time.sleep(0.2)
+        raise RuntimeError("callgrind wrote no dump")
+
+    def stop(self) -> None:
+        """Stop the gateway."""
+        self.server.stop()
+
+
+async def proxy(session: aiohttp.ClientSession, url: str, token: str, count: int) -> None:
+    """`count` chat completions one after the other; each must answer 200."""
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    for _ in range(count):
+        async with session.post(url, data=BODY, headers=headers) as response:
+            await response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{url} answered {response.status}")
+
+
+async def per_request(
+    counted: Counted,
+    session: aiohttp.ClientSession,
+    url: str,
+    tokens: dict[str, str],
+    rounds: int,
+    requests: int,
+) -> dict[str, list[float]]:
+    """Instructions per request of each token's instance, `rounds` rounds in ABBA order."""
+    names = list(tokens)
+    for name in names:
+        await proxy(session, url, tokens[name], WARM_UP)
+    counted.control("--instr=on")
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(rounds):
+        for name in names if index % 2 == 0 else names[::-1]:
+            await asyncio.to_thread(counted.control, "--zero")
+            await proxy(session, url, tokens[name], requests)
+            total = await asyncio.to_thread(counted.dumped)
+            samples[name].append(total / requests)
+            print(f"    {name}: {total / requests:,.0f} instructions/request", flush=True)
+    counted.control("--instr=off")
+    return samples
+
+
+def one_key_config(config: Path) -> Path:
+    """The same config holding only the one-key instance."""
+    document = json.loads(config.read_text())
+    del document["providers"][parts.INSTANCE]
+    path = config.with_name("providers-one.yaml")
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
+
+
+async def bench_one(engine: str, n: int, rounds: int, requests: int) -> dict[str, Any]:
+    """Both comparisons for one engine at `n` keys."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"instructions-{engine}-{n}-"))
+    admin: asyncpg.Connection | None = None
+    if engine == "sqlite":
+        (workdir / "data").mkdir()
+        db_url = f"sqlite:///{workdir / 'data' / 'scale.db'}"
+    else:
+        name = f"llmgw_instr_{uuid.uuid4().hex[:8]}"
+        admin = await asyncpg.connect(host="127.0.0.1", user="postgres", database="postgres")
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        db_url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    env = {**os.environ, "PYTHONPATH": str(REPO_DIR)}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    upstream_port = free_port()
+    upstream = Server(
+        "upstream",
+        [sys.executable, str(BENCH_DIR / "scale_parts.py"), str(upstream_port)],
+        0,
+        workdir / "upstream.log",
+    )
+    upstream.start(env=env, cwd=BENCH_DIR)
+    print(f"{engine}, {n:,} keys x 2 models ({workdir})", flush=True)
+    figures: dict[str, Any] = {"engine": engine, "keys": n, "requests": requests}
+    try:
+        wait_for_port(upstream_port, upstream.process, 30)
+        upstream_url = f"http://127.0.0.1:{upstream_port}"
+        parts.write_key_file(workdir, parts.make_keys(n))
+        parts.write_key_file(workdir, ["sk-one-only-key-0123456789abcdef"], parts.ONE)
+        config = parts.write_config(workdir, port, upstream_url, db_url, keeper=False)
+        seeding = gateway(config, "1", workdir / "seed.log")  # the start-up sync fills the store
+        seeding.start(env=env, cwd=workdir)
+        wait_for_ready(f"{base}/-/ready", seeding.process, 600)
+        seeding.stop()
+        await parts.seed_statuses(db_url)
+        url = f"{base}/v1/chat/completions"
+        timeout = aiohttp.ClientTimeout(total=600)
+        connector = aiohttp.TCPConnector(limit=1)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            both = Counted(config, workdir, "both", env)
+            figures["ready_under_callgrind_s"] = both.start(base)
+            try:
+                print("  one process: N-key instance, 1-key instance", flush=True)
+                figures["same_process"] = await per_request(
+                    both,
+                    session,
+                    url,
+                    {"n_keys": parts.TOKEN, "one_key": parts.ONE_TOKEN},
+                    rounds,
+                    requests,
+                )
+            finally:
+                both.stop()
+            print("  two processes: N-key gateway, 1-key gateway", flush=True)
+            separate: dict[str, list[float]] = {"n_keys": [], "one_key": []}
+            for index in range(rounds):
+                order = ["n_keys", "one_key"] if index % 2 == 0 else ["one_key", "n_keys"]
+                for which in order:
+                    counted = Counted(
+                        config if which == "n_keys" else one_key_config(config),
+                        workdir,
+                        f"{which}-{index}",
+                        env,
+                    )
+                    counted.start(base)
+                    await session.close()
+                    session = aiohttp.ClientSession(
+                        timeout=timeout, connector=aiohttp.TCPConnector(limit=1)
+                    )
+                    try:
+                        token = parts.TOKEN if which == "n_keys" else parts.ONE_TOKEN
+                        got = await per_request(counted, session, url, {which: token}, 1, requests)
+                    finally:
+                        counted.stop()
+                    separate[which].extend(got[which])
+            await session.close()
+            figures["separate_processes"] = separate
+    finally:
+        upstream.stop()
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(workdir, ignore_errors=True)
+        if admin is not None:
+            await admin.execute(
+                f'DROP DATABASE IF EXISTS "{db_url.rsplit("/", 1)[1]}" WITH (FORCE)'
+            )
+            await admin.close()
+    for comparison in ("same_process", "separate_processes"):
+        samples = figures[comparison]
+        medians = {name: statistics.median(values) for name, values in samples.items()}
+        figures[f"{comparison}_ratio"] = medians["n_keys"] / medians["one_key"]
+        print(
+            f"  {comparison}: {n:,} keys {medians['n_keys']:,.0f}, 1 key "
+            f"{medians['one_key']:,.0f} instructions/request "
+            f"({(figures[f'{comparison}_ratio'] - 1) * 100:+.2f}%)",
+            flush=True,
+        )
+    return figures
+
+
+def write_report(path: Path, results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """The Markdown report and its JSON beside it."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_DIR
+    ).stdout.strip()
+    lines = [
+        f"# Instructions per request ({args.label or 'instructions'})",
+        "",
+        f"commit {commit}; Python {sys.version.split()[0]}; callgrind "
+        f"(`valgrind --tool=callgrind`), PYTHONHASHSEED=0; {args.requests} requests per round, "
+        "one connection, after a warm-up of "
+        f"{WARM_UP}; {args.rounds} rounds per side, ABBA.",
+        "",
+        "| engine | keys | comparison | N keys (median) | 1 key (median) | difference "
+        "| samples N / 1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for figures in results:
+        for comparison, label in (
+            ("same_process", "one process, two instances"),
+            ("separate_processes", "two processes"),
+        ):
+            samples = figures[comparison]
+            lines.append(
+                f"| {figures['engine']} | {figures['keys']:,} | {label} | "
+                f"{statistics.median(samples['n_keys']):,.0f} | "
+                f"{statistics.median(samples['one_key']):,.0f} | "
+                f"{(figures[f'{comparison}_ratio'] - 1) * 100:+.2f}% | "
+                f"{', '.join(f'{v:,.0f}' for v in samples['n_keys'])} / "
+                f"{', '.join(f'{v:,.0f}' for v in samples['one_key'])} |"
+            )
+    path.write_text("\n".join(lines) + "\n")
+    path.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+def main() -> None:
+    """Parse the arguments, count every engine, write the report."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--keys", type=int, default=100_000)
+    parser.add_argument("--engine", choices=["sqlite", "postgres"], action="append")
+    parser.add_argument("--requests", type=int, default=500, help="requests per round")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per side")
+    parser.add_argument("--label", default="", help="suffix of the report's file name")
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        sys.exit("needs valgrind (apt-get install valgrind)")
+    results = [
+        asyncio.run(bench_one(engine, args.keys, args.rounds, args.requests))
+        for engine in args.engine or ["sqlite", "postgres"]
+    ]
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d_%H%M")
+    suffix = f"-instructions-{args.label}" if args.label else "-instructions"
+    path = BENCH_DIR / "results" / f"{stamp}{suffix}.md"
+    write_report(path, results, args)
+    print(f"report: {path}")
+
+
+if __name__ == "__main__":
+    main()
