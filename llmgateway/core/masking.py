@@ -47,6 +47,10 @@ _PERCENT_UNIT: Final = re.compile(r"%([0-9A-Fa-f]{2})|[A-Za-z0-9_.~\-]")
 _URLSAFE_TO_STANDARD: Final = str.maketrans("-_", "+/")
 _STANDARD_TO_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
 _URLSAFE_TO_STANDARD_BYTES: Final = bytes.maketrans(b"-_", b"+/")
+_BASE64_CHARS: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_"
+_BASE64_RUNS: Final = bytes(ord("a") if b in _BASE64_CHARS else ord("\n") for b in range(256))
+"""Every base64 character (of either alphabet) to `a`, any other byte to a newline: a run of
+base64 in a text becomes a run of `a` as long."""
 _BASE64_ALIGNMENTS: Final = ((b"", 0), (b"\0", 2), (b"\0\0", 3))
 """To encode a key at each alignment of a 3-byte base64 group: the zero bytes put before it,
 and the characters of the encoding that hold their bits (skipped)."""
@@ -375,18 +379,21 @@ class KeyPattern:
     the raw key in a body, keeping its length (`same_length_mask`), so a
     Content-Length already announced stays true; `split` does the same for a
     stream chunk and holds back an end that could be the beginning of the key.
-    Making one costs an encode: the base64 forms are made on the first
-    `appears_in`, the bytes a key may hold on the first look at a stream, so a
-    request with a key not seen before pays about a microsecond, whatever the
-    size of the pool.
+    Making one costs an encode: the base64 forms are made only when a text
+    holds a run of base64 long enough to be one (a header value that is a
+    token or a cookie, not a date or a request id), the bytes a key may hold
+    on the first look at a stream; so a request with a key not seen before
+    costs about what one with a known key does, whatever the size of the pool.
     """
 
-    __slots__ = ("key", "raw", "_chars", "_base64")
+    __slots__ = ("key", "raw", "_run", "_chars", "_base64")
 
     def __init__(self, key: str) -> None:
         self.key = key
-        self.raw = key.encode()
+        raw = self.raw = key.encode()
         """The key's bytes."""
+        self._run = b"a" * max(1, 4 * (len(raw) // 3) - 3)
+        """As many `a` as the shortest base64 form of the key has characters, or fewer."""
         self._chars: frozenset[int] | None = None
         self._base64: tuple[bytes, ...] | None = None
 
@@ -423,10 +430,14 @@ class KeyPattern:
         """
         if self.key in text:
             return True
-        standard = text.encode("utf-8", "surrogatepass").translate(_URLSAFE_TO_STANDARD_BYTES)
-        for form in self.base64_forms():
-            if standard.find(form) != -1:
-                return True
+        data = text.encode("utf-8", "surrogatepass")
+        # Only a run of base64 as long as the key's shortest form can hold one (most header
+        # values are far shorter): the forms are made and searched for only then.
+        if data.translate(_BASE64_RUNS).find(self._run) != -1:
+            standard = data.translate(_URLSAFE_TO_STANDARD_BYTES)
+            for form in self.base64_forms():
+                if standard.find(form) != -1:
+                    return True
         raw = self.raw
         if "\\u" in text:  # JSON escapes: \u0073\u006b..., lower- or upper-case hex
             pairs = raw.hex("|")

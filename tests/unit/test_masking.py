@@ -205,6 +205,25 @@ class TestKeyPattern:
         assert KeyPattern(key).appears_in(f"x-echo: {text}\nserver: nginx")
         assert not KeyPattern(key).appears_in(f"x-echo: {encode(lead + b'sk-other').decode()}")
 
+    @pytest.mark.parametrize("size", [8, 9, 10, 13, 20, 31, 51, 52, 53])
+    def test_base64_of_a_key_of_any_length_passes_the_run_screen(self, size: int) -> None:
+        """Whatever its length (from ENCODED_MIN), a key in base64 in a value is found at every alignment.
+
+        The screen skips the base64 search when no run of base64 is as long as
+        the key's shortest form: that length must never be overestimated.
+        """
+        key = ("sk-" + "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOP")[:size]
+        for lead in (b"", b"x", b"xy"):
+            for encode in (base64.b64encode, base64.urlsafe_b64encode):
+                text = encode(lead + key.encode()).decode().rstrip("=")
+                assert KeyPattern(key).appears_in(f"date: today\nx-echo: {text}")
+
+    def test_short_runs_of_base64_skip_the_search(self) -> None:
+        """Header values shorter than the key's shortest form are not searched for it."""
+        pattern = KeyPattern(KEY)
+        assert not pattern.appears_in("application/json\nreq_0123456789abcdef\nkeep-alive")
+        assert pattern._base64 is None  # the forms were never needed
+
     def test_a_pattern_is_made_cheaply_and_completed_on_demand(self) -> None:
         """Making a pattern only encodes the key; its base64 forms and bytes come when asked."""
         pattern = KeyPattern(KEY)
