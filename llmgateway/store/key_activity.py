@@ -41,9 +41,9 @@ class KeyActivity(KeyWrites):
         for d in deltas:
             old = merged.get(d.key_id)
             merged[d.key_id] = d if old is None else merge_usage(old, d)
-        p = self._params()
+        p, time_out = self._params(), self.sql.time_out
         rows = [
-            (d.key_id, d.requests, d.failures, self.sql.time_out(d.last_used_at))
+            (d.key_id, d.requests, d.failures, time_out(d.last_used_at))
             for d in (merged[k] for k in sorted(merged))
         ]
         columns = [

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Final
+from typing import Final, NamedTuple
 
 from llmgateway.core.constants import Status
 from llmgateway.core.models import KeyRecord
@@ -117,9 +117,12 @@ class HistoryEntry:
     at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class UsageDelta:
-    """Increments of one key's usage counters, accumulated in memory and written in a batch."""
+class UsageDelta(NamedTuple):
+    """Increments of one key's usage counters, accumulated in memory and written in a batch.
+
+    A named tuple: one is made per key used each second, and a tuple is made
+    several times faster than a frozen dataclass.
+    """
 
     key_id: int
     requests: int = 0
