@@ -26,30 +26,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import scale_parts as parts
-from processes import (
-    BENCH_DIR,
-    REPO_DIR,
-    Server,
-    free_port,
-    gateway,
-    wait_for_port,
-    wait_for_ready,
-)
+from processes import REPO_DIR, free_port, gateway, result_path, wait_for_ready
+from scratch import scratch
 
 BODY = json.dumps(
     {
@@ -167,34 +155,12 @@ def one_key_config(config: Path) -> Path:
 
 async def bench_one(engine: str, n: int, rounds: int, requests: int) -> dict[str, Any]:
     """Both comparisons for one engine at `n` keys."""
-    workdir = Path(tempfile.mkdtemp(prefix=f"instructions-{engine}-{n}-"))
-    admin: asyncpg.Connection | None = None
-    if engine == "sqlite":
-        (workdir / "data").mkdir()
-        db_url = f"sqlite:///{workdir / 'data' / 'scale.db'}"
-    else:
-        name = f"llmgw_instr_{uuid.uuid4().hex[:8]}"
-        admin = await asyncpg.connect(host="127.0.0.1", user="postgres", database="postgres")
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        db_url = f"postgresql://postgres@127.0.0.1:5432/{name}"
-    env = {**os.environ, "PYTHONPATH": str(REPO_DIR)}
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    upstream_port = free_port()
-    upstream = Server(
-        "upstream",
-        [sys.executable, str(BENCH_DIR / "scale_parts.py"), str(upstream_port)],
-        0,
-        workdir / "upstream.log",
-    )
-    upstream.start(env=env, cwd=BENCH_DIR)
-    print(f"{engine}, {n:,} keys x 2 models ({workdir})", flush=True)
     figures: dict[str, Any] = {"engine": engine, "keys": n, "requests": requests}
-    try:
-        wait_for_port(upstream_port, upstream.process, 30)
-        upstream_url = f"http://127.0.0.1:{upstream_port}"
-        parts.write_key_file(workdir, parts.make_keys(n))
-        parts.write_key_file(workdir, ["sk-one-only-key-0123456789abcdef"], parts.ONE)
+    async with scratch(engine, n, "instructions") as setup:
+        workdir, env = setup.workdir, setup.env
+        db_url, upstream_url = setup.db_url, setup.upstream_url
         config = parts.write_config(workdir, port, upstream_url, db_url, keeper=False)
         seeding = gateway(config, "1", workdir / "seed.log")  # the start-up sync fills the store
         seeding.start(env=env, cwd=workdir)
@@ -231,27 +197,16 @@ async def bench_one(engine: str, n: int, rounds: int, requests: int) -> dict[str
                         env,
                     )
                     counted.start(base)
-                    await session.close()
-                    session = aiohttp.ClientSession(
-                        timeout=timeout, connector=aiohttp.TCPConnector(limit=1)
-                    )
-                    try:
-                        token = parts.TOKEN if which == "n_keys" else parts.ONE_TOKEN
-                        got = await per_request(counted, session, url, {which: token}, 1, requests)
+                    token = parts.TOKEN if which == "n_keys" else parts.ONE_TOKEN
+                    try:  # a session of its own: no connection kept to the last process
+                        async with aiohttp.ClientSession(
+                            timeout=timeout, connector=aiohttp.TCPConnector(limit=1)
+                        ) as own:
+                            got = await per_request(counted, own, url, {which: token}, 1, requests)
                     finally:
                         counted.stop()
                     separate[which].extend(got[which])
-            await session.close()
             figures["separate_processes"] = separate
-    finally:
-        upstream.stop()
-        if not os.environ.get("BENCH_KEEP"):
-            shutil.rmtree(workdir, ignore_errors=True)
-        if admin is not None:
-            await admin.execute(
-                f'DROP DATABASE IF EXISTS "{db_url.rsplit("/", 1)[1]}" WITH (FORCE)'
-            )
-            await admin.close()
     for comparison in ("same_process", "separate_processes"):
         samples = figures[comparison]
         medians = {name: statistics.median(values) for name, values in samples.items()}
@@ -317,9 +272,7 @@ def main() -> None:
         asyncio.run(bench_one(engine, args.keys, args.rounds, args.requests))
         for engine in args.engine or ["sqlite", "postgres"]
     ]
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d_%H%M")
-    suffix = f"-instructions-{args.label}" if args.label else "-instructions"
-    path = BENCH_DIR / "results" / f"{stamp}{suffix}.md"
+    path = result_path("instructions", args.label)
     write_report(path, results, args)
     print(f"report: {path}")
 

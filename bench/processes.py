@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -182,3 +183,9 @@ def gateway(
     """`python -m llmgateway serve --config <config_path>`, under `wrapper` (e.g. valgrind)."""
     argv = [*wrapper, sys.executable, "-m", "llmgateway", "serve", "--config", str(config_path)]
     return Server("gateway", argv, cpu, log_path)
+
+
+def result_path(kind: str, label: str = "") -> Path:
+    """Where a report goes: `bench/results/<date>_<time>-<kind>[-<label>].md` (UTC)."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d_%H%M")
+    return BENCH_DIR / "results" / f"{stamp}-{kind}{f'-{label}' if label else ''}.md"

@@ -24,30 +24,25 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import scale_parts as parts
 from processes import (
-    BENCH_DIR,
     REPO_DIR,
     Server,
     free_port,
     gateway,
+    result_path,
     rss_kib,
-    wait_for_port,
     wait_for_ready,
 )
 from scale_ops import cpu_per_request, flush_in_process
+from scratch import scratch
 
 RECONCILE_PERIOD = 30.0
 Op = Callable[[], Awaitable[object]]
@@ -386,76 +381,50 @@ async def bench_one(
     gateway_cpus: str = "1",
 ) -> dict[str, Any]:
     """Every measurement of one engine at `n` keys."""
-    workdir = Path(tempfile.mkdtemp(prefix=f"scale-{engine}-{n}-"))
-    admin: asyncpg.Connection | None = None
-    if engine == "sqlite":
-        (workdir / "data").mkdir()
-        db_url = f"sqlite:///{workdir / 'data' / 'scale.db'}"
-    else:
-        name = f"llmgw_scale_{uuid.uuid4().hex[:8]}"
-        admin = await asyncpg.connect(host="127.0.0.1", user="postgres", database="postgres")
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        db_url = f"postgresql://postgres@127.0.0.1:5432/{name}"
-    run = Run(engine, n, rate, workdir, db_url, gateway_cpus)
-    run.figures["load_before"] = os.getloadavg()[0]
-    upstream_port = free_port()
-    upstream = Server(
-        "upstream",
-        [sys.executable, str(BENCH_DIR / "scale_parts.py"), str(upstream_port)],
-        0,
-        workdir / "upstream.log",
-    )
-    upstream.start(env=run.env, cwd=BENCH_DIR)
-    print(f"{engine}, {n:,} keys x 2 models ({workdir})", flush=True)
-    try:
-        wait_for_port(upstream_port, upstream.process, 30)
-        upstream_url = run.upstream = f"http://127.0.0.1:{upstream_port}"
-        parts.write_key_file(workdir, parts.make_keys(n))
-        parts.write_key_file(workdir, ["sk-one-only-key-0123456789abcdef"], parts.ONE)
-        config = parts.write_config(workdir, run.port, upstream_url, db_url, keeper=False)
-        cold = run.start(config, "cold")
-        run.figures["ready_cold_s"] = cold
-        run.figures["rss_cold_mib"] = rss_kib(run.pid) / 1024
-        run.stop()
-        await parts.seed_statuses(db_url)
-        warm = run.start(config, "warm")
-        run.figures["ready_warm_s"] = warm
-        run.figures["rss_ready_mib"] = rss_kib(run.pid) / 1024
-        print(
-            f"  ready cold {cold:.2f} s, warm {warm:.2f} s, RSS {run.figures['rss_ready_mib']:.0f} MiB"
-        )
-        timeout = aiohttp.ClientTimeout(total=120)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            if not cpu_only:
-                await main_run(run, session, config)
-            if cpu_rounds:
-                run.figures["cpu"] = await asyncio.to_thread(
-                    cpu_per_request, run.base, run.pid, run.n, upstream.pid, cpu_rounds
-                )
-            run.figures["rss_after_mib"] = rss_kib(run.pid) / 1024
-            run.figures["rss_peak_mib"] = parts.hwm_kib(run.pid) / 1024
+    async with scratch(engine, n, "scale") as setup:
+        workdir, db_url, upstream_url = setup.workdir, setup.db_url, setup.upstream_url
+        run = Run(engine, n, rate, workdir, db_url, gateway_cpus)
+        run.upstream = upstream_url
+        run.figures["load_before"] = os.getloadavg()[0]
+        try:
+            config = parts.write_config(workdir, run.port, upstream_url, db_url, keeper=False)
+            cold = run.start(config, "cold")
+            run.figures["ready_cold_s"] = cold
+            run.figures["rss_cold_mib"] = rss_kib(run.pid) / 1024
             run.stop()
-            if cpu_only:
-                return run.figures
-            run.figures["write queue flush 10,000"] = await flush_in_process(db_url)
-            keeper_config = parts.write_config(workdir, run.port, upstream_url, db_url, keeper=True)
-            run.figures["ready_keeper_s"] = run.start(keeper_config, "keeper")
-            await keeper_flood_run(run, session)
-            run.stop()
-            await parts.seed_statuses(db_url)  # every key checked: the keeper finds nothing due
-            run.start(keeper_config, "keeper-checked")
-            await keeper_run(run, session)
-        run.stop()
-    finally:
-        run.stop()
-        upstream.stop()
-        if not os.environ.get("BENCH_KEEP"):
-            shutil.rmtree(workdir, ignore_errors=True)
-        if admin is not None:
-            await admin.execute(
-                f'DROP DATABASE IF EXISTS "{db_url.rsplit("/", 1)[1]}" WITH (FORCE)'
+            await parts.seed_statuses(db_url)
+            warm = run.start(config, "warm")
+            run.figures["ready_warm_s"] = warm
+            run.figures["rss_ready_mib"] = rss_kib(run.pid) / 1024
+            print(
+                f"  ready cold {cold:.2f} s, warm {warm:.2f} s, RSS {run.figures['rss_ready_mib']:.0f} MiB"
             )
-            await admin.close()
+            timeout = aiohttp.ClientTimeout(total=120)
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                if not cpu_only:
+                    await main_run(run, session, config)
+                if cpu_rounds:
+                    run.figures["cpu"] = await asyncio.to_thread(
+                        cpu_per_request, run.base, run.pid, run.n, setup.upstream.pid, cpu_rounds
+                    )
+                run.figures["rss_after_mib"] = rss_kib(run.pid) / 1024
+                run.figures["rss_peak_mib"] = parts.hwm_kib(run.pid) / 1024
+                run.stop()
+                if cpu_only:
+                    return run.figures
+                run.figures["write queue flush 10,000"] = await flush_in_process(db_url)
+                keeper_config = parts.write_config(
+                    workdir, run.port, upstream_url, db_url, keeper=True
+                )
+                run.figures["ready_keeper_s"] = run.start(keeper_config, "keeper")
+                await keeper_flood_run(run, session)
+                run.stop()
+                await parts.seed_statuses(db_url)  # every key checked: the keeper finds nothing due
+                run.start(keeper_config, "keeper-checked")
+                await keeper_run(run, session)
+            run.stop()
+        finally:
+            run.stop()
     run.figures["windows"] = run.windows
     run.figures["load_after"] = os.getloadavg()[0]
     return run.figures
@@ -498,9 +467,7 @@ def main() -> None:
             )
     from scale_report import write_report
 
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d_%H%M")
-    suffix = f"-scale-{args.label}" if args.label else "-scale"
-    path = BENCH_DIR / "results" / f"{stamp}{suffix}.md"
+    path = result_path("scale", args.label)
     write_report(path, results, args)
     print(f"report: {path}")
 
