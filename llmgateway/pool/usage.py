@@ -2,12 +2,11 @@
 
 `UsageCounter.count` is called for every attempt the gateway makes with a
 key; it only bumps a key's tally (made at the key's first use since the last
-drain). `drain()` hands the increments
-accumulated since the last drain to whoever writes them (the store's
-write-behind queue), in one batch, and drops the tallies: between two drains
-the counter holds the keys used in that second only, however large the pool,
-and no long-lived object per key for the garbage collector to walk. Nothing
-here touches the database.
+drain). `drain()` hands the increments accumulated since the last drain to
+whoever writes them (the store's write-behind queue), in one batch, and drops
+the tallies: between two drains the counter holds the keys used in that
+second only, however large the pool, and no long-lived object per key for the
+garbage collector to walk. Nothing here touches the database.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ BUFFERED_BODY: Final = 256 * 1024
 SSE: Final = "text/event-stream"
 
 _MAX_PATTERNS: Final = 4096
-"""Prepared key patterns kept at most (about 0.5 KiB each); past it the cache starts afresh.
+"""Prepared key patterns kept at most (up to about 0.5 KiB each); past it the cache starts afresh.
 
 A pattern costs about a microsecond to make, so a pool larger than this (whose
 keys come round less often than the cache is cleared) pays that per request
