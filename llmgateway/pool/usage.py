@@ -25,16 +25,6 @@ FLUSH_INTERVAL: Final = 1.0
 """Seconds between two drains of the counters into the write queue."""
 
 
-class _Tally:
-    __slots__ = ("key_id", "requests", "failures", "last_used")
-
-    def __init__(self, key_id: int) -> None:
-        self.key_id = key_id
-        self.requests = 0
-        self.failures = 0
-        self.last_used = 0.0
-
-
 @final
 class UsageCounter:
     """Counts the requests and failures of the keys in use until they are drained."""
@@ -42,8 +32,9 @@ class UsageCounter:
     __slots__ = ("_tallies",)
 
     def __init__(self) -> None:
-        self._tallies: dict[int, _Tally] = {}
-        """The keys used since the last drain, in the order of their first use."""
+        self._tallies: dict[int, list[float]] = {}
+        """The keys used since the last drain, in the order of their first use: each one's
+        `[key_id, requests, failures, last use]` (a list, cheaper to make than an object)."""
 
     def __len__(self) -> int:
         """The keys counted since the last drain."""
@@ -58,31 +49,32 @@ class UsageCounter:
         """One request made with key `key_id` at `now` (epoch seconds); `failed` if it failed."""
         tally = self._tallies.get(key_id)
         if tally is None:  # the key's first use since the last drain
-            tally = self._tallies[key_id] = _Tally(key_id)
-        tally.requests += 1
+            self._tallies[key_id] = [key_id, 1, 1 if failed else 0, now]
+            return
+        tally[1] += 1
         if failed:
-            tally.failures += 1
-        tally.last_used = now
+            tally[2] += 1
+        tally[3] = now
 
     def drain(self) -> list[UsageDelta]:
         """The increments of every key used since the last drain; the counts start again."""
         tallies, self._tallies = self._tallies, {}
-        return [
-            UsageDelta(t.key_id, t.requests, t.failures, datetime.fromtimestamp(t.last_used, UTC))
-            for t in tallies.values()
-        ]
+        return list(map(UsageDelta._make, tallies.values()))
 
     def pending(self, key_id: int) -> tuple[int, int, datetime | None] | None:
         """What key `key_id` counted since the last drain (None: nothing)."""
         tally = self._tallies.get(key_id)
         if tally is None:
             return None
-        return tally.requests, tally.failures, datetime.fromtimestamp(tally.last_used, UTC)
+        _, requests, failures, last_used = tally
+        return int(requests), int(failures), datetime.fromtimestamp(last_used, UTC)
 
 
 @asynccontextmanager
 async def draining(
-    counter: UsageCounter, put: Callable[[UsageDelta], None], interval: float = FLUSH_INTERVAL
+    counter: UsageCounter,
+    put: Callable[[list[UsageDelta]], None],
+    interval: float = FLUSH_INTERVAL,
 ) -> AsyncIterator[None]:
     """Hand `counter`'s increments to `put` (the write queue's) every `interval` for the body.
 
@@ -92,8 +84,7 @@ async def draining(
     async def loop() -> None:
         while True:
             await asyncio.sleep(interval)
-            for delta in counter.drain():
-                put(delta)
+            put(counter.drain())
 
     task = asyncio.create_task(loop(), name="llmgateway-usage")
     try:
@@ -101,5 +92,4 @@ async def draining(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        for delta in counter.drain():
-            put(delta)
+        put(counter.drain())

@@ -10,6 +10,7 @@ unreachable, the oldest changes go first).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, final
 
@@ -21,10 +22,17 @@ HISTORY_PENDING_MAX: Final = 100_000
 
 def merged(a: UsageDelta, b: UsageDelta) -> UsageDelta:
     """One delta adding `a` and `b` (the later last use of the two)."""
-    last = a.last_used_at
-    if b.last_used_at is not None and (last is None or b.last_used_at > last):
-        last = b.last_used_at
+    last = a.last_used
+    if b.last_used is not None and (last is None or b.last_used > last):
+        last = b.last_used
     return UsageDelta(a.key_id, a.requests + b.requests, a.failures + b.failures, last)
+
+
+def add_up(into: dict[int, UsageDelta], deltas: Iterable[UsageDelta]) -> None:
+    """Add each of `deltas` to what `into` holds for its key."""
+    for delta in deltas:
+        old = into.get(delta.key_id)
+        into[delta.key_id] = delta if old is None else merged(old, delta)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +61,9 @@ class ActivityBuffer:
     def __len__(self) -> int:
         return len(self._usage) + len(self._history)
 
-    def add_usage(self, delta: UsageDelta) -> None:
-        """Add `delta` to what waits for its key."""
-        old = self._usage.get(delta.key_id)
-        self._usage[delta.key_id] = delta if old is None else merged(old, delta)
+    def add_usage(self, deltas: Iterable[UsageDelta]) -> None:
+        """Add each of `deltas` to what waits for its key."""
+        add_up(self._usage, deltas)
 
     def add_history(self, entry: HistoryEntry) -> None:
         """Queue one status change (the oldest waiting one goes when the buffer is full)."""
@@ -74,8 +81,8 @@ class ActivityBuffer:
     def restore(self, batch: ActivityBatch) -> None:
         """Put back a batch that could not be written, before what arrived since."""
         newer, self._usage = self._usage, {}
-        for delta in (*batch.usage, *newer.values()):
-            self.add_usage(delta)
+        self.add_usage(batch.usage)
+        self.add_usage(newer.values())
         later = list(self._history)
         self._history.clear()
         for entry in (*batch.history, *later):

@@ -127,7 +127,8 @@ class UsageDelta(NamedTuple):
     key_id: int
     requests: int = 0
     failures: int = 0
-    last_used_at: datetime | None = None
+    last_used: float | None = None
+    """The latest use, in seconds since the Unix epoch (the request path's clock, kept as is)."""
 
 
 @dataclass(frozen=True, slots=True)

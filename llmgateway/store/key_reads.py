@@ -66,6 +66,17 @@ class KeyReads(ABC):
     async def _write[T](self, action: str, run: Callable[[Conn], Awaitable[T]]) -> T:
         """`run` on a connection inside one transaction (rolled back on any error)."""
 
+    async def _write_statements(
+        self, action: str, statements: Sequence[tuple[str, Sequence[object]]]
+    ) -> None:
+        """Run each `(sql, values)` of `statements`, all in one transaction."""
+
+        async def run(conn: Conn) -> None:
+            for sql, values in statements:
+                await conn.execute(sql, *values)
+
+        await self._write(action, run)
+
     def _params(self, *values: object) -> Params:
         return Params(self.sql.engine, *values)
 

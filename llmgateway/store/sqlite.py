@@ -358,6 +358,21 @@ class SqliteStore(KeyActivity, SqlStore):
             with _translated(action):
                 return await run(self._conn)
 
+    async def _write_statements(
+        self, action: str, statements: Sequence[tuple[str, Sequence[object]]]
+    ) -> None:
+        """Run `statements` in one transaction; a single one needs no BEGIN and COMMIT.
+
+        In autocommit mode a statement is a transaction of its own, so a
+        batch that is one statement costs one trip to the connection's
+        thread, not three.
+        """
+        if len(statements) != 1:
+            await super()._write_statements(action, statements)
+            return
+        sql, values = statements[0]
+        await self._locked(action, lambda conn: conn.execute(sql, *values))
+
     async def _write[T](self, action: str, run: Callable[[Conn], Awaitable[T]]) -> T:
         """`run` inside `BEGIN IMMEDIATE` ... `COMMIT` (rolled back on any error)."""
 

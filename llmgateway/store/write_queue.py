@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Final, final
 
@@ -113,12 +113,13 @@ class WriteQueue:
         if len(self._pending) >= self._max_batch:
             self._wake.set()
 
-    def put_usage(self, delta: UsageDelta) -> None:
-        """Queue usage increments of one key (added to those still waiting). Never blocks."""
+    def put_usage(self, deltas: Iterable[UsageDelta]) -> None:
+        """Queue usage increments (each added to what waits for its key). Never blocks."""
         if self._stop.is_set():
-            log.error("write_queue_usage_dropped", key_id=delta.key_id)
+            for delta in deltas:
+                log.error("write_queue_usage_dropped", key_id=delta.key_id)
             return
-        self._activity.add_usage(delta)
+        self._activity.add_usage(deltas)
 
     def put_history(self, entry: HistoryEntry) -> None:
         """Queue one status change for the key's history (its message already masked)."""

@@ -182,7 +182,7 @@ class TestListing:
         """A page of many keys (decoded off the loop) holds what small pages (decoded on it) do."""
         await _instance(store)
         report = await store.add_keys("openai", [_key(f"t-{i}") for i in range(400)], MODELS, NOW)
-        await store.record_usage([UsageDelta(report.added[7], 3, 1, NOW)])
+        await store.record_usage([UsageDelta(report.added[7], 3, 1, NOW.timestamp())])
         large = await store.list_keys(KeyFilter(), after=None, limit=1000)
         assert len(large.items) * len(MODELS) >= RECORDS_ON_THREAD  # the thread's path
         small: list[StoredKey] = []
@@ -333,12 +333,35 @@ class TestActivity:
         added = await store.add_keys("openai", [_key("1")], MODELS, NOW)
         key_id = added.added[0]
         later = NOW + timedelta(hours=1)
-        await store.record_usage([UsageDelta(key_id, 5, 1, later), UsageDelta(key_id + 9, 1, 1)])
-        await store.record_usage([UsageDelta(key_id, 2, 0, NOW)])
+        await store.record_usage(
+            [UsageDelta(key_id, 5, 1, later.timestamp()), UsageDelta(key_id + 9, 1, 1)]
+        )
+        await store.record_usage([UsageDelta(key_id, 2, 0, NOW.timestamp())])
         stored = await store.get_key(key_id)
         assert stored is not None
         assert (stored.usage.requests, stored.usage.failures) == (7, 1)
         assert stored.usage.last_used_at == later
+
+    async def test_usage_of_a_large_batch_reaches_every_key(self, store: AnyStore) -> None:
+        """A batch of 300 keys (several statements on SQLite, the last padded) writes each key once."""
+        await _instance(store)
+        added = (
+            await store.add_keys("openai", [_key(f"u-{i}") for i in range(300)], MODELS, NOW)
+        ).added
+        gone = max(added) + 1
+        at = NOW.timestamp()
+        await store.record_usage(
+            [UsageDelta(k, i + 1, i % 3, at + i) for i, k in enumerate(added)]
+            + [UsageDelta(gone, 1)]
+        )
+        await store.record_usage([UsageDelta(k, 1) for k in added[:5]])
+        page = await store.list_keys(KeyFilter(), after=None, limit=1000)
+        usage = {
+            k.id: (k.usage.requests, k.usage.failures, k.usage.last_used_at) for k in page.items
+        }
+        assert usage == {
+            k: (i + 1 + (i < 5), i % 3, NOW + timedelta(seconds=i)) for i, k in enumerate(added)
+        }
 
     async def test_history_keeps_the_newest_fifty_per_key(self, store: AnyStore) -> None:
         """Older changes are pruned as new ones arrive; the newest come first."""

@@ -50,7 +50,7 @@ async def test_usage_and_history_are_written_by_a_flush(store: AnyStore) -> None
     key_id = await _one_key(store)
     queue = WriteQueue(store)
     for i in range(10):
-        queue.put_usage(UsageDelta(key_id, 1, i % 2, NOW + timedelta(seconds=i)))
+        queue.put_usage([UsageDelta(key_id, 1, i % 2, NOW.timestamp() + i)])
     queue.put_history(_change(key_id, 1))
     queue.put_history(_change(key_id, 2))
     assert queue.activity_depth == 3
@@ -70,7 +70,7 @@ async def test_a_failed_usage_write_is_kept_and_merged_with_later_counts(
     """Nothing is lost when the store refuses a flush: the next one writes old and new counts."""
     key_id = await _one_key(store)
     queue = WriteQueue(FlakyUsage(store, failures=1))  # type: ignore[arg-type]
-    queue.put_usage(UsageDelta(key_id, 3, 1, NOW))
+    queue.put_usage([UsageDelta(key_id, 3, 1, NOW.timestamp())])
     queue.put_history(_change(key_id, 1))
     try:
         await queue.flush()
@@ -78,7 +78,7 @@ async def test_a_failed_usage_write_is_kept_and_merged_with_later_counts(
         pass
     else:
         raise AssertionError("the injected failure did not happen")
-    queue.put_usage(UsageDelta(key_id, 2, 0, NOW))
+    queue.put_usage([UsageDelta(key_id, 2, 0, NOW.timestamp())])
     await queue.flush()
     stored = await store.get_key(key_id)
     assert stored is not None and (stored.usage.requests, stored.usage.failures) == (5, 1)
@@ -89,8 +89,8 @@ async def test_close_writes_what_is_left(store: AnyStore) -> None:
     """Closing the queue writes the usage still waiting; later puts are dropped."""
     key_id = await _one_key(store)
     queue = WriteQueue(store)
-    queue.put_usage(UsageDelta(key_id, 4, 0, NOW))
+    queue.put_usage([UsageDelta(key_id, 4, 0, NOW.timestamp())])
     assert await queue.close() == 0
-    queue.put_usage(UsageDelta(key_id, 100, 0, NOW))
+    queue.put_usage([UsageDelta(key_id, 100, 0, NOW.timestamp())])
     stored = await store.get_key(key_id)
     assert stored is not None and stored.usage.requests == 4

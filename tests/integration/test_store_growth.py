@@ -107,7 +107,9 @@ async def _record_every_status(store: SqliteStore, n: int) -> None:
 
 async def _usage_and_history(store: SqliteStore, n: int) -> None:
     ids = sorted({r.key_id for r in await store.load_records(INSTANCE)})
-    await store.record_usage([UsageDelta(i, requests=2, failures=1, last_used_at=NOW) for i in ids])
+    await store.record_usage(
+        [UsageDelta(i, requests=2, failures=1, last_used=NOW.timestamp()) for i in ids]
+    )
     await store.record_history(
         [HistoryEntry(i, MODELS[0], Status.VALID, Status.INVALID_KEY, None, "", NOW) for i in ids]
     )
