@@ -56,7 +56,7 @@ def _sqlite_add_usage(rows: int) -> str:
 _SQLITE_ADD_USAGE: Final = {rows: _sqlite_add_usage(rows) for rows in _SQLITE_USAGE_ROWS}
 
 
-def sqlite_usage_statements(
+def _sqlite_usage_statements(
     rows: Sequence[UsageDelta],
 ) -> list[tuple[str, Sequence[object]]]:
     """The statements writing `rows` on SQLite, each with its values.
@@ -91,7 +91,7 @@ class KeyActivity(KeyWrites):
         # batches take PostgreSQL's row locks alike.
         rows = sorted(merged.values())
         if self.sql.engine is Engine.SQLITE:
-            await self._write_statements("recording key usage", sqlite_usage_statements(rows))
+            await self._write_statements("recording key usage", _sqlite_usage_statements(rows))
             return
         p = self._params()
         columns = [
