@@ -93,6 +93,7 @@ class KeyActivity(KeyWrites):
         if self.sql.engine is Engine.SQLITE:
             await self._write_statements("recording key usage", _sqlite_usage_statements(rows))
             return
+        # One jsonb row set: asyncpg's executemany was measured at twice the gateway's CPU a row.
         p = self._params()
         columns = [
             ("key_id", "bigint"),
