@@ -34,8 +34,13 @@ from llmgateway.store.protocol import Store
 
 log = structlog.get_logger(__name__)
 
-SELECT_PAGE: Final = 2000
-"""Keys selected per store round trip when a job starts."""
+SELECT_PAGE: Final = 500
+"""Keys selected per store round trip when a job starts.
+
+asyncpg decodes a result's rows on the event loop: a page of 2,000 keys (4,000
+rows of two models) held it 11-15 ms on an idle machine, 20-50 ms beside the
+traffic of the scale bench; 500 keys hold it 4.5-6 ms, and the 10,000 keys of
+a large job take 0.50 s to select instead of 0.39 s."""
 
 PROGRESS_INTERVAL: Final = 1.0
 """Seconds between two progress updates of a running job."""
