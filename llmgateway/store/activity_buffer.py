@@ -20,7 +20,7 @@ HISTORY_PENDING_MAX: Final = 100_000
 """Status changes kept waiting at most; beyond, the oldest are dropped."""
 
 
-def merged(a: UsageDelta, b: UsageDelta) -> UsageDelta:
+def _merged(a: UsageDelta, b: UsageDelta) -> UsageDelta:
     """One delta adding `a` and `b` (the later last use of the two)."""
     last = a.last_used
     if b.last_used is not None and (last is None or b.last_used > last):
@@ -32,7 +32,7 @@ def add_up(into: dict[int, UsageDelta], deltas: Iterable[UsageDelta]) -> None:
     """Add each of `deltas` to what `into` holds for its key."""
     for delta in deltas:
         old = into.get(delta.key_id)
-        into[delta.key_id] = delta if old is None else merged(old, delta)
+        into[delta.key_id] = delta if old is None else _merged(old, delta)
 
 
 @dataclass(frozen=True, slots=True)
