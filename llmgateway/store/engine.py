@@ -111,6 +111,19 @@ class Dialect:
     load_time_in: TimeIn | None = None
     """How `records_page` reads a time column (None: `time_in`)."""
 
+    @property
+    def records_time_in(self) -> TimeIn:
+        """How a time column of a `load_columns` row is read."""
+        return self.load_time_in or self.time_in
+
+    @property
+    def records_by_key_ids(self) -> str:
+        """The records (as `load_columns`) of the key ids in array `$1`, by key id then model."""
+        return (
+            f"SELECT {self.load_columns} FROM key_model_status AS s "
+            f"JOIN api_keys AS k ON k.id = s.key_id{self.by_key_ids} ORDER BY s.key_id, s.model"
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class LeaseAsk:
@@ -223,8 +236,7 @@ class SqlStore(ABC):
             f"WHERE k.id = s.key_id AND {' AND '.join(where)} ORDER BY s.key_id, s.model LIMIT $3"
         )
         rows = await self._read("loading records", lambda conn: conn.fetch(query, *args))
-        time_in = self.sql.load_time_in or self.sql.time_in
-        return await decoded_records(rows, time_in, self.codec.unseal)
+        return await decoded_records(rows, self.sql.records_time_in, self.codec.unseal)
 
     async def status_counts(self, now: datetime) -> list[StatusCount]:
         """(key, model) rows per instance, model and status, and how many cool down at `now`.
@@ -256,15 +268,6 @@ class SqlStore(ABC):
         """The number of stored keys of each instance (instances with keys only)."""
         rows = await self._read("counting keys", lambda conn: conn.fetch(_COUNT_KEYS))
         return {str(r[0]): int(r[1]) for r in rows}
-
-    async def load_key_records(self, key_ids: Sequence[int]) -> list[KeyRecord]:
-        """Every (key, model) record of the keys `key_ids` (the ones still stored)."""
-        if not key_ids:
-            return []
-        query = SELECT_RECORDS + self.sql.by_key_ids + " ORDER BY s.key_id, s.model"
-        ids = self.sql.array(list(key_ids))
-        rows = await self._read("loading keys", lambda conn: conn.fetch(query, ids))
-        return await decoded_records(rows, self.sql.time_in, self.codec.unseal)
 
     async def lease_due(
         self,

@@ -25,7 +25,7 @@ from llmgateway.core.memory import release
 from llmgateway.core.models import KeyRecord
 from llmgateway.store import model_statuses
 from llmgateway.store.changes import KeySetChange
-from llmgateway.store.engine import PROVIDER_EXISTS, SELECT_RECORDS, Conn, Row
+from llmgateway.store.engine import PROVIDER_EXISTS, Conn, Row
 from llmgateway.store.json_array import JsonArray
 from llmgateway.store.key_admin import (
     HISTORY_KEPT,
@@ -420,11 +420,7 @@ class KeyWrites(KeyReads):
         pairs = {(int(r[0]), str(r[1])) for r in changed}
         if not pairs:
             return []
-        ids = sorted({key_id for key_id, _ in pairs})
-        rows = await conn.fetch(
-            SELECT_RECORDS + self.sql.by_key_ids + " ORDER BY s.key_id, s.model",
-            self.sql.array(ids),
-        )
+        rows = await self._record_rows(conn, [key_id for key_id, _ in pairs])
         return [r for r in await self._records(rows) if (r.key_id, r.model) in pairs]
 
     async def _prune_history(self, conn: Conn, key_ids: Sequence[int]) -> None:

@@ -112,6 +112,9 @@ class Store(Protocol):
     async def load_key_records(self, key_ids: Sequence[int]) -> list[KeyRecord]:
         """Every (key, model) record of the keys `key_ids` (ids no longer stored are skipped)."""
 
+    async def missing_keys(self, key_ids: Sequence[int]) -> list[int]:
+        """The ids of `key_ids` that no stored key has, in the order given."""
+
     async def lease_due(
         self,
         instances: Sequence[str],

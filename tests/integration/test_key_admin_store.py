@@ -19,6 +19,7 @@ from llmgateway.store.key_admin import (
     UsageDelta,
 )
 from llmgateway.store.key_codec import PLAIN
+from llmgateway.store.key_reads import KEYS_PER_FETCH
 from llmgateway.store.postgres import PostgresStore
 from llmgateway.store.rows import RECORDS_ON_THREAD
 from llmgateway.store.sqlite import SqliteStore
@@ -312,6 +313,39 @@ class TestBulk:
         deleted = await store.delete_keys(KeyFilter(status="disabled"))
         assert len(deleted.deleted) == 35_000
         assert (await store.list_keys(KeyFilter(), after=None, limit=10)).total == 0
+
+    async def test_records_of_more_keys_than_one_read_holds_come_whole_and_in_order(
+        self, store: AnyStore
+    ) -> None:
+        """Ids in any order, repeated or gone: every stored key's records, by key then model."""
+        await _instance(store)
+        count = 2 * KEYS_PER_FETCH + 7
+        added = await store.add_keys(
+            "openai", [_key(f"many-{i}") for i in range(count)], MODELS, NOW
+        )
+        gone = max(added.added) + 1000
+        asked = [gone, *reversed(added.added), *added.added[:5]]
+        records = await store.load_key_records(asked)
+        assert [(r.key_id, r.model) for r in records] == [
+            (key_id, model) for key_id in sorted(added.added) for model in MODELS
+        ]
+        assert {(r.status, r.next_check_at, r.last_checked_at) for r in records} == {
+            (Status.UNTESTED, NOW, None)
+        }
+        assert {r.key for r in records} == {_key(f"many-{i}") for i in range(count)}
+
+    async def test_missing_keys_are_the_given_ids_no_key_has(self, store: AnyStore) -> None:
+        """Only the ids not stored come back, in the order given, for few ids or many."""
+        await _instance(store)
+        added = await store.add_keys("openai", [_key(str(i)) for i in range(3)], MODELS, NOW)
+        first, deleted, last = added.added
+        await store.delete_keys((deleted,))
+        unknown = last + 1000
+        assert await store.missing_keys([last, unknown, first, deleted]) == [unknown, deleted]
+        assert await store.missing_keys([first, last]) == []
+        assert await store.missing_keys([]) == []
+        many = [*range(unknown, unknown + 12_000), first]  # sent by COPY on PostgreSQL
+        assert await store.missing_keys(many) == many[:-1]
 
     async def test_a_recheck_walks_the_selection_page_by_page(self, store: AnyStore) -> None:
         """Pages of keys (their rows of the asked models, disabled ones left out) cover all."""

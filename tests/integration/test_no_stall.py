@@ -5,7 +5,7 @@ the background loops start while clients are served (status in every form,
 a metrics scrape, a key sync adding and removing 1,000 keys, a full
 reconciliation, a keeper round probing 2,000 due rows, the write queue
 flushing 10,000 statuses, a reload, an import of 10,000 keys through the key
-admin API) runs while a task sleeping 1 ms at a time records
+admin API, a recheck job of every key, named by id, starting) runs while a task sleeping 1 ms at a time records
 its worst lateness. Every client request waits at least that long. The bound
 (100 ms) is generous for a shared CI machine: it catches an operation built
 as one block over the whole pool, not a slow one; an operation over it is run
@@ -189,6 +189,13 @@ async def test_no_operation_holds_the_loop(big: Client, tmp_path: Path) -> None:
         response = await big.post("/-/api/reload")
         assert response.status == 200, await response.text()
 
+    async def recheck_by_ids() -> None:  # last: the job goes on probing in the background
+        ids = sorted({record.key_id for record in pool.records(OPENAI)})
+        assert len(ids) >= 2 * KEYS  # the seeded keys and an import's
+        response = await big.post("/-/api/keys/recheck", json={"ids": ids})
+        assert response.status == 202, await response.text()
+        assert (await response.json())["queued"] == 2 * len(ids)
+
     operations: dict[str, Callable[[], Awaitable[object]]] = {
         "status summary": lambda: get("/-/status"),
         "status page": lambda: get("/-/status?keys=1"),
@@ -200,6 +207,7 @@ async def test_no_operation_holds_the_loop(big: Client, tmp_path: Path) -> None:
         "write queue flushing 10,000": flush,
         "reload": reload,
         "import of 10,000 keys": import_keys,
+        "a recheck of every key by id starting": recheck_by_ids,
     }
     probe = Lateness()
     held: dict[str, float] = {}

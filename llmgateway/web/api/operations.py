@@ -204,9 +204,7 @@ class KeyAdmin:
     async def _checked(self, selection: Selection) -> StoreSelection:
         """The store's selection for `selection`, once every id exists or the filter matches."""
         if selection.ids is not None:
-            records = await self._store.load_key_records(selection.ids)
-            found = {record.key_id for record in records}
-            missing = [key_id for key_id in selection.ids if key_id not in found]
+            missing = await self._store.missing_keys(selection.ids)
             if missing:
                 shown = ", ".join(str(i) for i in missing[:MISSING_SHOWN])
                 extra = len(missing) - MISSING_SHOWN
