@@ -30,6 +30,7 @@ import structlog
 from llmgateway.core.errors import StoreError
 from llmgateway.core.memory import bulk_load
 from llmgateway.core.models import KeyRecord
+from llmgateway.core.turns import in_slices
 from llmgateway.keeper.key_sync import KeySync
 from llmgateway.pool.key_pool import Clock, KeyPool
 from llmgateway.store.changes import Changes
@@ -135,9 +136,26 @@ class PoolFollower:
             return
         self._apply(changes)
 
-    def _apply(self, changes: Changes, loaded: Sequence[KeyRecord] = ()) -> None:
-        """Apply `loaded` (rows of added keys), the records, then the removals."""
-        records = [*loaded, *changes.records]
+    def _apply(self, changes: Changes) -> None:
+        """Apply the records of `changes`, then its removals (a few: a notification's)."""
+        self._apply_records(changes.records)
+        for change in changes.keys:
+            if change.removed:
+                self.applied += self._pool.remove_keys(change.instance, change.removed)
+
+    async def _apply_in_slices(self, changes: Changes, loaded: Sequence[KeyRecord]) -> None:
+        """Apply `loaded` (rows of added keys), the records, then the removals, in slices.
+
+        Another process's key sync adding and removing 1,000 keys brings 2,000
+        records: applied at once, they held the loop 20-35 ms beside traffic.
+        """
+        async for records in in_slices([*loaded, *changes.records]):
+            self._apply_records(records)
+        for change in changes.keys:
+            async for key_ids in in_slices(change.removed):
+                self.applied += self._pool.remove_keys(change.instance, key_ids)
+
+    def _apply_records(self, records: Sequence[KeyRecord]) -> None:
         fresh = {
             r.key
             for r in records
@@ -148,9 +166,6 @@ class PoolFollower:
         for record in records:
             if self._pool.apply_remote(record):
                 self.applied += 1
-        for change in changes.keys:
-            if change.removed:
-                self.applied += self._pool.remove_keys(change.instance, change.removed)
 
     async def _run_backlog(self) -> None:
         """Apply the backlog in order, reading the rows its key-set changes need."""
@@ -166,7 +181,7 @@ class PoolFollower:
                     self._backlog.clear()
                     await self._resync_quietly()
                     break
-                self._apply(changes, loaded)
+                await self._apply_in_slices(changes, loaded)
                 self._backlog.popleft()
 
     async def _load(self, changes: Changes) -> list[KeyRecord]:

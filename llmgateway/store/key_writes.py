@@ -165,13 +165,13 @@ class KeyWrites(KeyReads):
         stamp = await self._stamp(conn)
         fingerprints = rows.fingerprints
         p = self._params()
-        gone = await conn.fetch(
+        removed = await self._returned_ids(
+            conn,
             f"SELECT k.id FROM api_keys AS k WHERE k.instance = {p(instance)} "
             "AND k.source_file IS NOT NULL AND k.from_api = FALSE AND "
             f"{p.none_of('k.fingerprint', fingerprints)}",
-            *p.values,
+            p.values,
         )
-        removed = [int(r[0]) for r in gone]
         if removed:
             await self._remove_ids(conn, instance, removed, stamp)
         p = self._params()
@@ -232,7 +232,7 @@ class KeyWrites(KeyReads):
         )
 
     async def _returned_ids(self, conn: Conn, sql: str, values: Sequence[object]) -> list[int]:
-        """The ids a statement ending in `RETURNING id` returns, in ascending order.
+        """The ids (column `id`) a query or a statement ending in `RETURNING id` returns, ascending.
 
         SQLite's rows are made on the connection's thread; PostgreSQL's
         engine overrides this so that 100,000 ids arrive as one value.
@@ -321,17 +321,32 @@ class KeyWrites(KeyReads):
         """
 
         async def run(conn: Conn) -> DeleteReport:
+            # Three reads, so that no one result carries a row per selected key: the file
+            # keys (refused; as many as the selection only when it names the files' keys),
+            # the instances, and each instance's ids as `_returned_ids` (one value).
             p = self._params()
+            where = selection_where(sel, p, self.codec)
             rows = await conn.fetch(
                 "SELECT k.id, k.instance, k.source_file FROM api_keys AS k "
-                f"WHERE {selection_where(sel, p, self.codec)} ORDER BY k.id",
+                f"WHERE {where} AND k.source_file IS NOT NULL ORDER BY k.id",
                 *p.values,
             )
-            refused = [(int(r[0]), refusal(str(r[1]), str(r[2]))) for r in rows if r[2] is not None]
+            refused = [(int(r[0]), refusal(str(r[1]), str(r[2]))) for r in rows]
+            instances = await conn.fetch(
+                f"SELECT DISTINCT k.instance FROM api_keys AS k WHERE {where} "
+                "AND k.source_file IS NULL ORDER BY k.instance",
+                *p.values,
+            )
             doomed: dict[str, list[int]] = {}
-            for key_id, instance, source_file in rows:
-                if source_file is None:
-                    doomed.setdefault(str(instance), []).append(int(key_id))
+            for (instance,) in instances:
+                q = self._params()
+                ids = await self._returned_ids(
+                    conn,
+                    f"SELECT k.id FROM api_keys AS k WHERE {selection_where(sel, q, self.codec)} "
+                    f"AND k.source_file IS NULL AND k.instance = {q(str(instance))}",
+                    q.values,
+                )
+                doomed[str(instance)] = ids
             if doomed:
                 stamp = await self._stamp(conn)
                 for instance, ids in doomed.items():

@@ -22,6 +22,7 @@ from llmgateway.core.masking import Masker
 from llmgateway.core.memory import bulk_load
 from llmgateway.core.models import KeyRecord
 from llmgateway.core.threads import on_thread_when
+from llmgateway.core.turns import in_slices
 from llmgateway.keeper.recheck import RecheckJobs
 from llmgateway.pool.key_pool import Clock, KeyPool
 from llmgateway.store.key_admin import HISTORY_KEPT, KeyFilter, StoredKey
@@ -43,10 +44,6 @@ MISSING_SHOWN: Final = 10
 
 KEYS_ON_THREAD: Final = 200
 """Keys of a listing page from which their JSON is made on a thread."""
-
-POOL_SLICE: Final = 500
-"""Keys (or records) applied to the pool at a time (500 keys x 2 models: about 6 ms); the
-event loop serves requests in between."""
 
 
 class KeyAdmin:
@@ -159,10 +156,8 @@ class KeyAdmin:
         )
         if self._pool is not None:
             # In slices, so that requests keep being served while 100,000 keys join.
-            for start in range(0, len(report.added), POOL_SLICE):
-                chunk = report.added[start : start + POOL_SLICE]
+            async for chunk in in_slices(report.added):
                 self._pool.add_records(await self._store.load_key_records(chunk))
-                await asyncio.sleep(0)
         return shapes.import_json(
             len(report.added), report.duplicates + request.repeats, request.rejected
         )
@@ -171,8 +166,9 @@ class KeyAdmin:
         """`POST /-/api/keys/delete`: delete API keys; file keys are refused with the file."""
         selection = await self._checked(parse_selection(body, self.instances, self.statuses))
         report = await self._store.delete_keys(selection)
-        if self._pool is not None and report.deleted:
-            self._pool.drop_keys(report.deleted)
+        if self._pool is not None:
+            async for key_ids in in_slices(report.deleted):
+                self._pool.drop_keys(key_ids)
         return shapes.delete_json(len(report.deleted), report.refused)
 
     async def set_disabled(self, body: Mapping[str, Any], disabled: bool) -> dict[str, Any]:
@@ -180,9 +176,8 @@ class KeyAdmin:
         selection = await self._checked(parse_selection(body, self.instances, self.statuses))
         changed = await self._store.set_disabled(selection, disabled, self._now())
         if self._pool is not None:
-            for start in range(0, len(changed), POOL_SLICE):
-                self._pool.apply_admin(changed[start : start + POOL_SLICE])
-                await asyncio.sleep(0)
+            async for records in in_slices(changed):
+                self._pool.apply_admin(records)
         return {"changed": len({record.key_id for record in changed})}
 
     async def recheck(self, body: Mapping[str, Any]) -> dict[str, Any]:
