@@ -33,6 +33,7 @@ from typing import Any
 import aiohttp
 import scale_parts as parts
 from processes import (
+    BENCH_DIR,
     REPO_DIR,
     Server,
     free_port,
@@ -137,6 +138,7 @@ class Run:
         """Run `op` `repeat` times under the steady stream; record p50/p99/max and the lag."""
         if slot:
             await self.quiet_slot(needed)
+        waits = await self.cpu_waits()
         before = await self.lag(session)
         await asyncio.sleep(0.3)
         durations: list[float] = []
@@ -154,6 +156,7 @@ class Run:
             session, self.base, self.rate, None if op is None else repeated, idle=idle, lead=lead
         )
         after = await self.lag(session)
+        waited, _ = await waits.communicate(b"")
         row = {
             "operation": label,
             "op_seconds": sorted(durations)[len(durations) // 2] if durations else None,
@@ -163,14 +166,30 @@ class Run:
             "p99_ms": parts.percentile(stream.latencies, 0.99) * 1000,
             "max_ms": max(stream.latencies, default=0.0) * 1000,
             "lag_max_le_s": parts.max_lag_bound(before, after),
+            "cpu_wait_max_ms": json.loads(waited)["longest_ms"],
         }
         self.windows.append(row)
         print(
             f"  {label:<52} op {row['op_seconds'] or 0:7.3f} s  p99 {row['p99_ms']:8.1f} ms  "
-            f"max {row['max_ms']:8.1f} ms  lag<= {row['lag_max_le_s']}",
+            f"max {row['max_ms']:8.1f} ms  lag<= {row['lag_max_le_s']}  "
+            f"CPU wait {row['cpu_wait_max_ms']:.1f} ms",
             flush=True,
         )
         return row
+
+    async def cpu_waits(self) -> asyncio.subprocess.Process:
+        """`cpu_wait.py` on the gateway's loop thread, on the other CPUs; stdin closed ends it.
+
+        The longest time the loop's thread waited for its CPU while it could run
+        tells a stall of another process's making (a lag as long) from the
+        gateway's own (its thread running).
+        """
+        others = self.other_cpus()
+        pin = ["taskset", "-c", others] if others else []
+        argv = [*pin, sys.executable, str(BENCH_DIR / "cpu_wait.py"), str(self.pid)]
+        return await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
 
 
 async def timed_get(run: Run, session: aiohttp.ClientSession, path: str, label: str) -> None:

@@ -117,8 +117,8 @@ def _section(figures: dict[str, Any]) -> list[str]:
     lines += [
         "",
         "| operation under a steady stream | op (median) | requests | errors | p50 ms | p99 ms "
-        "| max ms | p99 - idle p99 | loop lag (histogram) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| max ms | p99 - idle p99 | loop lag (histogram) | longest wait for the CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     idle = figures["windows"][0]["p99_ms"]
     for row in figures["windows"]:
@@ -126,7 +126,7 @@ def _section(figures: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {row['operation']} | {op} | {row['requests']} | {row['errors']} | "
             f"{_ms(row['p50_ms'])} | {_ms(row['p99_ms'])} | {_ms(row['max_ms'])} | "
-            f"{row['p99_ms'] - idle:+.1f} | {_lag(row['lag_max_le_s'])} |"
+            f"{row['p99_ms'] - idle:+.1f} | {_lag(row['lag_max_le_s'])} | {_wait(row)} |"
         )
     lines.append("")
     return lines
@@ -209,3 +209,9 @@ if __name__ == "__main__":
     import sys
 
     print(compare(Path(sys.argv[1]), Path(sys.argv[2])))
+
+
+def _wait(row: dict[str, Any]) -> str:
+    """The loop thread's longest wait for its CPU in a window ("-" in reports made before it)."""
+    waited = row.get("cpu_wait_max_ms")
+    return "-" if waited is None else f"{waited:.1f} ms"
