@@ -167,12 +167,13 @@ class Run:
             "max_ms": max(stream.latencies, default=0.0) * 1000,
             "lag_max_le_s": parts.max_lag_bound(before, after),
             "cpu_wait_max_ms": json.loads(waited)["longest_ms"],
+            "cpu_wait_50ms_ms": json.loads(waited)["within_50ms_ms"],
         }
         self.windows.append(row)
         print(
             f"  {label:<52} op {row['op_seconds'] or 0:7.3f} s  p99 {row['p99_ms']:8.1f} ms  "
             f"max {row['max_ms']:8.1f} ms  lag<= {row['lag_max_le_s']}  "
-            f"CPU wait {row['cpu_wait_max_ms']:.1f} ms",
+            f"CPU wait {row['cpu_wait_max_ms']:.1f} ms ({row['cpu_wait_50ms_ms']:.1f} in 50 ms)",
             flush=True,
         )
         return row
