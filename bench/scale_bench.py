@@ -156,7 +156,7 @@ class Run:
             session, self.base, self.rate, None if op is None else repeated, idle=idle, lead=lead
         )
         after = await self.lag(session)
-        waited, _ = await waits.communicate(b"")
+        waited = json.loads((await waits.communicate(b""))[0])
         row = {
             "operation": label,
             "op_seconds": sorted(durations)[len(durations) // 2] if durations else None,
@@ -166,8 +166,8 @@ class Run:
             "p99_ms": parts.percentile(stream.latencies, 0.99) * 1000,
             "max_ms": max(stream.latencies, default=0.0) * 1000,
             "lag_max_le_s": parts.max_lag_bound(before, after),
-            "cpu_wait_max_ms": json.loads(waited)["longest_ms"],
-            "cpu_wait_50ms_ms": json.loads(waited)["within_50ms_ms"],
+            "cpu_wait_max_ms": waited["longest_ms"],
+            "cpu_wait_50ms_ms": waited["within_50ms_ms"],
         }
         self.windows.append(row)
         print(

@@ -32,6 +32,15 @@ def _lag(value: float | None) -> str:
     return "> 10 s" if value == float("inf") else f"<= {value * 1000:g} ms"
 
 
+def _wait(row: dict[str, Any]) -> str:
+    """The loop thread's longest wait for its CPU in a window ("-" in reports made before it)."""
+    waited = row.get("cpu_wait_max_ms")
+    if waited is None:
+        return "-"
+    within = row.get("cpu_wait_50ms_ms")
+    return f"{waited:.1f} ms" + ("" if within is None else f" ({within:.1f} ms in 50 ms)")
+
+
 def _medians(cpu: dict[str, Any]) -> str:
     """The medians of the rounds, for reports that carry them (older ones do not)."""
     median = cpu.get("median")
@@ -209,12 +218,3 @@ if __name__ == "__main__":
     import sys
 
     print(compare(Path(sys.argv[1]), Path(sys.argv[2])))
-
-
-def _wait(row: dict[str, Any]) -> str:
-    """The loop thread's longest wait for its CPU in a window ("-" in reports made before it)."""
-    waited = row.get("cpu_wait_max_ms")
-    if waited is None:
-        return "-"
-    within = row.get("cpu_wait_50ms_ms")
-    return f"{waited:.1f} ms" + ("" if within is None else f" ({within:.1f} ms in 50 ms)")
