@@ -201,17 +201,35 @@ class SqlStore(ABC):
     async def load_records(self, instance: str | None = None) -> list[KeyRecord]:
         """Every (key, model) record, of one instance or all, by key_id, model.
 
-        Read `LOAD_PAGE` rows at a time (`records_page`), so that neither the
-        rows of a large pool nor their decoding hold the event loop at once.
+        Read `LOAD_PAGE` rows at a time, so that neither the rows of a large
+        pool nor their decoding hold the event loop at once. The reads and
+        the decoding overlap: while a page is decoded on a thread, the next
+        one is read (its place is the last raw row's key id and model), so a
+        start-up's load waits for the database and for the decoding, not for
+        one after the other.
         """
         records: list[KeyRecord] = []
+        decoding: asyncio.Future[list[KeyRecord]] | None = None
         after: tuple[int, str] | None = None
-        while True:
-            page = await self.records_page(instance, after, LOAD_PAGE)
-            records += page
-            if len(page) < LOAD_PAGE:
-                return records
-            after = (page[-1].key_id, page[-1].model)
+        try:
+            while True:
+                rows = await self._page_rows(instance, after, LOAD_PAGE)
+                if decoding is not None:
+                    records += await decoding
+                    decoding = None
+                if len(rows) < LOAD_PAGE:
+                    records += await self._decoded(rows)
+                    return records
+                last = rows[-1]
+                after = (
+                    last[0],
+                    last[3],
+                )  # key_id, model: `load_columns` keeps RECORD_COLUMNS' order
+                decoding = asyncio.ensure_future(self._decoded(rows))
+        finally:
+            if decoding is not None:  # a read failed: the page being decoded is not wanted
+                decoding.cancel()
+                await asyncio.gather(decoding, return_exceptions=True)
 
     async def records_page(
         self, instance: str | None, after: tuple[int, str] | None, limit: int
@@ -220,6 +238,16 @@ class SqlStore(ABC):
 
         The rows are decoded on a thread, a page at a time.
         """
+        return await self._decoded(await self._page_rows(instance, after, limit))
+
+    async def _decoded(self, rows: Sequence[Row]) -> list[KeyRecord]:
+        """The records of rows read with `load_columns` (on a thread when many)."""
+        return await decoded_records(rows, self.sql.records_time_in, self.codec.unseal)
+
+    async def _page_rows(
+        self, instance: str | None, after: tuple[int, str] | None, limit: int
+    ) -> list[Row]:
+        """The raw rows (`load_columns`) of `records_page`."""
         after_id, after_model = after or (-1, "")
         # `k.id >= $1` (implied by the join) lets PostgreSQL start its scan of api_keys at
         # the page instead of at the first key: without it every page re-reads the keys
@@ -235,8 +263,8 @@ class SqlStore(ABC):
             f"SELECT {self.sql.load_columns} FROM key_model_status AS s CROSS JOIN api_keys AS k "
             f"WHERE k.id = s.key_id AND {' AND '.join(where)} ORDER BY s.key_id, s.model LIMIT $3"
         )
-        rows = await self._read("loading records", lambda conn: conn.fetch(query, *args))
-        return await decoded_records(rows, self.sql.records_time_in, self.codec.unseal)
+        rows: list[Row] = await self._read("loading records", lambda conn: conn.fetch(query, *args))
+        return rows
 
     async def status_counts(self, now: datetime) -> list[StatusCount]:
         """(key, model) rows per instance, model and status, and how many cool down at `now`.

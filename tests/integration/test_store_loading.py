@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from llmgateway.core.constants import ErrorReason, ProviderType, Status
+from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
-from llmgateway.store import engine
+from llmgateway.store import engine, rows
 from llmgateway.store.postgres import PostgresStore
 from llmgateway.store.protocol import StatusCount
 from llmgateway.store.sqlite import SqliteStore
@@ -66,6 +68,42 @@ class TestLoading:
         assert await store.load_records() == whole
         assert await store.load_records("two") == [r for r in whole if r.instance == "two"]
         assert len(whole) == 20
+
+    async def test_pages_decoded_on_threads_while_the_next_is_read_come_in_order(
+        self, store: AnyStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Every page decoded on a thread (as a large pool's are), overlapping the next read."""
+        await two_instances(store)
+        whole = await store.load_records()
+        monkeypatch.setattr(engine, "LOAD_PAGE", 3)
+        monkeypatch.setattr(rows, "RECORDS_ON_THREAD", 1)
+        assert await store.load_records() == whole
+        assert await store.load_records("one") == [r for r in whole if r.instance == "one"]
+
+    async def test_a_read_failing_amid_a_load_raises_and_leaves_no_decoding_behind(
+        self, store: AnyStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The third page's read fails: StoreError, and the page being decoded is not left running."""
+        await two_instances(store)
+        monkeypatch.setattr(engine, "LOAD_PAGE", 3)
+        monkeypatch.setattr(rows, "RECORDS_ON_THREAD", 1)
+        reads = 0
+        real = store._page_rows
+
+        async def failing(
+            instance: str | None, after: tuple[int, str] | None, limit: int
+        ) -> list[engine.Row]:
+            nonlocal reads
+            reads += 1
+            if reads == 3:
+                raise StoreError("loading records: connection lost")
+            return await real(instance, after, limit)
+
+        monkeypatch.setattr(store, "_page_rows", failing)
+        with pytest.raises(StoreError, match="connection lost"):
+            await store.load_records()
+        assert reads == 3
+        assert asyncio.all_tasks() == {asyncio.current_task()}
 
     async def test_loaded_records_equal_what_was_recorded(self, store: AnyStore) -> None:
         """Times keep their microseconds (read as UTC), texts, codes and reasons come back as written."""
