@@ -100,9 +100,7 @@ class KeyPool:
         pool whose keys are not all used does not carry one per key.
         """
         self._slots.clear()
-        add = self._table.add
-        for record in records:
-            add(record)
+        self._table.load(records)
 
     def add_records(self, records: Iterable[KeyRecord]) -> int:
         """Add the (key, model) records of keys just stored (the key admin's import).

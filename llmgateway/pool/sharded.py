@@ -96,6 +96,10 @@ class IdMap[V](_Sharded[dict[int, V]]):
         """Remove `key_id` and return its value; `default` when absent."""
         return self._shards[key_id % SHARDS].pop(key_id, default)
 
+    def shards(self) -> list[dict[int, V]]:
+        """Every shard, `key_id % SHARDS` indexing them: for a bulk fill that sets items itself."""
+        return self._shards
+
     def shard(self, index: int) -> dict[int, V]:
         """Shard `index` itself (read it, do not change it): for `IdSet.copy_shard`."""
         return self._shards[index]

@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Final, final
 
 from llmgateway.core.constants import ErrorReason, Status
-from llmgateway.core.memory import untrack
+from llmgateway.core.memory import freezing, untrack
 from llmgateway.core.models import KeyRecord
-from llmgateway.pool.sharded import IdMap
+from llmgateway.pool.sharded import SHARDS, IdMap
 
 Clock = Callable[[], float]
 """Returns the current time as epoch seconds (time.time); injectable for tests."""
@@ -44,8 +44,10 @@ class Entry:
 
     __slots__ = ("record", "in_ring", "cool_until", "bench_until")
 
-    def __init__(self, record: KeyRecord, cool_until: float) -> None:
-        untrack(record)  # a full collection never walks the pool's records (see `untrack`)
+    def __init__(self, record: KeyRecord, cool_until: float, *, frozen: bool = False) -> None:
+        """`record`'s entry, out of rotation yet; `frozen`: made in a `bulk_load` (no `untrack`)."""
+        if not frozen:
+            untrack(record)  # a full collection never walks the pool's records (see `untrack`)
         self.record = record
         self.in_ring = False
         self.cool_until = cool_until
@@ -88,6 +90,36 @@ class Slot:
         self._ordered = None
         self.count(entry.record, 1)
         self.admit(entry)
+
+    def extend(self, entries: Sequence[Entry]) -> None:
+        """`put` each of `entries` (key ids new to the slot, each once), in bulk.
+
+        The same index, tallies and rotation as one `put` per entry (the ring
+        in their order), made in a few passes over them instead of three calls
+        per entry: a start-up's 200,000 entries in a fraction of the time.
+        """
+        shards = self.entries.shards()
+        for entry in entries:
+            key_id = entry.record.key_id
+            shards[key_id % SHARDS][key_id] = entry
+        self._ordered = None
+        self.why = None
+        counts = Counter(entry.record.status for entry in entries)
+        self.counts.update(counts)
+        usable = {status for status in counts if status.is_usable}
+        self.usable += sum(counts[status] for status in usable)
+        cooling: list[tuple[float, int, Entry]] = []
+        for entry in entries:
+            if entry.record.status not in usable:
+                continue
+            if entry.cool_until:
+                cooling.append((entry.cool_until, entry.record.key_id, entry))
+            elif not entry.in_ring:
+                entry.in_ring = True
+                self.ring.append(entry)
+        if cooling:
+            self.cooling += cooling
+            heapq.heapify(self.cooling)
 
     def ordered_ids(self) -> list[int]:
         """The slot's key ids in ascending order (sorted again only after keys came or went)."""
@@ -237,6 +269,33 @@ class SlotTable:
             slot = self.slots[key] = Slot(record.instance, record.model)
         cool = record.cooldown_until.timestamp() if record.cooldown_until else 0.0
         slot.put(Entry(record, cool if cool > self._clock() else 0.0))
+
+    def load(self, records: Iterable[KeyRecord]) -> None:
+        """`add` each of `records` (keys not in the table yet, each (key, model) once), in bulk.
+
+        A start-up's load: the entries are grouped by slot and each group
+        joins its slot at once (`Slot.extend`). The time a cool-down is
+        compared with is read once, not per record.
+        """
+        now = self._clock()
+        frozen = freezing()  # the records are frozen at the load's end: untracking each is waste
+        deleted = self.deleted
+        groups: dict[tuple[str, str], list[Entry]] = {}
+        for record in records:
+            if record.key_id in deleted:
+                continue
+            key = (record.instance, record.model)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = []
+            cooldown = record.cooldown_until
+            cool = cooldown.timestamp() if cooldown is not None else 0.0
+            group.append(Entry(record, cool if cool > now else 0.0, frozen=frozen))
+        for (instance, model), group in groups.items():
+            slot = self.slots.get((instance, model))
+            if slot is None:
+                slot = self.slots[(instance, model)] = Slot(instance, model)
+            slot.extend(group)
 
     def sync(self, instance: str, fresh: dict[tuple[str, int], KeyRecord]) -> None:
         """Make `instance`'s entries the (model, key id) pairs of `fresh`.
