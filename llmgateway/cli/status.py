@@ -101,7 +101,8 @@ async def stored_summary(accessor: ConfigAccessor, store: Store) -> dict[str, An
     now = datetime.now(UTC)
     tallies: dict[tuple[str, str], dict[Status, int]] = {}
     cooling: dict[tuple[str, str, Status], int] = {}
-    for count in await store.status_counts(now):
+    counted = await store.stored_counts(now)
+    for count in counted.statuses:
         tallies.setdefault((count.instance, count.model), {})[count.status] = count.count
         cooling[(count.instance, count.model, count.status)] = count.cooling
     return summary_document(
@@ -120,7 +121,7 @@ async def stored_summary(accessor: ConfigAccessor, store: Store) -> dict[str, An
             )
             for (instance, model), tally in tallies.items()
         ],
-        keys_total=await store.key_counts(),
+        keys_total=counted.keys,
     )
 
 

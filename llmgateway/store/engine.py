@@ -30,7 +30,7 @@ from llmgateway.store.fingerprints import KEY_FINGERPRINTS, fingerprinted
 from llmgateway.store.key_codec import PLAIN, KeyCodec
 from llmgateway.store.key_encryption import ENCRYPTION_MIGRATION, check_codec
 from llmgateway.store.migrations import Engine, Migration, engine_migrations, plan
-from llmgateway.store.protocol import StatusCount
+from llmgateway.store.protocol import StatusCount, StoredCounts
 from llmgateway.store.rows import (
     RECORD_COLUMNS,
     TimeIn,
@@ -53,11 +53,11 @@ _COUNT_MODEL_STATUSES: Final = (
     "SELECT instance, model_statuses, COUNT(*) FROM api_keys GROUP BY instance, model_statuses"
 )
 _COUNT_COOLING: Final = (
-    "SELECT k.instance, s.model, s.status, COUNT(*) "
-    "FROM key_model_status AS s JOIN api_keys AS k ON k.id = s.key_id "
-    "WHERE s.cooldown_until > $1 GROUP BY k.instance, s.model, s.status"
+    "SELECT (SELECT k.instance FROM api_keys AS k WHERE k.id = s.key_id), s.model, s.status, "
+    "COUNT(*) FROM key_model_status AS s WHERE s.cooldown_until > $1 GROUP BY 1, 2, 3"
 )
-_COUNT_KEYS: Final = "SELECT instance, COUNT(*) FROM api_keys GROUP BY instance"
+"""The rows cooling down at $1 per instance, model and status: the cool-down's partial index
+gives them, each key's instance is looked up by its id (no scan of every key to join)."""
 LOAD_PAGE: Final = 5000
 """Rows `load_records` reads per query."""
 PROVIDER_EXISTS: Final = "SELECT 1 FROM providers WHERE name = $1"
@@ -266,13 +266,14 @@ class SqlStore(ABC):
         rows: list[Row] = await self._read("loading records", lambda conn: conn.fetch(query, *args))
         return rows
 
-    async def status_counts(self, now: datetime) -> list[StatusCount]:
-        """(key, model) rows per instance, model and status, and how many cool down at `now`.
+    async def stored_counts(self, now: datetime) -> StoredCounts:
+        """(key, model) rows per instance, model and status, how many cool down at `now`; keys.
 
         Counted from `api_keys.model_statuses` (each key's models and statuses
         in one column, see `model_statuses`): one pass over the keys, no join
-        of every status row with its key; the few rows cooling down are
-        counted apart.
+        of every status row with its key. Each key is in exactly one of its
+        instance's groups, so the same pass gives the keys per instance. The
+        few rows cooling down are counted apart, through their partial index.
         """
         at = self.sql.time_out(as_utc(now))
 
@@ -281,21 +282,20 @@ class SqlStore(ABC):
 
         per_key, cooling_rows = await self._read("counting statuses", run)
         counts: dict[tuple[str, str, str], int] = {}
+        keys_of: dict[str, int] = {}
         for instance, text, keys in per_key:
+            name, many = str(instance), int(keys)
+            keys_of[name] = keys_of.get(name, 0) + many
             for model, status in model_statuses.decode(text).items():
-                row = (str(instance), model, status)
-                counts[row] = counts.get(row, 0) + int(keys)
+                row = (name, model, status)
+                counts[row] = counts.get(row, 0) + many
         cooling = {(str(i), str(m), str(s)): int(n) for i, m, s, n in cooling_rows}
-        return [
+        statuses = [
             StatusCount(instance, model, parse_status(status), n, cooling.get(row, 0))
             for row, n in sorted(counts.items())
             for instance, model, status in (row,)
         ]
-
-    async def key_counts(self) -> dict[str, int]:
-        """The number of stored keys of each instance (instances with keys only)."""
-        rows = await self._read("counting keys", lambda conn: conn.fetch(_COUNT_KEYS))
-        return {str(r[0]): int(r[1]) for r in rows}
+        return StoredCounts(statuses, keys_of)
 
     async def lease_due(
         self,

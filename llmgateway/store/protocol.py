@@ -53,6 +53,16 @@ class StatusCount:
     """Of those, the rows still cooling down at the time asked."""
 
 
+@dataclass(frozen=True, slots=True)
+class StoredCounts:
+    """What the store holds, counted: (key, model) rows by status, and keys, per instance."""
+
+    statuses: list[StatusCount]
+    """Per instance, model and status, in that order."""
+    keys: dict[str, int]
+    """Stored keys per instance (instances with keys only)."""
+
+
 class Store(Protocol):
     """Persistent key statuses, per (key, model), for every provider instance.
 
@@ -157,11 +167,8 @@ class Store(Protocol):
         (None: from the first row).
         """
 
-    async def status_counts(self, now: datetime) -> list[StatusCount]:
-        """Rows counted per instance, model and status (and cooling at `now`), in SQL."""
-
-    async def key_counts(self) -> dict[str, int]:
-        """The number of stored keys of each instance (instances with keys only)."""
+    async def stored_counts(self, now: datetime) -> StoredCounts:
+        """Rows per instance, model and status (and cooling at `now`), and keys, in SQL."""
 
     def exclusive(self, name: str, *, wait: bool = False) -> AbstractAsyncContextManager[bool]:
         """`async with store.exclusive("keysync") as got:` one process at a time.

@@ -44,7 +44,7 @@ async def test_keys_stored_before_get_fingerprints_and_masks(database: Database)
     finally:
         await new.close()
 
-    assert versions == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert versions == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     rows = await database.fetch(
         "SELECT key_value, fingerprint, key_mask, source_file, from_api, model_statuses "
         "FROM api_keys ORDER BY id",

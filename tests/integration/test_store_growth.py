@@ -117,8 +117,7 @@ async def _usage_and_history(store: SqliteStore, n: int) -> None:
 
 async def _load_everything(store: SqliteStore, n: int) -> None:
     await store.load_records()
-    await store.status_counts(NOW)
-    await store.key_counts()
+    await store.stored_counts(NOW)
 
 
 async def _lease_every_due(store: SqliteStore, n: int) -> None:

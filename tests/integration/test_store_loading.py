@@ -13,7 +13,7 @@ from llmgateway.core.errors import StoreError
 from llmgateway.core.models import KeyRecord
 from llmgateway.store import engine, rows
 from llmgateway.store.postgres import PostgresStore
-from llmgateway.store.protocol import StatusCount
+from llmgateway.store.protocol import StatusCount, StoredCounts
 from llmgateway.store.sqlite import SqliteStore
 
 type AnyStore = SqliteStore | PostgresStore
@@ -176,15 +176,16 @@ class TestStatusCounts:
             tally = expected.setdefault((r.instance, r.model, r.status), [0, 0])
             tally[0] += 1
             tally[1] += int(r.cooldown_until is not None and r.cooldown_until > now)
-        counts = await store.status_counts(now)
+        counted = await store.stored_counts(now)
+        counts = counted.statuses
         assert sorted(counts, key=lambda c: (c.instance, c.model, c.status)) == sorted(
             (StatusCount(i, m, s, n, c) for (i, m, s), (n, c) in expected.items()),
             key=lambda c: (c.instance, c.model, c.status),
         )
         assert sum(c.cooling for c in counts) > 0
         assert {c.status for c in counts} >= {Status.RATE_LIMITED, Status.INVALID_KEY}
-        assert await store.key_counts() == {"one": 7, "two": 3}
+        assert counted.keys == {"one": 7, "two": 3}
 
     async def test_an_empty_store_counts_nothing(self, store: AnyStore) -> None:
         """No keys: no counts."""
-        assert await store.status_counts(NOW) == []
+        assert await store.stored_counts(NOW) == StoredCounts([], {})
