@@ -266,5 +266,6 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def loop_lag_ctx(app: web.Application) -> AsyncIterator[None]:
     """Cleanup context running the event-loop lag monitor into `app[METRICS]` (after metrics_ctx)."""
-    async with LoopLagMonitor(app[METRICS].loop_lag).running():
+    metrics = app[METRICS]
+    async with LoopLagMonitor(metrics.loop_lag, own=metrics.loop_own_lag).running():
         yield

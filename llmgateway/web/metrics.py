@@ -196,6 +196,15 @@ class Metrics:
             registry=registry,
         )
         """Fed by the process's `LoopLagMonitor`."""
+        self.loop_own_lag = Histogram(
+            "llmgateway_event_loop_own_lag_seconds",
+            "Of each event-loop lag, the part the loop's thread did not spend waiting for a CPU "
+            "(held by other processes or a CPU limit): what the gateway's own work caused "
+            "(Linux only).",
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
+        """Fed by the process's `LoopLagMonitor`, where the thread's CPU wait can be read."""
         registry.register(_PoolCollector(pool, queue, auth))
         self._request_children: dict[tuple[str, int], Counter] = {}
         self._failed_children: dict[tuple[str, ErrorReason], Counter] = {}
