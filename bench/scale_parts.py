@@ -34,6 +34,8 @@ REQUEST_BODY = json.dumps(
     {"model": MODELS[0], "messages": [{"role": "user", "content": "hi"}]}
 ).encode()
 LAG_METRIC = "llmgateway_event_loop_lag_seconds"
+OWN_LAG_METRIC = "llmgateway_event_loop_own_lag_seconds"
+"""Of each lag, the part the loop's thread did not spend waiting for a CPU (Linux)."""
 PROBE_DELAY = 0.005
 """Seconds the upstream takes to answer anything (a close provider's round trip)."""
 PEAK_PATH = "/-/peak"
@@ -271,10 +273,10 @@ async def under_stream(
     return stream, durations
 
 
-def lag_buckets(text: str) -> dict[float, float]:
-    """The cumulative buckets of the event-loop lag histogram in a /metrics body ({} if absent)."""
+def lag_buckets(text: str, metric: str = LAG_METRIC) -> dict[float, float]:
+    """The cumulative buckets of an event-loop lag histogram in a /metrics body ({} if absent)."""
     buckets: dict[float, float] = {}
-    prefix = f"{LAG_METRIC}_bucket{{"
+    prefix = f"{metric}_bucket{{"
     for line in text.splitlines():
         if line.startswith(prefix):
             labels, value = line.rsplit(" ", 1)
