@@ -220,11 +220,9 @@ class SqlStore(ABC):
                 if len(rows) < LOAD_PAGE:
                     records += await self._decoded(rows)
                     return records
-                last = rows[-1]
-                after = (
-                    last[0],
-                    last[3],
-                )  # key_id, model: `load_columns` keeps RECORD_COLUMNS' order
+                # The place of the next page: key_id, model (`load_columns` keeps
+                # RECORD_COLUMNS' order), read from the raw row before it is decoded.
+                after = (rows[-1][0], rows[-1][3])
                 decoding = asyncio.ensure_future(self._decoded(rows))
         finally:
             if decoding is not None:  # a read failed: the page being decoded is not wanted
