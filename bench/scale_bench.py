@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -437,8 +438,16 @@ async def bench_one(
             run.figures["rss_cold_mib"] = rss_kib(run.pid) / 1024
             run.stop()
             await parts.seed_statuses(db_url)
-            warm = run.start(config, "warm")
+            # Three warm starts (the figure is their median, each is kept): one start on a
+            # shared machine varies by half a second; the last one stays up for what follows.
+            warms: list[float] = []
+            for attempt in range(WARM_STARTS):
+                if attempt:
+                    run.stop()
+                warms.append(run.start(config, "warm"))
+            warm = statistics.median(warms)
             run.figures["ready_warm_s"] = warm
+            run.figures["ready_warm_each_s"] = warms
             run.figures["rss_ready_mib"] = rss_kib(run.pid) / 1024
             print(
                 f"  ready cold {cold:.2f} s, warm {warm:.2f} s, RSS {run.figures['rss_ready_mib']:.0f} MiB"
@@ -472,6 +481,10 @@ async def bench_one(
     run.figures["windows"] = run.windows
     run.figures["load_after"] = os.getloadavg()[0]
     return run.figures
+
+
+WARM_STARTS = 3
+"""Warm restarts timed per engine and N (the report gives their median and each)."""
 
 
 def main() -> None:
