@@ -54,6 +54,7 @@ from llmgateway.core.errors import StoreError
 from llmgateway.core.lifecycle import WATCHDOG_SLACK, ShutdownClock, Watchdog
 from llmgateway.core.logs import configure_logging
 from llmgateway.core.masking import Masker
+from llmgateway.core.memory import bound_allocator
 from llmgateway.core.threads import background_executor
 from llmgateway.process.parent import ParentWatch
 from llmgateway.process.stop_signals import (
@@ -174,6 +175,7 @@ def run_server(
     # request needs a few. The default 5 ms added 20 ms and more to requests during a
     # 100,000-key import; 1 ms costs nothing while the loop's thread runs alone.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+    bound_allocator()  # what a large pool's start-up or an import frees goes back to the system
     live = LiveConfig(accessor, path=config_path)
     app = build_server_app(live, worker_index, shutdown, masker, supervisor_pid)
     serving = _serve(
