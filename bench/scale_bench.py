@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -431,6 +432,7 @@ async def bench_one(
         run.upstream = upstream_url
         run.keep_off_the_gateways_cpus()
         run.figures["load_before"] = os.getloadavg()[0]
+        run.figures["reference_loop_s"] = reference_loop()
         try:
             config = parts.write_config(workdir, run.port, upstream_url, db_url, keeper=False)
             cold = run.start(config, "cold")
@@ -481,6 +483,26 @@ async def bench_one(
     run.figures["windows"] = run.windows
     run.figures["load_after"] = os.getloadavg()[0]
     return run.figures
+
+
+def reference_loop() -> float:
+    """Seconds this machine takes for a fixed pure-Python loop (10 million additions), on the
+    gateway's CPU: how fast the host runs Python now, beside the load average.
+
+    The host's CPU comes and goes: within an hour, with the load average under 1, the same
+    warm start on SQLite took 2.1-2.4 s and then 3.0-4.2 s (the gateway's imports alone 0.42 s,
+    then 0.62-0.74 s; this loop then took 1.3-2.2 s). Ready times and latencies of two reports
+    compare only with this beside them.
+    """
+    script = "import time\nt = time.perf_counter()\ns = 0\nfor i in range(10_000_000): s += i\n"
+    script += "print(time.perf_counter() - t)"
+    done = subprocess.run(
+        ["taskset", "-c", "1", sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(done.stdout)
 
 
 WARM_STARTS = 3

@@ -26,6 +26,10 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _seconds(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f} s"
+
+
 def _each(figures: dict[str, Any]) -> str:
     """ " (median of 3: a, b, c s)" for the warm starts ("" in reports made before there were 3)."""
     each = figures.get("ready_warm_each_s")
@@ -172,7 +176,9 @@ def write_report(path: Path, results: list[dict[str, Any]], args: argparse.Names
         f"Load average (1 min) at the start of each engine x N: "
         f"{', '.join(str(f.get('load_before', '?')) for f in results)}; at the end: "
         f"{', '.join(str(f.get('load_after', '?')) for f in results)} "
-        "(2 cores shared with other work: above ~1 the latencies are noisy).",
+        "(2 cores shared with other work: above ~1 the latencies are noisy). "
+        "Reference loop (10 million additions in Python, on CPU 1): "
+        f"{', '.join(_seconds(f.get('reference_loop_s')) for f in results)}.",
         "",
     ]
     for figures in results:
