@@ -31,6 +31,12 @@ DROPPED: Final = math.inf
 """The `cool_until` of an entry dropped from its slot: it never comes back."""
 
 
+def _cooling_until(record: KeyRecord, now: float) -> float:
+    """When `record`'s cool-down ends (epoch seconds), or 0.0 when it is over or has none."""
+    cool = record.cooldown_until.timestamp() if record.cooldown_until is not None else 0.0
+    return cool if cool > now else 0.0
+
+
 class AllKeysTried(LookupError):
     """Every usable key of the slot is in the caller's `exclude` list (it may reuse one)."""
 
@@ -263,12 +269,8 @@ class SlotTable:
         """Add `record` as a new entry of its slot (created when missing), unless deleted."""
         if record.key_id in self.deleted:
             return
-        key = (record.instance, record.model)
-        slot = self.slots.get(key)
-        if slot is None:
-            slot = self.slots[key] = Slot(record.instance, record.model)
-        cool = record.cooldown_until.timestamp() if record.cooldown_until else 0.0
-        slot.put(Entry(record, cool if cool > self._clock() else 0.0))
+        slot = self._slot(record.instance, record.model)
+        slot.put(Entry(record, _cooling_until(record, self._clock())))
 
     def load(self, records: Iterable[KeyRecord]) -> None:
         """`add` each of `records` (keys not in the table yet, each (key, model) once), in bulk.
@@ -288,14 +290,16 @@ class SlotTable:
             group = groups.get(key)
             if group is None:
                 group = groups[key] = []
-            cooldown = record.cooldown_until
-            cool = cooldown.timestamp() if cooldown is not None else 0.0
-            group.append(Entry(record, cool if cool > now else 0.0, frozen=frozen))
+            group.append(Entry(record, _cooling_until(record, now), frozen=frozen))
         for (instance, model), group in groups.items():
-            slot = self.slots.get((instance, model))
-            if slot is None:
-                slot = self.slots[(instance, model)] = Slot(instance, model)
-            slot.extend(group)
+            self._slot(instance, model).extend(group)
+
+    def _slot(self, instance: str, model: str) -> Slot:
+        """The slot of (instance, model), made empty when it has none yet."""
+        slot = self.slots.get((instance, model))
+        if slot is None:
+            slot = self.slots[(instance, model)] = Slot(instance, model)
+        return slot
 
     def sync(self, instance: str, fresh: dict[tuple[str, int], KeyRecord]) -> None:
         """Make `instance`'s entries the (model, key id) pairs of `fresh`.

@@ -36,7 +36,6 @@ from llmgateway.store.rows import (
     TimeIn,
     TimeOut,
     as_utc,
-    decoded_records,
     latest_per_row,
     parse_status,
     to_records,
@@ -173,6 +172,10 @@ class SqlStore(ABC):
         """
 
     @abstractmethod
+    async def _records(self, rows: Sequence[Row]) -> list[KeyRecord]:
+        """The records of `load_columns` rows, on a thread when many (`KeyReads._records`)."""
+
+    @abstractmethod
     async def _lease_step(self, conn: Conn, ask: LeaseAsk, op: str, limit: int) -> list[Row]:
         """Lease up to `limit` due rows whose status compares `op` ('=' or '<>') to untested."""
 
@@ -218,12 +221,12 @@ class SqlStore(ABC):
                     records += await decoding
                     decoding = None
                 if len(rows) < LOAD_PAGE:
-                    records += await self._decoded(rows)
+                    records += await self._records(rows)
                     return records
                 # The place of the next page: key_id, model (`load_columns` keeps
                 # RECORD_COLUMNS' order), read from the raw row before it is decoded.
                 after = (rows[-1][0], rows[-1][3])
-                decoding = asyncio.ensure_future(self._decoded(rows))
+                decoding = asyncio.ensure_future(self._records(rows))
         finally:
             if decoding is not None:  # a read failed: the page being decoded is not wanted
                 decoding.cancel()
@@ -236,11 +239,7 @@ class SqlStore(ABC):
 
         The rows are decoded on a thread, a page at a time.
         """
-        return await self._decoded(await self._page_rows(instance, after, limit))
-
-    async def _decoded(self, rows: Sequence[Row]) -> list[KeyRecord]:
-        """The records of rows read with `load_columns` (on a thread when many)."""
-        return await decoded_records(rows, self.sql.records_time_in, self.codec.unseal)
+        return await self._records(await self._page_rows(instance, after, limit))
 
     async def _page_rows(
         self, instance: str | None, after: tuple[int, str] | None, limit: int
