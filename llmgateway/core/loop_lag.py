@@ -151,39 +151,39 @@ class LoopLagMonitor:
 
     async def run(self) -> None:
         """Measure until cancelled (the CPU wait is read on the loop's thread, opened here)."""
-        if self._own is not None and (waits := self._cpu_wait()) is not None:
-            try:
-                await self._measure_with_own(waits, self._own)  # returns if the reading fails
-            finally:
+        waits = self._cpu_wait() if self._own is not None else None
+        try:
+            await self._measure(waits)
+        finally:
+            if waits is not None:
                 waits.close()
-        await self._measure()
 
-    async def _measure(self) -> None:
+    async def _measure(self, waits: CpuWait | None) -> None:
+        """Each lag, and its own part while `waits` can be read."""
         interval = self._interval
         clock = self._clock
         observe = self._observer.observe
+        own = self._own.observe if self._own is not None else None
+        waited = self._waited(waits)
         while True:
             expected = clock() + interval
             await asyncio.sleep(interval)
-            observe(max(clock() - expected, 0.0))
+            lag = max(clock() - expected, 0.0)
+            observe(lag)
+            if waited is not None and own is not None:
+                before, waited = waited, self._waited(waits)
+                if waited is not None:
+                    own(max(lag - (waited - before), 0.0))
 
-    async def _measure_with_own(self, waits: CpuWait, own_part: LagObserver) -> None:
-        """Each lag and its own part, until `waits` cannot be read."""
-        interval = self._interval
-        clock = self._clock
-        observe = self._observer.observe
-        own = own_part.observe
+    def _waited(self, waits: CpuWait | None) -> float | None:
+        """The thread's total CPU wait now; None once it cannot be read (logged once)."""
+        if waits is None:
+            return None
         try:
-            waited = waits()
-            while True:
-                expected = clock() + interval
-                await asyncio.sleep(interval)
-                lag = max(clock() - expected, 0.0)
-                observe(lag)
-                before, waited = waited, waits()
-                own(max(lag - (waited - before), 0.0))
+            return waits()
         except OSError as exc:
             log.warning("loop_cpu_wait_unreadable", error=str(exc))
+            return None
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
