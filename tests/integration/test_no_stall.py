@@ -10,7 +10,9 @@ its worst lateness. Every client request waits at least that long. The bound
 (100 ms) is generous for a shared CI machine: it catches an operation built
 as one block over the whole pool, not a slow one; an operation over it is run
 again (up to 3 times) since a stall shows every time and a scheduling hiccup
-of a busy machine does not.
+of a busy machine does not. What the test itself does to set an operation up
+(making 2,000 rows due for the keeper) runs before the probe starts: only
+the gateway's own work is measured.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from llmgateway.core.constants import Status
+from llmgateway.core.models import KeyRecord
 from llmgateway.keeper.follower import PoolFollower
 from llmgateway.store import open_store
 from llmgateway.web.app import create_app
@@ -151,21 +154,36 @@ async def test_no_operation_holds_the_loop(big: Client, tmp_path: Path) -> None:
         await follower.reconcile()
 
     rounds = iter(range(0, KEYS, 2000))
+    due: list[KeyRecord] = []
+    made_due = datetime.now(UTC)
 
-    async def keeper_round() -> None:  # each call a different 2,000 rows
-        now = datetime.now(UTC)
+    async def make_rows_due() -> None:  # each call a different 2,000 rows, unmeasured
+        nonlocal made_due
+        made_due = datetime.now(UTC)
         start = next(rounds)
-        due = [
-            replace(r, last_checked_at=now, next_check_at=now - timedelta(seconds=1))
+        due[:] = [
+            replace(r, last_checked_at=made_due, next_check_at=made_due - timedelta(seconds=1))
             for r in pool.records(OPENAI)[start : start + 2000]
         ]
         await store.record(due)
         for record in due:
             pool.apply_remote(record)
+
+    async def keeper_round() -> None:  # waits, a few rows at a time, until each due row is probed
         deadline = time.monotonic() + 60
-        while any(pool.get(r.instance, r.model, r.key_id).next_check_at <= now for r in due):
+        pending = due
+        while pending:
             assert time.monotonic() < deadline, "the keeper did not probe the due rows"
             await asyncio.sleep(0.05)
+            still: list[KeyRecord] = []
+            for start in range(0, len(pending), 200):
+                still += [
+                    r
+                    for r in pending[start : start + 200]
+                    if pool.get(r.instance, r.model, r.key_id).next_check_at <= made_due
+                ]
+                await asyncio.sleep(0)
+            pending = still
 
     later = datetime.now(UTC) + timedelta(seconds=5)
     statuses = [replace(r, last_checked_at=later) for r in pool.records(OPENAI)[:10_000]]
@@ -209,11 +227,17 @@ async def test_no_operation_holds_the_loop(big: Client, tmp_path: Path) -> None:
         "import of 10,000 keys": import_keys,
         "a recheck of every key by id starting": recheck_by_ids,
     }
+    # What the test itself does to set an operation up is not the gateway's to answer for.
+    preparations: dict[str, Callable[[], Awaitable[None]]] = {
+        "keeper round of 2,000 due rows": make_rows_due,
+    }
     probe = Lateness()
     held: dict[str, float] = {}
     for name, operation in operations.items():
         # A stall happens every time; a busy CI machine's scheduling hiccup does not.
         for _ in range(ATTEMPTS):
+            if name in preparations:
+                await preparations[name]()
             held[name] = min(held.get(name, STALL_BOUND * 100), await probe.during(operation))
             if held[name] <= STALL_BOUND:
                 break
