@@ -15,7 +15,9 @@ start-up), compares it with the one in effect (`diff_configs`), and then:
    loading the keys of an added instance) happens here, and a failure
    refuses the reload (nothing is in effect yet);
 3. in one step that neither waits nor fails, swaps `current` and puts every
-   prepared part into effect, then logs `config_reloaded` with the diff.
+   prepared part into effect; then awaits what the parts left to tidy up
+   (what a removed instance held, let go of in slices) and logs
+   `config_reloaded` with the diff.
 
 A file that differs in nothing from the one in effect is a reload done
 already: it is `applied`, logged as `config_unchanged`, and no part is asked.
@@ -26,7 +28,7 @@ Reloads run one at a time. A dry run stops after the comparison.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, final
@@ -41,8 +43,12 @@ from llmgateway.core.errors import ConfigError, GatewayError
 
 log = structlog.get_logger("llmgateway.config.live")
 
-type Commit = Callable[[], None]
-"""What puts a prepared change into effect: it neither waits nor fails."""
+type Commit = Callable[[], Awaitable[None] | None]
+"""What puts a prepared change into effect: it neither waits nor fails.
+
+It may return what is left to tidy up once every part is in effect (work
+done in slices, with the event loop running): the reload awaits it before
+it answers. The tidying must not fail either."""
 
 
 class Reconfigurable(Protocol):
@@ -131,8 +137,10 @@ class LiveConfig:
             except GatewayError as exc:
                 return self._failed(diff, (f"{type(exc).__name__}: {exc}",))
             self._current = accessor
-            for commit in commits:
-                commit()
+            tidying = [commit() for commit in commits]
+            for tidy in tidying:
+                if tidy is not None:
+                    await tidy
         log.info(
             "config_reloaded",
             added=list(diff.added),

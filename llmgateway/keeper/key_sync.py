@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, final
@@ -27,6 +27,7 @@ from llmgateway.core.memory import bulk_load
 from llmgateway.core.models import KeyRecord
 from llmgateway.keeper.keyfiles import KeyFileRead, load_keys, warn_if_keyless
 from llmgateway.pool.key_pool import Clock, KeyPool
+from llmgateway.pool.sharded import IdSet
 from llmgateway.store.protocol import KeySyncReport, Store
 
 log = structlog.get_logger(__name__)
@@ -143,13 +144,17 @@ class KeySync:
 
     async def prepare(
         self, accessor: ConfigAccessor, instances: Iterable[str]
-    ) -> dict[str, list[KeyRecord]]:
-        """A reload's store work: `accessor`'s provider rows, then the keys of `instances`.
+    ) -> dict[str, dict[str, IdSet]]:
+        """A reload's store and pool work: provider rows, the keys of `instances`, their merge.
 
         Each of `instances` enabled in `accessor` has its keys synced (under
-        the `keysync` lock, waited for) and its stored records read back and
-        registered with the masker; nothing in the pool changes yet (see
-        `adopt`). A store failure raises.
+        the `keysync` lock, waited for), then its stored rows merged into the
+        pool page by page, as a reconciliation does: keys new to it join (a
+        model added to an instance gets its slot), newer statuses are taken,
+        and the loop runs between slices. Nothing leaves the pool yet: the
+        answer is, per instance, the key ids per model the store no longer
+        has, which `adopt` drops once the new configuration is in effect. A
+        store failure raises (the pool keeps what it merged: stored keys).
         """
         wanted = set(instances)
         providers = [p for p in accessor.enabled_providers() if p.name in wanted]
@@ -158,24 +163,35 @@ class KeySync:
         async with self._store.exclusive("keysync", wait=True):
             for provider in providers:
                 await self._sync_instance(provider, now)
-        records = {p.name: await self._store.load_records(p.name) for p in providers}
-        self.register(r.key for stored in records.values() for r in stored)
-        return records
+        missing = {p.name: await self._pool.key_ids(p.name) for p in providers}
+        if missing:
+            with bulk_load():
+                async for _ in self._merge_stored(missing):
+                    pass
+        return missing
 
-    def adopt(self, accessor: ConfigAccessor, records: dict[str, list[KeyRecord]]) -> None:
-        """Put a prepared reload into effect: follow `accessor`, and its instances into the pool.
+    def adopt(
+        self, accessor: ConfigAccessor, missing: dict[str, dict[str, IdSet]]
+    ) -> Awaitable[None]:
+        """Put a prepared reload into effect at once; return the tidying of the pool to await.
 
-        The instances of `records` are reconciled with their stored keys
-        (the keys kept keep their in-memory state); the instances no longer
-        served leave the pool. Neither waits nor fails.
+        From now on `accessor` is followed. The tidying (awaited by the
+        reload, after every part has switched) drops, a slice at a time with
+        the loop running in between, the keys `prepare` found no longer
+        stored, then every key of the instances no longer served. Neither
+        step fails.
         """
         self._accessor = accessor
-        for name in [n for n in self._loaded if not accessor.serves(n)]:
-            self._pool.drop_instance(name)
-            self._loaded.discard(name)
-        for name, stored in records.items():
-            self._pool.sync_instance(name, stored)
-            self._loaded.add(name)
+        gone = [name for name in self._loaded if not accessor.serves(name)]
+        self._loaded -= set(gone)
+        self._loaded |= set(missing)
+        return self._tidy(missing, gone)
+
+    async def _tidy(self, missing: dict[str, dict[str, IdSet]], gone: Sequence[str]) -> None:
+        for name, models in missing.items():
+            await self._pool.drop_missing(name, models)
+        for name in gone:
+            await self._pool.drop_instance(name)
 
     def register(self, keys: Iterable[str]) -> None:
         """Make `keys` known to the masker (before anything logs, stores or picks them)."""
@@ -200,7 +216,18 @@ class KeySync:
         # What the pool holds now; each stored row crosses its key out: what is left, the
         # store no longer has. (The pool's own ids: no new object per row is kept.)
         missing = {name: await self._pool.key_ids(name) for name in instances}
-        only = instances[0] if len(instances) == 1 else None  # one instance: read its rows only
+        async for taken in self._merge_stored(missing):
+            yield taken
+        for name, models in missing.items():
+            await self._pool.drop_missing(name, models)
+
+    async def _merge_stored(self, missing: dict[str, dict[str, IdSet]]) -> AsyncIterator[int]:
+        """Merge the stored rows of `missing`'s instances into the pool; yield the newer per page.
+
+        Each row read crosses its key id out of `missing` (what is left, the
+        store no longer has). Keys are registered with the masker first.
+        """
+        only = next(iter(missing)) if len(missing) == 1 else None  # one instance: its rows only
         merge = self._pool.merge_stored
         after: tuple[int, str] | None = None
         while True:
@@ -221,8 +248,6 @@ class KeySync:
             yield taken
             if len(page) < RECONCILE_PAGE:
                 break
-        for name, models in missing.items():
-            await self._pool.drop_missing(name, models)
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)

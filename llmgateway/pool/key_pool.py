@@ -134,18 +134,6 @@ class KeyPool:
         instances = {name for name, _ in self._slots}
         return sum(self._table.remove(name, gone) for name in instances)
 
-    def sync_instance(self, instance: str, records: Iterable[KeyRecord]) -> None:
-        """Reconcile one instance with the store after a key sync.
-
-        Entries already in the pool keep their (newer) in-memory state; new
-        (key, model) rows are added; rows no longer stored are dropped.
-        """
-        fresh: dict[tuple[str, int], KeyRecord] = {(r.model, r.key_id): r for r in records}
-        self._table.sync(instance, fresh)
-        present = {key_id for _, key_id in fresh}
-        for incident in self._guard.forget(instance, present):
-            self._verdicts.incident_over(incident, "its keys left the pool")
-
     async def key_ids(self, instance: str) -> dict[str, IdSet]:
         """The key ids of each status model of `instance` in the pool now (a copy).
 
@@ -181,19 +169,27 @@ class KeyPool:
         return self._writer.apply_remote(record)
 
     async def drop_missing(self, instance: str, missing: Mapping[str, Iterable[int]]) -> None:
-        """Drop the entries of `instance` whose key ids `missing[model]` names, a model at a time.
+        """Drop the entries of `instance` whose key ids `missing[model]` names, a slice at a time.
 
-        The end of a reconciliation: `missing` holds what the pool had
-        (`key_ids`) and the store no longer has. Incidents forget the keys gone.
+        The end of a reconciliation or of a reload's key merge: `missing`
+        holds what the pool had (`key_ids`) and the store no longer has.
+        `SLICE` ids are dropped between two turns of the event loop; a slot
+        left empty leaves the table, and what its rotation still held is let
+        go of a slice at a time too. Incidents forget the keys gone.
         """
         slots = self._slots
         for (name, model), slot in list(slots.items()):
             if name != instance:
                 continue
-            slot.drop(missing.get(model, ()))
-            if not slot.entries:
+            ids = list(missing.get(model, ()))
+            for start in range(0, len(ids), SLICE):
+                slot.drop(ids[start : start + SLICE])
+                await asyncio.sleep(0)
+            if not slot.entries and slots.get((name, model)) is slot:
                 del slots[(name, model)]
-            await asyncio.sleep(0)
+                for _ in range(0, max(len(slot.ring), len(slot.cooling)), SLICE):
+                    slot.shed(SLICE)
+                    await asyncio.sleep(0)
         left = _InstanceKeys([slot for (name, _), slot in slots.items() if name == instance])
         for incident in self._guard.forget(instance, left):
             self._verdicts.incident_over(incident, "its keys left the pool")
@@ -211,9 +207,9 @@ class KeyPool:
         self._writer.use(accessor.serves)
         self._verdicts.use(accessor)
 
-    def drop_instance(self, instance: str) -> None:
-        """Take every key of `instance` out of the pool (it is no longer served here)."""
-        self.sync_instance(instance, ())
+    async def drop_instance(self, instance: str) -> None:
+        """Take every key of `instance` out of the pool (it is no longer served here), in slices."""
+        await self.drop_missing(instance, await self.key_ids(instance))
 
     # -- the request path -------------------------------------------------
 

@@ -206,6 +206,17 @@ class Slot:
             self._ordered = None
         return dropped
 
+    def shed(self, count: int) -> None:
+        """Let go of up to `count` entries of the rotation, and as many of the cool-down heap.
+
+        For a slot taken out of its table once empty: its dropped entries are
+        freed a slice at a time rather than all at once with the slot.
+        """
+        ring, cooling = self.ring, self.cooling
+        for _ in range(min(count, len(ring))):
+            ring.pop()
+        del cooling[max(len(cooling) - count, 0) :]
+
     def in_rotation(self) -> Iterator[Entry]:
         """The ring's entries still in the slot, in rotation order (not the dropped ones)."""
         entries = self.entries
@@ -300,23 +311,6 @@ class SlotTable:
         if slot is None:
             slot = self.slots[(instance, model)] = Slot(instance, model)
         return slot
-
-    def sync(self, instance: str, fresh: dict[tuple[str, int], KeyRecord]) -> None:
-        """Make `instance`'s entries the (model, key id) pairs of `fresh`.
-
-        Entries already present keep their (newer) in-memory state; new pairs
-        are added; pairs no longer in `fresh` are dropped.
-        """
-        for (name, model), slot in list(self.slots.items()):
-            if name != instance:
-                continue
-            slot.drop([k for k in slot.entries if (model, k) not in fresh])
-            if not slot.entries:
-                del self.slots[(name, model)]
-        for (model, key_id), record in fresh.items():
-            existing = self.slots.get((instance, model))
-            if existing is None or key_id not in existing.entries:
-                self.add(record)
 
     def remove(self, instance: str, key_ids: Iterable[int]) -> int:
         """Drop the keys `key_ids` of `instance` for every model; return the entries dropped."""

@@ -35,6 +35,7 @@ EXTRA = "oai-extra"
 EXTRA_KEY = "sk-reload-added-0123456789abcdef"
 EXTRA_TOKEN = "gw-token-extra-0123456789"
 NEW_TOKEN = "gw-token-openai-renewed-0123456789"
+ADDED_MODEL = "gpt-4.1-reloaded"
 WAIT = 20.0
 """Seconds a bounded wait on the gateway gets before the test fails."""
 
@@ -43,9 +44,9 @@ def _masked(key: str) -> str:
     return f"{key[:4]}...{key[-4:]}"
 
 
-def _chat(stream: bool = False) -> dict[str, Any]:
+def _chat(stream: bool = False, model: str = MODELS[OPENAI]) -> dict[str, Any]:
     return {
-        "model": MODELS[OPENAI],
+        "model": model,
         "messages": [{"role": "user", "content": "hi"}],
         "stream": stream,
     }
@@ -62,13 +63,13 @@ async def _status(url: str) -> dict[str, Any]:
         return document
 
 
-async def _ask(url: str, token: str) -> int:
-    """The status of one chat completion sent with `token`."""
+async def _ask(url: str, token: str, *, model: str = MODELS[OPENAI]) -> int:
+    """The status of one chat completion of `model` sent with `token`."""
     async with (
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session,
         session.post(
             url + "/v1/chat/completions",
-            json=_chat(),
+            json=_chat(model=model),
             headers={"Authorization": f"Bearer {token}"},
         ) as response,
     ):
@@ -336,6 +337,34 @@ async def test_in_process_the_pool_follows_the_reload(
         assert pool.records(OPENAI) == [kept]
         assert await _ask(url, NEW_TOKEN) == 200
         assert await _ask(url, TOKENS[ANTHROPIC]) == 401
+    finally:
+        await server.close()
+
+
+async def test_a_model_added_is_served_at_once_and_a_removed_one_leaves_the_pool(
+    keyed: GatewayConfig, fake_upstream: FakeUpstream
+) -> None:
+    """The kept key joins the new model's slot before the switch, and leaves the removed one."""
+    path = keyed.write()
+    app = create_app(LiveConfig(keyed.accessor(), path=path, env=keyed.env))
+    server = TestServer(app, host="127.0.0.1", handler_cancellation=True)
+    await server.start_server()
+    try:
+        url = str(server.make_url("")).rstrip("/")
+        pool = app[POOL]
+        models = keyed.provider(OPENAI)["models"]
+        models[ADDED_MODEL] = copy.deepcopy(models[MODELS[OPENAI]])
+        keyed.write()
+        assert (await app[RELOADS].from_api()).applied
+        assert {r.model for r in pool.records(OPENAI)} == {MODELS[OPENAI], ADDED_MODEL}
+        assert await _ask(url, TOKENS[OPENAI], model=ADDED_MODEL) == 200
+
+        del models[MODELS[OPENAI]]
+        keyed.provider(OPENAI)["default_model"] = ADDED_MODEL
+        keyed.write()
+        assert (await app[RELOADS].from_api()).applied
+        assert [(r.model, r.key) for r in pool.records(OPENAI)] == [(ADDED_MODEL, KEY)]
+        assert await _ask(url, TOKENS[OPENAI], model=ADDED_MODEL) == 200
     finally:
         await server.close()
 

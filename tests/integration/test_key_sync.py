@@ -244,7 +244,7 @@ async def test_settled_unchanged_files_are_not_even_read(
     assert len(reads) == 2
 
     wider = replace(provider(), models={"m-a": ModelConfig(), "m-c": ModelConfig()})
-    sync.key_sync.adopt(accessor_of(wider), {})
+    await sync.key_sync.adopt(accessor_of(wider), {})
     report = await sync.once()
     assert report is not None and report.total == 2  # the keys were needed: read again
     assert len(reads) == 3

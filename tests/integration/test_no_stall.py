@@ -4,14 +4,14 @@ At 20,000 (key, model) rows, on both engines, each operation an operator or
 the background loops start while clients are served (status in every form,
 a metrics scrape, a key sync adding and removing 1,000 keys, a full
 reconciliation, a keeper round probing 2,000 due rows, the write queue
-flushing 10,000 statuses, a reload, an import of 10,000 keys through the key
+flushing 10,000 statuses, a reload adding or removing a model (10,000 rows), an import of 10,000 keys through the key
 admin API, a recheck job of every key, named by id, starting) runs while a task sleeping 1 ms at a time records
 its worst lateness. Every client request waits at least that long. The bound
 (100 ms) is generous for a shared CI machine: it catches an operation built
 as one block over the whole pool, not a slow one; an operation over it is run
 again (up to 3 times) since a stall shows every time and a scheduling hiccup
 of a busy machine does not. What the test itself does to set an operation up
-(making 2,000 rows due for the keeper) runs before the probe starts: only
+(making 2,000 rows due for the keeper, listing every key id) runs before the probe starts: only
 the gateway's own work is measured.
 """
 
@@ -29,6 +29,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from llmgateway.config.live import LiveConfig
 from llmgateway.core.constants import Status
 from llmgateway.core.models import KeyRecord
 from llmgateway.keeper.follower import PoolFollower
@@ -42,6 +43,8 @@ from tests.support.gateway import MODELS, OPENAI, GatewayConfig, build_config
 
 KEYS: Final = 10_000
 SECOND_MODEL: Final = "gpt-4o"
+ADDED_MODEL: Final = "gpt-4.1"
+"""The model a reload adds to the instance (10,000 rows), and the next one removes."""
 STALL_BOUND: Final = 0.1
 """Seconds the loop may be held at most by any one operation."""
 ATTEMPTS: Final = 3
@@ -107,8 +110,8 @@ async def _seed(config: GatewayConfig) -> None:
 @pytest.fixture
 async def big(
     tmp_path: Path, database: Database, fake_upstream: FakeUpstream, aiohttp_client: ClientFactory
-) -> AsyncIterator[Client]:
-    """A served gateway with 10,000 keys × 2 models, keeper on, every key valid."""
+) -> AsyncIterator[tuple[Client, GatewayConfig]]:
+    """A served gateway with 10,000 keys × 2 models, keeper on, every key valid; its file."""
     fake_upstream.default_behaviour = Behaviour.OK
     config = build_config(tmp_path, fake_upstream.url, {OPENAI: _keys(KEYS)})
     config.set(f"providers.{OPENAI}.models", {MODELS[OPENAI]: {}, SECOND_MODEL: {}})
@@ -117,9 +120,10 @@ async def big(
     config.set("keeper", {"enabled": True, "check_interval": "1s", "keys_sync_interval": "1h"})
     config.write()
     await _seed(config)
-    client: Client = await aiohttp_client(create_app(config.accessor()))
+    live = LiveConfig(config.accessor(), path=config.write(), env=config.env)
+    client: Client = await aiohttp_client(create_app(live))
     await asyncio.sleep(1.5)  # past the keeper's first round
-    yield client
+    yield client, config
 
 
 async def _get_all_pages(client: Client) -> None:
@@ -131,22 +135,23 @@ async def _get_all_pages(client: Client) -> None:
         cursor = (await response.json())["next_cursor"]
 
 
-async def test_no_operation_holds_the_loop(big: Client, tmp_path: Path) -> None:
+async def test_no_operation_holds_the_loop(big: tuple[Client, GatewayConfig]) -> None:
     """Each operation runs while the loop keeps waking a 1 ms sleeper within the bound."""
-    app = big.server.app
+    client, config = big
+    app = client.server.app
     pool, store, queue, key_sync = app[POOL], app[STORE], app[WRITE_QUEUE], app[KEY_SYNC]
 
     async def get(path: str) -> None:
-        response = await big.get(path)
+        response = await client.get(path)
         assert response.status == 200
         await response.read()
 
     variants = [_keys(KEYS - 1000) + _keys(1000, KEYS), _keys(KEYS)]
 
     async def sync_keys() -> None:  # each call adds 1,000 keys and removes 1,000
-        keys = variants[0]
+        config.keys[OPENAI] = variants[0]
         variants.reverse()
-        (tmp_path / "keys" / OPENAI / "keys.txt").write_text("\n".join(keys) + "\n")
+        config.write()
         await key_sync.sync()
 
     async def reconcile() -> None:
@@ -197,27 +202,38 @@ async def test_no_operation_holds_the_loop(big: Client, tmp_path: Path) -> None:
 
     async def import_keys() -> None:  # each call 10,000 new keys through the key admin API
         batch = next(imports) * 100_000
-        response = await big.post(
+        response = await client.post(
             "/-/api/keys", json={"instance": OPENAI, "keys": _keys(KEYS, batch)}
         )
         assert response.status == 200, await response.text()
         assert (await response.json())["added"] == KEYS
 
-    async def reload() -> None:
-        response = await big.post("/-/api/reload")
+    models = config.provider(OPENAI)["models"]
+
+    async def reload() -> None:  # each call adds a model to the instance, or removes it
+        if models.pop(ADDED_MODEL, None) is None:
+            models[ADDED_MODEL] = {}
+        config.write()
+        response = await client.post("/-/api/reload")
         assert response.status == 200, await response.text()
+        answer = await response.json()
+        assert answer["applied"] and answer["changed"] == [OPENAI], answer
+
+    ids: list[int] = []
+
+    async def name_every_key() -> None:  # unmeasured
+        ids[:] = sorted({record.key_id for record in pool.records(OPENAI)})
 
     async def recheck_by_ids() -> None:  # last: the job goes on probing in the background
-        ids = sorted({record.key_id for record in pool.records(OPENAI)})
         assert len(ids) >= 2 * KEYS  # the seeded keys and an import's
-        response = await big.post("/-/api/keys/recheck", json={"ids": ids})
+        response = await client.post("/-/api/keys/recheck", json={"ids": ids})
         assert response.status == 202, await response.text()
-        assert (await response.json())["queued"] == 2 * len(ids)
+        assert (await response.json())["queued"] == len(models) * len(ids)
 
     operations: dict[str, Callable[[], Awaitable[object]]] = {
         "status summary": lambda: get("/-/status"),
         "status page": lambda: get("/-/status?keys=1"),
-        "status every page": lambda: _get_all_pages(big),
+        "status every page": lambda: _get_all_pages(client),
         "metrics scrape": lambda: get("/metrics"),
         "key sync +1,000/-1,000": sync_keys,
         "reconciliation": reconcile,
@@ -230,6 +246,7 @@ async def test_no_operation_holds_the_loop(big: Client, tmp_path: Path) -> None:
     # What the test itself does to set an operation up is not the gateway's to answer for.
     preparations: dict[str, Callable[[], Awaitable[None]]] = {
         "keeper round of 2,000 due rows": make_rows_due,
+        "a recheck of every key by id starting": name_every_key,
     }
     probe = Lateness()
     held: dict[str, float] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -16,7 +17,7 @@ from llmgateway.core.constants import ALL_MODELS_MARKER, ErrorReason, ProviderTy
 from llmgateway.core.errors import KeysCoolingDown, NoUsableKey
 from llmgateway.core.logs import mask_key
 from llmgateway.core.models import CheckResult, KeyRecord
-from llmgateway.pool.key_pool import AllKeysTried, KeyPool
+from llmgateway.pool.key_pool import SLICE, AllKeysTried, KeyPool
 from tests.support.config import accessor_of
 
 START = 1_800_000_000.0
@@ -432,26 +433,60 @@ class TestSnapshotAndSync:
         assert len(pool.records()) == 6
         assert {r.instance for r in pool.records("other")} == {"other"}
 
-    def test_sync_instance_adds_drops_and_keeps_state(self, clock: FakeClock, sink: Sink) -> None:
-        """A re-sync drops removed keys, adds new ones, and keeps in-memory state of the rest."""
+    async def test_a_resync_adds_drops_and_keeps_state(self, clock: FakeClock, sink: Sink) -> None:
+        """Merging the stored rows, then dropping what is missing, keeps in-memory state."""
         pool = make_pool(clock, sink, count=3)
         record = pool.get("main", "model-a", 1)
         assert record is not None
         pool.report(record, fail(ErrorReason.NO_QUOTA))
-        stored = [r for r in records(4) if r.key_id != 2]
-        pool.sync_instance("main", stored)
+        await resync(pool, "main", [r for r in records(4) if r.key_id != 2])
         assert pool.get("main", "model-a", 2) is None
         assert pool.get("main", "model-a", 1).status is Status.VERIFYING  # type: ignore[union-attr]
         assert set(picks(pool, "model-a", 8)) == {3, 4}
         assert set(picks(pool, "model-b", 9)) == {1, 3, 4}
 
-    def test_sync_instance_leaves_other_instances_alone(self, clock: FakeClock, sink: Sink) -> None:
-        """Syncing one instance to nothing keeps every other instance's keys."""
+    async def test_dropping_an_instance_leaves_the_others_alone(
+        self, clock: FakeClock, sink: Sink
+    ) -> None:
+        """Every key of one instance leaves; every other instance's keys stay."""
         pool = KeyPool(accessor_of(provider("main"), provider("other")), sink=sink, clock=clock)
         pool.load(records(2, "main") + records(2, "other"))
-        pool.sync_instance("main", [])
+        await pool.drop_instance("main")
         assert pool.records("main") == []
         assert len(pool.records("other")) == 4
+
+    async def test_a_large_drop_goes_in_slices(self, clock: FakeClock, sink: Sink) -> None:
+        """Dropping more than a slice of keys lets the loop run between slices, and empties all."""
+        count = 2 * SLICE + 1
+        pool = KeyPool(accessor_of(provider("main"), provider("other")), sink=sink, clock=clock)
+        pool.load(records(count, "main") + records(1, "other"))
+        turns = 0
+
+        async def count_turns() -> None:
+            nonlocal turns
+            while True:
+                await asyncio.sleep(0)
+                turns += 1
+
+        counter = asyncio.create_task(count_turns())
+        await pool.drop_instance("main")
+        counter.cancel()
+        # Per model: three slices of ids, then the rotation shed in three.
+        assert turns >= 2 * 3
+        assert pool.records("main") == []
+        with pytest.raises(NoUsableKey, match="no key configured"):
+            pool.pick("main", "model-a")  # its slots left the table
+        assert len(pool.records("other")) == len(MODELS)
+
+
+async def resync(pool: KeyPool, instance: str, stored: Sequence[KeyRecord]) -> None:
+    """What a reconciliation does with `stored`: merge each row, drop what is not stored."""
+    missing = await pool.key_ids(instance)
+    for record in stored:
+        if record.model in missing:
+            missing[record.model].discard(record.key_id)
+        pool.merge_stored(record)
+    await pool.drop_missing(instance, missing)
 
 
 def valid_pool(clock: FakeClock, sink: Sink, count: int) -> KeyPool:
