@@ -281,7 +281,7 @@ async def main_run(run: Run, session: aiohttp.ClientSession, config: Path) -> No
     _, _body, status = await run.get(session, "/-/api/keys")
     run.figures["key admin API"] = "present" if status != 404 else "absent (404): skipped"
     if status != 404:
-        await admin_api_run(run, session)
+        await admin_api_run(run, session, config)
     if run.engine == "postgres":
         keys = parts.make_keys(run.n)
         changed = keys[1000:] + parts.make_keys(1000, start=run.n)
@@ -302,8 +302,8 @@ IMPORTED = 100_000
 """Keys one import through the key admin API adds (new ones, beside the pool's)."""
 
 
-async def admin_api_run(run: Run, session: aiohttp.ClientSession) -> None:
-    """An import of 100,000 new keys through `POST /-/api/keys`, then a reload, under the stream."""
+async def admin_api_run(run: Run, session: aiohttp.ClientSession, config: Path) -> None:
+    """An import of 100,000 new keys through `POST /-/api/keys`, then reloads, under the stream."""
     text = "\n".join(parts.make_keys(IMPORTED, start=10 * run.n))
     # Encoded before the window: 4 MB of JSON built meanwhile would stall the stream's client.
     body = json.dumps({"instance": parts.INSTANCE, "text": text}).encode()
@@ -328,7 +328,46 @@ async def admin_api_run(run: Run, session: aiohttp.ClientSession) -> None:
         async with session.post(f"{run.base}/-/api/reload") as answer:
             await answer.read()
 
-    await run.window(session, "reload (POST /-/api/reload) x3", reload, repeat=3)
+    await run.window(session, "reload, file unchanged (POST /-/api/reload) x3", reload, repeat=3)
+    await changing_reloads(run, session, config)
+
+
+ADDED_MODEL = "gpt-4.1"
+"""The model a reload adds to every key of the scale instance, and the next one removes."""
+
+
+async def changing_reloads(run: Run, session: aiohttp.ClientSession, config: Path) -> None:
+    """A reload adding a model to every key of the instance (a row each), then one removing it.
+
+    The window's op time is the reload's, the API answering once the pool has
+    followed (the new model's rows merged, the removed model's dropped).
+    """
+    original = await asyncio.to_thread(config.read_text)
+    document = json.loads(original)  # the bench writes JSON, which is YAML
+    models = document["providers"][parts.INSTANCE]["models"]
+
+    async def reload_with(change: Callable[[], object]) -> None:
+        change()
+        await asyncio.to_thread(config.write_text, json.dumps(document, indent=2) + "\n")
+        async with session.post(f"{run.base}/-/api/reload") as answer:
+            result = await answer.json()
+        assert result["applied"] and result["changed"] == [parts.INSTANCE], result
+
+    try:
+        await run.window(
+            session,
+            "reload adding a model to every key",
+            lambda: reload_with(lambda: models.update({ADDED_MODEL: {}})),
+            idle=8.0,
+        )
+        await run.window(
+            session,
+            "reload removing that model",
+            lambda: reload_with(lambda: models.pop(ADDED_MODEL)),
+            idle=8.0,
+        )
+    finally:
+        await asyncio.to_thread(config.write_text, original)
 
 
 RECHECKED = 10_000

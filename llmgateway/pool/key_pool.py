@@ -22,6 +22,7 @@ from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.core.constants import Status
 from llmgateway.core.errors import KeysCoolingDown, NoUsableKey
 from llmgateway.core.models import CheckResult, KeyRecord
+from llmgateway.core.turns import in_slices
 from llmgateway.pool.events import EventHub, IncidentEvent, JobEvent, PoolEvent, StatusEvent
 from llmgateway.pool.incidents import Incident
 from llmgateway.pool.listing import ModelTally, Position, page, tally
@@ -181,10 +182,9 @@ class KeyPool:
         for (name, model), slot in list(slots.items()):
             if name != instance:
                 continue
-            ids = list(missing.get(model, ()))
-            for start in range(0, len(ids), SLICE):
-                slot.drop(ids[start : start + SLICE])
-                await asyncio.sleep(0)
+            async for ids in in_slices(list(missing.get(model, ())), SLICE):
+                slot.drop(ids)
+            await asyncio.sleep(0)
             if not slot.entries and slots.get((name, model)) is slot:
                 del slots[(name, model)]
                 for _ in range(0, max(len(slot.ring), len(slot.cooling)), SLICE):
