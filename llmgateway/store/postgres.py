@@ -367,8 +367,9 @@ class PostgresStore(KeyActivity, SqlStore):
         """
         payloads: list[str] = []
         changes = list(changes)
-        if len(records) > NOTIFY_RECORDS:
-            changes += [KeySetChange(i, reload=True) for i in sorted({r.instance for r in records})]
+        if len(records) > NOTIFY_RECORDS:  # a bulk change: its instances found on a thread
+            instances = await asyncio.to_thread(_instances_of, records)
+            changes += [KeySetChange(instance, reload=True) for instance in instances]
         elif records:
             payloads += encode_notifications(self.origin, records)
         payloads += encode_key_changes(self.origin, changes)
@@ -464,3 +465,8 @@ class PostgresStore(KeyActivity, SqlStore):
         if self._pool is None:
             raise StoreError(f"postgres: {action} failed: the store is not open")
         return self._pool
+
+
+def _instances_of(records: Sequence[KeyRecord]) -> list[str]:
+    """The instances `records` belong to, sorted."""
+    return sorted({r.instance for r in records})

@@ -4,7 +4,7 @@ At 20,000 (key, model) rows, on both engines, each operation an operator or
 the background loops start while clients are served (status in every form,
 a metrics scrape, a key sync adding and removing 1,000 keys, a full
 reconciliation, a keeper round probing 2,000 due rows, the write queue
-flushing 10,000 statuses, a reload adding or removing a model (10,000 rows), an import of 10,000 keys through the key
+flushing 10,000 statuses, every key disabled then enabled by hand, a reload adding or removing a model (10,000 rows), an import of 10,000 keys through the key
 admin API, a recheck job of every key, named by id, starting) runs while a task sleeping 1 ms at a time records
 its worst lateness. Every client request waits at least that long. The bound
 (100 ms) is generous for a shared CI machine: it catches an operation built
@@ -198,6 +198,14 @@ async def test_no_operation_holds_the_loop(big: tuple[Client, GatewayConfig]) ->
             queue.put(record)
         await queue.flush()
 
+    async def disable_and_enable() -> None:  # every key out of the pool by hand, then back
+        for action in ("disable", "enable"):
+            response = await client.post(
+                f"/-/api/keys/{action}", json={"filter": {"instance": OPENAI}}
+            )
+            assert response.status == 200, await response.text()
+            assert (await response.json())["changed"] == KEYS
+
     imports = iter(range(1, 1 + ATTEMPTS))
 
     async def import_keys() -> None:  # each call 10,000 new keys through the key admin API
@@ -239,6 +247,7 @@ async def test_no_operation_holds_the_loop(big: tuple[Client, GatewayConfig]) ->
         "reconciliation": reconcile,
         "keeper round of 2,000 due rows": keeper_round,
         "write queue flushing 10,000": flush,
+        "every key disabled, then enabled": disable_and_enable,
         "reload": reload,
         "import of 10,000 keys": import_keys,
         "a recheck of every key by id starting": recheck_by_ids,
