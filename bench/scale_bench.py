@@ -330,6 +330,7 @@ async def admin_api_run(run: Run, session: aiohttp.ClientSession, config: Path) 
 
     await run.window(session, "reload, file unchanged (POST /-/api/reload) x3", reload, repeat=3)
     await changing_reloads(run, session, config)
+    await disable_and_enable(run, session)
 
 
 ADDED_MODEL = "gpt-4.1"
@@ -368,6 +369,23 @@ async def changing_reloads(run: Run, session: aiohttp.ClientSession, config: Pat
         )
     finally:
         await asyncio.to_thread(config.write_text, original)
+
+
+async def disable_and_enable(run: Run, session: aiohttp.ClientSession) -> None:
+    """The imported keys disabled by hand, then enabled again (file keys go on serving)."""
+    imported = {"filter": {"instance": parts.INSTANCE, "source": "api"}}
+
+    def by_hand(action: str) -> Op:
+        async def op() -> None:
+            async with session.post(f"{run.base}/-/api/keys/{action}", json=imported) as answer:
+                result = await answer.json()
+            assert answer.status == 200 and result["changed"] == IMPORTED, result
+
+        return op
+
+    for action in ("disable", "enable"):
+        label = f"{action} the {IMPORTED:,} imported keys (POST /-/api/keys/{action})"
+        await run.window(session, label, by_hand(action), idle=8.0)
 
 
 RECHECKED = 10_000

@@ -27,11 +27,15 @@ Clock = Callable[[], float]
 """Returns the current time as epoch seconds (time.time); injectable for tests."""
 
 
+CHECKS_SLACK: Final = 4
+"""A slot's heap of verifying checks is swept of its stale items past this many per check
+(plus 1,024): stale items sit under an overdue check until it is done."""
+
 DROPPED: Final = math.inf
 """The `cool_until` of an entry dropped from its slot: it never comes back."""
 
 
-def _cooling_until(record: KeyRecord, now: float) -> float:
+def cooling_until(record: KeyRecord, now: float) -> float:
     """When `record`'s cool-down ends (epoch seconds), or 0.0 when it is over or has none."""
     cool = record.cooldown_until.timestamp() if record.cooldown_until is not None else 0.0
     return cool if cool > now else 0.0
@@ -71,6 +75,8 @@ class Slot:
         "entries",
         "usable",
         "counts",
+        "suspected",
+        "checks",
         "why",
         "_ordered",
     )
@@ -86,6 +92,10 @@ class Slot:
         """Entries whose status is usable (cooling ones included)."""
         self.counts: Counter[Status] = Counter()
         """Entries per status."""
+        self.suspected: Counter[str] = Counter()
+        """Verifying entries per suspected reason (`explain` says them without a walk)."""
+        self.checks: list[tuple[float, int]] = []
+        """(next check, key id) of verifying entries: a heap, shed of stale items at its top."""
         self.why: tuple[float, str] | None = None
         """The last "no usable key" explanation and until when it may be reused."""
         self._ordered: list[int] | None = None
@@ -112,6 +122,10 @@ class Slot:
         self.why = None
         counts = Counter(entry.record.status for entry in entries)
         self.counts.update(counts)
+        if counts[Status.VERIFYING]:
+            for entry in entries:
+                if entry.record.status is Status.VERIFYING:
+                    self._note_verifying(entry.record, 1)
         usable = {status for status in counts if status.is_usable}
         self.usable += sum(counts[status] for status in usable)
         cooling: list[tuple[float, int, Entry]] = []
@@ -185,7 +199,26 @@ class Slot:
             del self.counts[status]
         if status.is_usable:
             self.usable += delta
+        elif status is Status.VERIFYING:
+            self._note_verifying(record, delta)
         self.why = None
+
+    def _note_verifying(self, record: KeyRecord, delta: int) -> None:
+        """Count a verifying record in (1) or out (-1) of `suspected`; schedule its check."""
+        label = record.reason.value if record.reason else "unknown"
+        self.suspected[label] += delta
+        if not self.suspected[label]:
+            del self.suspected[label]
+        if delta > 0 and record.next_check_at is not None:
+            # Swept first: the entry may still hold its previous record (see `replace`).
+            checks = self.checks
+            if len(checks) > CHECKS_SLACK * (self.counts[Status.VERIFYING] + 1024):
+                # Stale items stuck under a long-overdue check: keep the current ones only.
+                checks[:] = [item for item in checks if self._checked_at(item)]
+                heapq.heapify(checks)
+            else:
+                self._next_check()  # stale items at the top go as new ones come
+            heapq.heappush(checks, (record.next_check_at.timestamp(), record.key_id))
 
     def drop(self, key_ids: Iterable[int]) -> int:
         """Take the entries of `key_ids` out of the slot; return how many were in it.
@@ -232,27 +265,62 @@ class Slot:
                 self.admit(entry)
 
     def soonest(self, now: float) -> float | None:
-        """Seconds until the first cooling entry that is still usable returns."""
-        for until, _, entry in sorted(self.cooling):
+        """Seconds until the first cooling entry that is still usable returns.
+
+        Read from the top of the cool-down heap, whose stale items (the entry
+        left, its cool-down changed, or it is no longer usable) are shed on
+        the way: an entry made usable again is pushed anew (`admit`).
+        """
+        cooling = self.cooling
+        while cooling:
+            until, _, entry = cooling[0]
             if entry.cool_until == until and entry.record.status.is_usable:
                 return max(until - now, 0.0)
+            heapq.heappop(cooling)
         return None
 
+    def _next_check(self) -> float | None:
+        """The soonest next check of a verifying entry, stale heap items shed on the way."""
+        checks = self.checks
+        while checks:
+            if self._checked_at(checks[0]):
+                return checks[0][0]
+            heapq.heappop(checks)
+        return None
+
+    def _checked_at(self, item: tuple[float, int]) -> bool:
+        """Whether the key of `item` is in the slot, verifying, its next check at `item`'s time."""
+        entry = self.entries.get(item[1])
+        if entry is None:
+            return False
+        record = entry.record
+        check = record.next_check_at
+        return (
+            record.status is Status.VERIFYING and check is not None and check.timestamp() == item[0]
+        )
+
     def explain(self, now: float) -> str:
-        """Why nothing can be picked: the statuses of the slot and the soonest return."""
+        """Why nothing can be picked: the statuses of the slot and the soonest return.
+
+        Made from the slot's tallies and the tops of its heaps, never a walk
+        over its entries: a slot of 100,000 unusable keys explains itself in
+        microseconds, on the request that finds no key.
+        """
         if self.why is not None and self.why[0] > now:
             return self.why[1]
         tally: Counter[str] = Counter()
-        returns = [until - now for until, _, e in self.cooling if e.cool_until == until]
-        for entry in self.entries.values():
-            record = entry.record
-            if record.status is Status.VERIFYING:
-                suspected = record.reason.value if record.reason else "unknown"
-                tally[f"{suspected} (verifying)"] += 1
-                if record.next_check_at is not None:
-                    returns.append(record.next_check_at.timestamp() - now)
-            elif not record.status.is_usable or record.status is Status.RATE_LIMITED:
-                tally[record.status.value] += 1
+        for status, count in self.counts.items():
+            if status is Status.VERIFYING:
+                for suspected, many in self.suspected.items():
+                    tally[f"{suspected} (verifying)"] += many
+            elif not status.is_usable or status is Status.RATE_LIMITED:
+                tally[status.value] += count
+        returns = []
+        cooling, check = self.soonest(now), self._next_check()
+        if cooling is not None:
+            returns.append(cooling)
+        if check is not None:
+            returns.append(check - now)
         parts = [f"{n} {label}" for label, n in sorted(tally.items(), key=lambda i: (-i[1], i[0]))]
         text = f"no usable key for {self.instance}/{self.model}"
         if parts:
@@ -281,7 +349,7 @@ class SlotTable:
         if record.key_id in self.deleted:
             return
         slot = self._slot(record.instance, record.model)
-        slot.put(Entry(record, _cooling_until(record, self._clock())))
+        slot.put(Entry(record, cooling_until(record, self._clock())))
 
     def load(self, records: Iterable[KeyRecord]) -> None:
         """`add` each of `records` (keys not in the table yet, each (key, model) once), in bulk.
@@ -301,7 +369,7 @@ class SlotTable:
             group = groups.get(key)
             if group is None:
                 group = groups[key] = []
-            group.append(Entry(record, _cooling_until(record, now), frozen=frozen))
+            group.append(Entry(record, cooling_until(record, now), frozen=frozen))
         for (instance, model), group in groups.items():
             self._slot(instance, model).extend(group)
 

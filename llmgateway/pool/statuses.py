@@ -14,11 +14,12 @@ from typing import final
 
 import structlog
 
+from llmgateway.core.constants import Status
 from llmgateway.core.logs import mask_key
 from llmgateway.core.memory import untrack
 from llmgateway.core.models import CheckResult, KeyRecord
 from llmgateway.pool.events import EventHub
-from llmgateway.pool.slots import Clock, Entry, Slot, SlotTable
+from llmgateway.pool.slots import Clock, Entry, Slot, SlotTable, cooling_until
 
 log = structlog.get_logger("llmgateway.pool")
 
@@ -121,13 +122,12 @@ class StatusWriter:
         """Make `new` the entry's record in the slot (tallies, rotation); log an emptied slot."""
         old = entry.record
         before = slot.usable
-        if old.status is not new.status:
-            slot.count(old, -1)
+        if old.status is not new.status or new.status is Status.VERIFYING:
+            slot.count(old, -1)  # (a verifying key's suspicion and next check are tallied too)
             slot.count(new, 1)
         untrack(new)
         entry.record = new
-        cool = new.cooldown_until.timestamp() if new.cooldown_until else 0.0
-        entry.cool_until = cool if cool > self._clock() else 0.0
+        entry.cool_until = cooling_until(new, self._clock())
         slot.admit(entry)
         if before and not slot.usable:
             log.warning(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
+import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import fields, replace
@@ -544,6 +546,67 @@ class TestVerdicts:
             "no usable key for main/model-a: 1 invalid_key (verifying), "
             "1 no_quota (verifying) (next back in 15 s)"
         )
+
+
+def walked_explanation(pool: KeyPool, model: str, now: float) -> str:
+    """The no-usable-key explanation made the slow way: a walk over every record of the slot."""
+    tally: Counter[str] = Counter()
+    returns: list[float] = []
+    for record in pool.records("main"):
+        if record.model != model:
+            continue
+        if record.status is Status.VERIFYING:
+            tally[f"{record.reason.value if record.reason else 'unknown'} (verifying)"] += 1
+            if record.next_check_at is not None:
+                returns.append(record.next_check_at.timestamp() - now)
+        elif not record.status.is_usable or record.status is Status.RATE_LIMITED:
+            tally[record.status.value] += 1
+        if record.status.is_usable and record.cooldown_until is not None:
+            if record.cooldown_until.timestamp() > now:
+                returns.append(record.cooldown_until.timestamp() - now)
+    parts = [f"{n} {label}" for label, n in sorted(tally.items(), key=lambda i: (-i[1], i[0]))]
+    text = f"no usable key for main/{model}" + (": " + ", ".join(parts) if parts else "")
+    if returns:
+        text += f" (next back in {max(math.ceil(min(returns)), 0)} s)"
+    return text
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_explanation_from_tallies_matches_a_walk_over_the_keys(seed: int) -> None:
+    """Across random outcomes, probes and time, the tallied explanation equals the walked one."""
+    rng = random.Random(seed)
+    clock, sink = FakeClock(), Sink()
+    pool = make_pool(clock, sink, count=6)
+    reasons = [
+        ErrorReason.INVALID_KEY,
+        ErrorReason.NO_QUOTA,
+        ErrorReason.RATE_LIMITED,
+        ErrorReason.NO_MODEL,
+        ErrorReason.SERVER_ERROR,
+    ]
+    explained = 0
+    for _ in range(300):
+        record = pool.get("main", rng.choice(MODELS), rng.randint(1, 6))
+        assert record is not None
+        draw = rng.random()
+        if draw < 0.5:
+            pool.report(record, fail(rng.choice(reasons)))
+        elif draw < 0.8:
+            outcome = rng.choice([None, *reasons])
+            result = fail(outcome) if outcome else CheckResult(reason=None, status_code=200)
+            pool.report(record, result, probe=True)
+        else:
+            clock.advance(rng.choice([1, 5, 20, 90]))
+        for model in MODELS:
+            try:
+                pool.pick("main", model)
+            except NoUsableKey as exc:
+                explained += 1
+                assert walked_explanation(pool, model, clock()) in str(exc)
+            except KeysCoolingDown:
+                pass
+            clock.advance(1.01)  # past the explanation's one-second reuse
+    assert explained  # the draws do empty the slots now and then
 
 
 class TestServerErrors:
