@@ -39,6 +39,7 @@ from llmgateway.store.rows import (
     decoded_records,
     parse_status,
     to_records,
+    unique_ids,
 )
 
 MAX_PAGE: Final = 1000
@@ -230,7 +231,7 @@ class KeyReads(ABC):
         Read `KEYS_PER_FETCH` keys at a time, so that no one result holds the
         event loop while it is decoded.
         """
-        ids = sorted(set(key_ids))
+        ids = await unique_ids(key_ids)
         query = self.sql.records_by_key_ids
         rows: list[Row] = []
         for start in range(0, len(ids), KEYS_PER_FETCH):

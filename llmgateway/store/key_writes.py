@@ -38,7 +38,7 @@ from llmgateway.store.key_codec import KeyCodec, StoredRow, stored_rows
 from llmgateway.store.key_filter import Params, selection_where
 from llmgateway.store.key_reads import KeyReads
 from llmgateway.store.protocol import KeySyncReport
-from llmgateway.store.rows import as_utc, sorted_ids
+from llmgateway.store.rows import as_utc, sorted_ids, unique_ids
 
 HAND_DISABLED: Final = "disabled by hand"
 """The history message of a key disabled through the key admin."""
@@ -425,25 +425,27 @@ class KeyWrites(KeyReads):
         if instance is not None:
             keys = f"x.key_id IN (SELECT id FROM api_keys WHERE instance = {p(instance)})"
         elif key_ids:
-            keys = p.id_in("x.key_id", sorted(set(key_ids)))
+            keys = p.id_in("x.key_id", await unique_ids(key_ids))
         else:
             return
         await conn.execute(model_statuses.refresh_sql(self.sql.engine, keys), *p.values)
 
     async def _changed_records(
-        self, conn: Conn, changed: Sequence[Row]
+        self, conn: Conn, changed: list[Row]
     ) -> tuple[list[KeyRecord], list[int]]:
         """The records of the (key_id, model) rows `changed`, in (key_id, model) order; their keys.
 
-        The key ids come sorted, each once. The rows are sorted out and the
-        records picked on a thread: a change of 100,000 keys returns 200,000
-        rows, which the event loop would take tens of milliseconds to go through.
+        The key ids come sorted, each once; `changed` is emptied. A change of
+        100,000 keys returns 200,000 rows: they are sorted out, the records
+        picked, and every row read freed on threads, since going through them
+        or freeing them takes the event loop tens of milliseconds.
         """
         if not changed:
             return [], []
-        pairs, key_ids = await asyncio.to_thread(_pairs_and_keys, changed)
-        records = await self._records(await self._record_rows(conn, key_ids))
-        return await asyncio.to_thread(_picked, records, pairs), key_ids
+        pairs, key_ids = await asyncio.to_thread(_sorted_out, changed)
+        rows = await self._record_rows(conn, key_ids)
+        records = await self._records(rows)
+        return await asyncio.to_thread(_picked, records, pairs, rows), key_ids
 
     async def _prune_history(self, conn: Conn, key_ids: Sequence[int]) -> None:
         """Keep the newest HISTORY_KEPT history rows of each key of `key_ids`."""
@@ -458,12 +460,23 @@ class KeyWrites(KeyReads):
         )
 
 
-def _pairs_and_keys(rows: Sequence[Row]) -> tuple[set[tuple[int, str]], list[int]]:
-    """The (key_id, model) pairs of `rows`, and their key ids sorted, each once."""
+def _sorted_out(rows: list[Row]) -> tuple[set[tuple[int, str]], list[int]]:
+    """The (key_id, model) pairs of `rows`, and their key ids sorted, each once; `rows` emptied."""
     pairs = {(int(r[0]), str(r[1])) for r in rows}
+    release(rows)
     return pairs, sorted({key_id for key_id, _ in pairs})
 
 
-def _picked(records: Sequence[KeyRecord], pairs: set[tuple[int, str]]) -> list[KeyRecord]:
-    """The records of `records` whose (key_id, model) is one of `pairs`, in their order."""
-    return [r for r in records if (r.key_id, r.model) in pairs]
+def _picked(
+    records: Sequence[KeyRecord], pairs: set[tuple[int, str]], rows: list[Row]
+) -> list[KeyRecord]:
+    """The records of `records` whose (key_id, model) is one of `pairs`, in their order.
+
+    `pairs` and the rows the records were read from are emptied (a pair or
+    a slice at a time: the loop's thread gets the GIL in between).
+    """
+    picked = [r for r in records if (r.key_id, r.model) in pairs]
+    release(rows)
+    while pairs:
+        pairs.pop()
+    return picked

@@ -116,6 +116,15 @@ async def sorted_ids(rows: list[Sequence[Any]]) -> list[int]:
     return await on_thread_when(len(rows) >= RECORDS_ON_THREAD, _sorted_ids_released, rows)
 
 
+async def unique_ids(ids: Sequence[int]) -> list[int]:
+    """`ids` ascending, each once; on a thread when many (100,000 ids: 10 ms of the loop)."""
+    return await on_thread_when(len(ids) >= RECORDS_ON_THREAD, _unique_sorted, ids)
+
+
+def _unique_sorted(ids: Sequence[int]) -> list[int]:
+    return sorted(set(ids))
+
+
 def _sorted_ids_released(rows: list[Sequence[Any]]) -> list[int]:
     ids = sorted(int(row[0]) for row in rows)
     release(rows)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import copy
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from llmgateway.config.live import LiveConfig
@@ -116,6 +118,19 @@ def _add_extra(config: GatewayConfig) -> None:
 
 def _has_extra(document: dict[str, Any]) -> bool:
     return EXTRA in document["providers"]
+
+
+@asynccontextmanager
+async def _in_process(config: GatewayConfig) -> AsyncIterator[tuple[web.Application, str]]:
+    """The gateway of `config` served in this process, reloadable from its file; its URL."""
+    path = config.write()
+    app = create_app(LiveConfig(config.accessor(), path=path, env=config.env))
+    server = TestServer(app, host="127.0.0.1", handler_cancellation=True)
+    await server.start_server()
+    try:
+        yield app, str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
 
 
 @pytest.fixture
@@ -314,12 +329,7 @@ async def test_in_process_the_pool_follows_the_reload(
     keyed: GatewayConfig, fake_upstream: FakeUpstream
 ) -> None:
     """A removed instance's keys leave the pool, an added one's enter it, kept ones keep state."""
-    path = keyed.write()
-    app = create_app(LiveConfig(keyed.accessor(), path=path, env=keyed.env))
-    server = TestServer(app, host="127.0.0.1", handler_cancellation=True)
-    await server.start_server()
-    try:
-        url = str(server.make_url("")).rstrip("/")
+    async with _in_process(keyed) as (app, url):
         pool = app[POOL]
         assert await _ask(url, TOKENS[OPENAI]) == 200
         (kept,) = pool.records(OPENAI)
@@ -337,20 +347,13 @@ async def test_in_process_the_pool_follows_the_reload(
         assert pool.records(OPENAI) == [kept]
         assert await _ask(url, NEW_TOKEN) == 200
         assert await _ask(url, TOKENS[ANTHROPIC]) == 401
-    finally:
-        await server.close()
 
 
 async def test_a_model_added_is_served_at_once_and_a_removed_one_leaves_the_pool(
     keyed: GatewayConfig, fake_upstream: FakeUpstream
 ) -> None:
     """The kept key joins the new model's slot before the switch, and leaves the removed one."""
-    path = keyed.write()
-    app = create_app(LiveConfig(keyed.accessor(), path=path, env=keyed.env))
-    server = TestServer(app, host="127.0.0.1", handler_cancellation=True)
-    await server.start_server()
-    try:
-        url = str(server.make_url("")).rstrip("/")
+    async with _in_process(keyed) as (app, url):
         pool = app[POOL]
         models = keyed.provider(OPENAI)["models"]
         models[ADDED_MODEL] = copy.deepcopy(models[MODELS[OPENAI]])
@@ -365,20 +368,13 @@ async def test_a_model_added_is_served_at_once_and_a_removed_one_leaves_the_pool
         assert (await app[RELOADS].from_api()).applied
         assert [(r.model, r.key) for r in pool.records(OPENAI)] == [(ADDED_MODEL, KEY)]
         assert await _ask(url, TOKENS[OPENAI], model=ADDED_MODEL) == 200
-    finally:
-        await server.close()
 
 
 async def test_the_reload_endpoint_is_behind_the_admin_guard(keyed: GatewayConfig) -> None:
     """With an admin token set, a reload without it gets 401 and changes nothing."""
     admin = "adm-reload-0123456789abcdef"
     keyed.set("server.admin_token", admin)
-    path = keyed.write()
-    app = create_app(LiveConfig(keyed.accessor(), path=path, env=keyed.env))
-    server = TestServer(app, host="127.0.0.1", handler_cancellation=True)
-    await server.start_server()
-    try:
-        url = str(server.make_url("")).rstrip("/")
+    async with _in_process(keyed) as (app, url):
         _add_extra(keyed)
         keyed.write()
         async with aiohttp.ClientSession() as session:
@@ -390,5 +386,3 @@ async def test_the_reload_endpoint_is_behind_the_admin_guard(keyed: GatewayConfi
                 assert response.status == 200
                 assert (await response.json())["added"] == [EXTRA]
         assert app[LIVE].current.get_provider(EXTRA) is not None
-    finally:
-        await server.close()

@@ -19,7 +19,7 @@ from typing import Any, Final
 from llmgateway.config.accessor import ConfigAccessor
 from llmgateway.core.constants import Status
 from llmgateway.core.masking import Masker
-from llmgateway.core.memory import bulk_load
+from llmgateway.core.memory import RELEASE_SLICE, bulk_load, release
 from llmgateway.core.models import KeyRecord
 from llmgateway.core.threads import on_thread_when
 from llmgateway.core.turns import in_slices
@@ -174,12 +174,16 @@ class KeyAdmin:
     async def set_disabled(self, body: Mapping[str, Any], disabled: bool) -> dict[str, Any]:
         """`POST /-/api/keys/disable` and `/enable`: out of the pool, or back in it untested."""
         selection = await self._checked(parse_selection(body, self.instances, self.statuses))
-        changed = await self._store.set_disabled(selection, disabled, self._now())
-        keys: set[int] = set()
-        async for records in in_slices(changed):  # 100,000 keys: requests go on meanwhile
-            if self._pool is not None:
-                self._pool.apply_admin(records)
-            keys.update(record.key_id for record in records)
+        # 100,000 keys make 200,000 rows and records: no collection among them (see `add_keys`).
+        with bulk_load():
+            changed = await self._store.set_disabled(selection, disabled, self._now())
+            keys: set[int] = set()
+            async for records in in_slices(changed):  # requests go on between slices
+                if self._pool is not None:
+                    self._pool.apply_admin(records)
+                keys.update(record.key_id for record in records)
+            # The store's copies (the pool holds its own now), freed off the loop.
+            await on_thread_when(len(changed) >= RELEASE_SLICE, release, changed)
         return {"changed": len(keys)}
 
     async def recheck(self, body: Mapping[str, Any]) -> dict[str, Any]:
