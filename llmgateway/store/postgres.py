@@ -354,8 +354,13 @@ class PostgresStore(KeyActivity, SqlStore):
     async def _remove_ids(
         self, conn: Conn, instance: str, ids: Sequence[int], stamp: int | None
     ) -> None:
-        """Delete the keys `ids` (their rows cascade); `_announce` tells the other processes."""
-        await conn.execute("DELETE FROM api_keys WHERE id = ANY($1::bigint[])", list(ids))
+        """Delete the keys `ids` (their rows cascade); `_announce` tells the other processes.
+
+        The ids are bound as one JSON array, encoded off the loop (`JsonArray`):
+        asyncpg encoding 100,000 of them as an array held the loop 35 ms.
+        """
+        p = self._params()
+        await conn.execute(f"DELETE FROM api_keys WHERE {p.id_in('id', ids)}", *p.values)
 
     async def _announce(
         self, conn: Conn, records: Sequence[KeyRecord], changes: Sequence[KeySetChange]
