@@ -359,13 +359,13 @@ async def changing_reloads(run: Run, session: aiohttp.ClientSession, config: Pat
             session,
             "reload adding a model to every key",
             lambda: reload_with(lambda: models.update({ADDED_MODEL: {}})),
-            idle=8.0,
+            needed=25.0,
         )
         await run.window(
             session,
             "reload removing that model",
             lambda: reload_with(lambda: models.pop(ADDED_MODEL)),
-            idle=8.0,
+            needed=25.0,
         )
     finally:
         await asyncio.to_thread(config.write_text, original)
@@ -385,7 +385,7 @@ async def disable_and_enable(run: Run, session: aiohttp.ClientSession) -> None:
 
     for action in ("disable", "enable"):
         label = f"{action} the {IMPORTED:,} imported keys (POST /-/api/keys/{action})"
-        await run.window(session, label, by_hand(action), idle=8.0)
+        await run.window(session, label, by_hand(action), needed=25.0)
 
 
 RECHECKED = 10_000
