@@ -561,9 +561,9 @@ def walked_explanation(pool: KeyPool, model: str, now: float) -> str:
                 returns.append(record.next_check_at.timestamp() - now)
         elif not record.status.is_usable or record.status is Status.RATE_LIMITED:
             tally[record.status.value] += 1
-        if record.status.is_usable and record.cooldown_until is not None:
-            if record.cooldown_until.timestamp() > now:
-                returns.append(record.cooldown_until.timestamp() - now)
+        cooling = record.cooldown_until.timestamp() if record.cooldown_until else 0.0
+        if record.status.is_usable and cooling > now:
+            returns.append(cooling - now)
     parts = [f"{n} {label}" for label, n in sorted(tally.items(), key=lambda i: (-i[1], i[0]))]
     text = f"no usable key for main/{model}" + (": " + ", ".join(parts) if parts else "")
     if returns:
