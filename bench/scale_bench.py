@@ -489,7 +489,7 @@ async def bench_one(
         run.upstream = upstream_url
         run.keep_off_the_gateways_cpus()
         run.figures["load_before"] = os.getloadavg()[0]
-        run.figures["reference_loop_s"] = reference_loop()
+        run.figures["reference_loop_s"] = reference_loop(run.cpus)
         try:
             config = parts.write_config(workdir, run.port, upstream_url, db_url, keeper=False)
             cold = run.start(config, "cold")
@@ -542,9 +542,11 @@ async def bench_one(
     return run.figures
 
 
-def reference_loop() -> float:
-    """Seconds this machine takes for a fixed pure-Python loop (10 million additions), on the
-    gateway's CPU: how fast the host runs Python now, beside the load average.
+def reference_loop(cpus: str) -> float:
+    """Seconds a fixed pure-Python loop (10 million additions) takes on the gateway's CPUs.
+
+    `cpus` as taskset takes them. It tells how fast the host runs Python now, beside the
+    load average.
 
     The host's CPU comes and goes: within an hour, with the load average under 1, the same
     warm start on SQLite took 2.1-2.4 s and then 3.0-4.2 s (the gateway's imports alone 0.42 s,
@@ -554,7 +556,7 @@ def reference_loop() -> float:
     script = "import time\nt = time.perf_counter()\ns = 0\nfor i in range(10_000_000): s += i\n"
     script += "print(time.perf_counter() - t)"
     done = subprocess.run(
-        ["taskset", "-c", "1", sys.executable, "-c", script],
+        ["taskset", "-c", cpus, sys.executable, "-c", script],
         capture_output=True,
         text=True,
         check=True,

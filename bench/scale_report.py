@@ -177,7 +177,7 @@ def write_report(path: Path, results: list[dict[str, Any]], args: argparse.Names
         f"{', '.join(str(f.get('load_before', '?')) for f in results)}; at the end: "
         f"{', '.join(str(f.get('load_after', '?')) for f in results)} "
         "(2 cores shared with other work: above ~1 the latencies are noisy). "
-        "Reference loop (10 million additions in Python, on CPU 1): "
+        "Reference loop (10 million additions in Python, on the gateway's CPUs): "
         f"{', '.join(_seconds(f.get('reference_loop_s')) for f in results)}.",
         "",
     ]
